@@ -1,0 +1,132 @@
+"""The contract every backbone family implements.
+
+A family subclasses :class:`Backbone`, declares its stages (name, channels, stride) where it
+builds the layers, and implements two small methods:
+
+* ``iter_stages(x)`` yields one *raw* state per stage, in order (stem first). It is a generator:
+  :meth:`Backbone.forward_stages` stops pulling after the last stage asked for, so later stages are
+  never computed.
+* ``stage_map(index, raw)`` turns a raw state into the ``[N, C, H, W]`` feature map of that stage
+  (stage norm, token reshape, ...). Only selected stages pay for it.
+
+Selection (``out_indices`` / ``out_features``) follows :mod:`bbx.stages`; ``forward`` returns the
+selected maps as a tuple in stage order. No classification head exists in any bbx backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bbx.stages import Selection, select_stages
+
+STAGE_NORMS = ("hf", "none", "final")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: its name, channel count and stride (reduction from the input) at the
+    checkpoint's input size."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+class Backbone(nn.Module):
+    """Base class of every bbx backbone. Subclasses set ``stage_specs`` in ``__init__``."""
+
+    stage_specs: tuple[StageSpec, ...]
+    #: checkpoint keys that may be absent, with the value their tensor is filled with
+    #: (transformers creates e.g. Swin's per-stage norms fresh when a checkpoint lacks them).
+    optional_keys: Mapping[str, float] = {}
+
+    def __init__(self, specs: Sequence[StageSpec], *, config: Mapping[str, Any], stage_norm: str = "hf"):
+        super().__init__()
+        if stage_norm not in STAGE_NORMS:
+            raise ValueError(f"stage_norm must be one of {STAGE_NORMS}, got {stage_norm!r}")
+        self.stage_specs = tuple(specs)
+        self.config = dict(config)
+        self.stage_norm = stage_norm
+        self._selection = select_stages(self.stage_names)
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stage_specs]
+
+    @property
+    def out_indices(self) -> list[int]:
+        return list(self._selection.out_indices)
+
+    @property
+    def out_features(self) -> list[str]:
+        return list(self._selection.out_features)
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of the selected stages, in order (as transformers' ``backbone.channels``)."""
+        return [self.stage_specs[i].channels for i in self.out_indices]
+
+    @property
+    def strides(self) -> list[int]:
+        """Strides of the selected stages, in order."""
+        return [self.stage_specs[i].stride for i in self.out_indices]
+
+    def select(self, out_indices: Sequence[int] | None = None, out_features: Sequence[str] | None = None) -> Backbone:
+        """Choose the stages ``forward`` returns (transformers' rules); returns ``self``."""
+        self._selection = select_stages(self.stage_names, out_indices, out_features)
+        return self
+
+    @property
+    def selection(self) -> Selection:
+        return self._selection
+
+    # --- forward ----------------------------------------------------------------------------
+    def iter_stages(self, x: torch.Tensor) -> Iterator[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stage_map(self, index: int, raw: Any) -> torch.Tensor:
+        return raw
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:  # pragma: no cover
+        """(H, W) of every stage's map for an input of ``image_size``; ValueError if too small."""
+        raise NotImplementedError
+
+    def forward_stages(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Maps of the stages ``indices`` (non-negative, increasing); computes nothing past the last."""
+        wanted = list(indices)
+        if not wanted:
+            return []
+        last = wanted[-1]
+        out: list[torch.Tensor] = []
+        stages = self.iter_stages(x)
+        for i, raw in enumerate(stages):
+            if i in wanted:
+                out.append(self.stage_map(i, raw))
+            if i == last:
+                break
+        stages.close()
+        return out
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.forward_stages(pixel_values, self.out_indices))
+
+    # --- weights ------------------------------------------------------------------------------
+    def init_computed_buffers(self) -> None:
+        """Recompute non-persistent buffers after a model built on the meta device is loaded.
+
+        Families whose buffers are computed (not loaded) override this.
+        """
+
+
+def map_shapes(model: Backbone, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """``[C, H, W]`` of every stage's map for an input of ``image_size`` (height, width), from
+    the family's size arithmetic: no forward pass, no weights (the model may be on the meta
+    device). Tests check the arithmetic against real forward passes."""
+    sizes = model.map_sizes(image_size)
+    return [(spec.channels, h, w) for spec, (h, w) in zip(model.stage_specs, sizes)]

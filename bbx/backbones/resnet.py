@@ -1,0 +1,168 @@
+"""ResNet (He et al., "Deep Residual Learning for Image Recognition", 2015), transformers layout.
+
+Loads the weights of ``ResNetModel`` / ``ResNetForImageClassification`` checkpoints such as
+``microsoft/resnet-18`` ... ``microsoft/resnet-152``: a 7x7 stem with max-pool, then stages of
+basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual blocks. Config switches honoured:
+``layer_type``, ``depths``, ``hidden_sizes``, ``embedding_size``, ``hidden_act``,
+``downsample_in_first_stage`` and ``downsample_in_bottleneck`` (stride on the first 1x1 instead
+of the 3x3, the original v1 block).
+
+Stages: ``stem`` (after the max-pool, stride 4) and ``stage1`` ... ``stageN``. ResNet has no
+stage norms, so every ``stage_norm`` mode gives the same maps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bbx.backbones.base import Backbone, StageSpec
+from bbx.backbones.layers import activation
+
+
+@dataclass(frozen=True)
+class ResNetSettings:
+    """The architecture fields of a ResNet ``config.json``, with transformers' defaults."""
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    layer_type: str = "bottleneck"
+    hidden_act: str = "relu"
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ResNetSettings:
+        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        for k in ("hidden_sizes", "depths"):
+            if k in known:
+                known[k] = tuple(known[k])
+        s = cls(**known)
+        if s.layer_type not in ("basic", "bottleneck"):
+            raise ValueError(f"layer_type must be 'basic' or 'bottleneck', got {s.layer_type!r}")
+        if len(s.hidden_sizes) != len(s.depths):
+            raise ValueError("hidden_sizes and depths must have the same length")
+        return s
+
+
+class ConvNormAct(nn.Module):
+    """Conv (no bias, 'same' padding) -> BatchNorm -> optional activation."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, act: str | None = "relu"):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = activation(act) if act is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Block(nn.Module):
+    """A residual block: ``act(convs(x) + shortcut(x))``; the shortcut projects when the shape
+    changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int, s: ResNetSettings):
+        super().__init__()
+        act = s.hidden_act
+        if s.layer_type == "basic":
+            convs = [ConvNormAct(cin, cout, 3, stride, act="relu"), ConvNormAct(cout, cout, 3, act=None)]
+        else:
+            mid = cout // 4
+            first, second = (stride, 1) if s.downsample_in_bottleneck else (1, stride)
+            convs = [
+                ConvNormAct(cin, mid, 1, first, act="relu"),
+                ConvNormAct(mid, mid, 3, second, act="relu"),
+                ConvNormAct(mid, cout, 1, act=None),
+            ]
+        self.convs = nn.Sequential(*convs)
+        needs_projection = cin != cout or stride != 1
+        self.shortcut = ConvNormAct(cin, cout, 1, stride, act=None) if needs_projection else nn.Identity()
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs(x)
+        y = y + self.shortcut(x)
+        return self.act(y)
+
+
+class ResNet(Backbone):
+    def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
+        s = ResNetSettings.from_config(config)
+        specs = [StageSpec("stem", s.embedding_size, 4)]
+        stride = 4
+        stages = []
+        cin = s.embedding_size
+        for i, (cout, depth) in enumerate(zip(s.hidden_sizes, s.depths)):
+            first_stride = 2 if (i > 0 or s.downsample_in_first_stage) else 1
+            stride *= first_stride
+            blocks = [Block(cin, cout, first_stride, s)] + [Block(cout, cout, 1, s) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            specs.append(StageSpec(f"stage{i + 1}", cout, stride))
+            cin = cout
+        super().__init__(specs, config=config, stage_norm=stage_norm)
+        self.settings = s
+        # The stem's activation follows hidden_act; inside blocks transformers hard-codes ReLU for
+        # the inner convs and uses hidden_act after the residual sum. We do the same.
+        self.stem = ConvNormAct(s.num_channels, s.embedding_size, 7, 2, act=s.hidden_act)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stages = nn.ModuleList(stages)
+
+    def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        x = self.pool(self.stem(x))
+        yield x
+        for stage in self.stages:
+            x = stage(x)
+            yield x
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        if h < 1 or w < 1:
+            raise ValueError("input must be at least 1x1")
+        h, w = _halve(_halve(h)), _halve(_halve(w))
+        sizes = [(h, w)]
+        for i in range(len(self.stages)):
+            if i > 0 or self.settings.downsample_in_first_stage:
+                h, w = _halve(h), _halve(w)
+            sizes.append((h, w))
+        return sizes
+
+
+# applied in order, each where it matches
+_RULES = [
+    (re.compile(r"^embedder\.embedder\."), "stem."),
+    (re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."), r"stages.\1.\2."),
+    (re.compile(r"\.layer\.(\d+)\."), r".convs.\1."),
+    (re.compile(r"\.convolution\."), ".conv."),
+    (re.compile(r"\.normalization\."), ".bn."),
+]
+
+
+def _halve(n: int) -> int:
+    """A stride-2 op with 'same' padding (7x7/p3, 3x3/p1, 1x1/p0, max-pool 3/p1): ceil(n / 2)."""
+    return (n + 1) // 2
+
+
+def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers' ResNet keys -> bbx's. The classification head is dropped; anything else
+    unrecognised is kept under its own name, so the strict load reports it."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier."):
+            continue
+        k = key.removeprefix("resnet.")
+        for pattern, repl in _RULES:
+            k = pattern.sub(repl, k)
+        out[k] = value
+    return out
+
+
+def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> ResNet:
+    return ResNet(config, stage_norm=stage_norm)

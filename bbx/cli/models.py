@@ -1,0 +1,61 @@
+"""``bbx models``: the aliases bbx knows."""
+
+from __future__ import annotations
+
+import typer
+
+from bbx.cli._app import command, console, emit_json
+
+
+def _rows() -> list[dict[str, object]]:
+    from bbx import registry
+    from bbx.preprocess import Preprocess
+
+    rows = []
+    for row in registry.CHECKPOINTS:
+        size = Preprocess.from_config(row.preprocessor, row.model_type).output_size
+        rows.append(
+            {
+                "alias": row.alias,
+                "checkpoint": row.repo_id,
+                "architecture": row.model_type,
+                "input_size": list(size) if size else None,
+                "stages": list(row.stage_names),
+                "description": row.description,
+                "other_names": list(row.extra_aliases),
+            }
+        )
+    return rows
+
+
+@command("models")
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
+) -> None:
+    """List the model aliases: checkpoint, architecture, input size and stages.
+
+    Any checkpoint of a supported architecture works too (a folder or a hub id), not only these.
+
+    Example: bbx models --json | jq -r '.[].alias'
+    """
+    rows = _rows()
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("alias", "checkpoint", "architecture", "input", "stages"):
+        table.add_column(col)
+    for r in rows:
+        size = r["input_size"]
+        stages = r["stages"]
+        assert isinstance(stages, list)
+        table.add_row(
+            str(r["alias"]),
+            str(r["checkpoint"]),
+            str(r["architecture"]),
+            f"{size[0]}x{size[1]}" if isinstance(size, list) else "varies",
+            f"{stages[0]}, {stages[1]} .. {stages[-1]} ({len(stages)})",
+        )
+    console().print(table)

@@ -1,0 +1,147 @@
+"""MODEL -> where its config, preprocessing and weights are.
+
+Resolution order (documented in the README):
+
+1. an existing folder (a local checkpoint: ``config.json`` plus weights) always wins;
+2. a registry alias (``resnet-50``) or an aliased hub id: the embedded config answers questions
+   about the architecture without any download; weights come from the alias's hub repo;
+3. a hub repo id (``org/name``), optionally at ``--revision``.
+
+Hub downloads go through huggingface_hub into its standard cache and fetch only the files bbx
+needs (see :func:`fetch`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbx import registry
+from bbx.errors import InputError, ModelError, UsageError
+
+CONFIG = "config.json"
+PREPROCESSOR = "preprocessor_config.json"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelRef:
+    """A resolved MODEL argument."""
+
+    given: str
+    source: str  # "folder" | "alias" | "hub"
+    config: Mapping[str, Any]
+    preprocessor: Mapping[str, Any] | None
+    folder: Path | None = None  # local folder or hub snapshot holding the files
+    repo_id: str | None = None
+    revision: str | None = None  # as asked for
+    commit: str | None = None  # the exact commit the files came from
+    alias: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str | None:
+        mt = self.config.get("model_type")
+        return str(mt) if mt is not None else None
+
+    @property
+    def checkpoint(self) -> str:
+        """What was resolved: the hub repo id, or the folder path."""
+        if self.repo_id:
+            return self.repo_id
+        return str(self.folder)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.given,
+            "checkpoint": self.checkpoint,
+            "source": self.source,
+            "revision": self.commit or self.revision,
+            "architecture": self.model_type,
+        }
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ModelError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object")
+    return data
+
+
+def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``config.json`` and (if present) ``preprocessor_config.json`` of a checkpoint folder."""
+    if not (folder / CONFIG).is_file():
+        raise ModelError(f"{folder} is not a checkpoint folder: it has no {CONFIG}")
+    config = _read_json(folder / CONFIG, "config")
+    registry.check_supported(config.get("model_type"), str(folder / CONFIG))
+    if (folder / PREPROCESSOR).is_file():
+        pre = _read_json(folder / PREPROCESSOR, "preprocessor config")
+    else:  # the family's public recipe rather than a processor class default nobody trained with
+        pre = registry.default_preprocessor(config.get("model_type"))
+    return config, pre
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve(name: str, *, revision: str | None = None, weights: bool = True) -> ModelRef:
+    """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
+    from the cache); without, an alias answers from its embedded config, offline."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")
+        config, pre = read_folder(path)
+        return ModelRef(given=name, source="folder", config=config, preprocessor=pre, folder=path.resolve())
+    if path.exists():
+        raise InputError(f"{name} is a file, not a checkpoint folder")
+
+    row = registry.lookup(name)
+    if row is not None:
+        if not weights:
+            return ModelRef(
+                given=name,
+                source="alias",
+                config=row.config_dict(),
+                preprocessor=row.preprocessor_dict(),
+                repo_id=row.repo_id,
+                revision=revision,
+                alias=row.alias,
+            )
+        return _from_hub(name, row.repo_id, revision, weights=True, alias=row.alias)
+
+    if _looks_like_path(name):
+        raise InputError(f"no such checkpoint folder: {name}")
+    if "/" in name:
+        return _from_hub(name, name, revision, weights=weights, alias=None)
+    close = registry.suggestions(name)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(
+        f"unknown model {name!r}{hint} (give an alias from `bbx models`, a checkpoint folder or a hub id org/name)"
+    )
+
+
+def _from_hub(given: str, repo_id: str, revision: str | None, *, weights: bool, alias: str | None) -> ModelRef:
+    from bbx import download
+
+    snap = download.fetch(repo_id, revision=revision, weights=weights)
+    config, pre = read_folder(snap.folder)
+    return ModelRef(
+        given=given,
+        source="alias" if alias else "hub",
+        config=config,
+        preprocessor=pre,
+        folder=snap.folder,
+        repo_id=repo_id,
+        revision=revision,
+        commit=snap.commit,
+        alias=alias,
+    )

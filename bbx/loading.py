@@ -1,0 +1,54 @@
+"""Resolved checkpoint -> ready backbone: build the family's network, then load its weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from bbx import hub, registry, weights
+from bbx.backbones.base import Backbone
+from bbx.errors import ModelError, UsageError
+
+
+def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.device = "cpu") -> Backbone:
+    """The network ``ref``'s config describes, with parameters on ``device`` (``"meta"``: shapes
+    only, nothing allocated) and the family's own random initialisation."""
+    fam = registry.family(ref.model_type)
+    if stage_norm not in ("hf", "none", "final"):
+        raise UsageError(f"--stage-norm must be hf, none or final, got {stage_norm!r}")
+    try:
+        with torch.device(device):
+            model = fam.build(ref.config, stage_norm=stage_norm)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{ref.checkpoint}: config.json does not describe a valid {ref.model_type}: {e}") from None
+    return model.eval()
+
+
+def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
+    """Build on the meta device and assign the checkpoint's tensors (strict, after the family's
+    key remap): no random initialisation, no second copy of the weights."""
+    if ref.folder is None:
+        raise ModelError(f"{ref.given}: no local files to load weights from")
+    fam = registry.family(ref.model_type)
+    model = build(ref, stage_norm=stage_norm, device="meta")
+    state = fam.remap(weights.read_state_dict(ref.folder), ref.config)
+    weights.load_strict(model, state, source=ref.checkpoint)
+    model.init_computed_buffers()
+    return model.eval()
+
+
+def load_backbone(
+    name_or_path: str,
+    out_indices: Sequence[int] | None = None,
+    out_features: Sequence[str] | None = None,
+    pretrained: bool = True,
+    revision: str | None = None,
+    *,
+    stage_norm: str = "hf",
+) -> Backbone:
+    ref = hub.resolve(str(name_or_path), revision=revision, weights=pretrained)
+    model = load_pretrained(ref, stage_norm=stage_norm) if pretrained else build(ref, stage_norm=stage_norm)
+    model.select(out_indices, out_features)
+    model.ref = ref  # type: ignore[assignment]  (where it came from, for reports)
+    return model

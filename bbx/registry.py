@@ -1,0 +1,170 @@
+"""The catalog: which architectures bbx implements and which public checkpoints it knows by name.
+
+Data only, no torch. Two tables:
+
+* ``FAMILIES`` maps a ``config.json`` ``model_type`` to the module implementing it: adding an
+  architecture is one file in ``bbx/backbones/`` plus one line here.
+* ``CHECKPOINTS`` has one row per public checkpoint: its short alias, hub repo, architecture config
+  and preprocessing config (the architecture fields of the hub's ``config.json`` and the hub's
+  ``preprocessor_config.json``, embedded so that ``inspect``, ``--dry-run`` and
+  ``--no-pretrained`` work without any download).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+from bbx.errors import ModelError
+
+#: model_type -> module in bbx.backbones (one registration line per family)
+FAMILIES: Mapping[str, str] = MappingProxyType(
+    {
+        "resnet": "resnet",
+    }
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def check_supported(model_type: str | None, where: str = "") -> str:
+    """``model_type`` if bbx implements it; ModelError listing the supported ones otherwise."""
+    if model_type not in FAMILIES:
+        shown = "no model_type" if model_type is None else f"model_type {model_type!r}"
+        at = f" ({where})" if where else ""
+        raise ModelError(f"unsupported {shown}{at}; bbx supports: {', '.join(supported_model_types())}")
+    return model_type
+
+
+def family(model_type: str | None) -> ModuleType:
+    """The module implementing ``model_type`` (imported on first use: it imports torch)."""
+    return importlib.import_module(f"bbx.backbones.{FAMILIES[check_supported(model_type)]}")
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """One public checkpoint bbx knows by a short alias."""
+
+    alias: str
+    repo_id: str
+    config: Mapping[str, Any]
+    preprocessor: Mapping[str, Any]
+    stage_names: tuple[str, ...]
+    description: str = ""
+    extra_aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config["model_type"])
+
+    def config_dict(self) -> dict[str, Any]:
+        """A fresh, mutable copy of the embedded ``config.json``."""
+        return _deep_copy(self.config)
+
+    def preprocessor_dict(self) -> dict[str, Any]:
+        return _deep_copy(self.preprocessor)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# --- ResNet: microsoft/resnet-* (converted from timm; ConvNeXt-style preprocessing) --------------
+_RESNET_PRE = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+    "resample": 3,
+    "size": 224,
+}
+
+
+def _resnet(depth: int, depths: list[int], layer_type: str) -> Checkpoint:
+    sizes = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
+    config = {
+        "model_type": "resnet",
+        "architectures": ["ResNetForImageClassification"],
+        "num_channels": 3,
+        "embedding_size": 64,
+        "hidden_sizes": sizes,
+        "depths": depths,
+        "layer_type": layer_type,
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+    }
+    return Checkpoint(
+        alias=f"resnet-{depth}",
+        repo_id=f"microsoft/resnet-{depth}",
+        config=_frozen(config),
+        preprocessor=_frozen(_RESNET_PRE),
+        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
+        description=f"ResNet-{depth} (ImageNet-1k)",
+        extra_aliases=(f"resnet{depth}",),
+    )
+
+
+CHECKPOINTS: tuple[Checkpoint, ...] = (
+    _resnet(18, [2, 2, 2, 2], "basic"),
+    _resnet(34, [3, 4, 6, 3], "basic"),
+    _resnet(50, [3, 4, 6, 3], "bottleneck"),
+    _resnet(101, [3, 4, 23, 3], "bottleneck"),
+    _resnet(152, [3, 8, 36, 3], "bottleneck"),
+)
+
+
+def _alias_table(rows: tuple[Checkpoint, ...]) -> Mapping[str, Checkpoint]:
+    table: dict[str, Checkpoint] = {}
+    for row in rows:
+        for name in (row.alias, *row.extra_aliases, row.repo_id):
+            key = name.lower()
+            if key in table and table[key] is not row:
+                raise RuntimeError(f"registry: {name!r} names two checkpoints")
+            table[key] = row
+    return MappingProxyType(table)
+
+
+ALIASES: Mapping[str, Checkpoint] = _alias_table(CHECKPOINTS)
+
+
+def lookup(name: str) -> Checkpoint | None:
+    """The row an alias (or an aliased hub repo id) names, case-insensitively; None if unknown."""
+    return ALIASES.get(name.lower())
+
+
+def default_preprocessor(model_type: str | None) -> dict[str, Any] | None:
+    """The preprocessing of the first public checkpoint of ``model_type``: what a checkpoint
+    folder without ``preprocessor_config.json`` gets."""
+    for row in CHECKPOINTS:
+        if row.model_type == model_type:
+            return row.preprocessor_dict()
+    return None
+
+
+def suggestions(name: str, n: int = 3) -> list[str]:
+    """The closest aliases to a name that is not one."""
+    names = [row.alias for row in CHECKPOINTS]
+    lowered = {a.lower(): a for a in names}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    if not close:
+        close = [a for a in lowered if name.lower() in a or a in name.lower()][:n]
+    return [lowered[c] for c in close]

@@ -1,0 +1,124 @@
+"""Checkpoint tensors -> a bbx backbone, strictly.
+
+Weights are read from safetensors (single file or shards through their index). A checkpoint
+that only has ``pytorch_model.bin`` is read with ``torch.load(..., weights_only=True)``, which
+refuses anything but tensors and plain containers: nothing from a checkpoint is ever executed.
+
+Loading is strict: after the family's pure key remap, every key the model expects must be there
+with the right shape and no key may be left over; otherwise a :class:`ModelError` names them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from bbx.errors import ModelError
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFE_SINGLE, SAFE_INDEX, BIN_SINGLE, BIN_INDEX)
+
+
+def _shards(index_file: Path) -> list[Path]:
+    try:
+        index = json.loads(index_file.read_text())
+        names = sorted(set(index["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"{index_file}: not a valid shard index ({e})") from None
+    return [index_file.parent / n for n in names]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The files holding a checkpoint's tensors, safetensors first; ModelError when none."""
+    for single, index in ((SAFE_SINGLE, SAFE_INDEX), (BIN_SINGLE, BIN_INDEX)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            return _shards(folder / index)
+    raise ModelError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _read_one(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"weights file missing: {path}")
+    if path.name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{path}: unreadable safetensors file ({e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # the unpickler refuses code with an UnpicklingError (and others)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"{path}: refused to load (only plain tensors are accepted from .bin files): {first}"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: not a state dict of tensors")
+    return dict(obj)
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in ``folder``."""
+    state: dict[str, torch.Tensor] = {}
+    for f in weight_files(folder):
+        state.update(_read_one(f))
+    return state
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model`` (possibly built on the meta device) or raise ModelError.
+
+    Keys listed in ``model.optional_keys`` and BatchNorm's ``num_batches_tracked`` may be absent:
+    they get the family's fill value. Tensors are assigned, so a meta-device model costs no
+    second copy of the weights.
+    """
+    expected = model.state_dict(keep_vars=True)
+    optional: Mapping[str, float] = getattr(model, "optional_keys", {})
+    state = dict(state)
+    missing = []
+    for key, ref in expected.items():
+        if key in state:
+            continue
+        fill = optional.get(key)
+        if fill is None and key.endswith("num_batches_tracked"):
+            fill = 0
+        if fill is None:
+            missing.append(key)
+        else:
+            state[key] = torch.full(ref.shape, fill, dtype=ref.dtype, device="cpu")
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes (checkpoint vs model): {_names(wrong, 3)}")
+    if problems:
+        raise ModelError(f"weights in {source} do not fit the architecture: " + "; ".join(problems))
+    for key, ref in expected.items():
+        if state[key].dtype != ref.dtype and ref.dtype.is_floating_point:
+            state[key] = state[key].to(ref.dtype)
+    model.load_state_dict(state, strict=True, assign=True)

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Tests never touch the internet. The hub cache lives in a throwaway folder, and the hub endpoint
+# is a closed loopback port unless a test starts its own hub server (tests/hubserver.py) and
+# points HF_ENDPOINT at it. Set before huggingface_hub is imported: it reads them at import.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="bbx-test-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+os.environ["NO_COLOR"] = "1"

@@ -1,0 +1,140 @@
+"""Shared test helpers: random-weight checkpoints in the hub layout, photo-like images, errors.
+
+transformers is imported only here and in tests: it is the parity oracle, never a bbx dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+# ---------------------------------------------------------------------------------------------
+# numbers
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a64, b64 = a.detach().double(), b.detach().double()
+    assert a64.shape == b64.shape, (a64.shape, b64.shape)
+    return float(torch.linalg.vector_norm(a64 - b64) / torch.linalg.vector_norm(b64).clamp_min(1e-30))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every float parameter and buffer a random value of a sensible scale, norm
+    statistics included (so that a forgotten or misplaced norm changes the numbers)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    for name, t in sorted(tensors.items()):
+        if not t.is_floating_point():
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "running_var":
+            new = torch.rand(t.shape, generator=g) * 1.5 + 0.5
+        elif leaf == "running_mean":
+            new = torch.randn(t.shape, generator=g) * 0.2
+        elif "bias" in leaf:
+            new = torch.randn(t.shape, generator=g) * 0.1
+        elif t.dim() <= 1:
+            new = torch.rand(t.shape, generator=g) + 0.5
+        else:
+            fan_in = max(1, t[0].numel())
+            new = torch.randn(t.shape, generator=g) / math.sqrt(fan_in)
+        t.copy_(new.to(t.dtype))
+    return model
+
+
+def write_preprocessor(folder: Path, preprocessor: dict[str, Any]) -> None:
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+
+
+def save_checkpoint(model: Any, folder: Path, preprocessor: dict[str, Any] | None = None) -> Path:
+    """``save_pretrained`` (safetensors, hub layout) plus a ``preprocessor_config.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if preprocessor is not None:
+        write_preprocessor(folder, preprocessor)
+    return folder
+
+
+_BACKBONES = {
+    "resnet": "ResNetBackbone",
+    "swin": "SwinBackbone",
+    "convnext": "ConvNextBackbone",
+    "dinov2": "Dinov2Backbone",
+    "dinov2_with_registers": "Dinov2WithRegistersBackbone",
+}
+
+
+def hf_backbone(folder: Path, out_features: list[str] | None = None) -> torch.nn.Module:
+    """transformers' backbone for a local checkpoint folder, its class picked from the config
+    (``AutoBackbone.from_pretrained`` on a folder asks the hub first in transformers 5)."""
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text())
+    cls = getattr(transformers, _BACKBONES[config["model_type"]])
+    kwargs: dict[str, Any] = {}
+    if out_features is not None:
+        kwargs["out_features"] = out_features
+    return cls.from_pretrained(folder, **kwargs).eval()
+
+
+def all_stage_names(folder: Path) -> list[str]:
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text())
+    cfg = transformers.AutoConfig.for_model(**config)
+    return list(cfg.stage_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def photo(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A photo-like picture: a smooth sky-to-ground gradient, soft-edged shapes, texture and
+    sensor noise, then blurred a little like a lens would. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    top, bottom = rng.uniform(40, 220, 3), rng.uniform(20, 200, 3)
+    base = top[None, None, :] * (1 - y[..., None]) + bottom[None, None, :] * y[..., None]
+    base = base + 25 * np.sin(2 * math.pi * (x[..., None] * rng.uniform(1, 4) + rng.uniform(0, 1)))
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 10))):
+        x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
+        w, h = rng.uniform(0.1, 0.6) * width, rng.uniform(0.1, 0.6) * height
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=color)
+        else:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=color)
+    img = img.filter(ImageFilter.GaussianBlur(radius=max(0.6, min(width, height) / 300)))
+    arr = np.asarray(img).astype(np.float32) + rng.normal(0, 6, (height, width, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def photo_batch(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
+    """``n`` photo-like images as a normalised ``[n, 3, size, size]`` float batch (ImageNet
+    mean/std), for model-only parity tests."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    out = []
+    for i in range(n):
+        img = photo(size, size, seed=seed + i)
+        t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
+        out.append((t - mean) / std)
+    return torch.stack(out)

@@ -91,3 +91,8 @@ class OfflineError(ModelError):
 
 class NetworkError(ModelError):
     exit_code = EXIT_NETWORK
+
+
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGTERM arrived (schedulers send it before killing a job); raised in the main thread so a
+    run can close its output cleanly, like KeyboardInterrupt for SIGINT."""

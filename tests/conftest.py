@@ -13,3 +13,43 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["NO_COLOR"] = "1"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory):
+    """A small random-weight ResNet checkpoint in the hub layout (classification head included),
+    with resnet-50's preprocessing."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from bbx import registry
+    from tests.util import randomize_, save_checkpoint
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
+    model = randomize_(ResNetForImageClassification(config).eval(), seed=3)
+    return save_checkpoint(
+        model, tmp_path_factory.mktemp("ckpt") / "tiny-resnet", registry.lookup("resnet-50").preprocessor_dict()
+    )
+
+
+def make_photos(folder, sizes, fmt="jpg", start_seed=0):
+    from tests.util import photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        p = folder / f"img{i:03d}.{fmt}"
+        photo(w, h, seed=start_seed + i).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    """Seven photo-like JPEG/PNG files of camera-like and odd sizes."""
+    folder = tmp_path / "imgs"
+    sizes = [(320, 240), (240, 320), (257, 199), (400, 120), (96, 96), (500, 375), (150, 333)]
+    paths = make_photos(folder, sizes[:4], "jpg") + make_photos(folder / "more", sizes[4:], "png", start_seed=10)
+    return folder, sorted(paths, key=str)

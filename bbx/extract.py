@@ -1,0 +1,452 @@
+"""The extraction loop: files -> decoded uint8 batches -> device -> backbone -> writer.
+
+A plain loop with the error policy passed in. Decoding runs in background threads (``workers``)
+while the model runs; results are consumed in input order, so the output never depends on worker
+timing. A file that cannot be decoded is skipped and recorded with its reason (``on_error="skip"``)
+or ends the run (``"stop"``). Every batch is committed to the output before the next one starts;
+an interruption (SIGINT, SIGTERM) closes the output with every finished batch in it. Never prints:
+returns a :class:`~bbx.report.Plan` / :class:`~bbx.report.Summary`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bbx import __version__, hub
+from bbx.errors import InputError, Terminated, UsageError
+from bbx.report import Plan, StagePlan, Summary
+from bbx.writers import StageLayout, format_for, open_writer
+
+DTYPES = ("float32", "float16", "bfloat16")
+POOLS = ("none", "avg", "max")
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    model: str
+    output: Path | None = None
+    format: str | None = None
+    out_indices: tuple[int, ...] | None = None
+    out_features: tuple[str, ...] | None = None
+    image_size: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "float32"
+    store_dtype: str = "float32"
+    pool: str = "none"
+    workers: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    force: bool = False
+    exif: bool = True
+    fast_decode: bool = False
+    stage_norm: str = "hf"
+    pretrained: bool = True
+    revision: str | None = None
+    shard_bytes: int | None = None
+    on_error: str = "skip"
+    channels_last: bool | None = None  # None: where it pays (convolutional families on CPU)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.store_dtype not in DTYPES:
+            raise UsageError(f"--store-dtype must be one of {', '.join(DTYPES)}, got {self.store_dtype!r}")
+        if self.pool not in POOLS:
+            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.on_error not in ("skip", "stop"):
+            raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
+        if self.overwrite and self.resume:
+            raise UsageError("--overwrite and --resume exclude each other")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    n = name.lower()
+    if n == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    if n == "cpu":
+        return "cpu"
+    if n == "cuda" or n.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+        if ":" in n:
+            try:
+                idx = int(n.split(":", 1)[1])
+            except ValueError:
+                raise UsageError(f"--device {name}: expected cuda:N") from None
+            if not 0 <= idx < torch.cuda.device_count():
+                raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+        return n
+    if n == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError("--device mps: Metal is not available on this machine")
+        return "mps"
+    raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
+def default_output(opts: ExtractOptions, stages: Sequence[str]) -> Path:
+    """``<model>_<stages>.h5`` in the current folder (or ``.safetensors`` with --format)."""
+    slug = opts.model.rstrip("/").replace("\\", "/")
+    if os.path.isdir(slug):
+        slug = Path(slug).resolve().name
+    slug = slug.replace("/", "--")
+    name = f"{slug}_{'-'.join(stages)}"
+    fmt = format_for(Path("x.h5"), opts.format) if opts.format else "hdf5"
+    return Path(name + (".h5" if fmt == "hdf5" else ".safetensors"))
+
+
+# --------------------------------------------------------------------------------------------
+# planning
+
+
+@dataclass
+class _Prepared:
+    plan: Plan
+    ref: hub.ModelRef
+    pre: Any
+    output: Path
+    fmt: str
+    layouts: list[StageLayout]
+    facts: dict[str, Any]
+    todo: list[Path]
+    done_before: int
+    writer: Any = None
+
+
+def _facts(opts: ExtractOptions, ref: hub.ModelRef, plan: Plan, pre: Any) -> dict[str, Any]:
+    return {
+        "format": "bbx-features",
+        "bbx_version": __version__,
+        "model": opts.model,
+        "checkpoint": ref.checkpoint,
+        "revision": ref.commit or ref.revision,
+        "architecture": ref.model_type,
+        "weights": plan.weights,
+        "out_features": [s.name for s in plan.stages],
+        "out_indices": [s.index for s in plan.stages],
+        "stage_norm": opts.stage_norm,
+        "input_size": list(plan.input_size),
+        "compute_dtype": opts.dtype,
+        "store_dtype": opts.store_dtype,
+        "pool": opts.pool,
+        "exif": opts.exif,
+        "fast_decode": opts.fast_decode,
+        "preprocessing": pre.describe(),
+        "cwd": os.getcwd(),
+    }
+
+
+def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = None) -> Plan:
+    """The shape report of a run, without weights (``--dry-run``)."""
+    return _prepare(opts, inputs, device=device, open_output=False).plan
+
+
+def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, open_output: bool) -> _Prepared:
+    from bbx.backbones.base import map_shapes
+    from bbx.inspection import input_size
+    from bbx.loading import build
+
+    opts.validate()
+    ref = hub.resolve(opts.model, revision=opts.revision, weights=opts.pretrained and open_output)
+    pre, size = input_size(ref, opts.image_size)
+    meta_model = build(ref, stage_norm=opts.stage_norm, device="meta")
+    meta_model.select(opts.out_indices, opts.out_features)
+    try:
+        shapes = map_shapes(meta_model, size)
+    except ValueError as e:
+        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {e}") from None
+    stages = []
+    layouts = []
+    itemsize = 4 if opts.store_dtype == "float32" else 2
+    for i in meta_model.out_indices:
+        spec = meta_model.stage_specs[i]
+        shape = shapes[i] if opts.pool == "none" else (shapes[i][0],)
+        nbytes = itemsize
+        for d in shape:
+            nbytes *= d
+        stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
+        layouts.append(StageLayout(spec.name, tuple(shape), opts.store_dtype))
+    output = opts.output or default_output(opts, [s.name for s in stages])
+    fmt = format_for(output, opts.format)
+    free = None
+    try:
+        free = shutil.disk_usage(output.resolve().parent if output.resolve().parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    the_plan = Plan(
+        model=opts.model,
+        checkpoint=ref.checkpoint,
+        revision=ref.commit or ref.revision,
+        architecture=ref.model_type or "",
+        weights="pretrained" if opts.pretrained else f"random (seed {RANDOM_SEED})",
+        device=device or "auto",
+        compute_dtype=opts.dtype,
+        store_dtype=opts.store_dtype,
+        pool=opts.pool,
+        stage_norm=opts.stage_norm,
+        input_size=size,
+        stages=stages,
+        inputs=len(inputs),
+        todo=len(inputs),
+        output=str(output),
+        format=fmt,
+        free_bytes=free,
+        preprocessing=pre.describe(),
+    )
+    facts = _facts(opts, ref, the_plan, pre)
+    prepared = _Prepared(the_plan, ref, pre, output, fmt, layouts, facts, list(inputs), 0)
+    if open_output:
+        check_space(the_plan, force=opts.force)
+        writer = open_writer(
+            output,
+            fmt,
+            facts=facts,
+            stages=layouts,
+            overwrite=opts.overwrite,
+            resume=opts.resume,
+            shard_bytes=opts.shard_bytes,
+        )
+        prepared.writer = writer
+        if writer.existing is not None:
+            done = _done_keys(writer.existing.paths, writer.existing.facts.get("cwd"))
+            prepared.todo = [p for p in inputs if not _is_done(p, done)]
+            prepared.done_before = len(writer.existing.paths)
+            retry = {str(p) for p in prepared.todo}
+            writer.forget_failed(retry)
+        the_plan.todo = len(prepared.todo)
+    elif opts.resume:
+        # a dry run of a resume: say how much is left without opening the file for writing
+        from bbx.writers import read_existing
+
+        with contextlib.suppress(Exception):
+            existing = read_existing(output)
+            done = _done_keys(existing.paths, existing.facts.get("cwd"))
+            the_plan.todo = sum(1 for p in inputs if not _is_done(p, done))
+    return prepared
+
+
+def _done_keys(paths: Sequence[str], cwd: str | None) -> set[str]:
+    keys = set(paths)
+    if cwd:
+        keys.update(os.path.normpath(os.path.join(cwd, p)) for p in paths)
+    return keys
+
+
+def _is_done(path: Path, done: set[str]) -> bool:
+    return str(path) in done or os.path.abspath(path) in done
+
+
+def check_space(the_plan: Plan, *, force: bool) -> None:
+    if force or the_plan.free_bytes is None:
+        return
+    from bbx.report import human_bytes
+
+    need = the_plan.projected_bytes
+    if the_plan.format == "safetensors":
+        need = int(need * 1.1) + min(need, 5 * 10**9)  # staging + assembling one shard
+    if need > the_plan.free_bytes:
+        raise InputError(
+            f"projected output {human_bytes(need)} exceeds the {human_bytes(the_plan.free_bytes)} free for "
+            f"{the_plan.output}; free some space, choose another -o, pool with --pool, or pass --force"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def _decoded(
+    paths: Sequence[Path], load: Callable[[Path], Any], workers: int, window: int
+) -> Iterator[tuple[Path, Any, str | None]]:
+    """(path, pixels or None, failure reason or None) in input order; decoding ahead in threads."""
+    from bbx.images import ImageError
+
+    def one(p: Path) -> tuple[Any, str | None]:
+        try:
+            return load(p), None
+        except ImageError as e:
+            return None, e.reason
+        except MemoryError:
+            return None, "out of memory while decoding"
+        except OSError as e:  # unreadable file (permissions, I/O error)
+            return None, f"cannot read file: {e.strerror or e}"
+
+    if workers == 0:
+        for p in paths:
+            yield (p, *one(p))
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbx-decode")
+    pending: deque[tuple[Path, Future[tuple[Any, str | None]]]] = deque()
+    it = iter(paths)
+    try:
+        for p in it:
+            pending.append((p, pool.submit(one, p)))
+            if len(pending) >= window:
+                break
+        while pending:
+            p, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(one, nxt)))
+            yield (p, *fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _default_workers(device: str) -> int:
+    cpus = os.cpu_count() or 1
+    if device == "cpu":
+        return max(1, min(2, cpus // 2))
+    return max(1, min(8, cpus - 1))
+
+
+def run(
+    opts: ExtractOptions,
+    inputs: Sequence[Path],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> Summary:
+    """Extract ``inputs`` as ``opts`` says. ``on_plan`` sees the shape report before any image
+    is decoded (after the output is opened and the weights loaded)."""
+    import torch
+
+    from bbx import images
+    from bbx.loading import build, load_pretrained
+
+    device = resolve_device(opts.device)
+    prep = _prepare(opts, inputs, device=device, open_output=True)
+    writer = prep.writer
+    summary = Summary(plan=prep.plan, already=len(inputs) - len(prep.todo))
+    summary.notes.extend(getattr(writer, "notes", []))
+    try:
+        if opts.pretrained:
+            model = load_pretrained(prep.ref, stage_norm=opts.stage_norm)
+        else:
+            torch.manual_seed(RANDOM_SEED)
+            model = build(prep.ref, stage_norm=opts.stage_norm)
+        model.select(opts.out_indices, opts.out_features)
+        channels_last = opts.channels_last
+        if channels_last is None:
+            channels_last = bool(getattr(model, "prefers_channels_last", False))
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    except BaseException:
+        writer.abort()
+        raise
+    if on_plan is not None:
+        on_plan(prep.plan)
+
+    store = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.store_dtype]
+    compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.dtype]
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    pre = prep.pre
+    size = prep.plan.input_size
+    load = _loader(pre, size, opts)
+    workers = _default_workers(device) if opts.workers is None else opts.workers
+    names = [s.name for s in prep.plan.stages]
+    total = len(prep.todo)
+    done = 0
+    t0 = time.perf_counter()
+    status = "complete"
+
+    def flush(batch_paths: list[str], arrays: list[Any]) -> None:
+        nonlocal done
+        import numpy as np
+
+        host = torch.from_numpy(np.stack(arrays))
+        if cuda:
+            host = host.pin_memory()
+        x = host.to(dev, non_blocking=cuda)
+        x = images.normalize(x, pre)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.contiguous()
+        ctx = torch.autocast(dev.type, dtype=compute) if compute is not None else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            maps = model(x)
+        out: dict[str, Any] = {}
+        for name, m in zip(names, maps):
+            if opts.pool == "avg":
+                m = m.float().mean(dim=(2, 3))
+            elif opts.pool == "max":
+                m = m.amax(dim=(2, 3))
+            m = m.to(store).contiguous().cpu()
+            out[name] = m.view(torch.int16).numpy().view(np.uint16) if store == torch.bfloat16 else m.numpy()
+        writer.write(batch_paths, out)
+        done += len(batch_paths)
+        summary.done = done
+
+    try:
+        batch_paths: list[str] = []
+        arrays: list[Any] = []
+        handled = 0
+        window = max(opts.batch_size * 2, workers * 4)
+        for path, pixels, reason in _decoded(prep.todo, load, workers, window):
+            handled += 1
+            if reason is not None:
+                writer.fail(str(path), reason)
+                summary.failed.append((str(path), reason))
+                if opts.on_error == "stop":
+                    raise InputError(f"{path}: {reason} (stopped: --on-error stop)")
+            else:
+                batch_paths.append(str(path))
+                arrays.append(pixels)
+                if len(batch_paths) == opts.batch_size:
+                    flush(batch_paths, arrays)
+                    batch_paths, arrays = [], []
+            if progress is not None:
+                progress(handled, total)
+        if batch_paths:
+            flush(batch_paths, arrays)
+    except KeyboardInterrupt:
+        status, summary.interrupted = "interrupted", "SIGINT"
+    except Terminated:
+        status, summary.interrupted = "interrupted", "SIGTERM"
+    except BaseException:
+        # an unexpected failure: keep what is committed, leave the partial output for --resume
+        writer.abort()
+        raise
+    summary.files = [str(p) for p in writer.finish(status)]
+    summary.seconds = time.perf_counter() - t0
+    summary.rows_total = prep.done_before + done
+    return summary
+
+
+def _loader(pre: Any, size: tuple[int, int], opts: ExtractOptions) -> Callable[[Path], Any]:
+    from bbx import images
+
+    def load(path: Path) -> Any:
+        arr = images.load(path, pre, exif=opts.exif, fast_decode=opts.fast_decode)
+        if tuple(arr.shape[:2]) != tuple(size):
+            raise images.ImageError(
+                f"preprocessing gave {arr.shape[0]}x{arr.shape[1]} pixels, expected {size[0]}x{size[1]}"
+            )
+        return arr
+
+    return load
+
+
+def with_overrides(opts: ExtractOptions, **changes: Any) -> ExtractOptions:
+    return replace(opts, **changes)

@@ -1,0 +1,263 @@
+"""HDF5 output.
+
+Layout::
+
+    /features/<stage>   [N, C, H, W] (or [N, C] pooled), one chunk per image (per 256 pooled rows)
+    /paths              [N] UTF-8 strings: row i of every dataset belongs to paths[i]
+    /failed/paths       skipped inputs
+    /failed/reasons     why each was skipped
+    attributes on /     bbx_version, model, checkpoint, revision, architecture, out_features,
+                        out_indices, input_size, compute_dtype, store_dtype, pool, stage_norm,
+                        preprocessing (JSON), status (running|interrupted|complete), rows
+
+bfloat16 has no HDF5 type: such datasets hold the raw 16-bit patterns as uint16 with the dataset
+attribute ``dtype = "bfloat16"`` (``(x.astype(np.uint32) << 16).view(np.float32)`` decodes them).
+
+Crash safety: a run writes ``<name>.partial`` and renames it to ``<name>`` when it ends (also when
+interrupted by a signal, with status ``interrupted``). Each batch ends with a flush and the
+``rows`` attribute, so a killed run leaves a ``.partial`` file that ``--resume`` truncates to its
+last finished batch and continues, or, if the kill damaged it, reports that and starts over.
+Extending a finished file works on a copy, so nothing already extracted is ever at risk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bbx.errors import InputError
+from bbx.writers import Existing, StageLayout, check_resumable, fsync_dir
+
+POOLED_CHUNK_ROWS = 256
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value)
+
+
+def _unattr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read(f: h5py.File) -> Existing:
+    facts = {k: _unattr(v) for k, v in f.attrs.items()}
+    rows = int(facts.get("rows", 0))
+    paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][:rows]] if "paths" in f else []
+    failed: list[tuple[str, str]] = []
+    if "failed" in f:
+        fp = f["failed/paths"][:]
+        fr = f["failed/reasons"][:]
+        failed = [(_s(a), _s(b)) for a, b in zip(fp, fr)]
+    return Existing(paths=paths, failed=failed, facts=facts, status=str(facts.get("status", "complete")))
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_output(path: Path) -> Existing:
+    try:
+        with h5py.File(path, "r") as f:
+            return _read(f)
+    except OSError as e:
+        raise InputError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+class HDF5Writer:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        facts: Mapping[str, Any],
+        stages: Sequence[StageLayout],
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self.path = path
+        self.partial = partial_path(path)
+        self.stages = list(stages)
+        self.existing: Existing | None = None
+        self.notes: list[str] = []
+        self._f: h5py.File | None = None
+        self._created = False
+        self._open(dict(facts), overwrite=overwrite, resume=resume)
+
+    # --- opening ------------------------------------------------------------------------------
+    def _open(self, facts: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+        path, partial = self.path, self.partial
+        if not overwrite and not resume:
+            if path.exists():
+                raise InputError(f"{path} exists: pass --overwrite to replace it or --resume to add to it")
+            if partial.exists():
+                raise InputError(
+                    f"{partial} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
+                )
+        if overwrite:
+            partial.unlink(missing_ok=True)
+        if resume and partial.exists():
+            if self._reopen(partial, facts):
+                return
+            self.notes.append(f"{partial.name} was damaged (the run was killed mid-write) and is started over")
+            partial.unlink()
+        if resume and path.exists() and not partial.exists():
+            # work on a copy: a crash while extending must not damage the finished file
+            shutil.copyfile(path, partial)
+            if self._reopen(partial, facts):
+                return
+            partial.unlink(missing_ok=True)
+            raise InputError(f"{path} is not a bbx HDF5 output that can be resumed")
+        self._create(partial, facts)
+        self._created = True
+
+    def _reopen(self, partial: Path, facts: Mapping[str, Any]) -> bool:
+        try:
+            f = h5py.File(partial, "r+")
+        except OSError:
+            return False
+        try:
+            existing = _read(f)
+        except (OSError, KeyError, ValueError):
+            f.close()
+            return False
+        try:
+            check_resumable(existing, facts, self.path)
+        except Exception:
+            f.close()
+            if partial != self.path and self.path.exists():
+                partial.unlink(missing_ok=True)  # our own copy of a finished file
+            raise
+        rows = int(f.attrs.get("rows", 0))
+        for s in self.stages:
+            if f"features/{s.name}" not in f or len(f[f"features/{s.name}"]) < rows:
+                f.close()
+                return False
+        # drop any rows past the last finished batch
+        for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
+            if len(ds) != rows:
+                ds.resize(rows, axis=0)
+        f.attrs["status"] = "running"
+        f.flush()
+        self._f = f
+        self.existing = existing
+        return True
+
+    def _create(self, partial: Path, facts: Mapping[str, Any]) -> None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(partial, "w")
+        for k, v in facts.items():
+            if v is not None:
+                f.attrs[k] = _attr(v)
+        f.attrs["status"] = "running"
+        f.attrs["rows"] = 0
+        feats = f.create_group("features")
+        for s in self.stages:
+            pooled = len(s.shape) == 1
+            chunks = (POOLED_CHUNK_ROWS, *s.shape) if pooled else (1, *s.shape)
+            dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[s.dtype]
+            ds = feats.create_dataset(
+                s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=dtype, chunks=chunks
+            )
+            ds.attrs["dtype"] = s.dtype
+        strings = h5py.string_dtype("utf-8")
+        f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
+        failed = f.create_group("failed")
+        failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
+        failed.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
+        f.flush()
+        self._f = f
+
+    # --- writing ------------------------------------------------------------------------------
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
+        f = self._f
+        assert f is not None
+        n = len(paths)
+        if n == 0:
+            return
+        start = int(f.attrs["rows"])
+        for s in self.stages:
+            data = np.asarray(maps[s.name])
+            if s.dtype == "bfloat16":
+                data = data.view(np.uint16)
+            ds = f[f"features/{s.name}"]
+            ds.resize(start + n, axis=0)
+            ds[start : start + n] = data
+        pds = f["paths"]
+        pds.resize(start + n, axis=0)
+        pds[start : start + n] = list(paths)
+        f.attrs["rows"] = start + n  # the commit point of the batch
+        f.flush()
+
+    def fail(self, path: str, reason: str) -> None:
+        f = self._f
+        assert f is not None
+        for name, value in (("failed/paths", path), ("failed/reasons", reason)):
+            ds = f[name]
+            ds.resize(len(ds) + 1, axis=0)
+            ds[-1] = value
+        f.flush()
+
+    def forget_failed(self, paths: set[str]) -> None:
+        """Drop earlier failures of inputs this run tries again."""
+        f = self._f
+        assert f is not None
+        fp, fr = f["failed/paths"], f["failed/reasons"]
+        pairs = [(_s(a), _s(b)) for a, b in zip(fp[:], fr[:])]
+        keep = [(a, b) for a, b in pairs if a not in paths]
+        if len(keep) == len(pairs):
+            return
+        for ds, values in ((fp, [a for a, _ in keep]), (fr, [b for _, b in keep])):
+            ds.resize(len(values), axis=0)
+            if values:
+                ds[:] = values
+        f.flush()
+
+    def finish(self, status: str) -> list[Path]:
+        f = self._f
+        assert f is not None
+        f.attrs["status"] = status
+        f.flush()
+        f.close()
+        self._f = None
+        fd = os.open(self.partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial, self.path)
+        fsync_dir(self.path.parent)
+        return [self.path]
+
+    def abort(self) -> None:
+        """Close without renaming (the run failed): the ``.partial`` file stays for --resume,
+        unless this run created it and wrote nothing."""
+        if self._f is None:
+            return
+        empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
+        try:
+            self._f.close()
+        finally:
+            self._f = None
+        if empty:
+            self.partial.unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""Interrupted and killed runs: every finished batch survives, nothing looks complete that is
+not, and --resume reaches the same result as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from tests.cli import ROOT
+from tests.conftest import make_photos
+from tests.test_extract import _read
+
+N_IMAGES = 160
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    make_photos(folder, [(256, 192)] * N_IMAGES, "png")
+    return folder
+
+
+def _cmd(ckpt: Path, out: Path, folder: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bbx",
+        "extract",
+        "-m",
+        str(ckpt),
+        "-o",
+        str(out),
+        "-b",
+        "1",
+        "-j",
+        "0",
+        "-q",
+        str(folder),
+        *extra,
+    ]
+
+
+def _env():
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.CompletedProcess:
+    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not staging.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.6)  # let some batches finish
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def full(tiny_resnet, many, tmp_path_factory):
+    """The uninterrupted run's (paths, maps) per output suffix, computed once."""
+    cache: dict[str, tuple[list[str], bytes]] = {}
+
+    def get(suffix: str) -> tuple[list[str], bytes]:
+        if suffix not in cache:
+            out = tmp_path_factory.mktemp("full") / f"full{suffix}"
+            subprocess.run(_cmd(tiny_resnet, out, many), env=_env(), check=True)
+            cache[suffix] = _read(out)
+        return cache[suffix]
+
+    return get
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+def test_signal_leaves_a_valid_file_and_resume_completes_it(tiny_resnet, many, full, tmp_path, sig, code, suffix):
+    out = tmp_path / f"f{suffix}"
+    p = _start_and_signal(_cmd(tiny_resnet, out, many), out.with_name(out.name + ".partial"), sig)
+    assert p.returncode == code, p.stderr
+    assert "Traceback" not in p.stderr
+    from bbx.writers import read_existing
+
+    info = read_existing(out)  # a valid file under the final name
+    assert info.status == "interrupted" and 0 < len(info.paths) < N_IMAGES
+    assert not out.with_name(out.name + ".partial").exists()
+    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_existing(out).status == "complete"
+    assert _read(out) == full(suffix)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+def test_sigkill_never_leaves_a_complete_looking_file_and_resume_recovers(tiny_resnet, many, full, tmp_path, suffix):
+    out = tmp_path / f"f{suffix}"
+    partial = out.with_name(out.name + ".partial")
+    p = _start_and_signal(_cmd(tiny_resnet, out, many), partial, signal.SIGKILL)
+    assert p.returncode == -signal.SIGKILL
+    assert not out.exists() and partial.exists()
+    if suffix == ".h5":
+        with h5py.File(partial) as f:
+            assert f.attrs["status"] == "running" and f.attrs["rows"] > 0
+    r = subprocess.run(_cmd(tiny_resnet, out, many), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 3 and "--resume" in r.stderr  # an unfinished run is never silently replaced
+    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume", "--json"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["already_present"] > 0 and report["done"] + report["already_present"] == N_IMAGES
+    assert _read(out) == full(suffix)
+
+
+def test_damaged_partial_is_reported_and_started_over(tiny_resnet, many, full, tmp_path):
+    out = tmp_path / "f.h5"
+    out.with_name("f.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 300)
+    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume", "--json"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    notes = json.loads(r.stdout)["notes"]
+    assert any("damaged" in n for n in notes)
+    assert _read(out) == full(".h5")
+
+
+def test_extending_a_finished_file_works_on_a_copy(tiny_resnet, many, tmp_path):
+    """A kill while extending a finished file must not damage what it already held."""
+    out = tmp_path / "f.h5"
+    first = sorted(many.iterdir())[:5]
+    subprocess.run(
+        [sys.executable, "-m", "bbx", "extract", "-m", str(tiny_resnet), "-o", str(out), "-q", *map(str, first)],
+        env=_env(),
+        check=True,
+    )
+    before = _read(out)
+    p = _start_and_signal(_cmd(tiny_resnet, out, many, "--resume"), out.with_name("f.h5.partial"), signal.SIGKILL)
+    assert p.returncode == -signal.SIGKILL
+    assert _read(out) == before  # the finished file is untouched

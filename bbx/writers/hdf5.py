@@ -112,7 +112,8 @@ class HDF5Writer:
                 raise InputError(f"{path} exists: pass --overwrite to replace it or --resume to add to it")
             if partial.exists():
                 raise InputError(
-                    f"{partial} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
+                    f"{partial} is left from an unfinished run: "
+                    "pass --resume to continue it or --overwrite to start over"
                 )
         if overwrite:
             partial.unlink(missing_ok=True)

@@ -25,6 +25,8 @@ from bbx.errors import ModelError
 FAMILIES: Mapping[str, str] = MappingProxyType(
     {
         "resnet": "resnet",
+        "dinov2": "dinov2",
+        "dinov2_with_registers": "dinov2",
     }
 )
 
@@ -123,12 +125,74 @@ def _resnet(depth: int, depths: list[int], layer_type: str) -> Checkpoint:
     )
 
 
+# --- DINOv2: facebook/dinov2-* and facebook/dinov2-with-registers-* (BitImageProcessor) ----------
+# Confirmed against transformers' convert_dinov2_to_hf.py / convert_dinov2_with_registers_to_hf.py
+# (image_size 518, patch_size 14, the widths/depths/heads, SwiGLU for the giant, 4 registers, the
+# processor: shortest edge 256, bicubic, ImageNet mean/std, BitImageProcessor's 224 center crop)
+# and against copies of the published small configs; the rest are Dinov2Config defaults, which the
+# hub files spell out.
+_DINOV2_PRE = {
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": IMAGENET_MEAN,
+    "image_processor_type": "BitImageProcessor",
+    "image_std": IMAGENET_STD,
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 256},
+}
+#: size -> (hidden_size, num_hidden_layers, num_attention_heads, ViT name)
+_DINOV2_SIZES = {
+    "small": (384, 12, 6, "ViT-S/14"),
+    "base": (768, 12, 12, "ViT-B/14"),
+    "large": (1024, 24, 16, "ViT-L/14"),
+    "giant": (1536, 40, 24, "ViT-g/14"),
+}
+
+
+def _dinov2(size: str, registers: bool) -> Checkpoint:
+    hidden, layers, heads, vit = _DINOV2_SIZES[size]
+    config: dict[str, Any] = {
+        "model_type": "dinov2_with_registers" if registers else "dinov2",
+        "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "mlp_ratio": 4,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "image_size": 518,
+        "patch_size": 14,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "layerscale_value": 1.0,
+        "use_swiglu_ffn": size == "giant",
+    }
+    if registers:
+        config["num_register_tokens"] = 4
+    return Checkpoint(
+        alias=f"dinov2-{size}-reg" if registers else f"dinov2-{size}",
+        repo_id=f"facebook/dinov2-with-registers-{size}" if registers else f"facebook/dinov2-{size}",
+        config=_frozen(config),
+        preprocessor=_frozen(_DINOV2_PRE),
+        stage_names=("stem", *(f"stage{i}" for i in range(1, layers + 1))),
+        description=f"DINOv2 {vit}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
+        extra_aliases=(f"dinov2-with-registers-{size}",) if registers else (),
+    )
+
+
 CHECKPOINTS: tuple[Checkpoint, ...] = (
     _resnet(18, [2, 2, 2, 2], "basic"),
     _resnet(34, [3, 4, 6, 3], "basic"),
     _resnet(50, [3, 4, 6, 3], "bottleneck"),
     _resnet(101, [3, 4, 23, 3], "bottleneck"),
     _resnet(152, [3, 8, 36, 3], "bottleneck"),
+    *(_dinov2(size, registers=False) for size in _DINOV2_SIZES),
+    *(_dinov2(size, registers=True) for size in _DINOV2_SIZES),
 )
 
 

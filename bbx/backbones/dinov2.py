@@ -1,0 +1,321 @@
+"""DINOv2 and DINOv2 with registers: plain ViTs trained without labels, transformers layout.
+
+Papers: Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision" (2023), and
+Darcet et al., "Vision Transformers Need Registers" (2023), which adds a few learned "register"
+tokens next to the class token.
+
+Loads the weights of ``Dinov2Model`` / ``Dinov2WithRegistersModel`` checkpoints (the public
+``facebook/dinov2-{small,base,large,giant}`` and ``facebook/dinov2-with-registers-*`` repos), of the
+``*Backbone`` classes (same keys) and of ``*ForImageClassification`` (prefix ``dinov2.`` or
+``dinov2_with_registers.``; the head is dropped). One module serves both ``model_type`` values:
+registers are simply ``num_register_tokens`` extra tokens (0 for ``dinov2``).
+
+The network: a ``patch_size`` x ``patch_size`` convolution cuts the image into patch tokens; a
+class token (and the registers) join them; learned position embeddings (a square grid of
+``image_size // patch_size`` a side, plus one for the class token) are added, resampled to the
+input's grid when it differs; then ``num_hidden_layers`` pre-norm blocks, each
+``x + scale1 * attention(norm1(x))`` and ``x + scale2 * mlp(norm2(x))`` with per-channel layer
+scales, the MLP being GELU (``hidden_act``) or, with ``use_swiglu_ffn`` (the giant), SwiGLU.
+
+Stages, as transformers' backbone defines them: ``stem`` is the embedding output (patch
+embeddings + position embeddings, the input of block 1) and ``stageK`` the output of block K.
+Each map keeps the patch tokens only (class and register tokens dropped), laid out as
+``[N, C, H // patch, W // patch]`` (a size that is not a multiple of the patch size loses its
+remainder, as the convolution does). Stride = ``patch_size`` for every stage.
+
+Stage norms: transformers applies the model's final layernorm (trained as the norm of the last
+block's output) to every selected stage when ``apply_layernorm`` is true, as in all public
+configs; ``stem`` included. ``stage_norm="hf"`` does exactly that (and no norm when
+``apply_layernorm`` is false), ``"none"`` never normalises (the raw hidden states), and
+``"final"`` always applies the final layernorm: for DINOv2 with ``apply_layernorm`` true it is the
+same as ``"hf"``. ``reshape_hidden_states=false`` (token sequences instead of maps) is refused:
+bbx always returns ``[N, C, H, W]`` maps.
+
+Position-embedding resampling follows the installed transformers (5.x) exactly: the patch part
+of the table is resized in float32 with bicubic interpolation (``align_corners=False``) straight
+to the target grid (no scale factor, no offset), antialiased for the registers variant only, then
+cast back to the parameters' dtype. At the checkpoint's own grid the table is used as is
+(transformers resamples it to the same size for non-square inputs, which is an exact identity).
+
+Inference only: no dropout, no drop-path, no mask token (dropped from checkpoints; it only serves
+masked pretraining). Attention uses ``scaled_dot_product_attention`` with one fused q/k/v
+projection; the SwiGLU gate and up projections stay fused as in the checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bbx.backbones.base import Backbone, StageSpec
+from bbx.backbones.layers import activation
+
+MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+
+
+def _square(value: Any, name: str) -> int:
+    """An int, or a pair of equal ints (transformers accepts both for sizes)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or int(value[0]) != int(value[1]):
+            raise ValueError(f"{name} must be square, got {list(value)}")
+        value = value[0]
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Dinov2Settings:
+    """The architecture fields of a DINOv2 ``config.json``, with transformers' defaults
+    (``Dinov2Config``; ``Dinov2WithRegistersConfig`` differs in ``patch_size`` 16 and 4 registers)."""
+
+    model_type: str = "dinov2"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    mlp_ratio: float = 4
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    image_size: int = 224
+    patch_size: int = 14
+    num_channels: int = 3
+    qkv_bias: bool = True
+    layerscale_value: float = 1.0
+    use_swiglu_ffn: bool = False
+    num_register_tokens: int = 0
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Dinov2Settings:
+        model_type = config.get("model_type", "dinov2")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+        registers = model_type == "dinov2_with_registers"
+        known = {f.name: config[f.name] for f in fields(cls) if f.name in config}
+        known["model_type"] = model_type
+        if registers:
+            known.setdefault("patch_size", 16)
+            known.setdefault("num_register_tokens", 4)
+        elif known.pop("num_register_tokens", 0):
+            # transformers' Dinov2Model has no registers and would silently ignore them
+            raise ValueError("model_type 'dinov2' has no register tokens; registers need 'dinov2_with_registers'")
+        for name in ("image_size", "patch_size"):
+            if name in known:
+                known[name] = _square(known[name], name)
+        s = cls(**known)
+        if s.hidden_size % s.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {s.hidden_size} is not a multiple of num_attention_heads {s.num_attention_heads}"
+            )
+        if s.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {s.num_register_tokens}")
+        if not s.reshape_hidden_states:
+            raise ValueError("reshape_hidden_states=false (token sequences) is not supported: bbx returns [N, C, H, W]")
+        if s.image_size < s.patch_size:
+            raise ValueError(f"image_size {s.image_size} is smaller than patch_size {s.patch_size}")
+        return s
+
+    @property
+    def grid(self) -> int:
+        """Side of the position-embedding grid the checkpoint was trained with."""
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_hidden(self) -> int:
+        hidden = int(self.hidden_size * self.mlp_ratio)
+        if self.use_swiglu_ffn:
+            # two thirds of the MLP width (SwiGLU has two input projections), rounded up to 8
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        return hidden
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(n, t, c))
+
+
+class Mlp(nn.Module):
+    """``fc2(act(fc1(x)))``."""
+
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with layer scale on both residual branches."""
+
+    def __init__(self, s: Dinov2Settings):
+        super().__init__()
+        dim = s.hidden_size
+        self.norm1 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.attn = Attention(dim, s.num_attention_heads, s.qkv_bias)
+        self.scale1 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
+        self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.mlp = SwiGLU(dim, s.mlp_hidden) if s.use_swiglu_ffn else Mlp(dim, s.mlp_hidden, s.hidden_act)
+        self.scale2 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x + branch * scale in one kernel
+        x = torch.addcmul(x, self.attn(self.norm1(x)), self.scale1)
+        return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
+
+
+class Dinov2(Backbone):
+    def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
+        s = Dinov2Settings.from_config(config)
+        dim, p = s.hidden_size, s.patch_size
+        names = ["stem"] + [f"stage{i}" for i in range(1, s.num_hidden_layers + 1)]
+        specs = [StageSpec(name, dim, p) for name in names]
+        super().__init__(specs, config=config, stage_norm=stage_norm)
+        self.settings = s
+        self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        if s.num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.zeros(1, s.num_register_tokens, dim))
+        else:
+            self.register_tokens = None
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + s.grid * s.grid, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(s) for _ in range(s.num_hidden_layers))
+        self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self._apply_norm = stage_norm == "final" or (stage_norm == "hf" and s.apply_layernorm)
+        self._antialias = s.model_type == "dinov2_with_registers"
+
+    def _patch_positions(self, gh: int, gw: int) -> torch.Tensor:
+        """Position embeddings of the patch tokens for a ``gh`` x ``gw`` grid: ``[1, gh * gw, C]``."""
+        table = self.pos_embed[:, 1:]
+        g = self.settings.grid
+        if (gh, gw) == (g, g):
+            return table
+        c = table.shape[-1]
+        square = table.reshape(1, g, g, c).permute(0, 3, 1, 2)
+        resized = F.interpolate(
+            square.float(), size=(gh, gw), mode="bicubic", align_corners=False, antialias=self._antialias
+        ).to(table.dtype)
+        return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, c)
+
+    def iter_stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+        n = x.shape[0]
+        patches = self.patch_embed(x.to(self.patch_embed.weight.dtype))
+        grid = (patches.shape[2], patches.shape[3])
+        patches = patches.flatten(2).transpose(1, 2) + self._patch_positions(*grid)
+        first = [(self.cls_token + self.pos_embed[:, :1]).expand(n, -1, -1)]
+        if self.register_tokens is not None:
+            first.append(self.register_tokens.expand(n, -1, -1))
+        x = torch.cat([*first, patches], dim=1)
+        yield x, grid
+        for block in self.blocks:
+            x = block(x)
+            yield x, grid
+
+    def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        tokens, (gh, gw) = raw
+        patches = tokens[:, 1 + self.settings.num_register_tokens :]
+        if self._apply_norm:
+            patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
+        return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        p = self.settings.patch_size
+        if h < p or w < p:
+            raise ValueError(f"input must be at least {p}x{p} (the patch size)")
+        return [(h // p, w // p)] * len(self.stage_specs)
+
+
+# Checkpoint key -> bbx key, applied in order where they match (after the head prefix is removed).
+_RULES = [
+    (re.compile(r"^embeddings\.patch_embeddings\.projection\."), "patch_embed."),
+    (re.compile(r"^embeddings\.position_embeddings$"), "pos_embed"),
+    (re.compile(r"^embeddings\.(cls_token|register_tokens)$"), r"\1"),
+    (re.compile(r"^encoder\.layer\.(\d+)\."), r"blocks.\1."),
+    (re.compile(r"\.attention\.(?:output\.dense|o_proj)\."), ".attn.proj."),
+    (re.compile(r"\.layer_scale([12])\.lambda1$"), r".scale\1"),
+    (re.compile(r"\.mlp\.weights_in\."), ".mlp.fc1."),
+    (re.compile(r"\.mlp\.(?:weights_out|down_proj)\."), ".mlp.fc2."),
+    (re.compile(r"^layernorm\."), "norm."),
+]
+# Projections stored apart that bbx keeps fused: (pattern, fused name, part, number of parts).
+# Both the hub's names and transformers 5's in-memory names are understood.
+_FUSED = re.compile(
+    r"^(?P<block>blocks\.\d+)\.(?:attention\.attention\.(?P<a>query|key|value)|attention\.(?P<b>q|k|v)_proj"
+    r"|mlp\.(?P<m>gate|up)_proj)\.(?P<leaf>weight|bias)$"
+)
+_PART = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2, "gate": 0, "up": 1}
+_HEAD_PREFIXES = ("dinov2.", "dinov2_with_registers.")
+_UNUSED = ("embeddings.mask_token",)
+
+
+def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers' DINOv2 keys -> bbx's. Drops the classification head and the mask token;
+    concatenates q/k/v (and SwiGLU gate/up, when stored apart) into bbx's fused projections.
+    Anything unrecognised, or a fused projection with parts missing, is kept under its own
+    name, so the strict load reports it."""
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier."):
+            continue
+        k = key
+        for prefix in _HEAD_PREFIXES:
+            if k.startswith(prefix):
+                k = k.removeprefix(prefix)
+                break
+        if k in _UNUSED:
+            continue
+        for pattern, repl in _RULES:
+            k = pattern.sub(repl, k)
+        m = _FUSED.match(k)
+        if m is None:
+            out[k] = value
+            continue
+        attention = m["m"] is None
+        fused = f"{m['block']}.{'attn.qkv' if attention else 'mlp.fc1'}.{m['leaf']}"
+        parts.setdefault(fused, {})[_PART[m["a"] or m["b"] or m["m"]]] = (key, value)
+    for fused, got in parts.items():
+        wanted = 3 if ".attn." in fused else 2
+        if sorted(got) == list(range(wanted)):
+            out[fused] = torch.cat([got[i][1] for i in range(wanted)], dim=0)
+        else:
+            out.update(dict(got.values()))
+    return out
+
+
+def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> Dinov2:
+    return Dinov2(config, stage_norm=stage_norm)

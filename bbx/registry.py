@@ -25,6 +25,7 @@ from bbx.errors import ModelError
 FAMILIES: Mapping[str, str] = MappingProxyType(
     {
         "resnet": "resnet",
+        "swin": "swin",
         "dinov2": "dinov2",
         "dinov2_with_registers": "dinov2",
     }
@@ -182,6 +183,56 @@ def _dinov2(size: str, registers: bool) -> Checkpoint:
         stage_names=("stem", *(f"stage{i}" for i in range(1, layers + 1))),
         description=f"DINOv2 {vit}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
         extra_aliases=(f"dinov2-with-registers-{size}",) if registers else (),
+# --- Swin: microsoft/swin-* (converted from the official weights; ViT-style preprocessing) --------
+# Architecture values as in transformers' convert_swin_timm_to_pytorch.py and the hub configs: T and S
+# share width 96 and heads 3/6/12/24, B is 128 wide with heads 4/8/16/32, L 192 wide with heads
+# 6/12/24/48; S, B and L have depths 2/2/18/2. The 384 checkpoints use 12x12 windows.
+_SWIN_SIZES = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+
+def _swin(size: str, image_size: int, *, in22k: bool = False, extra: tuple[str, ...] = ()) -> Checkpoint:
+    embed_dim, depths, heads = _SWIN_SIZES[size]
+    window = 7 if image_size == 224 else 12
+    config = {
+        "model_type": "swin",
+        "architectures": ["SwinForImageClassification"],
+        "image_size": image_size,
+        "patch_size": 4,
+        "num_channels": 3,
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": window,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+        "use_absolute_embeddings": False,
+        "layer_norm_eps": 1e-5,
+    }
+    pre = {
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "resample": 3,
+        "size": image_size,
+    }
+    alias = f"swin-{size}" + ("" if image_size == 224 else f"-{image_size}") + ("-in22k" if in22k else "")
+    data = "ImageNet-22k" if in22k else "ImageNet-1k"
+    return Checkpoint(
+        alias=alias,
+        repo_id=f"microsoft/swin-{size}-patch4-window{window}-{image_size}" + ("-in22k" if in22k else ""),
+        config=_frozen(config),
+        preprocessor=_frozen(pre),
+        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
+        description=f"Swin-{size[0].upper()} ({data}, {image_size}px, window {window})",
+        extra_aliases=extra,
     )
 
 
@@ -191,6 +242,16 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
     _resnet(50, [3, 4, 6, 3], "bottleneck"),
     _resnet(101, [3, 4, 23, 3], "bottleneck"),
     _resnet(152, [3, 8, 36, 3], "bottleneck"),
+    _swin("tiny", 224, extra=("swin-t",)),
+    _swin("small", 224, extra=("swin-s",)),
+    _swin("base", 224, extra=("swin-b",)),
+    _swin("large", 224, extra=("swin-l",)),
+    _swin("base", 384),
+    _swin("large", 384),
+    _swin("base", 224, in22k=True),
+    _swin("base", 384, in22k=True),
+    _swin("large", 224, in22k=True),
+    _swin("large", 384, in22k=True),
     *(_dinov2(size, registers=False) for size in _DINOV2_SIZES),
     *(_dinov2(size, registers=True) for size in _DINOV2_SIZES),
 )

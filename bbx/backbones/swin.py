@@ -1,0 +1,468 @@
+"""Swin Transformer (Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted
+Windows", 2021), transformers layout.
+
+Loads the weights of ``SwinForImageClassification`` (keys under ``swin.``, plus a ``classifier``
+head that is dropped), ``SwinModel`` (bare keys, with the final ``layernorm``),
+``SwinBackbone.save_pretrained`` (bare ``embeddings``/``encoder`` keys, ``hidden_states_norms.*``
+and, from transformers 5 on, ``swin.layernorm``) and ``SwinForMaskedImageModeling`` (SimMIM; the
+decoder and mask token are dropped) checkpoints such as ``microsoft/swin-tiny-patch4-window7-224``.
+
+The network: a patch embedding (a ``patch_size`` convolution with stride ``patch_size``, then a
+LayerNorm, plus absolute position embeddings when ``use_absolute_embeddings``), then stages of
+blocks that attend within ``window_size`` x ``window_size`` windows, every second block on windows
+cyclically shifted by ``window_size // 2`` (with a mask keeping tokens that the shift brought
+together from opposite borders apart). Each stage after the first starts with a patch merging
+(2x2 neighbours concatenated, LayerNorm, linear 4C -> 2C).
+
+Stages and what they report, exactly as transformers' ``SwinBackbone``:
+
+* ``stem``: the patch embedding output (after its norm and position embeddings), stride
+  ``patch_size``;
+* ``stageK``: the output of stage K's last block *before* the patch merging that opens stage K+1,
+  stride ``patch_size * 2**(K-1)``, ``embed_dim * 2**(K-1)`` channels.
+
+Like ``SwinBackbone`` (which runs the encoder with ``always_partition=True``), windows keep their
+size and shifted blocks keep their shift at every input size: the token grid is zero-padded on the
+right and bottom to a multiple of the window (after the block's first norm), the input image to a
+multiple of the patch size, and an odd grid by one row/column before patch merging. Any input size
+works; :meth:`Swin.map_sizes` is that arithmetic (ceil divisions).
+
+Stage norms (``stage_norm``):
+
+* ``"hf"`` (default): transformers' backbone LayerNorm ``hidden_states_norms.<stage>`` on every
+  reported stage, the stem included (eps 1e-5). Checkpoints that do not have them (classification
+  and base-model layouts, or a backbone saved for other stages) get them as transformers creates
+  them: weight 1, bias 0. Saved backbone norms load.
+* ``"none"``: the raw stage outputs.
+* ``"final"``: the checkpoint's trained final ``layernorm`` (``SwinModel.layernorm``, whose output
+  is ``last_hidden_state``) on the last stage, which is the only stage whose width it fits; the
+  other stages are raw. A checkpoint without that norm is refused with the missing keys named.
+
+With ``use_absolute_embeddings``, the position embeddings are added as trained at the
+checkpoint's grid; at any other grid they are resized bicubically first, as transformers does when
+called with ``interpolate_pos_encoding=True`` (its backbone refuses such sizes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bbx.backbones.base import Backbone, StageSpec
+from bbx.backbones.layers import activation
+from bbx.errors import ModelError
+
+# transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
+# the patch embedding's, patch merging's and the backbone's stage norms.
+_DEFAULT_EPS = 1e-5
+
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{what} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+@dataclass(frozen=True)
+class SwinSettings:
+    """The architecture fields of a Swin ``config.json``, with transformers' defaults."""
+
+    image_size: tuple[int, int] = (224, 224)
+    patch_size: int = 4
+    num_channels: int = 3
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    hidden_act: str = "gelu"
+    use_absolute_embeddings: bool = False
+    layer_norm_eps: float = 1e-5
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SwinSettings:
+        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        if "image_size" in known:
+            known["image_size"] = _pair(known["image_size"], "image_size")
+        if "patch_size" in known:
+            ph, pw = _pair(known["patch_size"], "patch_size")
+            if ph != pw:
+                raise ValueError(f"non-square patch_size {[ph, pw]} is not supported")
+            known["patch_size"] = ph
+        for k in ("depths", "num_heads"):
+            if k in known:
+                known[k] = tuple(int(v) for v in known[k])
+        s = cls(**known)
+        if len(s.depths) != len(s.num_heads) or not s.depths:
+            raise ValueError("depths and num_heads must be non-empty and of the same length")
+        if s.patch_size < 1 or s.window_size < 1 or s.embed_dim < 1:
+            raise ValueError("patch_size, window_size and embed_dim must be positive")
+        for dim, heads in zip(s.dims, s.num_heads):
+            if heads < 1 or dim % heads:
+                raise ValueError(f"a stage of width {dim} cannot have {heads} attention heads")
+        return s
+
+    @property
+    def dims(self) -> list[int]:
+        """Channels of every stage."""
+        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid at the checkpoint's image size (what position embeddings were trained on)."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+
+# --- size-dependent tables --------------------------------------------------------------------
+
+
+def relative_position_index(window: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """For every (query, key) pair of a window's ``window**2`` tokens, flattened: the row of the
+    relative-position bias table holding their offset ``(dy, dx)``."""
+    ys, xs = torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + (window - 1)
+    dx = xs[:, None] - xs[None, :] + (window - 1)
+    return (dy * (2 * window - 1) + dx).flatten()
+
+
+def shifted_window_mask(
+    height: int, width: int, window: int, shift: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask ``[num_windows, N, N]`` for attention on a cyclically shifted (and padded)
+    ``height`` x ``width`` grid: -100 between tokens from different regions of the unshifted
+    image, 0 within a region. Along each axis the last ``window`` positions split into two regions
+    at ``shift`` from the end; everything before them is a third."""
+
+    def band(n: int) -> torch.Tensor:
+        i = torch.arange(n, device=device)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    region = band(height)[:, None] * 3 + band(width)[None, :]
+    region = region.view(height // window, window, width // window, window).transpose(1, 2)
+    region = region.reshape(-1, window * window)
+    apart = region[:, :, None] != region[:, None, :]
+    return torch.zeros(apart.shape, device=device, dtype=dtype).masked_fill_(apart, -100.0)
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Image ``[B, C, H, W]`` -> normed patch tokens ``[B, h, w, D]`` (padded to whole patches)."""
+
+    def __init__(self, s: SwinSettings):
+        super().__init__()
+        self.patch = s.patch_size
+        self.proj = nn.Conv2d(s.num_channels, s.embed_dim, s.patch_size, stride=s.patch_size)
+        self.norm = nn.LayerNorm(s.embed_dim, eps=_DEFAULT_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h, pad_w = -x.shape[2] % self.patch, -x.shape[3] % self.patch
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention within each window, with a learned bias per relative offset."""
+
+    def __init__(self, dim: int, heads: int, window: int, qkv_bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # query, key and value projections, stacked
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+
+    def forward(self, windows: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``windows``: ``[B, nW, N, C]`` tokens of each window; ``mask``: ``[nW, N, N]`` or None."""
+        b, nw, n, c = windows.shape
+        h = self.heads
+        d = c // h
+        qkv = self.qkv(windows).view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, h, N, d
+        bias = self.bias_table[index].view(n, n, h).permute(2, 0, 1)  # h, N, N
+        if mask is None:  # one bias for every window: windows x batch is the batch
+            q, k, v = qkv.reshape(3, b * nw, h, n, d).unbind(0)
+            attn_bias = bias.unsqueeze(0)
+        else:  # a bias per window: windows x heads are the heads, shared over the batch
+            q, k, v = qkv.reshape(3, b, nw * h, n, d).unbind(0)
+            attn_bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nw * h, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
+        out = out.view(b, nw, h, n, d).transpose(2, 3).reshape(b, nw, n, c)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm (shifted-)window attention and MLP, each residual. Tokens are ``[B, H, W, C]``."""
+
+    def __init__(self, dim: int, heads: int, shift: int, s: SwinSettings):
+        super().__init__()
+        self.window = s.window_size
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.attn = WindowAttention(dim, heads, s.window_size, s.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.mlp = Mlp(dim, int(s.mlp_ratio * dim), s.hidden_act)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, height, width, c = x.shape
+        w, shift = self.window, self.shift
+        y = self.norm1(x)
+        pad_h, pad_w = -height % w, -width % w
+        if pad_h or pad_w:
+            y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = height + pad_h, width + pad_w
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        windows = y.view(b, hp // w, w, wp // w, w, c).transpose(2, 3).reshape(b, -1, w * w, c)
+        y = self.attn(windows, index, mask if shift else None)
+        y = y.view(b, hp // w, wp // w, w, w, c).transpose(2, 3).reshape(b, hp, wp, c)
+        if shift:
+            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        if pad_h or pad_w:
+            y = y[:, :height, :width]
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """Each 2x2 neighbourhood -> one token of twice the width (an odd grid is zero-padded)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=_DEFAULT_EPS)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1], x.shape[2]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        # channel order: (even row, even col), (odd, even), (even, odd), (odd, odd)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """Patch merging (all stages but the first), then ``depth`` blocks alternating plain and
+    shifted windows."""
+
+    def __init__(self, dim: int, depth: int, heads: int, s: SwinSettings, *, merge: bool):
+        super().__init__()
+        self.window = s.window_size
+        self.shift = s.window_size // 2
+        self.merge = PatchMerging(dim // 2) if merge else nn.Identity()
+        shifts = [0 if j % 2 == 0 else self.shift for j in range(depth)]
+        self.blocks = nn.ModuleList(SwinBlock(dim, heads, shift, s) for shift in shifts)
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        x = self.merge(x)
+        mask = None
+        if self.shift and len(self.blocks) > 1:
+            w = self.window
+            hp, wp = x.shape[1] + (-x.shape[1] % w), x.shape[2] + (-x.shape[2] % w)
+            mask = shifted_window_mask(hp, wp, w, self.shift, device=x.device, dtype=x.dtype)
+        for block in self.blocks:
+            x = block(x, index, mask)
+        return x
+
+
+# --- the backbone -----------------------------------------------------------------------------
+
+
+class Swin(Backbone):
+    def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
+        s = SwinSettings.from_config(config)
+        dims = s.dims
+        specs = [StageSpec("stem", s.embed_dim, s.patch_size)]
+        specs += [StageSpec(f"stage{i + 1}", dim, s.patch_size * 2**i) for i, dim in enumerate(dims)]
+        super().__init__(specs, config=config, stage_norm=stage_norm)
+        self.settings = s
+        self.patch_embed = PatchEmbed(s)
+        if s.use_absolute_embeddings:
+            gh, gw = s.grid
+            self.pos_embed = nn.Parameter(torch.zeros(1, gh * gw, s.embed_dim))
+        else:
+            self.pos_embed = None
+        self.stages = nn.ModuleList(
+            SwinStage(dim, depth, heads, s, merge=i > 0)
+            for i, (dim, depth, heads) in enumerate(zip(dims, s.depths, s.num_heads))
+        )
+        # Every stage has its backbone norm, whatever the selection (selections change after build).
+        self.stage_norms = nn.ModuleDict({spec.name: nn.LayerNorm(spec.channels, eps=_DEFAULT_EPS) for spec in specs})
+        self.final_norm = nn.LayerNorm(dims[-1], eps=s.layer_norm_eps)
+        self.register_buffer("rel_index", relative_position_index(s.window_size), persistent=False)
+
+        optional: dict[str, float] = {}
+        norms = [f"stage_norms.{spec.name}" for spec in specs]
+        if stage_norm != "final":
+            norms.append("final_norm")  # unused then: a checkpoint without it loads
+        for name in norms:
+            optional[f"{name}.weight"] = 1.0
+            optional[f"{name}.bias"] = 0.0
+        self.optional_keys = optional
+
+    def missing_keys_hint(self, missing: Sequence[str]) -> str | None:
+        """Why a missing key matters, for the loader's error message."""
+        if self.stage_norm == "final" and any(k.startswith("final_norm.") for k in missing):
+            return (
+                "stage norm 'final' needs the checkpoint's trained final norm (layernorm.weight and "
+                "layernorm.bias of SwinModel), which this checkpoint does not have; use stage norm hf or none"
+            )
+        return None
+
+    def init_computed_buffers(self) -> None:
+        self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)
+
+    def _position_embeddings(self, height: int, width: int) -> torch.Tensor:
+        gh, gw = self.settings.grid
+        table = self.pos_embed.view(1, gh, gw, -1)
+        if (height, width) == (gh, gw):
+            return table
+        grid = table.permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).to(table.dtype)
+
+    def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self._position_embeddings(x.shape[1], x.shape[2])
+        yield x
+        for stage in self.stages:
+            x = stage(x, self.rel_index)
+            yield x
+
+    def stage_map(self, index: int, raw: torch.Tensor) -> torch.Tensor:
+        if self.stage_norm == "hf":
+            raw = self.stage_norms[self.stage_specs[index].name](raw)
+        elif self.stage_norm == "final" and index == len(self.stage_specs) - 1:
+            raw = self.final_norm(raw)
+        return raw.permute(0, 3, 1, 2).contiguous()
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        if h < 1 or w < 1:
+            raise ValueError("input must be at least 1x1")
+        p = self.settings.patch_size
+        h, w = -(-h // p), -(-w // p)
+        sizes = [(h, w), (h, w)]
+        for _ in range(len(self.stages) - 1):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            sizes.append((h, w))
+        return sizes
+
+
+# --- checkpoint keys --------------------------------------------------------------------------
+
+_BLOCK_KEY = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
+_MERGE_KEY = re.compile(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$")
+# block-relative names, in the hub's (transformers 4) spelling and transformers 5's in-memory one
+_BLOCK_PARTS = {
+    "layernorm_before.": "norm1.",
+    "layernorm_after.": "norm2.",
+    "attention.output.dense.": "attn.proj.",
+    "attention.o_proj.": "attn.proj.",
+    "intermediate.dense.": "mlp.fc1.",
+    "mlp.fc1.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
+    "mlp.fc2.": "mlp.fc2.",
+    "attention.self.relative_position_bias_table": "attn.bias_table",
+    "attention.relative_position_bias.relative_position_bias_table": "attn.bias_table",
+}
+_QKV_PARTS = {
+    "attention.self.query.": 0,
+    "attention.self.key.": 1,
+    "attention.self.value.": 2,
+    "attention.q_proj.": 0,
+    "attention.k_proj.": 1,
+    "attention.v_proj.": 2,
+}
+_QKV_NAMES = ("query", "key", "value")
+_TOP_PARTS = {
+    "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
+    "embeddings.norm.": "patch_embed.norm.",
+    "embeddings.position_embeddings": "pos_embed",
+    "hidden_states_norms.": "stage_norms.",
+    "layernorm.": "final_norm.",
+}
+_HEADS = ("classifier.", "decoder.")  # classification head; SimMIM's reconstruction decoder
+
+
+def _rename(name: str, parts: Mapping[str, str]) -> str | None:
+    for old, new in parts.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return None
+
+
+def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers' Swin keys -> bbx's. Heads (classifier, SimMIM decoder and mask token) are
+    dropped; ``relative_position_index`` tables (saved by transformers 4) are checked against the
+    config's window size and dropped; each block's query/key/value projections are stacked into
+    one. Anything else unrecognised keeps its name, so the strict load reports it."""
+    window = SwinSettings.from_config(config).window_size
+    expected_index: torch.Tensor | None = None
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.startswith(_HEADS):
+            continue
+        k = key.removeprefix("swin.")
+        if k == "embeddings.mask_token":
+            continue
+        if k.endswith("relative_position_index"):
+            if expected_index is None:
+                expected_index = relative_position_index(window)
+            if value.numel() != expected_index.numel() or not torch.equal(value.flatten().long(), expected_index):
+                raise ModelError(f"{key} does not match window_size {window} of config.json")
+            continue
+        block = _BLOCK_KEY.match(k)
+        merge = _MERGE_KEY.match(k)
+        if block:
+            stage, index, rest = block.groups()
+            prefix = f"stages.{stage}.blocks.{index}.attn"
+            slot = next((i for part, i in _QKV_PARTS.items() if rest.startswith(part)), None)
+            if slot is not None:
+                leaf = rest.rsplit(".", 1)[-1]
+                qkv.setdefault((prefix, leaf), {})[slot] = value
+                continue
+            renamed = _rename(rest, _BLOCK_PARTS)
+            if renamed is not None:
+                k = f"stages.{stage}.blocks.{index}.{renamed}"
+        elif merge:
+            # transformers' stage i ends with the merging; in bbx it opens stage i + 1
+            stage, rest = merge.groups()
+            k = f"stages.{int(stage) + 1}.merge.{rest}"
+        else:
+            k = _rename(k, _TOP_PARTS) or k
+        out[k] = value
+    for (prefix, leaf), parts in qkv.items():
+        if len(parts) == 3:
+            out[f"{prefix}.qkv.{leaf}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+        else:  # incomplete: leave the pieces for the strict load to report
+            for slot, tensor in parts.items():
+                out[f"{prefix}.{_QKV_NAMES[slot]}.{leaf}"] = tensor
+    return out
+
+
+def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> Swin:
+    return Swin(config, stage_norm=stage_norm)

@@ -112,6 +112,10 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     problems = []
     if missing:
         problems.append(f"missing keys: {_names(missing)}")
+        explain = getattr(model, "explain_missing", None)
+        note = explain(missing) if callable(explain) else ""
+        if note:
+            problems.append(note)
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if wrong:

@@ -25,6 +25,7 @@ from bbx.errors import ModelError
 FAMILIES: Mapping[str, str] = MappingProxyType(
     {
         "resnet": "resnet",
+        "convnext": "convnext",
     }
 )
 
@@ -123,12 +124,68 @@ def _resnet(depth: int, depths: list[int], layer_type: str) -> Checkpoint:
     )
 
 
+# --- ConvNeXt: facebook/convnext-* (converted from the original repository; every hub config
+# keeps ConvNextConfig's defaults but for depths / hidden_sizes; preprocessing as ResNet's, with
+# size 384 for the 384 checkpoints, which ConvNextFeatureExtractor resizes without a crop) -------
+_CONVNEXT_SIZES = {
+    "tiny": ([3, 3, 9, 3], [96, 192, 384, 768], "T"),
+    "small": ([3, 3, 27, 3], [96, 192, 384, 768], "S"),
+    "base": ([3, 3, 27, 3], [128, 256, 512, 1024], "B"),
+    "large": ([3, 3, 27, 3], [192, 384, 768, 1536], "L"),
+    "xlarge": ([3, 3, 27, 3], [256, 512, 1024, 2048], "XL"),
+}
+_CONVNEXT_DATA = {"": "ImageNet-1k", "-22k": "ImageNet-22k", "-22k-1k": "ImageNet-22k, fine-tuned on ImageNet-1k"}
+
+
+def _convnext(alias: str, size: str, resolution: int, data: str = "") -> Checkpoint:
+    depths, widths, short = _CONVNEXT_SIZES[size]
+    config = {
+        "model_type": "convnext",
+        "architectures": ["ConvNextForImageClassification"],
+        "num_channels": 3,
+        "patch_size": 4,
+        "num_stages": 4,
+        "hidden_sizes": widths,
+        "depths": depths,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "layer_scale_init_value": 1e-6,
+        "drop_path_rate": 0.0,
+        "image_size": resolution,
+    }
+    name = f"convnext-{size}-{resolution}{data}"
+    return Checkpoint(
+        alias=alias,
+        repo_id=f"facebook/{name}",
+        config=_frozen(config),
+        preprocessor=_frozen({**_RESNET_PRE, "size": resolution}),
+        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
+        description=f"ConvNeXt-{short} ({_CONVNEXT_DATA[data]}, {resolution})",
+        extra_aliases=(name,),
+    )
+
+
 CHECKPOINTS: tuple[Checkpoint, ...] = (
     _resnet(18, [2, 2, 2, 2], "basic"),
     _resnet(34, [3, 4, 6, 3], "basic"),
     _resnet(50, [3, 4, 6, 3], "bottleneck"),
     _resnet(101, [3, 4, 23, 3], "bottleneck"),
     _resnet(152, [3, 8, 36, 3], "bottleneck"),
+    _convnext("convnext-tiny", "tiny", 224),
+    _convnext("convnext-small", "small", 224),
+    _convnext("convnext-base", "base", 224),
+    _convnext("convnext-base-384", "base", 384),
+    _convnext("convnext-large", "large", 224),
+    _convnext("convnext-large-384", "large", 384),
+    _convnext("convnext-base-22k", "base", 224, "-22k"),
+    _convnext("convnext-large-22k", "large", 224, "-22k"),
+    _convnext("convnext-xlarge-22k", "xlarge", 224, "-22k"),
+    _convnext("convnext-base-22k-1k", "base", 224, "-22k-1k"),
+    _convnext("convnext-base-384-22k-1k", "base", 384, "-22k-1k"),
+    _convnext("convnext-large-22k-1k", "large", 224, "-22k-1k"),
+    _convnext("convnext-large-384-22k-1k", "large", 384, "-22k-1k"),
+    _convnext("convnext-xlarge-22k-1k", "xlarge", 224, "-22k-1k"),
+    _convnext("convnext-xlarge-384-22k-1k", "xlarge", 384, "-22k-1k"),
 )
 
 

@@ -26,6 +26,7 @@ FAMILIES: Mapping[str, str] = MappingProxyType(
     {
         "resnet": "resnet",
         "swin": "swin",
+        "convnext": "convnext",
         "dinov2": "dinov2",
         "dinov2_with_registers": "dinov2",
     }
@@ -126,6 +127,100 @@ def _resnet(depth: int, depths: list[int], layer_type: str) -> Checkpoint:
     )
 
 
+# --- Swin: microsoft/swin-* (converted from the official weights; ViT-style preprocessing) --------
+# Architecture values as in transformers' convert_swin_timm_to_pytorch.py and the hub configs: T and S
+# share width 96 and heads 3/6/12/24, B is 128 wide with heads 4/8/16/32, L 192 wide with heads
+# 6/12/24/48; S, B and L have depths 2/2/18/2. The 384 checkpoints use 12x12 windows.
+_SWIN_SIZES = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+
+def _swin(size: str, image_size: int, *, in22k: bool = False, extra: tuple[str, ...] = ()) -> Checkpoint:
+    embed_dim, depths, heads = _SWIN_SIZES[size]
+    window = 7 if image_size == 224 else 12
+    config = {
+        "model_type": "swin",
+        "architectures": ["SwinForImageClassification"],
+        "image_size": image_size,
+        "patch_size": 4,
+        "num_channels": 3,
+        "embed_dim": embed_dim,
+        "depths": depths,
+        "num_heads": heads,
+        "window_size": window,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+        "use_absolute_embeddings": False,
+        "layer_norm_eps": 1e-5,
+    }
+    pre = {
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "image_mean": IMAGENET_MEAN,
+        "image_std": IMAGENET_STD,
+        "resample": 3,
+        "size": image_size,
+    }
+    alias = f"swin-{size}" + ("" if image_size == 224 else f"-{image_size}") + ("-in22k" if in22k else "")
+    data = "ImageNet-22k" if in22k else "ImageNet-1k"
+    return Checkpoint(
+        alias=alias,
+        repo_id=f"microsoft/swin-{size}-patch4-window{window}-{image_size}" + ("-in22k" if in22k else ""),
+        config=_frozen(config),
+        preprocessor=_frozen(pre),
+        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
+        description=f"Swin-{size[0].upper()} ({data}, {image_size}px, window {window})",
+        extra_aliases=extra,
+    )
+
+
+# --- ConvNeXt: facebook/convnext-* (converted from the original repository; every hub config
+# keeps ConvNextConfig's defaults but for depths / hidden_sizes; preprocessing as ResNet's, with
+# size 384 for the 384 checkpoints, which ConvNextFeatureExtractor resizes without a crop) -------
+_CONVNEXT_SIZES = {
+    "tiny": ([3, 3, 9, 3], [96, 192, 384, 768], "T"),
+    "small": ([3, 3, 27, 3], [96, 192, 384, 768], "S"),
+    "base": ([3, 3, 27, 3], [128, 256, 512, 1024], "B"),
+    "large": ([3, 3, 27, 3], [192, 384, 768, 1536], "L"),
+    "xlarge": ([3, 3, 27, 3], [256, 512, 1024, 2048], "XL"),
+}
+_CONVNEXT_DATA = {"": "ImageNet-1k", "-22k": "ImageNet-22k", "-22k-1k": "ImageNet-22k, fine-tuned on ImageNet-1k"}
+
+
+def _convnext(alias: str, size: str, resolution: int, data: str = "") -> Checkpoint:
+    depths, widths, short = _CONVNEXT_SIZES[size]
+    config = {
+        "model_type": "convnext",
+        "architectures": ["ConvNextForImageClassification"],
+        "num_channels": 3,
+        "patch_size": 4,
+        "num_stages": 4,
+        "hidden_sizes": widths,
+        "depths": depths,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "layer_scale_init_value": 1e-6,
+        "drop_path_rate": 0.0,
+        "image_size": resolution,
+    }
+    name = f"convnext-{size}-{resolution}{data}"
+    return Checkpoint(
+        alias=alias,
+        repo_id=f"facebook/{name}",
+        config=_frozen(config),
+        preprocessor=_frozen({**_RESNET_PRE, "size": resolution}),
+        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
+        description=f"ConvNeXt-{short} ({_CONVNEXT_DATA[data]}, {resolution})",
+        extra_aliases=(name,),
+    )
+
+
 # --- DINOv2: facebook/dinov2-* and facebook/dinov2-with-registers-* (BitImageProcessor) ----------
 # Confirmed against transformers' convert_dinov2_to_hf.py / convert_dinov2_with_registers_to_hf.py
 # (image_size 518, patch_size 14, the widths/depths/heads, SwiGLU for the giant, 4 registers, the
@@ -183,56 +278,6 @@ def _dinov2(size: str, registers: bool) -> Checkpoint:
         stage_names=("stem", *(f"stage{i}" for i in range(1, layers + 1))),
         description=f"DINOv2 {vit}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
         extra_aliases=(f"dinov2-with-registers-{size}",) if registers else (),
-# --- Swin: microsoft/swin-* (converted from the official weights; ViT-style preprocessing) --------
-# Architecture values as in transformers' convert_swin_timm_to_pytorch.py and the hub configs: T and S
-# share width 96 and heads 3/6/12/24, B is 128 wide with heads 4/8/16/32, L 192 wide with heads
-# 6/12/24/48; S, B and L have depths 2/2/18/2. The 384 checkpoints use 12x12 windows.
-_SWIN_SIZES = {
-    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
-    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
-    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
-    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
-}
-
-
-def _swin(size: str, image_size: int, *, in22k: bool = False, extra: tuple[str, ...] = ()) -> Checkpoint:
-    embed_dim, depths, heads = _SWIN_SIZES[size]
-    window = 7 if image_size == 224 else 12
-    config = {
-        "model_type": "swin",
-        "architectures": ["SwinForImageClassification"],
-        "image_size": image_size,
-        "patch_size": 4,
-        "num_channels": 3,
-        "embed_dim": embed_dim,
-        "depths": depths,
-        "num_heads": heads,
-        "window_size": window,
-        "mlp_ratio": 4.0,
-        "qkv_bias": True,
-        "hidden_act": "gelu",
-        "use_absolute_embeddings": False,
-        "layer_norm_eps": 1e-5,
-    }
-    pre = {
-        "do_normalize": True,
-        "do_resize": True,
-        "feature_extractor_type": "ViTFeatureExtractor",
-        "image_mean": IMAGENET_MEAN,
-        "image_std": IMAGENET_STD,
-        "resample": 3,
-        "size": image_size,
-    }
-    alias = f"swin-{size}" + ("" if image_size == 224 else f"-{image_size}") + ("-in22k" if in22k else "")
-    data = "ImageNet-22k" if in22k else "ImageNet-1k"
-    return Checkpoint(
-        alias=alias,
-        repo_id=f"microsoft/swin-{size}-patch4-window{window}-{image_size}" + ("-in22k" if in22k else ""),
-        config=_frozen(config),
-        preprocessor=_frozen(pre),
-        stage_names=("stem", "stage1", "stage2", "stage3", "stage4"),
-        description=f"Swin-{size[0].upper()} ({data}, {image_size}px, window {window})",
-        extra_aliases=extra,
     )
 
 
@@ -252,6 +297,21 @@ CHECKPOINTS: tuple[Checkpoint, ...] = (
     _swin("base", 384, in22k=True),
     _swin("large", 224, in22k=True),
     _swin("large", 384, in22k=True),
+    _convnext("convnext-tiny", "tiny", 224),
+    _convnext("convnext-small", "small", 224),
+    _convnext("convnext-base", "base", 224),
+    _convnext("convnext-base-384", "base", 384),
+    _convnext("convnext-large", "large", 224),
+    _convnext("convnext-large-384", "large", 384),
+    _convnext("convnext-base-22k", "base", 224, "-22k"),
+    _convnext("convnext-large-22k", "large", 224, "-22k"),
+    _convnext("convnext-xlarge-22k", "xlarge", 224, "-22k"),
+    _convnext("convnext-base-22k-1k", "base", 224, "-22k-1k"),
+    _convnext("convnext-base-384-22k-1k", "base", 384, "-22k-1k"),
+    _convnext("convnext-large-22k-1k", "large", 224, "-22k-1k"),
+    _convnext("convnext-large-384-22k-1k", "large", 384, "-22k-1k"),
+    _convnext("convnext-xlarge-22k-1k", "xlarge", 224, "-22k-1k"),
+    _convnext("convnext-xlarge-384-22k-1k", "xlarge", 384, "-22k-1k"),
     *(_dinov2(size, registers=False) for size in _DINOV2_SIZES),
     *(_dinov2(size, registers=True) for size in _DINOV2_SIZES),
 )

@@ -86,8 +86,8 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     """Load ``state`` into ``model`` (possibly built on the meta device) or raise ModelError.
 
     Keys listed in ``model.optional_keys`` and BatchNorm's ``num_batches_tracked`` may be absent:
-    they get the family's fill value. A model may define ``missing_keys_hint(missing) -> str | None``
-    to add why missing keys matter to the error. Tensors are assigned, so a meta-device model costs no
+    they get the family's fill value. A model's ``explain_missing(missing)`` may add why missing keys
+    matter to the error. Tensors are assigned, so a meta-device model costs no
     second copy of the weights.
     """
     expected = model.state_dict(keep_vars=True)
@@ -113,9 +113,8 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
     problems = []
     if missing:
         problems.append(f"missing keys: {_names(missing)}")
-        # a family may say why a missing key matters (e.g. a stage-norm mode that needs it)
-        hint = getattr(model, "missing_keys_hint", None)
-        note = hint(missing) if callable(hint) else None
+        explain = getattr(model, "explain_missing", None)
+        note = explain(missing) if callable(explain) else ""
         if note:
             problems.append(note)
     if unexpected:

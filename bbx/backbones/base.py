@@ -117,6 +117,11 @@ class Backbone(nn.Module):
         return tuple(self.forward_stages(pixel_values, self.out_indices))
 
     # --- weights ------------------------------------------------------------------------------
+    def explain_missing(self, missing: Sequence[str]) -> str:
+        """Why checkpoint keys this model needs are absent, in one clause for the load error
+        (e.g. a stage-norm mode that needs a tensor the checkpoint lacks); "" for no comment."""
+        return ""
+
     def init_computed_buffers(self) -> None:
         """Recompute non-persistent buffers after a model built on the meta device is loaded.
 

@@ -321,14 +321,13 @@ class Swin(Backbone):
             optional[f"{name}.bias"] = 0.0
         self.optional_keys = optional
 
-    def missing_keys_hint(self, missing: Sequence[str]) -> str | None:
-        """Why a missing key matters, for the loader's error message."""
+    def explain_missing(self, missing: Sequence[str]) -> str:
         if self.stage_norm == "final" and any(k.startswith("final_norm.") for k in missing):
             return (
                 "stage norm 'final' needs the checkpoint's trained final norm (layernorm.weight and "
                 "layernorm.bias of SwinModel), which this checkpoint does not have; use stage norm hf or none"
             )
-        return None
+        return ""
 
     def init_computed_buffers(self) -> None:
         self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)

@@ -1,0 +1,272 @@
+"""ConvNeXt (Liu et al., "A ConvNet for the 2020s", 2022), transformers layout.
+
+Loads the weights of ``ConvNextForImageClassification`` (``convnext.`` prefix; the ``classifier``
+head is dropped), ``ConvNextModel`` and ``ConvNextBackbone`` checkpoints such as
+``facebook/convnext-tiny-224`` ... ``facebook/convnext-xlarge-224-22k-1k``.
+
+The network: a patchify stem (``patch_size`` x ``patch_size`` conv with the same stride, then a
+LayerNorm over channels), then ``num_stages`` stages. Every stage but the first opens with a
+downsampling layer (channel LayerNorm, then a 2x2 stride-2 conv). A block is a 7x7 depthwise conv,
+a LayerNorm, an inverted bottleneck (Linear C -> 4C, activation, Linear 4C -> C), an optional
+per-channel layer scale, and the residual sum. All internal LayerNorms use eps 1e-6 (fixed, as in
+transformers); the config's ``layer_norm_eps`` only reaches the final norm. ``drop_path_rate`` is a
+training setting and is ignored (inference has no stochastic depth and no dropout).
+
+Stages: ``stem`` (the embedding after its LayerNorm, stride ``patch_size``) and ``stage1`` ...
+``stageN`` (each after its blocks, N = ``num_stages``), the tensors transformers' ConvNextBackbone
+returns. Extra ``depths`` / ``hidden_sizes`` entries past ``num_stages`` are ignored, as transformers
+never builds those stages either. Any input of at least ``patch_size * 2 ** (N - 1)`` pixels a side
+works; every conv is unpadded with kernel = stride, so sizes are floored at each step.
+
+Stage norms (``stage_norm``):
+
+* ``"hf"`` (default): as ConvNextBackbone, a channel LayerNorm (eps 1e-6) on every selected stage,
+  the stem included. Checkpoints saved from ConvNextBackbone carry these norms
+  (``hidden_states_norms.<stage>``) and they load; the classification / base-model checkpoints (all
+  public ones) lack them and transformers creates them fresh, weight 1 and bias 0, which bbx fills
+  in the same way.
+* ``"none"``: the raw stage outputs, as ConvNextModel's ``hidden_states``.
+* ``"final"``: the checkpoint's own trained final LayerNorm (ConvNextModel's ``layernorm``, eps
+  ``layer_norm_eps``) applied over the channels at every position of the *last* stage's map; the
+  other stages stay raw. ConvNextModel applies that norm to the spatially averaged last map (its
+  ``pooler_output``); bbx keeps the map, so averaging bbx's ``final`` map is not the same as the
+  pooler output (the norm is not linear). Checkpoints without that norm (ConvNextBackbone) are
+  refused in this mode.
+
+Memory layout: the network runs in channels-last memory format. A block then permutes its
+depthwise-conv output to ``[N, H, W, C]`` as a free view, the LayerNorm and the two Linears work on
+contiguous rows, and the permute back is free too. Returned maps are contiguous ``[N, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bbx.backbones.base import Backbone, StageSpec
+from bbx.backbones.layers import activation
+
+#: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
+#: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
+INNER_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ConvNextSettings:
+    """The architecture fields of a ConvNeXt ``config.json``, with transformers' defaults."""
+
+    num_channels: int = 3
+    patch_size: int = 4
+    num_stages: int = 4
+    hidden_sizes: tuple[int, ...] = (96, 192, 384, 768)
+    depths: tuple[int, ...] = (3, 3, 9, 3)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    layer_scale_init_value: float = 1e-6
+    drop_path_rate: float = 0.0  # training only; read so that a config round-trips, never used
+    image_size: int = 224
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ConvNextSettings:
+        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        for k in ("hidden_sizes", "depths"):
+            if k in known:
+                known[k] = tuple(int(v) for v in known[k])
+        for k in ("patch_size", "image_size"):
+            if isinstance(known.get(k), (list, tuple)):
+                sides = {int(v) for v in known[k]}
+                if len(sides) != 1:
+                    raise ValueError(f"non-square {k} {list(known[k])} is not supported")
+                known[k] = sides.pop()
+        s = cls(**known)
+        if s.num_stages < 1 or s.num_stages > min(len(s.hidden_sizes), len(s.depths)):
+            raise ValueError(
+                f"num_stages {s.num_stages} needs at least that many hidden_sizes ({len(s.hidden_sizes)}) "
+                f"and depths ({len(s.depths)})"
+            )
+        if s.patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {s.patch_size}")
+        return s
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an ``[N, C, H, W]`` map (permute, normalise the last
+    dimension, permute back: the same arithmetic as transformers' channels-first LayerNorm).
+    On a channels-last tensor both permutes are free views."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+class Stem(nn.Module):
+    """Patchify: a ``p`` x ``p`` conv with stride ``p``, then a channel LayerNorm."""
+
+    def __init__(self, cin: int, cout: int, patch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size=patch, stride=patch)
+        self.norm = ChannelNorm(cout, eps=INNER_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class Downsample(nn.Module):
+    """Between stages: a channel LayerNorm, then a 2x2 conv with stride 2."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm = ChannelNorm(cin, eps=INNER_EPS)
+        self.conv = nn.Conv2d(cin, cout, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+class Block(nn.Module):
+    """``x + gamma * fc2(act(fc1(norm(dwconv7x7(x)))))``, the MLP part on ``[N, H, W, C]`` rows."""
+
+    def __init__(self, dim: int, s: ConvNextSettings):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=INNER_EPS)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = activation(s.hidden_act)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        # layer scale: a per-channel factor, absent (not even a parameter) when the config says 0
+        scale = float(s.layer_scale_init_value)
+        self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
+        # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
+        out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
+        return out.permute(0, 3, 1, 2)
+
+
+class Stage(nn.Module):
+    """A downsampling layer (every stage but the first), then ``depth`` blocks."""
+
+    def __init__(self, cin: int, cout: int, depth: int, downsample: bool, s: ConvNextSettings):
+        super().__init__()
+        self.down = Downsample(cin, cout) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[Block(cout, s) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.down(x))
+
+
+class ConvNext(Backbone):
+    def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
+        s = ConvNextSettings.from_config(config)
+        widths = s.hidden_sizes[: s.num_stages]
+        specs = [StageSpec("stem", widths[0], s.patch_size)]
+        stride = s.patch_size
+        stages = []
+        cin = widths[0]
+        for i, (cout, depth) in enumerate(zip(widths, s.depths[: s.num_stages])):
+            # transformers downsamples when the stride is 2 (every stage but the first) or the
+            # width changes (never for the first stage, whose input is the stem's width)
+            downsample = i > 0
+            stride *= 2 if downsample else 1
+            stages.append(Stage(cin, cout, depth, downsample, s))
+            specs.append(StageSpec(f"stage{i + 1}", cout, stride))
+            cin = cout
+        super().__init__(specs, config=config, stage_norm=stage_norm)
+        self.settings = s
+        self.stem = Stem(s.num_channels, widths[0], s.patch_size)
+        self.stages = nn.ModuleList(stages)
+        # ConvNextBackbone's per-stage norms, one per stage (only the selected ones are applied)
+        self.stage_norms = nn.ModuleDict({spec.name: ChannelNorm(spec.channels, eps=INNER_EPS) for spec in specs})
+        # ConvNextModel's final norm (used by stage_norm="final" only)
+        self.final_norm = nn.LayerNorm(widths[-1], eps=s.layer_norm_eps)
+
+        optional: dict[str, float] = {}
+        for name in self.stage_norms:
+            optional[f"stage_norms.{name}.weight"] = 1.0
+            optional[f"stage_norms.{name}.bias"] = 0.0
+        if stage_norm != "final":
+            # unused in this mode: a checkpoint without it (ConvNextBackbone) is fine
+            optional["final_norm.weight"] = 1.0
+            optional["final_norm.bias"] = 0.0
+        self.optional_keys = optional
+
+    def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        yield x
+        for stage in self.stages:
+            x = stage(x)
+            yield x
+
+    def stage_map(self, index: int, raw: torch.Tensor) -> torch.Tensor:
+        if self.stage_norm == "hf":
+            raw = self.stage_norms[self.stage_specs[index].name](raw)
+        elif self.stage_norm == "final" and index == len(self.stage_specs) - 1:
+            raw = self.final_norm(raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return raw.contiguous()
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        p = self.settings.patch_size
+        need = p * 2 ** (len(self.stages) - 1)
+        if h < need or w < need:
+            raise ValueError(f"input {h}x{w} is too small: ConvNeXt needs at least {need}x{need}")
+        # valid (unpadded) convs whose kernel equals their stride: floor division
+        h, w = h // p, w // p
+        sizes = [(h, w), (h, w)]
+        for _ in range(len(self.stages) - 1):
+            h, w = h // 2, w // 2
+            sizes.append((h, w))
+        return sizes
+
+    def explain_missing(self, missing: Sequence[str]) -> str:
+        if self.stage_norm == "final" and any(k.startswith("final_norm.") for k in missing):
+            return (
+                "stage_norm 'final' needs the checkpoint's final LayerNorm (ConvNextModel's layernorm.weight "
+                "and layernorm.bias), which this checkpoint lacks; use stage_norm 'hf' or 'none'"
+            )
+        return ""
+
+
+# checkpoint key (without the ``convnext.`` prefix) -> bbx key; the first pattern that matches wins
+_BLOCK = r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_RULES = [
+    (re.compile(r"^embeddings\.patch_embeddings\."), "stem.conv."),
+    (re.compile(r"^embeddings\.layernorm\."), "stem.norm."),
+    (re.compile(r"^encoder\.stages\.(\d+)\.downsampling_layer\.0\."), r"stages.\1.down.norm."),
+    (re.compile(r"^encoder\.stages\.(\d+)\.downsampling_layer\.1\."), r"stages.\1.down.conv."),
+    (re.compile(_BLOCK + r"layernorm\."), r"stages.\1.blocks.\2.norm."),
+    (re.compile(_BLOCK + r"pwconv([12])\."), r"stages.\1.blocks.\2.fc\3."),
+    (re.compile(_BLOCK + r"layer_scale_parameter$"), r"stages.\1.blocks.\2.gamma"),
+    (re.compile(_BLOCK + r"dwconv\."), r"stages.\1.blocks.\2.dwconv."),
+    (re.compile(r"^hidden_states_norms\."), "stage_norms."),
+    (re.compile(r"^layernorm\."), "final_norm."),
+]
+
+
+def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers' ConvNeXt keys -> bbx's. The classification head is dropped; anything else
+    unrecognised is kept under its own name, so the strict load reports it."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier."):
+            continue
+        k = key.removeprefix("convnext.")
+        for pattern, repl in _RULES:
+            if pattern.match(k):
+                k = pattern.sub(repl, k, count=1)
+                break
+        out[k] = value
+    return out
+
+
+def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> ConvNext:
+    return ConvNext(config, stage_norm=stage_norm)

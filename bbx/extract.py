@@ -330,8 +330,9 @@ def run(
     import torch
 
     from bbx import images
-    from bbx.loading import build, load_pretrained
+    from bbx.loading import build, load_pretrained, prepare_for_inference
 
+    t_start = time.perf_counter()
     device = resolve_device(opts.device)
     prep = _prepare(opts, inputs, device=device, open_output=True)
     writer = prep.writer
@@ -344,12 +345,7 @@ def run(
             torch.manual_seed(RANDOM_SEED)
             model = build(prep.ref, stage_norm=opts.stage_norm)
         model.select(opts.out_indices, opts.out_features)
-        channels_last = opts.channels_last
-        if channels_last is None:
-            channels_last = bool(getattr(model, "prefers_channels_last", False))
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model, channels_last = prepare_for_inference(model, device, opts.channels_last)
     except BaseException:
         writer.abort()
         raise
@@ -397,6 +393,8 @@ def run(
         writer.write(batch_paths, out)
         done += len(batch_paths)
         summary.done = done
+        if summary.first_batch_s is None:
+            summary.first_batch_s = time.perf_counter() - t_start
 
     try:
         batch_paths: list[str] = []

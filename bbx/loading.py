@@ -38,6 +38,19 @@ def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
     return model.eval()
 
 
+def prepare_for_inference(
+    model: Backbone, device: str | torch.device, channels_last: bool | None = None
+) -> tuple[Backbone, bool]:
+    """Move to ``device`` in eval mode; channels-last memory format where the family prefers it
+    (``channels_last=None``) or as asked. Returns the model and whether it is channels-last."""
+    if channels_last is None:
+        channels_last = bool(getattr(model, "prefers_channels_last", False))
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
+
+
 def load_backbone(
     name_or_path: str,
     out_indices: Sequence[int] | None = None,

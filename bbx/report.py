@@ -101,6 +101,7 @@ class Summary:
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
+    first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
 
     @property
     def images_per_s(self) -> float:
@@ -116,6 +117,7 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
+            "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
             "interrupted": self.interrupted,
             "notes": self.notes,
         }

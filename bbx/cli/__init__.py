@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bbx.cli import extract as _extract  # noqa: F401  (registers the command)
+from bbx.cli import bench as _bench  # noqa: F401  (registers the command)
+from bbx.cli import extract as _extract  # noqa: F401
 from bbx.cli import inspect as _inspect  # noqa: F401
 from bbx.cli import models as _models  # noqa: F401
 from bbx.cli._app import app

@@ -1,0 +1,130 @@
+"""Model-only throughput on synthetic input, so a user can size a job on their machine.
+
+Warm-up batches first (allocator, kernel selection), then the median of timed batches. The model
+runs exactly as ``bbx extract`` runs it (same device placement, memory format, autocast and
+early stop after the last selected stage); decoding and writing are not included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bbx import hub
+from bbx.errors import UsageError
+
+
+@dataclass
+class BenchResult:
+    model: str
+    checkpoint: str
+    architecture: str
+    device: str
+    dtype: str
+    batch_size: int
+    input_size: tuple[int, int]
+    out_features: list[str]
+    stage_norm: str
+    threads: int
+    warmup: int
+    ms_per_batch: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.ms_per_batch)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size * 1000.0 / self.median_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "architecture": self.architecture,
+            "device": self.device,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "input_size": list(self.input_size),
+            "out_features": self.out_features,
+            "stage_norm": self.stage_norm,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "median_ms_per_batch": round(self.median_ms, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "ms_per_batch": [round(t, 3) for t in self.ms_per_batch],
+        }
+
+
+def benchmark(
+    model_name: str,
+    *,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str = "auto",
+    image_size: int | None = None,
+    out_indices: tuple[int, ...] | None = None,
+    out_features: tuple[str, ...] | None = None,
+    stage_norm: str = "hf",
+    pretrained: bool = False,
+    revision: str | None = None,
+    warmup: int = 2,
+    iters: int = 10,
+    channels_last: bool | None = None,
+) -> BenchResult:
+    import torch
+
+    from bbx.extract import DTYPES, RANDOM_SEED, resolve_device
+    from bbx.inspection import input_size
+    from bbx.loading import build, load_pretrained, prepare_for_inference
+
+    if batch_size < 1 or iters < 1 or warmup < 0:
+        raise UsageError("--batch-size and --iters must be at least 1, --warmup at least 0")
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dev = resolve_device(device)
+    ref = hub.resolve(model_name, revision=revision, weights=pretrained)
+    _, size = input_size(ref, image_size)
+    if pretrained:
+        model = load_pretrained(ref, stage_norm=stage_norm)
+    else:
+        torch.manual_seed(RANDOM_SEED)
+        model = build(ref, stage_norm=stage_norm)
+    model.select(out_indices, out_features)
+    model, channels_last = prepare_for_inference(model, dev, channels_last)
+    x = torch.randn(batch_size, int(ref.config.get("num_channels", 3)), *size, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    ctx = torch.autocast(torch.device(dev).type, dtype=compute) if compute is not None else contextlib.nullcontext()
+
+    def sync() -> None:
+        if torch.device(dev).type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    result = BenchResult(
+        model=model_name,
+        checkpoint=ref.checkpoint,
+        architecture=ref.model_type or "",
+        device=dev,
+        dtype=dtype,
+        batch_size=batch_size,
+        input_size=size,
+        out_features=model.out_features,
+        stage_norm=stage_norm,
+        threads=torch.get_num_threads(),
+        warmup=warmup,
+    )
+    with torch.inference_mode(), ctx:
+        for _ in range(warmup):
+            model(x)
+        sync()
+        for _ in range(iters):
+            t = time.perf_counter()
+            model(x)
+            sync()
+            result.ms_per_batch.append((time.perf_counter() - t) * 1000.0)
+    return result

@@ -1,0 +1,342 @@
+"""bbx extract vs the transformers recipe, side by side, on one fixed corpus.
+
+Run on purpose (never collected by the test suite)::
+
+    python tests/benchmarks/compare_transformers.py               # every case, 256 images
+    python tests/benchmarks/compare_transformers.py --cases resnet50,swin-s1 --images 64
+    python tests/benchmarks/compare_transformers.py --memory      # + the 256 vs 2,048 images check
+
+What it does, per case, one after the other in the same environment and thread count:
+
+* builds (once, cached in ``--workdir``) random-weight checkpoints in the hub layout with the
+  public full-size configs, and a corpus of JPEG photos of camera-like sizes (long side 480 to
+  1024, seeded);
+* (a) the transformers recipe in a fresh process: the checkpoint's image processor and backbone,
+  batch 16, maps written to HDF5 with h5py;
+* (b) ``bbx extract`` in a fresh process on the same files, stages and batch size, HDF5 output;
+* times each from the first image to the last map written (imports and model loading excluded
+  on both sides) and reads each process's peak memory (ru_maxrss).
+
+It prints a table of images/s, the ratio bbx / transformers and the target of the speed issue,
+peak memory, and bbx's time from the start of the run to its first written batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    alias: str  # the bbx registry row whose public config the checkpoint copies
+    out_features: tuple[str, ...] | None  # None: the last stage
+    dtype: str  # compute dtype on both sides
+    target: float  # bbx / transformers images/s the speed issue asks for
+
+
+CASES = [
+    Case("resnet50", "resnet-50", None, "float32", 1.5),
+    Case("resnet50-bf16", "resnet-50", None, "bfloat16", 1.8),
+    Case("swin-tiny", "swin-tiny", None, "float32", 1.15),
+    Case("swin-tiny-s1", "swin-tiny", ("stage1",), "float32", 3.0),
+    Case("convnext-tiny-all", "convnext-tiny", ("stem", "stage1", "stage2", "stage3", "stage4"), "float32", 1.3),
+    Case("dinov2-small-bf16", "dinov2-small", None, "bfloat16", 1.2),
+]
+BATCH = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: corpus and checkpoints
+
+
+def make_corpus(folder: Path, n: int) -> list[Path]:
+    from tests.util import photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    import random
+
+    rng = random.Random(1234)
+    paths = []
+    for i in range(n):
+        p = folder / f"photo{i:05d}.jpg"
+        if not p.exists():
+            long = rng.randint(480, 1024)
+            ratio = rng.choice([4 / 3, 3 / 2, 16 / 9, 1.0])
+            short = int(round(long / ratio))
+            w, h = (long, short) if rng.random() < 0.7 else (short, long)
+            photo(w, h, seed=i).save(p, quality=rng.choice([85, 90, 95]))
+        paths.append(p)
+    return paths
+
+
+def make_checkpoint(workdir: Path, alias: str) -> Path:
+    import transformers
+
+    from bbx import registry
+    from tests.util import randomize_, save_checkpoint
+
+    folder = workdir / "ckpt" / alias
+    if (folder / "model.safetensors").exists():
+        return folder
+    row = registry.lookup(alias)
+    config = row.config_dict()
+    arch = config.pop("architectures", None)
+    model_type = config.pop("model_type")
+    cfg = transformers.AutoConfig.for_model(model_type, **config)
+    cls_name = (arch or [None])[0]
+    cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModel
+    model = cls(cfg) if cls_name else transformers.AutoModel.from_config(cfg)
+    randomize_(model.eval(), seed=7)
+    save_checkpoint(model, folder, row.preprocessor_dict())
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# the two recipes, each run in its own process
+
+
+def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | None, dtype: str) -> dict:
+    import contextlib
+
+    import h5py
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from tests.util import hf_backbone
+
+    paths = [Path(p) for p in listing.read_text().splitlines() if p]
+    processor = AutoImageProcessor.from_pretrained(ckpt)
+    model = hf_backbone(ckpt, out_features=stages)
+    names = list(model.out_features)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with h5py.File(out, "w") as f, torch.inference_mode(), ctx:
+        datasets = None
+        for i in range(0, len(paths), BATCH):
+            batch = paths[i : i + BATCH]
+            images = []
+            for p in batch:
+                with Image.open(p) as im:
+                    images.append(im.convert("RGB"))
+            pixels = processor(images, return_tensors="pt")["pixel_values"]
+            maps = model(pixels).feature_maps
+            if datasets is None:
+                datasets = [
+                    f.create_dataset(n, shape=(len(paths), *m.shape[1:]), dtype="f4", chunks=(1, *m.shape[1:]))
+                    for n, m in zip(names, maps)
+                ]
+            for ds, m in zip(datasets, maps):
+                ds[i : i + len(batch)] = m.float().numpy()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "images": len(paths), "images_per_s": len(paths) / seconds}
+
+
+def _child(args: list[str]) -> tuple[dict, float, float]:
+    """Run a child process; (its JSON result, wall seconds, peak RSS in MB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    wall = time.perf_counter() - t
+    if p.returncode not in (0,):
+        raise SystemExit(f"child failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-3000:]}")
+    # ru_maxrss of RUSAGE_CHILDREN is the maximum over all waited-for children so far: run each
+    # measured child after a smaller or equal one, or read it from the child itself (below).
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    peak = (
+        result.pop("_peak_rss_mb", None) or max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    )
+    return result, wall, peak
+
+
+def measure_bbx(ckpt: Path, listing: Path, out: Path, case: Case, threads: int, extra: list[str]) -> tuple[dict, float]:
+    args = [
+        sys.executable,
+        str(Path(__file__)),
+        "--_child",
+        "bbx",
+        "--ckpt",
+        str(ckpt),
+        "--listing",
+        str(listing),
+        "--out",
+        str(out),
+        "--dtype",
+        case.dtype,
+        "--threads",
+        str(threads),
+    ]
+    if case.out_features:
+        args += ["--stages", ",".join(case.out_features)]
+    args += ["--"] + extra
+    result, _, peak = _child(args)
+    return result, peak
+
+
+def measure_hf(ckpt: Path, listing: Path, out: Path, case: Case, threads: int) -> tuple[dict, float]:
+    args = [
+        sys.executable,
+        str(Path(__file__)),
+        "--_child",
+        "hf",
+        "--ckpt",
+        str(ckpt),
+        "--listing",
+        str(listing),
+        "--out",
+        str(out),
+        "--dtype",
+        case.dtype,
+        "--threads",
+        str(threads),
+    ]
+    if case.out_features:
+        args += ["--stages", ",".join(case.out_features)]
+    result, _, peak = _child(args)
+    return result, peak
+
+
+def child_main(ns: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(ns.threads)
+    stages = ns.stages.split(",") if ns.stages else None
+    if ns._child == "hf":
+        result = run_transformers(Path(ns.ckpt), Path(ns.listing), Path(ns.out), stages, ns.dtype)
+    else:
+        from typer.testing import CliRunner
+
+        from bbx.cli import app
+
+        args = [
+            "extract",
+            "-m",
+            ns.ckpt,
+            "-o",
+            ns.out,
+            "--overwrite",
+            "-b",
+            str(BATCH),
+            "--dtype",
+            ns.dtype,
+            "--json",
+            "-q",
+            "-0",
+            "-",
+        ]
+        if stages:
+            args += ["--out-features", ",".join(stages)]
+        args += ns.extra
+        listing = "\0".join(Path(ns.listing).read_text().splitlines()) + "\0"
+        r = CliRunner().invoke(app, args, input=listing.encode(), catch_exceptions=False)
+        if r.exit_code != 0:
+            raise SystemExit(f"bbx failed ({r.exit_code}): {r.stderr}")
+        rep = json.loads(r.stdout)
+        result = {
+            "seconds": rep["seconds"],
+            "images": rep["done"],
+            "images_per_s": rep["images_per_s"],
+            "first_batch_s": rep["first_batch_s"],
+        }
+    result["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--cases", default="all", help="comma list of case names, or all: " + ", ".join(c.name for c in CASES)
+    )
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--workdir", default="/tmp/bbx-bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
+    ap.add_argument("--memory", action="store_true", help="also compare bbx's peak memory for 256 vs 2,048 images")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per side; the best is kept")
+    ap.add_argument("--_child", choices=["hf", "bbx"], help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", help=argparse.SUPPRESS)
+    ap.add_argument("--listing", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--stages", help=argparse.SUPPRESS)
+    ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    ns = ap.parse_args()
+    if ns._child:
+        child_main(ns)
+        return
+
+    import torch
+
+    threads = ns.threads or torch.get_num_threads()
+    work = Path(ns.workdir)
+    corpus = make_corpus(work / "corpus", ns.images)
+    listing = work / f"listing-{ns.images}.txt"
+    listing.write_text("\n".join(str(p) for p in corpus) + "\n")
+    chosen = CASES if ns.cases == "all" else [c for c in CASES if c.name in ns.cases.split(",")]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"{threads} threads, {len(corpus)} JPEGs (long side 480-1024), batch {BATCH}"
+    )
+    header = (
+        f"{'case':20} {'dtype':9} {'transformers img/s':>19} {'bbx img/s':>10} {'ratio':>6} {'target':>7} "
+        f"{'hf peak MB':>10} {'bbx peak MB':>11} {'bbx 1st batch s':>15}"
+    )
+    print(header)
+    rows = []
+    for case in chosen:
+        ckpt = make_checkpoint(work, case.alias)
+        hf_best, bx_best = None, None
+        for _ in range(ns.repeat):
+            hf, hf_peak = measure_hf(ckpt, listing, work / "hf.h5", case, threads)
+            bx, bx_peak = measure_bbx(ckpt, listing, work / "bbx.h5", case, threads, [])
+            if hf_best is None or hf["images_per_s"] > hf_best[0]["images_per_s"]:
+                hf_best = (hf, hf_peak)
+            if bx_best is None or bx["images_per_s"] > bx_best[0]["images_per_s"]:
+                bx_best = (bx, bx_peak)
+        (hf, hf_peak), (bx, bx_peak) = hf_best, bx_best
+        ratio = bx["images_per_s"] / hf["images_per_s"]
+        ok = "ok" if ratio >= case.target else "MISS"
+        line = (
+            f"{case.name:20} {case.dtype:9} {hf['images_per_s']:19.2f} {bx['images_per_s']:10.2f} {ratio:6.2f} "
+            f">={case.target:<4} {ok:4} {hf_peak:10.0f} {bx_peak:11.0f} {bx['first_batch_s']:15.2f}"
+        )
+        print(line, flush=True)
+        rows.append(line)
+    if ns.memory:
+        case = CASES[0]
+        ckpt = make_checkpoint(work, case.alias)
+        big = work / "corpus2048"
+        big.mkdir(exist_ok=True)
+        links = []
+        for i in range(2048):
+            dst = big / f"photo{i:05d}.jpg"
+            if not dst.exists():
+                os.link(corpus[i % len(corpus)], dst)
+            links.append(dst)
+        listing2 = work / "listing-2048.txt"
+        listing2.write_text("\n".join(str(p) for p in links) + "\n")
+        small_rss = measure_bbx(ckpt, listing, work / "m256.h5", case, threads, [])[1]
+        big_rss = measure_bbx(ckpt, listing2, work / "m2048.h5", case, threads, [])[1]
+        print(
+            f"peak memory, {case.name}: 256 images {small_rss:.0f} MB, 2,048 images {big_rss:.0f} MB "
+            f"({(big_rss / small_rss - 1) * 100:+.1f}%, target within 10%)"
+        )
+
+
+if __name__ == "__main__":
+    main()

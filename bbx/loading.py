@@ -41,10 +41,12 @@ def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
 def prepare_for_inference(
     model: Backbone, device: str | torch.device, channels_last: bool | None = None
 ) -> tuple[Backbone, bool]:
-    """Move to ``device`` in eval mode; channels-last memory format where the family prefers it
-    (``channels_last=None``) or as asked. Returns the model and whether it is channels-last."""
+    """Frozen-inference rewrites (:meth:`Backbone.optimize_for_inference`), then ``device`` in
+    eval mode; channels-last memory format where the family prefers it (``channels_last=None``) or
+    as asked. Returns the model and whether it is channels-last."""
     if channels_last is None:
         channels_last = bool(getattr(model, "prefers_channels_last", False))
+    model.optimize_for_inference()
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

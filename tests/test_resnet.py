@@ -100,3 +100,20 @@ def test_forward_stops_after_last_selected_stage(monkeypatch):
 def test_no_classification_head():
     model = bbx.load_backbone("resnet-50", pretrained=False)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+
+
+def test_inference_rewrites_stay_at_parity(tmp_path):
+    """extract/bench fold BatchNorm into the convs and run channels-last: still within 1e-5."""
+    from bbx.loading import prepare_for_inference
+
+    folder = _checkpoint(tmp_path, {**SMALL, "layer_type": "bottleneck"})
+    names = ["stem", "stage1", "stage2", "stage3", "stage4"]
+    ref = hf_backbone(folder, out_features=names)
+    ours, channels_last = prepare_for_inference(bbx.load_backbone(str(folder), out_features=names), "cpu")
+    assert channels_last and not any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())
+    x = photo_batch(200, 3)
+    with torch.no_grad():
+        want = ref(x).feature_maps
+        got = ours(x.contiguous(memory_format=torch.channels_last))
+    for name, a, b in zip(names, got, want):
+        assert rel_err(a, b) <= TOL, (name, rel_err(a, b))

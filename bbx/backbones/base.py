@@ -122,6 +122,14 @@ class Backbone(nn.Module):
         (e.g. a stage-norm mode that needs a tensor the checkpoint lacks); "" for no comment."""
         return ""
 
+    #: whether the family runs faster with channels-last weights and inputs (convolutional nets)
+    prefers_channels_last: bool = False
+
+    def optimize_for_inference(self) -> None:
+        """Rewrite the module for frozen inference where it pays and stays exact to fp32 rounding
+        (e.g. folding BatchNorm into convolutions). ``bbx extract`` and ``bbx bench`` call it; a
+        model from :func:`bbx.load_backbone` is left as loaded."""
+
     def init_computed_buffers(self) -> None:
         """Recompute non-persistent buffers after a model built on the meta device is loaded.
 

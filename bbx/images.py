@@ -308,11 +308,21 @@ def _float_to_8bit(values: np.ndarray) -> np.ndarray:
 
 
 def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable)."""
+    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable).
+
+    Raises :class:`ImageError` when the resize would exceed Pillow's pixel limit (an extreme aspect
+    ratio under a shortest-edge recipe) rather than allocate it.
+    """
     if image.mode != "RGB":
         image = to_rgb(image)
     target = pre.resize_size(image.height, image.width)
     if target is not None:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and target[0] * target[1] > limit:
+            # a sliver (say 1 x 2000) whose short side is scaled up to the recipe's edge
+            raise ImageError(
+                f"resizing {image.width}x{image.height} would make {target[1]}x{target[0]} pixels (> limit of {limit})"
+            )
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
     if target is not None and pre.kind == "convnext" and pre.size["shortest_edge"] < 384:

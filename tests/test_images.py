@@ -383,6 +383,15 @@ def test_decompression_bombs(tmp_path, monkeypatch, size):
     assert images.decode(path).size == size  # at the limit is fine
 
 
+def test_slivers_that_would_resize_past_the_pixel_limit_are_refused(tmp_path):
+    pre = Preprocess.from_config(DINOV2, "")  # shortest edge 256: 1 x 1500 -> 256 x 384000
+    photo(1, 1500).save(tmp_path / "sliver.png")
+    with pytest.raises(ImageError, match="would make 256x384000 pixels"):
+        images.load(tmp_path / "sliver.png", pre)
+    photo(1, 300).save(tmp_path / "thin.png")
+    assert images.load(tmp_path / "thin.png", pre).shape == (224, 224, 3)
+
+
 def test_truncated_images_are_not_half_decoded(tmp_path):
     from PIL import ImageFile
 
@@ -399,14 +408,22 @@ def test_truncated_images_are_not_half_decoded(tmp_path):
 FAST_SIZES = [(1600, 1200), (1200, 1600), (4000, 600), (500, 3000), (230, 230)]
 
 
+@pytest.fixture(scope="module")
+def large_jpegs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("large")
+    paths = []
+    for i, (w, h) in enumerate(FAST_SIZES):
+        paths.append(root / f"{w}x{h}.jpg")
+        photo(w, h, seed=i).save(paths[-1], quality=90)
+    return paths
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_fast_decode_only_when_asked_and_never_below_the_resize(tmp_path, kind):
+def test_fast_decode_only_when_asked_and_never_below_the_resize(large_jpegs, kind):
     pre = Preprocess.from_config(KINDS[kind], "")
     least = pre.min_decode_size()
     reduced = 0
-    for i, (w, h) in enumerate(FAST_SIZES):
-        path = tmp_path / f"{w}x{h}.jpg"
-        photo(w, h, seed=i).save(path, quality=90)
+    for path, (w, h) in zip(large_jpegs, FAST_SIZES):
         full = images.load(path, pre)
         np.testing.assert_array_equal(full, images.prepare(images.decode(path), pre))
         np.testing.assert_array_equal(full, images.load(path, pre, fast_decode=False))

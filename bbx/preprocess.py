@@ -123,6 +123,12 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
     return out[0], out[1], out[2]
 
 
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
@@ -193,7 +199,7 @@ class Preprocess:
             raise _bad(f"unknown resample filter {resample!r}")
         crop_pct = None
         if kind == "convnext":
-            crop_pct = float(get("crop_pct", _CONVNEXT_CROP_PCT))
+            crop_pct = _number(get("crop_pct", _CONVNEXT_CROP_PCT), "crop_pct")
             if not crop_pct > 0:
                 raise _bad(f"crop_pct must be positive, got {crop_pct}")
         return cls(
@@ -206,7 +212,7 @@ class Preprocess:
             do_center_crop=do_center_crop,
             crop_size=crop,
             do_rescale=flag("do_rescale", True),
-            rescale_factor=float(get("rescale_factor", 1 / 255)),
+            rescale_factor=_number(get("rescale_factor", 1 / 255), "rescale_factor"),
             do_normalize=flag("do_normalize", True),
             mean=_triple(get("image_mean", defaults.mean), "image_mean"),
             std=_triple(get("image_std", defaults.std), "image_std"),

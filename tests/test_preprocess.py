@@ -196,6 +196,8 @@ def test_legacy_spellings_mean_the_same(old, new):
         ({"image_processor_type": VIT, "size": [1, 2, 3]}, "", "size"),
         ({"image_processor_type": VIT, "do_pad": True}, "", "do_pad"),
         ({"image_processor_type": CONVNEXT, "crop_pct": 0}, "", "crop_pct"),
+        ({"image_processor_type": CONVNEXT, "crop_pct": "0.9"}, "", "crop_pct"),
+        ({"image_processor_type": VIT, "rescale_factor": [1]}, "", "rescale_factor"),
     ],
 )
 def test_refuses_what_it_cannot_reproduce(cfg, model_type, words):

@@ -1,17 +1,28 @@
 """What a checkpoint's ``preprocessor_config.json`` asks for, as one frozen value.
 
-Three processor families cover the supported checkpoints, each reproduced as transformers'
-image processors do it:
+bbx reproduces four of transformers' image processors, read the way transformers 5 reads the file:
+the class named by ``image_processor_type`` (else ``feature_extractor_type``, whose legacy
+``...FeatureExtractor`` spelling means the same processor; ``Fast``/``Pil`` suffixes name the same
+recipe), else the one transformers picks for the checkpoint's ``model_type``. A field the file
+leaves out takes that class's default. A field set to ``null`` means what it means to transformers
+5: a switch (``do_resize``, ``do_center_crop``, ``default_to_square``, ...) is off; a null size,
+crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
+cannot use) takes the class default.
 
-* ``vit``: resize to a fixed height x width (Swin; ``ViTImageProcessor`` / ``ViTFeatureExtractor``).
-* ``convnext``: for a target below 384, resize the shortest edge to ``int(size / crop_pct)`` then
-  center-crop ``size`` x ``size``; at 384 and above, resize straight to ``size`` x ``size``
-  (ResNet, ConvNeXt; ``ConvNextImageProcessor`` / ``ConvNextFeatureExtractor``).
-* ``bit``: resize the shortest edge to ``size``, then center-crop ``crop_size`` (DINOv2;
-  ``BitImageProcessor``).
+* ``vit`` (``ViTImageProcessor``, Swin; ``DeiTImageProcessor``) and ``bit`` (``BitImageProcessor``,
+  DINOv2) are the plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
+  ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
+  aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
+* ``convnext`` (``ConvNextImageProcessor``; ResNet, ConvNeXt): below 384, resize the shortest edge
+  to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
+  straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
+
+A legacy int ``size`` is a square for ViT/DeiT and a shortest edge for ConvNext/Bit (the classes'
+``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
+center crop larger than the image pads it with black, the extra row/column going after the image.
 
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
-happen on 8-bit pixels (as transformers' PIL path does), so bbx ships uint8 to the device and
+happen on 8-bit pixels, as in transformers' PIL backend, so bbx ships uint8 to the device and
 normalises there. This module is the torch-free description; :mod:`bbx.images` does the pixels.
 """
 
@@ -25,68 +36,107 @@ from bbx.errors import ModelError
 
 KINDS = ("vit", "convnext", "bit")
 
-#: processor class name (without FeatureExtractor/ImageProcessor[Fast|Pil] suffix) -> kind
-_CLASS_KIND = {"ViT": "vit", "DeiT": "vit", "ConvNext": "convnext", "Bit": "bit"}
-#: model_type -> kind used when the file names no class (transformers' AutoImageProcessor table)
-_MODEL_KIND = {
-    "resnet": "convnext",
-    "convnext": "convnext",
-    "swin": "vit",
-    "dinov2": "bit",
-    "dinov2_with_registers": "bit",
-}
+_STANDARD = (0.5, 0.5, 0.5)
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_STANDARD = [0.5, 0.5, 0.5]
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-# Class defaults where a file leaves a field out (transformers' processor class attributes).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vit": {"resample": 2, "mean": _STANDARD, "std": _STANDARD, "size": {"height": 224, "width": 224}},
-    "convnext": {"resample": 3, "mean": _STANDARD, "std": _STANDARD, "size": {"shortest_edge": 384}},
-    "bit": {
-        "resample": 3,
-        "mean": _CLIP_MEAN,
-        "std": _CLIP_STD,
-        "size": {"shortest_edge": 224},
-        "crop_size": {"height": 224, "width": 224},
-    },
+
+@dataclass(frozen=True)
+class _ProcessorClass:
+    """The class-level defaults of one transformers image processor."""
+
+    kind: str
+    resample: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    size: Mapping[str, int]
+    default_to_square: bool
+    do_center_crop: bool = False
+    crop_size: Mapping[str, int] | None = None
+
+
+#: processor class name without its FeatureExtractor / ImageProcessor[Fast|Pil] suffix -> defaults
+_CLASSES: Mapping[str, _ProcessorClass] = {
+    "ViT": _ProcessorClass("vit", 2, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True),
+    "DeiT": _ProcessorClass(
+        "vit", 3, _STANDARD, _STANDARD, {"height": 256, "width": 256}, True, True, {"height": 224, "width": 224}
+    ),
+    "ConvNext": _ProcessorClass("convnext", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
+    "Bit": _ProcessorClass(
+        "bit", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+    ),
 }
+_CONVNEXT_CROP_PCT = 224 / 256
+#: model_type -> processor class, when the file names none (transformers' AutoImageProcessor table)
+_MODEL_CLASS = {
+    "resnet": "ConvNext",
+    "convnext": "ConvNext",
+    "swin": "ViT",
+    "dinov2": "Bit",
+    "dinov2_with_registers": "Bit",
+}
+_SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
+#: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
+_RESIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def _class_kind(name: str | None) -> str | None:
-    if not name:
-        return None
-    for suffix in ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor"):
-        if name.endswith(suffix):
-            return _CLASS_KIND.get(name[: -len(suffix)])
+def _class_base(name: str) -> str | None:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in _CLASSES:
+            return name[: -len(suffix)]
     return None
 
 
+def _bad(message: str) -> ModelError:
+    return ModelError(f"preprocessor_config.json: {message}")
+
+
 def _size_dict(value: Any, *, square: bool, what: str) -> dict[str, int]:
-    """transformers' ``get_size_dict``: an int is a square (``square``) or a shortest edge."""
-    if isinstance(value, bool):
-        raise ModelError(f"preprocessor_config.json: {what} must be a size, got {value!r}")
+    """A size as transformers' ``get_size_dict`` reads it: an int is a square (``square``) or a
+    shortest edge, a pair is (height, width), a dict is taken as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple, Mapping)):
+        raise _bad(f"{what} must be a size, got {value!r}")
     if isinstance(value, int):
-        return {"height": value, "width": value} if square else {"shortest_edge": value}
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return {"height": int(value[0]), "width": int(value[1])}
-    if isinstance(value, Mapping):
-        d = {k: int(v) for k, v in value.items() if v is not None}
-        if {"height", "width"} <= d.keys() or "shortest_edge" in d:
-            return d
-    raise ModelError(f"preprocessor_config.json: unsupported {what} {value!r}")
+        d = {"height": value, "width": value} if square else {"shortest_edge": value}
+    elif isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise _bad(f"{what} must be [height, width], got {value!r}")
+        d = {"height": value[0], "width": value[1]}
+    else:
+        d = {str(k): v for k, v in value.items() if v is not None}
+    for k, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _bad(f"{what} {k} must be a positive number of pixels, got {v!r}")
+    return d
+
+
+def _triple(value: Any, what: str) -> tuple[float, float, float]:
+    values = [value] * 3 if isinstance(value, (int, float)) else value
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise _bad(f"{what} needs one number or 3 (RGB), got {value!r}")
+    return out[0], out[1], out[2]
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(f"{what} must be a number, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str
+    kind: str  # "vit" | "convnext" | "bit"
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
-    size: Mapping[str, int]  # {"height", "width"} or {"shortest_edge"}
+    size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
     resample: int  # PIL filter number
     crop_pct: float | None  # convnext only
     do_center_crop: bool
@@ -100,50 +150,92 @@ class Preprocess:
     @classmethod
     def from_config(cls, pre: Mapping[str, Any] | None, model_type: str) -> Preprocess:
         pre = dict(pre or {})
+
+        def get(key: str, default: Any) -> Any:
+            value = pre.get(key)
+            return default if value is None else value
+
+        def flag(key: str, default: bool) -> bool:
+            # transformers 5 keeps an explicit null: a switch set to null is off
+            return bool(pre[key]) if key in pre else default
+
         named = pre.get("image_processor_type") or pre.get("feature_extractor_type")
-        kind = _class_kind(named) or _MODEL_KIND.get(model_type)
-        if kind is None:
-            raise ModelError(
-                f"preprocessor_config.json names an unsupported processor {named!r}; "
-                f"bbx reproduces ViT, ConvNext and Bit image processors"
-            )
-        defaults = _DEFAULTS[kind]
-        size = _size_dict(pre.get("size", defaults["size"]), square=(kind == "vit"), what="size")
-        if kind == "vit" and not {"height", "width"} <= size.keys():
-            raise ModelError(f"preprocessor_config.json: a ViT processor needs height and width, got {size}")
-        if kind in ("convnext", "bit") and "shortest_edge" not in size:
-            raise ModelError(f"preprocessor_config.json: a {named or kind} processor needs shortest_edge, got {size}")
-        do_center_crop = bool(pre.get("do_center_crop", kind == "bit"))
+        if named:
+            base = _class_base(str(named))
+            if base is None:
+                raise _bad(
+                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
+                )
+        else:
+            base = _MODEL_CLASS.get(model_type)
+            if base is None:
+                raise _bad(f"names no image processor and model_type {model_type!r} has no default one")
+        defaults = _CLASSES[base]
+        kind = defaults.kind
+
+        square = flag("default_to_square", defaults.default_to_square)
+        size = _size_dict(get("size", defaults.size), square=square, what="size")
+        do_resize = flag("do_resize", True)
+        if kind == "convnext" and do_resize and "shortest_edge" not in size:
+            raise _bad(f"a ConvNext processor resizes a shortest_edge, got size {size}")
+        if set(size) not in _RESIZE_KEYS:
+            raise _bad(f"unsupported size {size}; bbx resizes to height+width or a shortest_edge")
+
+        do_center_crop = flag("do_center_crop", defaults.do_center_crop)
         crop = None
         if do_center_crop:
-            c = _size_dict(pre.get("crop_size", defaults.get("crop_size", 224)), square=True, what="crop_size")
-            if not {"height", "width"} <= c.keys():
-                raise ModelError(f"preprocessor_config.json: crop_size needs height and width, got {c}")
+            raw = get("crop_size", defaults.crop_size)
+            if raw is None:
+                raise _bad("do_center_crop is set but crop_size is missing")
+            c = _size_dict(raw, square=True, what="crop_size")
+            if set(c) != {"height", "width"}:
+                raise _bad(f"crop_size needs height and width, got {c}")
             crop = (c["height"], c["width"])
-        mean = pre.get("image_mean", defaults["mean"])
-        std = pre.get("image_std", defaults["std"])
-        mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(m) for m in mean]
-        std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(s) for s in std]
-        if len(mean) != 3 or len(std) != 3:
-            raise ModelError("preprocessor_config.json: image_mean and image_std need 3 values (RGB)")
-        resample = int(pre.get("resample", defaults["resample"]))
-        if resample not in RESAMPLE_NAMES:
-            raise ModelError(f"preprocessor_config.json: unknown resample filter {resample}")
+
+        if flag("do_pad", False):
+            raise _bad("do_pad is not supported by bbx")
+        resample = get("resample", defaults.resample)
+        if isinstance(resample, bool) or not isinstance(resample, int) or resample not in RESAMPLE_NAMES:
+            raise _bad(f"unknown resample filter {resample!r}")
+        crop_pct = None
+        if kind == "convnext":
+            crop_pct = _number(get("crop_pct", _CONVNEXT_CROP_PCT), "crop_pct")
+            if not crop_pct > 0:
+                raise _bad(f"crop_pct must be positive, got {crop_pct}")
         return cls(
             kind=kind,
-            processor=named or f"{kind} (from model_type {model_type})",
-            do_resize=bool(pre.get("do_resize", True)),
-            size=dict(size),
+            processor=str(named) if named else f"{base}ImageProcessor (from model_type {model_type})",
+            do_resize=do_resize,
+            size=size,
             resample=resample,
-            crop_pct=float(pre.get("crop_pct", 224 / 256)) if kind == "convnext" else None,
+            crop_pct=crop_pct,
             do_center_crop=do_center_crop,
             crop_size=crop,
-            do_rescale=bool(pre.get("do_rescale", True)),
-            rescale_factor=float(pre.get("rescale_factor", 1 / 255)),
-            do_normalize=bool(pre.get("do_normalize", True)),
-            mean=(mean[0], mean[1], mean[2]),
-            std=(std[0], std[1], std[2]),
+            do_rescale=flag("do_rescale", True),
+            rescale_factor=_number(get("rescale_factor", 1 / 255), "rescale_factor"),
+            do_normalize=flag("do_normalize", True),
+            mean=_triple(get("image_mean", defaults.mean), "image_mean"),
+            std=_triple(get("image_std", defaults.std), "image_std"),
         )
+
+    # -- sizes -----------------------------------------------------------------------------------
+
+    def resize_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """(height, width) the resize step produces for a ``height`` x ``width`` image (for
+        convnext below 384, the size before its own crop), or None when nothing is resized."""
+        if not self.do_resize:
+            return None
+        s = self.size
+        if self.kind == "convnext":
+            edge = s["shortest_edge"]
+            if edge >= 384:
+                return (edge, edge)
+            return _shortest_edge_size(height, width, int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT)))
+        if "height" in s:
+            return (s["height"], s["width"])
+        if "longest_edge" in s:
+            return _capped_size(height, width, s["shortest_edge"], s["longest_edge"])
+        return _shortest_edge_size(height, width, s["shortest_edge"])
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -159,28 +251,49 @@ class Preprocess:
             return (self.size["height"], self.size["width"])
         return None
 
+    def min_decode_size(self) -> tuple[int, int] | None:
+        """(width, height) a decoded image must at least have so that reduced-size decoding
+        (``--fast-decode``) still feeds the resize at least as many pixels as it produces, in the
+        image's displayed orientation; None when nothing is resized (the image size then matters)."""
+        if not self.do_resize:
+            return None
+        if self.kind == "convnext":
+            edge = self.size["shortest_edge"]
+            if edge < 384:
+                edge = int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT))
+            return (edge, edge)
+        if "height" in self.size:
+            return (self.size["width"], self.size["height"])
+        # A shortest edge e: a draft at least e x e keeps the short side >= e, and the long side
+        # then is >= the resize's int(e * long / short) too. A longest_edge cap only lowers it.
+        e = self.size["shortest_edge"]
+        return (e, e)
+
     def with_image_size(self, n: int) -> Preprocess:
         """The same recipe producing ``n`` x ``n`` images (``--image-size``).
 
-        vit: resize to n x n. convnext: target n with the same ``crop_pct`` rule. bit: crop n x n
-        after resizing the shortest edge in the checkpoint's resize/crop ratio (256/224 for DINOv2:
-        448 -> resize 512, crop 448).
+        convnext: target ``n`` with the same ``crop_pct`` rule (so warping from 384 up). With a
+        center crop: crop ``n`` x ``n`` after a resize scaled in the checkpoint's resize/crop ratio
+        (DINOv2's 256/224: 448 -> resize 512, crop 448). Without one: resize to ``n`` x ``n``
+        (or a shortest edge ``n``, whose output size then follows the image).
         """
         if n < 1:
             raise ValueError("image size must be positive")
-        if self.kind == "vit":
-            return replace(self, do_resize=True, size={"height": n, "width": n})
         if self.kind == "convnext":
-            return replace(self, do_resize=True, size={"shortest_edge": n})
-        edge = self.size["shortest_edge"]
-        crop_h = self.crop_size[0] if self.crop_size else edge
-        return replace(
-            self,
-            do_resize=True,
-            size={"shortest_edge": max(n, int(round(n * edge / crop_h)))},
-            do_center_crop=True,
-            crop_size=(n, n),
-        )
+            crop = (n, n) if self.do_center_crop else None
+            return replace(self, do_resize=True, size={"shortest_edge": n}, crop_size=crop)
+        if not self.do_center_crop or self.crop_size is None:
+            if "height" in self.size or not self.do_resize:
+                return replace(self, do_resize=True, size={"height": n, "width": n})
+            return replace(self, size=_scaled(self.size, n / self.size["shortest_edge"], n))
+        ch, cw = self.crop_size
+        s = self.size
+        if "height" in s:
+            size = {"height": max(n, round(n * s["height"] / ch)), "width": max(n, round(n * s["width"] / cw))}
+        else:
+            edge = max(n, round(n * s["shortest_edge"] / min(ch, cw)))
+            size = _scaled(s, edge / s["shortest_edge"], edge)
+        return replace(self, size=size, crop_size=(n, n))
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the recipe (stored in outputs)."""
@@ -199,3 +312,32 @@ class Preprocess:
             "image_mean": list(self.mean),
             "image_std": list(self.std),
         }
+
+
+def _scaled(size: Mapping[str, int], factor: float, edge: int) -> dict[str, int]:
+    """A shortest-edge size with its edge set to ``edge`` and any longest_edge scaled alike."""
+    out = {"shortest_edge": edge}
+    if "longest_edge" in size:
+        out["longest_edge"] = max(edge + 1, round(size["longest_edge"] * factor))
+    return out
+
+
+def _shortest_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
+    """Short side ``edge``, long side ``int(edge * long / short)`` (truncated, as transformers)."""
+    if width <= height:
+        return (int(edge * height / width), edge)
+    return (edge, int(edge * width / height))
+
+
+def _capped_size(height: int, width: int, edge: int, longest: int) -> tuple[int, int]:
+    """Short side ``edge`` unless the long side would pass ``longest``; then the long side is
+    ``longest`` (transformers' ``{shortest_edge, longest_edge}`` rule)."""
+    short, long = min(height, width), max(height, width)
+    exact = None
+    if long / short * edge > longest:
+        exact = longest * short / long
+        edge = int(round(exact))
+    if short == edge:
+        return (height, width)
+    other = int((exact if exact is not None else edge) * long / short)
+    return (other, edge) if width < height else (edge, other)

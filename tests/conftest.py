@@ -13,3 +13,16 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["NO_COLOR"] = "1"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture()
+def hub_server(tmp_path):
+    """A hub look-alike on 127.0.0.1 (tests/hubserver.py) with its own empty cache: pass
+    ``hub_server.env(...)`` to bbx subprocesses (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, HF_TOKEN)."""
+    from tests.hubserver import HubServer
+
+    with HubServer(home=tmp_path / "hf-home") as server:
+        yield server

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bbx.cli import inspect as _inspect  # noqa: F401  (registers the command)
+from bbx.cli import download as _download  # noqa: F401  (registers the command)
+from bbx.cli import inspect as _inspect  # noqa: F401
 from bbx.cli import models as _models  # noqa: F401
 from bbx.cli._app import app
 

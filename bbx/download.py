@@ -165,14 +165,14 @@ def _network_reason(e: BaseException, timeout_var: str = "HF_HUB_ETAG_TIMEOUT") 
 
 
 def _token_sent(e: Any) -> bool:
-    response = getattr(e, "response", None)
-    request = getattr(response, "request", None)
-    headers = getattr(request, "headers", None)
-    if headers is not None:
-        return headers.get("authorization") is not None
-    from huggingface_hub import get_token
+    """Whether the failed request carried a token (else: whether one is configured)."""
+    try:
+        headers = e.response.request.headers
+    except Exception:  # no response, or a response without its request
+        from huggingface_hub import get_token
 
-    return get_token() is not None
+        return get_token() is not None
+    return headers.get("authorization") is not None
 
 
 def _translate(e: BaseException, repo_id: str, revision: str, timeout_var: str) -> BaseException | None:

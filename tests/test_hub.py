@@ -179,6 +179,25 @@ def test_pinned_revisions(hub_server, ckpts):
     assert hub_server.requests == []
 
 
+def test_hf_hub_cache_is_respected_and_download_needs_no_torch(hub_server, ckpts, tmp_path):
+    sha = hub_server.add_repo("org/tiny", ckpts["v1"])
+    cache = tmp_path / "elsewhere"
+    code = (
+        "import sys\n"
+        "from bbx.cli import main\n"
+        "sys.argv = ['bbx', 'download', 'org/tiny', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    assert 'torch' not in sys.modules, 'bbx download imported torch'\n"
+    )
+    full = dict(os.environ, PYTHONPATH=str(ROOT), **hub_server.env(HF_HUB_CACHE=str(cache)))
+    p = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True)
+    out = fetched(p)
+    assert out["folder"] == str(cache / "models--org--tiny" / "snapshots" / sha)
+    assert probe(hub_server, ("fetch", "org/tiny", None), offline=True, HF_HUB_CACHE=str(cache))[0]["commit"] == sha
+
+
 def test_unreachable_hub_falls_back_to_a_complete_cache(hub_server, ckpts):
     sha = hub_server.add_repo("org/tiny", ckpts["v1"])
     fetched(run(hub_server, "download", "org/tiny", "--json"))

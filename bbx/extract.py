@@ -55,7 +55,8 @@ class ExtractOptions:
     revision: str | None = None
     shard_bytes: int | None = None
     on_error: str = "skip"
-    channels_last: bool | None = None  # None: where it pays (convolutional families on CPU)
+    channels_last: bool | None = None  # None: where the family prefers it (convolutional nets)
+    progress: bool | None = None  # download progress bars (None: when stderr is a terminal)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -165,7 +166,9 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     from bbx.loading import build
 
     opts.validate()
-    ref = hub.resolve(opts.model, revision=opts.revision, weights=opts.pretrained and open_output)
+    ref = hub.resolve(
+        opts.model, revision=opts.revision, weights=opts.pretrained and open_output, progress=opts.progress
+    )
     pre, size = input_size(ref, opts.image_size)
     meta_model = build(ref, stage_norm=opts.stage_norm, device="meta")
     meta_model.select(opts.out_indices, opts.out_features)

@@ -5,10 +5,11 @@ Resolution order (documented in the README):
 1. an existing folder (a local checkpoint: ``config.json`` plus weights) always wins;
 2. a registry alias (``resnet-50``) or an aliased hub id: the embedded config answers questions
    about the architecture without any download; weights come from the alias's hub repo;
-3. a hub repo id (``org/name``), optionally at ``--revision``.
+   with ``--revision``, the config too comes from that revision of the repo;
+3. a hub repo id (``org/name``), optionally at ``--revision`` (branch, tag or commit sha).
 
 Hub downloads go through huggingface_hub into its standard cache and fetch only the files bbx
-needs (see :func:`fetch`).
+needs (see :func:`bbx.download.fetch`, which also covers offline use and the hub's errors).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bbx import registry
 from bbx.errors import InputError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    from bbx.download import Snapshot
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -40,6 +44,7 @@ class ModelRef:
     commit: str | None = None  # the exact commit the files came from
     alias: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    snapshot: Snapshot | None = None  # for a hub checkpoint: the files fetched or found in the cache
 
     @property
     def model_type(self) -> str | None:
@@ -75,12 +80,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``config.json`` and (if present) ``preprocessor_config.json`` of a checkpoint folder."""
+def read_folder(folder: Path, where: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``config.json`` and (if present) ``preprocessor_config.json`` of a checkpoint folder.
+    ``where`` names the folder in errors (default: its path)."""
     if not (folder / CONFIG).is_file():
-        raise ModelError(f"{folder} is not a checkpoint folder: it has no {CONFIG}")
+        raise ModelError(f"{where or folder} is not a checkpoint folder: it has no {CONFIG}")
     config = _read_json(folder / CONFIG, "config")
-    registry.check_supported(config.get("model_type"), str(folder / CONFIG))
+    registry.check_supported(config.get("model_type"), f"{where} {CONFIG}" if where else str(folder / CONFIG))
     if (folder / PREPROCESSOR).is_file():
         pre = _read_json(folder / PREPROCESSOR, "preprocessor config")
     else:  # the family's public recipe rather than a processor class default nobody trained with
@@ -92,9 +98,11 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def resolve(name: str, *, revision: str | None = None, weights: bool = True) -> ModelRef:
+def resolve(name: str, *, revision: str | None = None, weights: bool = True, progress: bool | None = None) -> ModelRef:
     """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
-    from the cache); without, an alias answers from its embedded config, offline."""
+    from the cache); without, an alias answers from its embedded config, offline (unless a
+    ``revision`` is asked for: then that revision's config is fetched), and a hub id fetches only
+    its configs. ``progress``: download bars on stderr (default: when stderr is a terminal)."""
     path = Path(name).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -106,7 +114,7 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True) -> 
 
     row = registry.lookup(name)
     if row is not None:
-        if not weights:
+        if not weights and revision is None:
             return ModelRef(
                 given=name,
                 source="alias",
@@ -116,12 +124,12 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True) -> 
                 revision=revision,
                 alias=row.alias,
             )
-        return _from_hub(name, row.repo_id, revision, weights=True, alias=row.alias)
+        return _from_hub(name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress)
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")
     if "/" in name:
-        return _from_hub(name, name, revision, weights=weights, alias=None)
+        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress)
     close = registry.suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
@@ -129,11 +137,18 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True) -> 
     )
 
 
-def _from_hub(given: str, repo_id: str, revision: str | None, *, weights: bool, alias: str | None) -> ModelRef:
+def _from_hub(
+    given: str, repo_id: str, revision: str | None, *, weights: bool, alias: str | None, progress: bool | None
+) -> ModelRef:
     from bbx import download
 
-    snap = download.fetch(repo_id, revision=revision, weights=weights)
-    config, pre = read_folder(snap.folder)
+    def where(folder: Path) -> str:
+        return f"{repo_id}@{folder.name[:12]}"
+
+    snap = download.fetch(
+        repo_id, revision=revision, weights=weights, progress=progress, check=lambda f: read_folder(f, where(f))
+    )
+    config, pre = read_folder(snap.folder, where(snap.folder))
     return ModelRef(
         given=given,
         source="alias" if alias else "hub",
@@ -144,4 +159,5 @@ def _from_hub(given: str, repo_id: str, revision: str | None, *, weights: bool, 
         revision=revision,
         commit=snap.commit,
         alias=alias,
+        snapshot=snap,
     )

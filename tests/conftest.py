@@ -53,3 +53,13 @@ def photos(tmp_path):
     sizes = [(320, 240), (240, 320), (257, 199), (400, 120), (96, 96), (500, 375), (150, 333)]
     paths = make_photos(folder, sizes[:4], "jpg") + make_photos(folder / "more", sizes[4:], "png", start_seed=10)
     return folder, sorted(paths, key=str)
+
+
+@pytest.fixture()
+def hub_server(tmp_path):
+    """A hub look-alike on 127.0.0.1 (tests/hubserver.py) with its own empty cache: pass
+    ``hub_server.env(...)`` to bbx subprocesses (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, HF_TOKEN)."""
+    from tests.hubserver import HubServer
+
+    with HubServer(home=tmp_path / "hf-home") as server:
+        yield server

@@ -138,3 +138,16 @@ def photo_batch(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
         out.append((t - mean) / std)
     return torch.stack(out)
+
+
+def tiny_resnet(folder: Path, *, hidden_sizes: tuple[int, ...] = (8, 16, 16, 32), seed: int = 0) -> Path:
+    """A random-weight ResNet checkpoint small enough for hub tests (safetensors + configs)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from bbx import registry
+
+    config = ResNetConfig(
+        embedding_size=8, hidden_sizes=list(hidden_sizes), depths=[1] * len(hidden_sizes), layer_type="basic"
+    )
+    model = randomize_(ResNetForImageClassification(config).eval(), seed=seed)
+    return save_checkpoint(model, folder, registry.default_preprocessor("resnet"))

@@ -154,6 +154,7 @@ def extract(
         revision=revision,
         shard_bytes=parse_size(shard_size),
         on_error=on_error,
+        progress=False if (quiet or as_json) else None,
     )
     opts.validate()
     files = inputs_mod.discover(inputs or [], stdin=sys.stdin.buffer if "-" in (inputs or []) else None, null=null)

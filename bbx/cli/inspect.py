@@ -15,7 +15,9 @@ def inspect(
     image_size: Optional[int] = typer.Option(  # noqa: UP007,UP045 (typer needs Optional on 3.10)
         None, "--image-size", help="Input size N (NxN pixels); default: the checkpoint's."
     ),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit."),  # noqa: UP045
+    revision: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--revision", help="Hub branch, tag or commit sha (for an alias: read that revision's config)."
+    ),
     stage_norm: str = typer.Option(
         "hf", "--stage-norm", help="Stage norms: hf (transformers' backbone), none, or final."
     ),
@@ -23,7 +25,8 @@ def inspect(
 ) -> None:
     """List a model's stages: index, name, channels, stride and feature-map shape.
 
-    Works offline for aliases and folders, and never loads weights.
+    Works offline for aliases and folders, and never loads weights. A hub id fetches only the
+    repo's config files (offline: from the cache; see `bbx download`).
 
     Example: bbx inspect resnet-50 --image-size 320
     """

@@ -1,0 +1,83 @@
+"""``bbx download MODEL``: fill the Hugging Face cache ahead of time, for offline use."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from bbx.cli._app import command, emit_json
+from bbx.errors import UsageError
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+@command("download")
+def download(
+    model: str = typer.Argument(..., help="Hub id org/name, or an alias (see `bbx models`)."),
+    revision: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--revision", help="Hub branch, tag or commit sha (default: main)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print what was fetched as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary (errors still print)."),
+) -> None:
+    """Fetch a model's files into the Hugging Face cache, so that later commands work offline.
+
+    Only what bbx needs is fetched: config.json, preprocessor_config.json and the weights
+    (safetensors, or their shards; pytorch_model.bin only when there is no safetensors). Files
+    already in the cache are not transferred again. The cache is huggingface_hub's (HF_HOME,
+    HF_HUB_CACHE); HF_TOKEN is used for gated and private repos. Afterwards, with HF_HUB_OFFLINE=1,
+    `bbx inspect` and the Python API use the cached copy without any network.
+
+    Example: bbx download microsoft/resnet-50 --revision main
+    """
+    from pathlib import Path
+
+    from bbx import hub
+
+    if Path(model).expanduser().is_dir():
+        raise UsageError(f"{model} is a local checkpoint folder: there is nothing to download")
+    ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None)
+    snap = ref.snapshot
+    if snap is None:  # resolve only answers without a snapshot for a folder, refused above
+        raise UsageError(f"{model} is not a hub checkpoint: there is nothing to download")
+    if as_json:
+        emit_json(
+            {
+                "model": model,
+                "repo_id": ref.repo_id,
+                "revision": snap.revision,
+                "commit": snap.commit,
+                "folder": str(snap.folder),
+                "source": snap.source,
+                "note": snap.note or None,
+                "files": [{"name": f.name, "size": f.size, "cached": f.cached} for f in snap.files],
+                "bytes": snap.size,
+                "bytes_downloaded": snap.downloaded,
+            }
+        )
+        return
+    if quiet:
+        return
+    err = sys.stderr
+    err.write(f"{ref.repo_id} @ {snap.commit} (revision {snap.revision})\n")
+    width = max(len(f.name) for f in snap.files)
+    for f in snap.files:
+        state = "already cached" if f.cached else "downloaded"
+        err.write(f"  {f.name:<{width}}  {_size(f.size):>9}  {state}\n")
+    fetched = sum(not f.cached for f in snap.files)
+    err.write(
+        f"{len(snap.files)} files, {_size(snap.size)}; {fetched} downloaded ({_size(snap.downloaded)}) "
+        f"into {snap.folder}\n"
+    )
+    if snap.note:
+        err.write(f"note: {snap.note}\n")
+    err.flush()

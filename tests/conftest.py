@@ -22,16 +22,9 @@ import pytest  # noqa: E402
 def tiny_resnet(tmp_path_factory):
     """A small random-weight ResNet checkpoint in the hub layout (classification head included),
     with resnet-50's preprocessing."""
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from tests.util import tiny_resnet as make
 
-    from bbx import registry
-    from tests.util import randomize_, save_checkpoint
-
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="basic")
-    model = randomize_(ResNetForImageClassification(config).eval(), seed=3)
-    return save_checkpoint(
-        model, tmp_path_factory.mktemp("ckpt") / "tiny-resnet", registry.lookup("resnet-50").preprocessor_dict()
-    )
+    return make(tmp_path_factory.mktemp("ckpt") / "tiny-resnet", hidden_sizes=(8, 16, 24, 32), seed=3)
 
 
 def make_photos(folder, sizes, fmt="jpg", start_seed=0):

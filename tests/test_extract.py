@@ -47,6 +47,52 @@ def test_maps_equal_the_transformers_recipe_image_by_image(tiny_resnet, photos, 
         assert rel_err(torch.from_numpy(got[i]), want["stage1"][i]) <= 1e-5, p
 
 
+def _small_checkpoint(kind: str, folder: Path) -> Path:
+    """A small random-weight checkpoint of each family, in the layout its public repos use, with
+    the family's public preprocessing."""
+    import transformers
+
+    from bbx import registry
+    from tests.util import randomize_, save_checkpoint
+
+    if kind == "swin":
+        cfg = transformers.SwinConfig(embed_dim=16, depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2], window_size=7)
+        model, alias = transformers.SwinForImageClassification(cfg), "swin-tiny"
+    elif kind == "convnext":
+        cfg = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1])
+        model, alias = transformers.ConvNextForImageClassification(cfg), "convnext-tiny"
+    elif kind == "dinov2":
+        cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=518)
+        model, alias = transformers.Dinov2Model(cfg), "dinov2-small"
+    else:
+        cfg = transformers.Dinov2WithRegistersConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=518,
+            patch_size=14,
+            num_register_tokens=4,
+        )
+        model, alias = transformers.Dinov2WithRegistersModel(cfg), "dinov2-small-reg"
+    randomize_(model.eval(), seed=5)
+    return save_checkpoint(model, folder, registry.lookup(alias).preprocessor_dict())
+
+
+@pytest.mark.parametrize("kind", ["swin", "convnext", "dinov2", "dinov2_with_registers"])
+def test_every_family_end_to_end_equals_the_transformers_recipe(kind, photos, tmp_path):
+    folder, paths = photos
+    ckpt = _small_checkpoint(kind, tmp_path / kind)
+    out = tmp_path / "f.safetensors"
+    r = run("extract", "-m", ckpt, "--out-indices", "0,1,-1", "-o", out, "-b", "4", folder, "--json")
+    assert r.exit_code == 0, r.stderr
+    stages = [s["name"] for s in json.loads(r.stdout)["stages"]]
+    want = _hf_maps(ckpt, paths, stages)
+    got = load_file(str(out))
+    for s in stages:
+        for i, p in enumerate(paths):
+            assert rel_err(got[s][i], want[s][i]) <= 1e-5, (kind, s, p)
+
+
 def test_hdf5_layout_and_attributes(tiny_resnet, photos, tmp_path):
     folder, paths = photos
     out = tmp_path / "f.hdf5"

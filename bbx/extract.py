@@ -314,10 +314,16 @@ def _decoded(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _default_workers(device: str) -> int:
+def default_workers(device: str) -> int:
+    """Decoding threads when ``--workers`` is not given.
+
+    On CPU the model already keeps every core busy: a decoding thread beside it only steals cycles,
+    and its preemptions stall torch's OpenMP barriers (measured on 2 cores, ResNet-50: 15.4 images/s
+    decoding inline vs 10.2 with one thread). So small machines decode inline, large ones spare one
+    thread per 8 cores. On an accelerator the CPU is free for decoding: up to 8 threads."""
     cpus = os.cpu_count() or 1
     if device == "cpu":
-        return max(1, min(2, cpus // 2))
+        return 0 if cpus <= 4 else max(1, cpus // 8)
     return max(1, min(8, cpus - 1))
 
 
@@ -362,7 +368,7 @@ def run(
     pre = prep.pre
     size = prep.plan.input_size
     load = _loader(pre, size, opts)
-    workers = _default_workers(device) if opts.workers is None else opts.workers
+    workers = default_workers(device) if opts.workers is None else opts.workers
     names = [s.name for s in prep.plan.stages]
     total = len(prep.todo)
     done = 0

@@ -97,7 +97,12 @@ def extract(
     dtype: str = typer.Option("float32", "--dtype", help="Compute dtype: float32, float16 or bfloat16 (autocast)."),
     store_dtype: str = typer.Option("float32", "--store-dtype", help="Stored dtype: float32, float16 or bfloat16."),
     pool: str = typer.Option("none", "--pool", help="none (maps [N,C,H,W]), avg or max (vectors [N,C])."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Decoding threads (default: by device)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        "-j",
+        help="Decoding threads beside the model (default: inline on small CPUs, up to 8 with a GPU).",
+    ),
     null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin are NUL-separated (find -print0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing or unfinished output; skip paths it has."),

@@ -45,6 +45,7 @@ called with ``interpolate_pos_encoding=True`` (its backbone refuses such sizes).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,6 +155,27 @@ def shifted_window_mask(
     return torch.zeros(apart.shape, device=device, dtype=dtype).masked_fill_(apart, -100.0)
 
 
+@functools.lru_cache(maxsize=64)
+def window_order(
+    height: int, width: int, window: int, shift: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token gather indices for (shifted) window attention on a padded ``height`` x ``width`` grid.
+
+    ``order[k]`` is the flat grid position of the ``k``-th token in window layout (window by
+    window, row-major inside each) after a cyclic shift by ``-shift`` on both axes; ``inverse``
+    puts window-layout tokens back. One gather replaces a roll, a partition copy and their
+    reverses (torch.roll is a narrow + cat on CPU)."""
+    rows = torch.arange(height, device=device).view(height // window, window)
+    cols = torch.arange(width, device=device).view(width // window, window)
+    rows, cols = (rows + shift) % height, (cols + shift) % width
+    # [window row, window col, row in window, col in window] -> flat position
+    order = rows[:, None, :, None] * width + cols[None, :, None, :]
+    order = order.flatten()
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=device)
+    return order, inverse
+
+
 # --- blocks -----------------------------------------------------------------------------------
 
 
@@ -183,19 +205,26 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
 
-    def forward(self, windows: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``windows``: ``[B, nW, N, C]`` tokens of each window; ``mask``: ``[nW, N, N]`` or None."""
+    def attention_bias(self, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The additive attention bias: the relative-position bias ``[1, h, N, N]``, or with the
+        shifted-window mask ``[1, nW * h, N, N]`` (windows x heads as heads, shared over the batch)."""
+        n = int(index.numel() ** 0.5)
+        bias = self.bias_table[index].view(n, n, self.heads).permute(2, 0, 1)  # h, N, N
+        if mask is None:
+            return bias.unsqueeze(0)
+        return (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, -1, n, n)
+
+    def forward(self, windows: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        """``windows``: ``[B, nW, N, C]`` tokens of each window; ``attn_bias`` from
+        :meth:`attention_bias`."""
         b, nw, n, c = windows.shape
         h = self.heads
         d = c // h
         qkv = self.qkv(windows).view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, h, N, d
-        bias = self.bias_table[index].view(n, n, h).permute(2, 0, 1)  # h, N, N
-        if mask is None:  # one bias for every window: windows x batch is the batch
+        if attn_bias.shape[1] == h:  # one bias for every window: windows x batch is the batch
             q, k, v = qkv.reshape(3, b * nw, h, n, d).unbind(0)
-            attn_bias = bias.unsqueeze(0)
         else:  # a bias per window: windows x heads are the heads, shared over the batch
             q, k, v = qkv.reshape(3, b, nw * h, n, d).unbind(0)
-            attn_bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nw * h, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
         out = out.view(b, nw, h, n, d).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(out)
@@ -223,6 +252,8 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, heads, s.window_size, s.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self.mlp = Mlp(dim, int(s.mlp_ratio * dim), s.hidden_act)
+        #: attention biases per padded grid size, once the weights are frozen (optimize_for_inference)
+        self.bias_cache: dict[tuple[int, int, torch.device], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, height, width, c = x.shape
@@ -232,17 +263,22 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = height + pad_h, width + pad_w
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        windows = y.view(b, hp // w, w, wp // w, w, c).transpose(2, 3).reshape(b, -1, w * w, c)
-        y = self.attn(windows, index, mask if shift else None)
-        y = y.view(b, hp // w, wp // w, w, w, c).transpose(2, 3).reshape(b, hp, wp, c)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
+        order, inverse = window_order(hp, wp, w, shift, y.device)
+        windows = y.reshape(b, hp * wp, c).index_select(1, order).view(b, -1, w * w, c)
+        y = self.attn(windows, self._bias(index, mask if shift else None, hp, wp))
+        y = y.reshape(b, hp * wp, c).index_select(1, inverse).view(b, hp, wp, c)
         if pad_h or pad_w:
             y = y[:, :height, :width]
         x = x + y
         return x + self.mlp(self.norm2(x))
+
+    def _bias(self, index: torch.Tensor, mask: torch.Tensor | None, hp: int, wp: int) -> torch.Tensor:
+        if self.bias_cache is None:  # weights may still change: compute every time
+            return self.attn.attention_bias(index, mask)
+        key = (hp, wp, index.device)
+        if key not in self.bias_cache:
+            self.bias_cache[key] = self.attn.attention_bias(index, mask)
+        return self.bias_cache[key]
 
 
 class PatchMerging(nn.Module):
@@ -328,6 +364,13 @@ class Swin(Backbone):
                 "layernorm.bias of SwinModel), which this checkpoint does not have; use stage norm hf or none"
             )
         return ""
+
+    def optimize_for_inference(self) -> None:
+        """Frozen weights: each block's attention bias (relative positions plus the shifted-window
+        mask) is computed once per input size instead of at every call."""
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.bias_cache = {}
 
     def init_computed_buffers(self) -> None:
         self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bbx import errors
 from tests.cli import ROOT, bbx_proc, run
@@ -195,3 +197,29 @@ def test_readme_lists_every_exit_code():
     documented |= {int(c) for c in re.findall(r"^\| \d+ / (\d+) \|", table, re.M)}
     codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
     assert codes <= documented, codes - documented
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_readme_pipeline_example_runs(tiny_resnet, tmp_path):
+    """The README's pipeline, pasted into bash in a folder of photos (with the tiny checkpoint
+    standing in for resnet-50, whose weights would need a download)."""
+    from tests.conftest import make_photos
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Pipelines") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    lines = [ln for ln in block.splitlines() if ln.strip()]
+    assert [ln.split()[:2] for ln in lines] == [["find", "photos"], ["bbx", "info"], ["bbx", "show"]]
+    assert "| bbx extract -0 " in lines[0] and lines[0].endswith(" -")
+    make_photos(tmp_path / "photos", [(120, 90), (90, 120), (100, 100)], "jpg")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bbx").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bbx "$@"\n')
+    (bin_dir / "bbx").chmod(0o755)
+    script = "set -e -o pipefail\n" + block.replace("--model resnet-50", f"--model '{tiny_resnet}'")
+    env = _env(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "3 images" in p.stdout and "stage4" in p.stdout  # bbx info's report
+    with Image.open(tmp_path / "map.png") as im:
+        assert im.size == (256 + 4 + 256, 256)  # the input photo beside the stage4 map

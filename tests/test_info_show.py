@@ -329,3 +329,38 @@ def test_show_errors(made, tmp_path):
     _one_line_error(run("show", made["h5"], "-o", tmp_path / "nowhere" / "x.png"), 3, "nowhere")
     _one_line_error(run("show", tmp_path / "missing.h5"), 3, "missing.h5")
     assert not png.exists()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_rows_decode_exactly(made, tmp_path, suffix, dtype):
+    """Stored 16-bit rows come back as the float32 values they hold (bfloat16: raw bit patterns)."""
+    from bbx.writers import StageLayout, open_writer, read_existing
+
+    facts = dict(read_existing(made["h5"]).facts, out_features=["m"], store_dtype=dtype)
+    facts.pop("status", None)
+    facts.pop("rows", None)
+    values = (np.arange(3 * 4 * 2 * 2, dtype=np.float32).reshape(3, 4, 2, 2) - 20) / 4  # exact in both
+    stored = values.astype(np.float16) if dtype == "float16" else (values.view(np.uint32) >> 16).astype(np.uint16)
+    out = tmp_path / f"h{suffix}"
+    w = open_writer(
+        out, "hdf5" if suffix == ".h5" else "safetensors", facts=facts, stages=[StageLayout("m", (4, 2, 2), dtype)]
+    )
+    w.write(["a", "b", "c"], {"m": stored})
+    w.finish("complete")
+    o = open_output(out)
+    assert o.stage("m").dtype == dtype
+    got = o.read(o.stage("m"), [2, 0])
+    assert got.dtype == np.float32 and np.array_equal(got, values[[2, 0]])
+
+
+def test_show_finds_relative_inputs_from_another_folder(tiny_resnet, tmp_path, monkeypatch):
+    """Paths stored relative to where extract ran are found from anywhere (the output keeps that folder)."""
+    make_photos(tmp_path / "run" / "photos", SIZES[:1], "jpg")
+    monkeypatch.chdir(tmp_path / "run")
+    assert run("extract", "-m", tiny_resnet, "-o", "f.h5", "photos").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    r = run("show", "run/f.h5", "--json", "--size", "14", "-o", "m.png")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["rows"] == [{"index": 0, "path": "photos/img000.jpg", "input_shown": True}] and rep["width"] == 32

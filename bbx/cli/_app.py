@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from bbx import __version__
-from bbx.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, BbxError
+from bbx.errors import EXIT_INTERNAL, EXIT_SIGINT, BbxError
 
 
 class _Group(TyperGroup):
@@ -26,15 +26,19 @@ class _Group(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except typer.TyperException as e:  # the parser's errors (Click's UsageError and kin)
-            code = getattr(e, "exit_code", EXIT_USAGE)
+        except typer.Abort:
+            code = fail("aborted", EXIT_INTERNAL).exit_code
+        except Exception as e:
+            # the parser's errors (the vendored Click's UsageError and kin), recognised by their
+            # interface: Typer keeps moving those classes within its private modules
+            if not (callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)):
+                raise
+            code = e.exit_code  # type: ignore[attr-defined]
             if type(e).__name__ != "NoArgsIsHelpError":  # `bbx` alone: the help is already shown
-                message = " ".join(e.format_message().split()).rstrip(".")
+                message = " ".join(e.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
                 ctx = getattr(e, "ctx", None)
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 fail(message[:1].lower() + message[1:] + hint, code)
-        except typer.Abort:
-            code = fail("aborted", EXIT_INTERNAL).exit_code
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -35,8 +35,7 @@ def info(
 ) -> None:
     """Show what an output holds: model, stages, shapes, images, failures, size on disk.
 
-    Reads any output of bbx extract (HDF5, safetensors, shards, an unfinished .partial) from its
-    metadata alone, never the maps.
+    Reads any output of bbx extract (HDF5, safetensors, shards, an unfinished .partial) from its metadata alone.
 
     Examples:
 

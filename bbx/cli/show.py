@@ -51,8 +51,10 @@ def show(
     """Render a stage's feature maps as a picture: PCA colours or a grid of channels.
 
     One row per --index: the input image on the left (when still on disk), its map on the right.
-    PCA maps the three main components of the channels, fitted over all rows together, to red,
-    green and blue; grid shows the highest-variance channels in gray.
+
+    pca: the 3 main components of the channels, fitted over all rows together, as red, green, blue.
+
+    grid: the highest-variance channels in gray, each scaled over all rows.
 
     Examples:
 

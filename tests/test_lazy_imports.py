@@ -21,13 +21,18 @@ sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
 """
 
 
-def _heavy(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+def _probe(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    """(heavy modules imported, stdout) of running bbx with ``argv`` in a fresh interpreter."""
     import os
 
     e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     p = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, env=e)
     line = next(ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY="))
-    return json.loads(line[len("HEAVY=") :])
+    return json.loads(line[len("HEAVY=") :]), p.stdout
+
+
+def _heavy(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    return _probe(argv, env)[0]
 
 
 def test_help_imports_nothing_heavy():
@@ -47,3 +52,21 @@ def test_import_bbx_imports_nothing_heavy():
         env={"PYTHONPATH": str(ROOT)},
     )
     assert p.stdout.strip() == "False"
+
+
+def test_tab_completion_imports_nothing_heavy():
+    """Every Tab press starts bbx: completing aliases, stage names and choices stays torch-free."""
+    for line, want in (
+        ("bbx extract --model res", "resnet-50"),
+        ("bbx extract --model resnet-50 --out-features stem,sta", "stem,stage4"),
+        ("bbx extract -m dinov2-small --out-features ", "stage12"),
+        ("bbx inspect swin", "swin-tiny"),
+        ("bbx extract --store-dtype ", "bfloat16"),
+        ("bbx ", "extract"),
+    ):
+        env = {"_BBX_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(line.split(" ")) - 1)}
+        heavy, out = _probe(["bbx"], env)
+        assert want in out.split(), (line, out)
+        assert heavy == [], line
+    heavy, out = _probe(["bbx"], {"_BBX_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "bbx extract -m swin-t"})
+    assert "swin-tiny" in out and heavy == []

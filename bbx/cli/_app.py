@@ -11,11 +11,39 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from bbx import __version__
 from bbx.errors import EXIT_INTERNAL, EXIT_SIGINT, BbxError
 
+
+class _Group(TyperGroup):
+    """The root command: Typer's, with its usage errors (an unknown option, a missing or badly
+    typed value) said in one line, like every other bbx error, instead of a usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            code = fail("aborted", EXIT_INTERNAL).exit_code
+        except Exception as e:
+            # the parser's errors (the vendored Click's UsageError and kin), recognised by their
+            # interface: Typer keeps moving those classes within its private modules
+            if not (callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)):
+                raise
+            code = e.exit_code  # type: ignore[attr-defined]
+            if type(e).__name__ != "NoArgsIsHelpError":  # `bbx` alone: the help is already shown
+                message = " ".join(e.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                fail(message[:1].lower() + message[1:] + hint, code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="bbx",
     help="Vision-backbone feature maps from images on disk, to HDF5 or safetensors.",
     no_args_is_help=True,
@@ -80,6 +108,24 @@ def _quiet_broken_pipe() -> None:
         pass
 
 
+def _stdout_closed() -> None:
+    """A rich console on stdout met a closed pipe: end quietly with status 0, as for plain writes
+    (rich's own handling would exit with status 1, bbx's "internal error")."""
+    _quiet_broken_pipe()
+    raise typer.Exit(0)
+
+
+def flush_stdout() -> None:
+    """Flush stdout now, so that a reader that went away is met here (quietly) rather than by
+    the interpreter's final flush, which would print "Exception ignored ... BrokenPipeError"."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except (OSError, ValueError):
+        pass
+
+
 def emit_json(obj: Any) -> None:
     """JSON on stdout, never through rich (which would wrap it at the console width)."""
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
@@ -93,7 +139,7 @@ def console(stderr: bool = False) -> Any:
 
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
-    return Console(
+    con = Console(
         file=stream,
         no_color=bool(os.environ.get("NO_COLOR")) or None,
         width=None if tty else 200,
@@ -101,11 +147,18 @@ def console(stderr: bool = False) -> Any:
         highlight=False,
         soft_wrap=not tty,
     )
+    if not stderr:
+        con.on_broken_pipe = _stdout_closed  # type: ignore[method-assign]
+    return con
 
 
 def _version(value: bool) -> None:
     if value:
-        sys.stdout.write(f"bbx {__version__}\n")
+        try:
+            sys.stdout.write(f"bbx {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         raise typer.Exit(0)
 
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
 from bbx.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError
 
@@ -78,25 +79,56 @@ def extract(
     inputs: list[str] = typer.Argument(
         None, help="Image files, folders (searched recursively) or - to read paths from stdin.", show_default=False
     ),
-    model: str = typer.Option(..., "--model", "-m", help="Alias, checkpoint folder or hub id org/name."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Alias, checkpoint folder or hub id org/name.",
+        autocompletion=_complete.complete_model,
+    ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here."
     ),
-    fmt: Optional[str] = typer.Option(None, "--format", help="hdf5 or safetensors (default: from the suffix)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="hdf5 or safetensors (default: from the suffix).", autocompletion=_complete.FORMATS
+    ),
     out_indices: Optional[list[str]] = typer.Option(
         None, "--out-indices", help="Stages by index: 1,3 or -1 (repeatable). Default: the last stage."
     ),
     out_features: Optional[list[str]] = typer.Option(
-        None, "--out-features", help="Stages by name: stage1,stage3 (repeatable)."
+        None,
+        "--out-features",
+        help="Stages by name: stage1,stage3 (repeatable).",
+        autocompletion=_complete.complete_out_features,
     ),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help="Input size N (NxN) instead of the checkpoint's."
     ),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Compute dtype: float32, float16 or bfloat16 (autocast)."),
-    store_dtype: str = typer.Option("float32", "--store-dtype", help="Stored dtype: float32, float16 or bfloat16."),
-    pool: str = typer.Option("none", "--pool", help="none (maps [N,C,H,W]), avg or max (vectors [N,C])."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).",
+        autocompletion=_complete.DEVICES,
+    ),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="Compute dtype: float32, float16 or bfloat16 (autocast).",
+        autocompletion=_complete.DTYPES,
+    ),
+    store_dtype: str = typer.Option(
+        "float32",
+        "--store-dtype",
+        help="Stored dtype: float32, float16 or bfloat16.",
+        autocompletion=_complete.DTYPES,
+    ),
+    pool: str = typer.Option(
+        "none",
+        "--pool",
+        help="none (maps [N,C,H,W]), avg or max (vectors [N,C]).",
+        autocompletion=_complete.POOLS,
+    ),
     workers: Optional[int] = typer.Option(
         None,
         "--workers",
@@ -112,13 +144,23 @@ def extract(
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Reduced-size JPEG decoding (faster, changes pixels slightly)."
     ),
-    stage_norm: str = typer.Option("hf", "--stage-norm", help="Stage norms: hf (transformers), none or final."),
+    stage_norm: str = typer.Option(
+        "hf",
+        "--stage-norm",
+        help="Stage norms: hf (transformers), none or final.",
+        autocompletion=_complete.STAGE_NORMS,
+    ),
     pretrained: bool = typer.Option(
         True, "--pretrained/--no-pretrained", help="--no-pretrained: random weights from the config, offline."
     ),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit sha."),
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="safetensors shard size (default 5GB)."),
-    on_error: str = typer.Option("skip", "--on-error", help="skip: skip bad images and report them; stop: stop."),
+    on_error: str = typer.Option(
+        "skip",
+        "--on-error",
+        help="skip: skip bad images and report them; stop: stop.",
+        autocompletion=_complete.ON_ERROR,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (nothing else there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:

@@ -6,12 +6,17 @@ from typing import Optional
 
 import typer
 
+from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
 
 
 @command("inspect")
 def inspect(
-    model: str = typer.Argument(..., help="Alias (see `bbx models`), checkpoint folder or hub id org/name."),
+    model: str = typer.Argument(
+        ...,
+        help="Alias (see `bbx models`), checkpoint folder or hub id org/name.",
+        autocompletion=_complete.complete_model,
+    ),
     image_size: Optional[int] = typer.Option(  # noqa: UP007,UP045 (typer needs Optional on 3.10)
         None, "--image-size", help="Input size N (NxN pixels); default: the checkpoint's."
     ),
@@ -19,7 +24,10 @@ def inspect(
         None, "--revision", help="Hub branch, tag or commit sha (for an alias: read that revision's config)."
     ),
     stage_norm: str = typer.Option(
-        "hf", "--stage-norm", help="Stage norms: hf (transformers' backbone), none, or final."
+        "hf",
+        "--stage-norm",
+        help="Stage norms: hf (transformers' backbone), none, or final.",
+        autocompletion=_complete.STAGE_NORMS,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
 ) -> None:

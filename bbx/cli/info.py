@@ -1,0 +1,92 @@
+"""``bbx info FILE``: what an output holds, read from its metadata alone."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from bbx.cli._app import command, console, emit_json
+
+SHOWN_FAILURES = 20
+
+
+def _status_line(state: str) -> str:
+    if state == "unfinished":
+        return "unfinished (the run was killed or is still running): resume with --resume"
+    if state == "interrupted":
+        return "interrupted (holds every image finished before the signal): resume with --resume"
+    return state
+
+
+@command("info")
+def info(
+    file: Path = typer.Argument(
+        ...,
+        help="An output of bbx extract: .h5, .safetensors, a shard set's .index.json, or a .partial.",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    list_paths: bool = typer.Option(
+        False, "--paths", help="Print the stored input paths, one per line in row order, and nothing else."
+    ),
+    null: bool = typer.Option(False, "--null", "-0", help="With --paths: end each path with NUL (for xargs -0)."),
+) -> None:
+    """Show what an output holds: model, stages, shapes, images, failures, size on disk.
+
+    Reads any output of bbx extract (HDF5, safetensors, shards, an unfinished .partial) from its metadata alone.
+
+    Examples:
+
+      bbx info feats.h5
+
+      bbx info feats.safetensors.index.json --json | jq .stages
+
+      bbx info feats.h5 --paths | head
+    """
+    from bbx.outputs import open_output
+    from bbx.report import human_bytes
+
+    out = open_output(file)
+    if list_paths:
+        end = "\0" if null else "\n"
+        sys.stdout.write("".join(p + end for p in out.paths))
+        sys.stdout.flush()
+        return
+    if as_json:
+        emit_json(out.to_json())
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    f = out.facts
+    con = console()
+    con.print(
+        f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {_status_line(out.state)}, "
+        f"{out.images} images, {human_bytes(out.bytes_on_disk)} on disk"
+        + (f" in {len(out.files)} files" if len(out.files) > 1 else "")
+    )
+    revision = f"@{f['revision']}" if f.get("revision") else ""
+    size = f.get("input_size")
+    size_text = f"{size[0]}x{size[1]}" if isinstance(size, list) and len(size) == 2 else "?"
+    for key, value in (
+        ("model", str(f.get("model"))),
+        ("checkpoint", f"{f.get('checkpoint')}{revision}"),
+        ("architecture", f"{f.get('architecture')}, {f.get('weights', '?')} weights"),
+        ("input", f"{size_text}, stage norm {f.get('stage_norm', '?')}"),
+        ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
+    ):
+        con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (("stage", "left"), ("per image", "left"), ("dtype", "left"), ("bytes/image", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for s in out.stages:
+        table.add_row(s.name, str(list(s.shape)), s.dtype, human_bytes(s.row_bytes))
+    con.print(table)
+    if out.failed:
+        con.print(f"{len(out.failed)} failed input(s):")
+        for path, reason in out.failed[:SHOWN_FAILURES]:
+            con.print(f"  {escape(path)}: {escape(reason)}")
+        if len(out.failed) > SHOWN_FAILURES:
+            con.print(f"  ... and {len(out.failed) - SHOWN_FAILURES} more (bbx info --json lists them all)")

@@ -1,0 +1,116 @@
+"""``bbx show FILE``: a stage's feature maps as a picture (PCA colours or a channel grid)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bbx.cli import _complete
+from bbx.cli._app import command, console, emit_json
+from bbx.errors import InputError
+
+
+def _picture_name(file: Path, stage: str, mode: str) -> Path:
+    name = file.name
+    for tail in (".index.json", ".partial", ".safetensors", ".hdf5", ".h5"):
+        if name.endswith(tail):
+            name = name[: -len(tail)]
+    return Path(f"{name}-{stage}-{mode}.png")
+
+
+@command("show")
+def show(
+    file: Path = typer.Argument(..., help="An output of bbx extract (as for bbx info).", show_default=False),
+    stage: Optional[str] = typer.Option(
+        None,
+        "--stage",
+        "-s",
+        help="Stage to show (default: the last one stored).",
+        autocompletion=_complete.complete_stored_stage,
+    ),
+    index: Optional[list[int]] = typer.Option(
+        None, "--index", "-i", help="Row to show (repeatable; negative counts from the end). Default: 0."
+    ),
+    mode: str = typer.Option(
+        "pca",
+        "--mode",
+        help="pca: 3 main components as RGB; grid: top-variance channels in gray.",
+        autocompletion=_complete.SHOW_MODES,
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Picture to write (.png, .jpg, .webp). Default: <file>-<stage>-<mode>.png here."
+    ),
+    size: int = typer.Option(256, "--size", help="Pixels along the longer side of each map."),
+    channels: int = typer.Option(16, "--channels", help="grid: how many channels to show."),
+    no_input: bool = typer.Option(False, "--no-input", help="Do not put the input images beside the maps."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Render a stage's feature maps as a picture: PCA colours or a grid of channels.
+
+    One row per --index: the input image on the left (when still on disk), its map on the right.
+
+    pca: the 3 main components of the channels, fitted over all rows together, as red, green, blue.
+
+    grid: the highest-variance channels in gray, each scaled over all rows.
+
+    Examples:
+
+      bbx show feats.h5 --stage stage4 --index 0 -o map.png
+
+      bbx show feats.h5 -s stage2 -i 0 -i 5 -i -1 --mode grid --channels 25 -o grid.png
+    """
+    from bbx import pictures
+    from bbx.outputs import open_output
+
+    if mode not in pictures.MODES:  # before reading anything
+        from bbx.errors import UsageError
+
+        raise UsageError(f"--mode must be pca or grid, got {mode!r}")
+    out = open_output(file)
+    chosen = out.stage(stage)
+    if chosen.pooled:
+        raise InputError(
+            f"stage {chosen.name} of {file} holds pooled vectors {list(chosen.shape)} "
+            f"(extracted with --pool {out.facts.get('pool', 'avg')}): bbx show needs maps, extract with --pool none"
+        )
+    rows = [out.row(i) for i in (index or [0])]
+    maps = out.read(chosen, rows)
+    inputs = [out.paths[r] for r in rows]
+    picture = pictures.render(
+        maps,
+        inputs,
+        mode=mode,
+        size=size,
+        channels=channels,
+        cwd=out.facts.get("cwd"),
+        exif=bool(out.facts.get("exif", True)),
+        show_inputs=not no_input,
+    )
+    target = output or _picture_name(file, chosen.name, mode)
+    pictures.save(picture.image, target)
+    width, height = picture.image.size
+    if as_json:
+        emit_json(
+            {
+                "output": str(target),
+                "width": width,
+                "height": height,
+                "stage": chosen.name,
+                "shape": list(chosen.shape),
+                "mode": mode,
+                "rows": [
+                    {"index": r, "path": p, "input_shown": s} for r, p, s in zip(rows, inputs, picture.with_input)
+                ],
+            }
+        )
+    elif not quiet:
+        from rich.markup import escape
+
+        err = console(stderr=True)
+        c, h, w = chosen.shape
+        err.print(f"wrote {escape(str(target))} ({width}x{height} px): {chosen.name} [{c}, {h}, {w}], {mode}")
+        for r, p, s in zip(rows, inputs, picture.with_input):
+            err.print(f"  row {r}: {escape(p)}" + ("" if s or no_input else " (input image not found)"))

@@ -277,9 +277,14 @@ def check_space(the_plan: Plan, *, force: bool) -> None:
 
 
 def _decoded(
-    paths: Sequence[Path], load: Callable[[Path], Any], workers: int, window: int
+    paths: Sequence[Path], load: Callable[[Path], Any], workers: int, window: int, *, overlap: bool
 ) -> Iterator[tuple[Path, Any, str | None]]:
-    """(path, pixels or None, failure reason or None) in input order; decoding ahead in threads."""
+    """(path, pixels or None, failure reason or None) in input order.
+
+    With ``workers`` threads, decoding either runs ahead of the consumer (``overlap``: a window of
+    files in flight while the model runs, for an accelerator) or in bursts (the next ``window``
+    files decoded by all threads at once, then handed over, so decoding never competes with a
+    model that uses every CPU core)."""
     from bbx.images import ImageError
 
     def one(p: Path) -> tuple[Any, str | None]:
@@ -297,9 +302,16 @@ def _decoded(
             yield (p, *one(p))
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbx-decode")
-    pending: deque[tuple[Path, Future[tuple[Any, str | None]]]] = deque()
-    it = iter(paths)
     try:
+        if not overlap:
+            for start in range(0, len(paths), window):
+                chunk = paths[start : start + window]
+                results = list(pool.map(one, chunk))
+                for p, r in zip(chunk, results):
+                    yield (p, *r)
+            return
+        pending: deque[tuple[Path, Future[tuple[Any, str | None]]]] = deque()
+        it = iter(paths)
         for p in it:
             pending.append((p, pool.submit(one, p)))
             if len(pending) >= window:
@@ -315,15 +327,16 @@ def _decoded(
 
 
 def default_workers(device: str) -> int:
-    """Decoding threads when ``--workers`` is not given.
+    """Decoding threads when ``--workers`` is not given: one per core, at most 8.
 
-    On CPU the model already keeps every core busy: a decoding thread beside it only steals cycles,
-    and its preemptions stall torch's OpenMP barriers (measured on 2 cores, ResNet-50: 15.4 images/s
-    decoding inline vs 10.2 with one thread). So small machines decode inline, large ones spare one
-    thread per 8 cores. On an accelerator the CPU is free for decoding: up to 8 threads."""
+    On CPU they decode in bursts between model batches (see :func:`_decoded`): a decoding thread
+    running beside a model that keeps every core busy only steals cycles, and its preemptions
+    stall torch's OpenMP barriers (measured on 2 cores, ResNet-50: 10.2 images/s with one
+    overlapping thread, 15.4 decoding inline). On an accelerator the CPU is free, and decoding
+    overlaps the model."""
     cpus = os.cpu_count() or 1
     if device == "cpu":
-        return 0 if cpus <= 4 else max(1, cpus // 8)
+        return min(cpus, 8) if cpus > 1 else 0
     return max(1, min(8, cpus - 1))
 
 
@@ -409,8 +422,9 @@ def run(
         batch_paths: list[str] = []
         arrays: list[Any] = []
         handled = 0
-        window = max(opts.batch_size * 2, workers * 4)
-        for path, pixels, reason in _decoded(prep.todo, load, workers, window):
+        overlap = dev.type != "cpu"
+        window = max(opts.batch_size * 2, workers * 4) if overlap else opts.batch_size
+        for path, pixels, reason in _decoded(prep.todo, load, workers, window, overlap=overlap):
             handled += 1
             if reason is not None:
                 writer.fail(str(path), reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,3 +57,137 @@ def activation(name: str) -> nn.Module:
         raise ModelError(
             f"unsupported activation {name!r} in config; supported: {', '.join(sorted(_ACTIVATIONS))}"
         ) from None
+
+
+# --- fused inference ops ----------------------------------------------------------------------
+#
+# On CPU, torch ships oneDNN kernels that run a linear layer or a convolution together with its
+# activation and a residual sum (``mkldnn::_linear_pointwise`` / ``_convolution_pointwise``, the
+# kernels torch.compile's CPU backend emits). They save a pass over every activation tensor:
+# measured on 2 cores, ResNet-50 +30% in fp32 and +20% in bf16, ConvNeXt-T +17% in fp32, the
+# same numbers to fp32 rounding. They are internal to torch, so bbx uses them only after a probe
+# shows they exist and agree with the eager ops, and falls back to eager everywhere else (other
+# devices, other activations, training, a torch without them).
+
+#: bbx activation name -> (oneDNN post-op, its algorithm)
+_ONEDNN_ACTS = {"relu": ("relu", ""), "gelu": ("gelu", "none"), "gelu_pytorch_tanh": ("gelu", "tanh")}
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_fusion_available() -> bool:
+    """Whether the fused oneDNN CPU ops exist here and match the eager ops on a small probe."""
+    try:
+        ops = torch.ops.mkldnn
+        g = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            x, w, b = torch.randn(32, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
+            r = torch.randn(32, 16, generator=g)
+            ok = torch.allclose(
+                ops._linear_pointwise(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)), 1e-5, 1e-5
+            )
+            ok &= torch.allclose(ops._linear_pointwise.binary(x, r, w, b, "add"), F.linear(x, w, b) + r, 1e-5, 1e-5)
+            xi = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
+            cw, cb = torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
+            other = torch.randn(2, 6, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+            want = F.conv2d(xi, cw, cb, stride=2, padding=1)
+            got = ops._convolution_pointwise(xi, cw, cb, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
+            ok &= torch.allclose(got, F.relu(want), 1e-5, 1e-5)
+            got = ops._convolution_pointwise.binary(
+                xi, other, cw, cb, [1, 1], [2, 2], [1, 1], 1, "add", None, "relu", [], ""
+            )
+            ok &= torch.allclose(got, F.relu(want + other), 1e-5, 1e-5)
+        return bool(ok)
+    except Exception:  # an older or newer torch without these ops, or a CPU oneDNN does not support
+        return False
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear/conv computes in: autocast's on CPU when it is on, else the input's."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+def _cast_params(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The module's weight and bias in ``dtype``, cast once (weights are frozen when fused)."""
+    cache = module.__dict__.setdefault("_bbx_cast", {})
+    if dtype not in cache:
+        w, b = module.weight, module.bias
+        cache[dtype] = (w.detach().to(dtype), b.detach().to(dtype) if b is not None else None)
+    return cache[dtype]
+
+
+def _fusable(x: torch.Tensor, act: str | None) -> bool:
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and (act is None or act in _ONEDNN_ACTS)
+        and _compute_dtype(x) in (torch.float32, torch.bfloat16)
+    )
+
+
+def linear_act(
+    x: torch.Tensor,
+    linear: nn.Linear,
+    act: str | None = None,
+    *,
+    add: torch.Tensor | None = None,
+    fused: bool = False,
+) -> torch.Tensor:
+    """``act(linear(x))``, or ``linear(x) + add`` (no activation then), in one oneDNN kernel when
+    ``fused`` and possible, else with the eager ops. A residual is fused only when it already has
+    the compute dtype, so autocast's type promotion (a bf16 product added to an fp32 residual
+    stream stays fp32) is kept."""
+    if fused and _fusable(x, act) and (add is None or (act is None and add.dtype == _compute_dtype(x))):
+        dt = _compute_dtype(x)
+        w, b = _cast_params(linear, dt)
+        rows = x.reshape(-1, x.shape[-1]).to(dt)
+        if add is not None:
+            y = torch.ops.mkldnn._linear_pointwise.binary(rows, add.reshape(-1, w.shape[0]), w, b, "add")
+        elif act is None:
+            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, "none", [], "")
+        else:
+            name, algo = _ONEDNN_ACTS[act]
+            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, name, [], algo)
+        return y.view(*x.shape[:-1], w.shape[0])
+    y = linear(x)
+    if act is not None:
+        y = _eager_act(act)(y)
+    return y + add if add is not None else y
+
+
+def conv_act(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    act: str | None = None,
+    *,
+    add: torch.Tensor | None = None,
+    fused: bool = False,
+) -> torch.Tensor:
+    """``act(conv(x) [+ add])`` in one oneDNN kernel when ``fused`` and possible, else eager."""
+    if (
+        fused
+        and _fusable(x, act)
+        and isinstance(conv.padding, tuple)
+        and conv.padding_mode == "zeros"
+        and (add is None or add.dtype == _compute_dtype(x))
+    ):
+        dt = _compute_dtype(x)
+        w, b = _cast_params(conv, dt)
+        args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        name, algo = _ONEDNN_ACTS[act] if act is not None else ("none", "")
+        xin = x.to(dt)
+        if add is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                xin, add, w, b, *args, "add", None, name if act is not None else None, [], algo or None
+            )
+        return torch.ops.mkldnn._convolution_pointwise(xin, w, b, *args, name, [], algo)
+    y = conv(x)
+    if add is not None:
+        y = y + add
+    return _eager_act(act)(y) if act is not None else y
+
+
+@functools.cache
+def _eager_act(name: str) -> nn.Module:
+    return activation(name)

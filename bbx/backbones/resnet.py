@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation
+from bbx.backbones.layers import activation, conv_act, onednn_fusion_available
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,16 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.act = activation(act) if act is not None else nn.Identity()
+        self.act_name = act
+        self.fused = False  # conv + activation (+ residual) in one oneDNN kernel, once BN is folded
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(bn(conv(x)))``; with ``add`` (the last conv of a block, which has no activation of
+        its own): ``bn(conv(x)) + add``."""
+        if self.fused:
+            return conv_act(x, self.conv, self.act_name, add=add, fused=True)
+        y = self.act(self.bn(self.conv(x)))
+        return y if add is None else y + add
 
     @torch.no_grad()
     def fold_batchnorm(self) -> None:
@@ -108,11 +115,17 @@ class Block(nn.Module):
         needs_projection = cin != cout or stride != 1
         self.shortcut = ConvNormAct(cin, cout, 1, stride, act=None) if needs_projection else nn.Identity()
         self.act = activation(act)
+        self.act_name = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.convs(x)
-        y = y + self.shortcut(x)
-        return self.act(y)
+        *first, last = self.convs
+        y = x
+        for conv in first:
+            y = conv(y)
+        shortcut = self.shortcut(x)
+        if last.fused:  # the last conv, the residual sum and the activation in one kernel
+            return conv_act(y, last.conv, self.act_name, add=shortcut, fused=True)
+        return self.act(last(y, add=shortcut))
 
 
 class ResNet(Backbone):
@@ -141,9 +154,11 @@ class ResNet(Backbone):
     prefers_channels_last = True
 
     def optimize_for_inference(self) -> None:
+        fuse = onednn_fusion_available()
         for m in self.modules():
             if isinstance(m, ConvNormAct):
                 m.fold_batchnorm()
+                m.fused = fuse
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         x = self.pool(self.stem(x))

@@ -133,7 +133,7 @@ def extract(
         None,
         "--workers",
         "-j",
-        help="Decoding threads beside the model (default: inline on small CPUs, up to 8 with a GPU).",
+        help="Decoding threads (default: one per core, at most 8); on CPU between batches, on a GPU alongside.",
     ),
     null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin are NUL-separated (find -print0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),

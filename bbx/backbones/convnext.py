@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation
+from bbx.backbones.layers import activation, linear_act
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
@@ -138,18 +138,35 @@ class Block(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=INNER_EPS)
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.act = activation(s.hidden_act)
+        self.act_name = s.hidden_act
         self.fc2 = nn.Linear(4 * dim, dim)
+        self.fused = False
         # layer scale: a per-channel factor, absent (not even a parameter) when the config says 0
         scale = float(s.layer_scale_init_value)
         self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.fc2(self.act(self.fc1(self.norm(y))))
         rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
+        if self.fused:  # fc1 + GELU, then fc2 (layer scale folded in) + residual, one kernel each
+            y = linear_act(self.norm(y), self.fc1, self.act_name, fused=True)
+            if rows.is_contiguous():
+                return linear_act(y, self.fc2, add=rows, fused=True).permute(0, 3, 1, 2)
+            return (rows + linear_act(y, self.fc2, fused=True)).permute(0, 3, 1, 2)
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
         # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
         out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
         return out.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Frozen inference: fold the layer scale into fc2 (``g * (W h + b) = (g W) h + g b``, equal
+        to fp32 rounding) and use the fused oneDNN kernels."""
+        if self.gamma is not None:
+            self.fc2.weight.mul_(self.gamma[:, None])
+            self.fc2.bias.mul_(self.gamma)
+            self.gamma = None
+        self.fused = True
 
 
 class Stage(nn.Module):
@@ -198,6 +215,14 @@ class ConvNext(Backbone):
             optional["final_norm.weight"] = 1.0
             optional["final_norm.bias"] = 0.0
         self.optional_keys = optional
+
+    #: the network runs channels-last (see the module docstring); weights too, for the convs
+    prefers_channels_last = True
+
+    def optimize_for_inference(self) -> None:
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.fuse()
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         x = self.stem(x.contiguous(memory_format=torch.channels_last))

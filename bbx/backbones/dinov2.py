@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation
+from bbx.backbones.layers import activation, linear_act
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
@@ -145,11 +145,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output, plus ``add`` (the residual) when given."""
         n, t, c = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(n, t, c))
+        qkv = linear_act(x, self.qkv, fused=fused)
+        q, k, v = qkv.view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, c)
+        return linear_act(y, self.proj, add=add, fused=fused)
 
 
 class Mlp(nn.Module):
@@ -159,10 +161,14 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = activation(act)
+        self.act_name = act
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        if not fused:
+            y = self.fc2(self.act(self.fc1(x)))
+            return y if add is None else y + add
+        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)
 
 
 class SwiGLU(nn.Module):
@@ -173,9 +179,9 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        gate, up = linear_act(x, self.fc1, fused=fused).chunk(2, dim=-1)
+        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=fused)
 
 
 class Block(nn.Module):
@@ -190,11 +196,25 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self.mlp = SwiGLU(dim, s.mlp_hidden) if s.use_swiglu_ffn else Mlp(dim, s.mlp_hidden, s.hidden_act)
         self.scale2 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # layer scales folded into proj / fc2; residual sums inside their kernels
+            x = self.attn(self.norm1(x), fused=True, add=x)
+            return self.mlp(self.norm2(x), fused=True, add=x)
         # x + branch * scale in one kernel
         x = torch.addcmul(x, self.attn(self.norm1(x)), self.scale1)
         return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Frozen inference: fold each layer scale into the projection before it
+        (``g * (W h + b) = (g W) h + g b``, equal to fp32 rounding) and use the fused oneDNN kernels."""
+        for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
+            linear.weight.mul_(scale[:, None])
+            linear.bias.mul_(scale)
+            scale.fill_(1.0)
+        self.fused = True
 
 
 class Dinov2(Backbone):
@@ -229,6 +249,10 @@ class Dinov2(Backbone):
             square.float(), size=(gh, gw), mode="bicubic", align_corners=False, antialias=self._antialias
         ).to(table.dtype)
         return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, c)
+
+    def optimize_for_inference(self) -> None:
+        for block in self.blocks:
+            block.fuse()
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
         n = x.shape[0]

@@ -79,7 +79,7 @@ def onednn_fusion_available() -> bool:
     try:
         ops = torch.ops.mkldnn
         g = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
             x, w, b = torch.randn(32, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
             r = torch.randn(32, 16, generator=g)
             ok = torch.allclose(
@@ -120,6 +120,7 @@ def _cast_params(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, t
 def _fusable(x: torch.Tensor, act: str | None) -> bool:
     return (
         x.device.type == "cpu"
+        and onednn_fusion_available()
         and not torch.is_grad_enabled()
         and (act is None or act in _ONEDNN_ACTS)
         and _compute_dtype(x) in (torch.float32, torch.bfloat16)

@@ -56,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation
+from bbx.backbones.layers import activation, linear_act
 from bbx.errors import ModelError
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
@@ -235,10 +235,16 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = activation(act)
+        self.act_name = act
         self.fc2 = nn.Linear(hidden, dim)
+        self.fused = False  # fc1 + activation and fc2 + residual in one oneDNN kernel each (frozen CPU)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``fc2(act(fc1(x)))``, plus ``add`` (the residual) when given."""
+        if not self.fused:
+            y = self.fc2(self.act(self.fc1(x)))
+            return y if add is None else add + y
+        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)
 
 
 class SwinBlock(nn.Module):
@@ -270,7 +276,7 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = y[:, :height, :width]
         x = x + y
-        return x + self.mlp(self.norm2(x))
+        return self.mlp(self.norm2(x), add=x)
 
     def _bias(self, index: torch.Tensor, mask: torch.Tensor | None, hp: int, wp: int) -> torch.Tensor:
         if self.bias_cache is None:  # weights may still change: compute every time
@@ -371,6 +377,7 @@ class Swin(Backbone):
         for stage in self.stages:
             for block in stage.blocks:
                 block.bias_cache = {}
+                block.mlp.fused = True
 
     def init_computed_buffers(self) -> None:
         self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)

@@ -70,3 +70,22 @@ def test_tab_completion_imports_nothing_heavy():
         assert heavy == [], line
     heavy, out = _probe(["bbx"], {"_BBX_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "bbx extract -m swin-t"})
     assert "swin-tiny" in out and heavy == []
+
+
+def test_building_any_family_on_the_meta_device_stays_cheap():
+    """inspect, --dry-run and weight loading build models on the meta device; some meta ops
+    (randn * x, normal_, meshgrid) pull in torch's compiler stack (~1 s) on first use."""
+    import os
+
+    code = """
+import sys, bbx
+from bbx import registry
+from bbx.inspection import inspect_model
+for alias in ("resnet-50", "swin-tiny", "convnext-tiny", "dinov2-small", "dinov2-small-reg"):
+    inspect_model(alias)
+print(sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules))
+"""
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

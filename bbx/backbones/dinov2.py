@@ -226,12 +226,14 @@ class Dinov2(Backbone):
         super().__init__(specs, config=config, stage_norm=stage_norm)
         self.settings = s
         self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        # trunc_normal_ rather than randn * 0.02: on the meta device the latter pulls in torch's
+        # decompositions (~1 s); random weights only matter for --no-pretrained anyway
+        self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, dim), std=0.02))
         if s.num_register_tokens:
             self.register_tokens = nn.Parameter(torch.zeros(1, s.num_register_tokens, dim))
         else:
             self.register_tokens = None
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + s.grid * s.grid, dim) * 0.02)
+        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + s.grid * s.grid, dim), std=0.02))
         self.blocks = nn.ModuleList(Block(s) for _ in range(s.num_hidden_layers))
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self._apply_norm = stage_norm == "final" or (stage_norm == "hf" and s.apply_layernorm)

@@ -80,15 +80,18 @@ def onednn_fusion_available() -> bool:
         ops = torch.ops.mkldnn
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-            x, w, b = torch.randn(32, 24, generator=g), torch.randn(16, 24, generator=g), torch.randn(16, generator=g)
-            r = torch.randn(32, 16, generator=g)
+
+            def rand(*shape: int) -> torch.Tensor:
+                return torch.randn(*shape, generator=g, device="cpu")
+
+            x, w, b, r = rand(32, 24), rand(16, 24), rand(16), rand(32, 16)
             ok = torch.allclose(
                 ops._linear_pointwise(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b)), 1e-5, 1e-5
             )
             ok &= torch.allclose(ops._linear_pointwise.binary(x, r, w, b, "add"), F.linear(x, w, b) + r, 1e-5, 1e-5)
-            xi = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
-            cw, cb = torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
-            other = torch.randn(2, 6, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+            xi = rand(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+            cw, cb = rand(6, 8, 3, 3), rand(6)
+            other = rand(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
             want = F.conv2d(xi, cw, cb, stride=2, padding=1)
             got = ops._convolution_pointwise(xi, cw, cb, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
             ok &= torch.allclose(got, F.relu(want), 1e-5, 1e-5)

@@ -352,7 +352,9 @@ class Swin(Backbone):
         # Every stage has its backbone norm, whatever the selection (selections change after build).
         self.stage_norms = nn.ModuleDict({spec.name: nn.LayerNorm(spec.channels, eps=_DEFAULT_EPS) for spec in specs})
         self.final_norm = nn.LayerNorm(dims[-1], eps=s.layer_norm_eps)
-        self.register_buffer("rel_index", relative_position_index(s.window_size), persistent=False)
+        # computed on the CPU even when the model is built on the meta device (meta tensors would
+        # route meshgrid through torch's decompositions: a second and more on first use)
+        self.register_buffer("rel_index", relative_position_index(s.window_size, "cpu"), persistent=False)
 
         optional: dict[str, float] = {}
         norms = [f"stage_norms.{spec.name}" for spec in specs]

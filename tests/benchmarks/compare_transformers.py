@@ -258,6 +258,16 @@ def child_main(ns: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -268,6 +278,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
     ap.add_argument("--memory", action="store_true", help="also compare bbx's peak memory for 256 vs 2,048 images")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the best is kept")
+    ap.add_argument("--bbx-args", default="", help="extra bbx extract options, e.g. --fast-decode (opt-in levers)")
     ap.add_argument("--_child", choices=["hf", "bbx"], help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--listing", help=argparse.SUPPRESS)
@@ -303,7 +314,7 @@ def main() -> None:
         hf_best, bx_best = None, None
         for _ in range(ns.repeat):
             hf, hf_peak = measure_hf(ckpt, listing, work / "hf.h5", case, threads)
-            bx, bx_peak = measure_bbx(ckpt, listing, work / "bbx.h5", case, threads, [])
+            bx, bx_peak = measure_bbx(ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split())
             if hf_best is None or hf["images_per_s"] > hf_best[0]["images_per_s"]:
                 hf_best = (hf, hf_peak)
             if bx_best is None or bx["images_per_s"] > bx_best[0]["images_per_s"]:

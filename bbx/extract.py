@@ -228,19 +228,19 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
             shard_bytes=opts.shard_bytes,
         )
         prepared.writer = writer
-        if writer.existing is not None:
-            done = _done_keys(writer.existing.paths, writer.existing.facts.get("cwd"))
+        if writer.existing_facts is not None:
+            done = _done_keys(writer.existing_paths, writer.existing_facts.get("cwd"))
             prepared.todo = [p for p in inputs if not _is_done(p, done)]
-            prepared.done_before = len(writer.existing.paths)
+            prepared.done_before = len(writer.existing_paths)
             retry = {str(p) for p in prepared.todo}
             writer.forget_failed(retry)
         the_plan.todo = len(prepared.todo)
     elif opts.resume:
         # a dry run of a resume: say how much is left without opening the file for writing
-        from bbx.writers import read_existing
+        from bbx.outputs import open_output
 
         with contextlib.suppress(Exception):
-            existing = read_existing(output)
+            existing = open_output(output)
             done = _done_keys(existing.paths, existing.facts.get("cwd"))
             the_plan.todo = sum(1 for p in inputs if not _is_done(p, done))
     return prepared

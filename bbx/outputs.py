@@ -58,7 +58,7 @@ class Output:
     status: str  # complete | interrupted | running
     unfinished: bool  # a .partial: the run was killed (or is still running)
     # where each row's data lies (safetensors): (file, {tensor name per stage}, first row, rows)
-    _parts: list[tuple[Path, dict[str, str], int, int]] = field(default_factory=list, repr=False)
+    parts: list[tuple[Path, dict[str, str], int, int]] = field(default_factory=list, repr=False)
 
     @property
     def images(self) -> int:
@@ -111,7 +111,7 @@ class Output:
             return np.stack([_decode(a, stage.dtype) for a in _h5_rows(self.files[0], stage.name, rows)])
         out = []
         for r in rows:
-            for file, names, first, count in self._parts:
+            for file, names, first, count in self.parts:
                 if first <= r < first + count:
                     out.append(_st_row(file, names[stage.name], stage, r - first))
                     break
@@ -188,7 +188,7 @@ def _not_bbx(path: Path, why: str) -> InputError:
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
-def _value(v: Any) -> Any:
+def attr_value(v: Any) -> Any:
     if isinstance(v, bytes):
         v = v.decode()
     if isinstance(v, str) and v[:1] in "[{":
@@ -199,7 +199,7 @@ def _value(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and not isinstance(v, str) else v
 
 
-def _text(v: Any) -> str:
+def text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
@@ -224,18 +224,18 @@ def _first_line(e: BaseException) -> str:
 def _open_hdf5(path: Path, *, named: Path, unfinished: bool) -> Output:
     with _h5file(path) as f:
         try:
-            facts = {k: _value(v) for k, v in f.attrs.items()}
+            facts = {k: attr_value(v) for k, v in f.attrs.items()}
             if facts.get("format") != FORMAT_TAG or "features" not in f or "paths" not in f:
                 raise _not_bbx(path, "no bbx features in it")
             rows = int(facts.get("rows", 0))
-            paths = [_text(p) for p in f["paths"][:rows]]
+            paths = [text(p) for p in f["paths"][:rows]]
             failed: list[tuple[str, str]] = []
             if "failed" in f:
-                failed = [(_text(a), _text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
+                failed = [(text(a), text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
             stages = []
             for name in facts.get("out_features") or list(f["features"]):
                 ds = f["features"][name]
-                dtype = _text(ds.attrs.get("dtype", "float32"))
+                dtype = text(ds.attrs.get("dtype", "float32"))
                 if len(ds) < rows or dtype not in _ITEMSIZE:
                     raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype")
                 stages.append(StoredStage(name, tuple(int(d) for d in ds.shape[1:]), dtype))
@@ -254,7 +254,7 @@ def _h5_rows(path: Path, name: str, rows: Sequence[int]) -> list[Any]:
 
 
 # --- safetensors ------------------------------------------------------------------------------
-def _header(path: Path) -> tuple[dict[str, Any], int]:
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
     """A safetensors file's header and where its data starts; InputError if unreadable."""
     try:
         size = path.stat().st_size
@@ -311,7 +311,7 @@ def _tensor_stages(path: Path, header: dict[str, Any], order: Sequence[str] | No
 
 
 def _open_single(path: Path) -> Output:
-    header, _ = _header(path)
+    header, _ = read_header(path)
     meta = _meta(header)
     if meta.get("format") != FORMAT_TAG:
         raise _not_bbx(path, "its metadata has no bbx format tag")
@@ -343,7 +343,7 @@ def _open_sharded(index: Path, *, named: Path) -> Output:
     files: list[Path] = []
     for shard in shards:
         file = index.parent / str(shard["file"])
-        header, _ = _header(file)
+        header, _ = read_header(file)
         shard_stages, tensors = _tensor_stages(file, header, meta.get("out_features"))
         if not stages:
             stages = shard_stages
@@ -360,8 +360,9 @@ def _open_sharded(index: Path, *, named: Path) -> Output:
     )
 
 
-def _open_staging(folder: Path, *, named: Path) -> Output:
-    """A safetensors staging folder: replay its journal (what a killed or running run committed)."""
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """The entries of a safetensors staging folder's journal, up to the last whole line (a torn
+    last line is a batch that never finished); [] if there is none."""
     entries: list[dict[str, Any]] = []
     try:
         with open(folder / "journal.jsonl", encoding="utf-8") as f:
@@ -369,9 +370,15 @@ def _open_staging(folder: Path, *, named: Path) -> Output:
                 try:
                     entries.append(json.loads(line))
                 except ValueError:
-                    break  # a torn last line: that batch never finished
+                    break
     except OSError:
-        entries = []
+        return []
+    return entries
+
+
+def _open_staging(folder: Path, *, named: Path) -> Output:
+    """A safetensors staging folder: replay its journal (what a killed or running run committed)."""
+    entries = read_journal(folder)
     if not entries or "facts" not in entries[0]:
         raise InputError(f"{folder} is an unfinished bbx output without a usable journal (rerun with --overwrite)")
     facts = dict(entries[0]["facts"])
@@ -396,7 +403,7 @@ def _open_staging(folder: Path, *, named: Path) -> Output:
 def _st_row(file: Path, tensor: str, stage: StoredStage, row: int) -> Any:
     import numpy as np
 
-    header, start = _header(file)
+    header, start = read_header(file)
     begin = start + int(header[tensor]["data_offsets"][0]) + row * stage.row_bytes
     with open(file, "rb") as f:
         f.seek(begin)

@@ -229,21 +229,10 @@ def test_resume_adds_only_new_paths(tiny_resnet, photos, tmp_path, suffix):
 
 def _read(path: Path) -> tuple[list[str], bytes]:
     """(paths, bytes of the stage4 maps in row order) of any output."""
-    from bbx.writers import read_existing
+    from bbx.outputs import open_output
 
-    info = read_existing(path)
-    if path.suffix == ".h5":
-        with h5py.File(path) as f:
-            return info.paths, f["features/stage4"][:].tobytes()
-    index = path.with_name(path.name + ".index.json")
-    if index.exists():
-        meta = json.loads(index.read_text())["metadata"]
-        data = b"".join(
-            load_file(str(path.parent / s["file"]))[f"stage4.{k:05d}"].numpy().tobytes()
-            for k, s in enumerate(meta["shards"], start=1)
-        )
-        return info.paths, data
-    return info.paths, load_file(str(path))["stage4"].numpy().tobytes()
+    out = open_output(path)
+    return out.paths, out.read(out.stage("stage4"), range(out.images)).tobytes()
 
 
 def test_resume_with_other_settings_is_refused(tiny_resnet, photos, tmp_path):

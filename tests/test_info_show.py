@@ -113,9 +113,10 @@ def test_info_paths_listing(made):
 
 def _partial_writers(made, tmp_path):
     """Unfinished outputs as a killed run leaves them: one committed batch, never finished."""
-    from bbx.writers import StageLayout, open_writer, read_existing
+    from bbx.outputs import open_output
+    from bbx.writers import StageLayout, open_writer
 
-    facts = dict(read_existing(made["h5"]).facts)
+    facts = dict(open_output(made["h5"]).facts)
     facts.pop("status", None)
     facts.pop("rows", None)
     facts["out_features"] = ["stage4"]
@@ -192,9 +193,10 @@ def test_info_reads_metadata_not_maps(made, tmp_path, suffix):
     """A 16 MB output is reported with a small fraction of that in memory."""
     import tracemalloc
 
-    from bbx.writers import StageLayout, open_writer, read_existing
+    from bbx.outputs import open_output
+    from bbx.writers import StageLayout, open_writer
 
-    facts = dict(read_existing(made["h5"]).facts, out_features=["big"])
+    facts = dict(open_output(made["h5"]).facts, out_features=["big"])
     facts.pop("status", None)
     facts.pop("rows", None)
     big = StageLayout("big", (64, 32, 32), "float32")
@@ -335,9 +337,10 @@ def test_show_errors(made, tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_rows_decode_exactly(made, tmp_path, suffix, dtype):
     """Stored 16-bit rows come back as the float32 values they hold (bfloat16: raw bit patterns)."""
-    from bbx.writers import StageLayout, open_writer, read_existing
+    from bbx.outputs import open_output
+    from bbx.writers import StageLayout, open_writer
 
-    facts = dict(read_existing(made["h5"]).facts, out_features=["m"], store_dtype=dtype)
+    facts = dict(open_output(made["h5"]).facts, out_features=["m"], store_dtype=dtype)
     facts.pop("status", None)
     facts.pop("rows", None)
     values = (np.arange(3 * 4 * 2 * 2, dtype=np.float32).reshape(3, 4, 2, 2) - 20) / 4  # exact in both

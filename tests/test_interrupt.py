@@ -17,13 +17,19 @@ from tests.cli import ROOT
 from tests.conftest import make_photos
 from tests.test_extract import _read
 
-N_IMAGES = 160
+N_IMAGES = 240
 
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory):
+    """Camera-sized photos (so that a run lasts a few seconds and a signal lands mid-run): eight
+    distinct ones, hard-linked under many names (distinct paths are distinct inputs)."""
+    import os
+
     folder = tmp_path_factory.mktemp("many")
-    make_photos(folder, [(256, 192)] * N_IMAGES, "png")
+    seeds = make_photos(tmp_path_factory.mktemp("seeds"), [(1024, 768), (768, 1024)] * 4, "jpg")
+    for i in range(N_IMAGES):
+        os.link(seeds[i % len(seeds)], folder / f"img{i:03d}.jpg")
     return folder
 
 
@@ -58,7 +64,7 @@ def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.Com
     deadline = time.time() + 60
     while not staging.exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.02)
-    time.sleep(0.6)  # let some batches finish
+    time.sleep(0.4)  # let some batches finish
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -86,14 +92,14 @@ def test_signal_leaves_a_valid_file_and_resume_completes_it(tiny_resnet, many, f
     p = _start_and_signal(_cmd(tiny_resnet, out, many), out.with_name(out.name + ".partial"), sig)
     assert p.returncode == code, p.stderr
     assert "Traceback" not in p.stderr
-    from bbx.writers import read_existing
+    from bbx.outputs import open_output
 
-    info = read_existing(out)  # a valid file under the final name
+    info = open_output(out)  # a valid file under the final name
     assert info.status == "interrupted" and 0 < len(info.paths) < N_IMAGES
     assert not out.with_name(out.name + ".partial").exists()
     r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume"), env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert read_existing(out).status == "complete"
+    assert open_output(out).status == "complete"
     assert _read(out) == full(suffix)
 
 

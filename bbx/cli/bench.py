@@ -6,22 +6,36 @@ from typing import Optional
 
 import typer
 
+from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
 from bbx.cli.extract import parse_indices, parse_names
 
 
 @command("bench")
 def bench(
-    model: str = typer.Argument(..., help="Alias, checkpoint folder or hub id org/name."),
+    model: str = typer.Argument(
+        ..., help="Alias, checkpoint folder or hub id org/name.", autocompletion=_complete.complete_model
+    ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per batch."),
-    dtype: str = typer.Option("float32", "--dtype", help="Compute dtype: float32, float16 or bfloat16 (autocast)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option(
+        "float32",
+        "--dtype",
+        help="Compute dtype: float32, float16 or bfloat16 (autocast).",
+        autocompletion=_complete.DTYPES,
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto, cpu, cuda, cuda:N or mps.", autocompletion=_complete.DEVICES
+    ),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help="Input size N (NxN); default: the checkpoint's."
     ),
     out_indices: Optional[list[str]] = typer.Option(None, "--out-indices", help="Stages by index (default: last)."),
-    out_features: Optional[list[str]] = typer.Option(None, "--out-features", help="Stages by name."),
-    stage_norm: str = typer.Option("hf", "--stage-norm", help="Stage norms: hf, none or final."),
+    out_features: Optional[list[str]] = typer.Option(
+        None, "--out-features", help="Stages by name.", autocompletion=_complete.complete_out_features
+    ),
+    stage_norm: str = typer.Option(
+        "hf", "--stage-norm", help="Stage norms: hf, none or final.", autocompletion=_complete.STAGE_NORMS
+    ),
     pretrained: bool = typer.Option(
         False, "--pretrained/--random", help="Load the checkpoint's weights (default: random, no download)."
     ),

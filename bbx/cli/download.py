@@ -7,22 +7,17 @@ from typing import Optional
 
 import typer
 
+from bbx.cli import _complete
 from bbx.cli._app import command, emit_json
 from bbx.errors import UsageError
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
+from bbx.report import human_bytes
 
 
 @command("download")
 def download(
-    model: str = typer.Argument(..., help="Hub id org/name, or an alias (see `bbx models`)."),
+    model: str = typer.Argument(
+        ..., help="Hub id org/name, or an alias (see `bbx models`).", autocompletion=_complete.complete_model
+    ),
     revision: Optional[str] = typer.Option(  # noqa: UP045
         None, "--revision", help="Hub branch, tag or commit sha (default: main)."
     ),
@@ -72,10 +67,10 @@ def download(
     width = max(len(f.name) for f in snap.files)
     for f in snap.files:
         state = "already cached" if f.cached else "downloaded"
-        err.write(f"  {f.name:<{width}}  {_size(f.size):>9}  {state}\n")
+        err.write(f"  {f.name:<{width}}  {human_bytes(f.size):>9}  {state}\n")
     fetched = sum(not f.cached for f in snap.files)
     err.write(
-        f"{len(snap.files)} files, {_size(snap.size)}; {fetched} downloaded ({_size(snap.downloaded)}) "
+        f"{len(snap.files)} files, {human_bytes(snap.size)}; {fetched} downloaded ({human_bytes(snap.downloaded)}) "
         f"into {snap.folder}\n"
     )
     if snap.note:

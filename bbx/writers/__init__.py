@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bbx.errors import InputError, UsageError
+from bbx.errors import UsageError
 
 FORMATS = ("hdf5", "safetensors")
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".safetensors": "safetensors"}
@@ -58,20 +58,12 @@ class StageLayout:
         return n
 
 
-@dataclass
-class Existing:
-    """What an output already holds (for ``--resume`` and ``bbx info``)."""
-
-    paths: list[str]
-    failed: list[tuple[str, str]]
-    facts: dict[str, Any]
-    status: str
-    notes: list[str] = field(default_factory=list)
-
-
 class Writer(Protocol):
     path: Path
-    existing: Existing | None
+    #: rows the output already holds when resuming (in row order), and the facts they were written with
+    existing_paths: list[str]
+    existing_facts: dict[str, Any] | None
+    notes: list[str]
 
     def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None: ...
 
@@ -99,10 +91,10 @@ def format_for(path: Path, fmt: str | None) -> str:
     raise UsageError(f"cannot tell the output format from {path.name!r}: use .h5/.hdf5 or .safetensors, or --format")
 
 
-def check_resumable(existing: Existing, facts: Mapping[str, Any], path: Path) -> None:
+def check_resumable(existing: Mapping[str, Any], facts: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a file written with different settings (its rows would not mix)."""
     for key in RESUME_KEYS:
-        old, new = existing.facts.get(key), facts.get(key)
+        old, new = existing.get(key), facts.get(key)
         if _norm(old) != _norm(new):
             raise UsageError(
                 f"cannot resume {path}: it was written with {key}={_short(old)}, this run has {key}={_short(new)} "
@@ -155,22 +147,3 @@ def open_writer(
             path, facts=facts, stages=stages, overwrite=overwrite, resume=resume, shard_bytes=shard_bytes
         )
     raise UsageError(f"unknown format {fmt!r}")
-
-
-def read_existing(path: Path) -> Existing:
-    """The contents of any output bbx wrote (HDF5, single or sharded safetensors)."""
-    name = path.name
-    if name.endswith(".index.json"):
-        from bbx.writers.safetensors_ import read_output
-
-        return read_output(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt == "hdf5":
-        from bbx.writers.hdf5 import read_output as read_h5
-
-        return read_h5(path)
-    if fmt == "safetensors":
-        from bbx.writers.safetensors_ import read_output
-
-        return read_output(path)
-    raise InputError(f"{path}: not a bbx output (expected .h5, .hdf5, .safetensors or .safetensors.index.json)")

@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 
 from bbx.errors import InputError
-from bbx.writers import Existing, StageLayout, check_resumable, fsync_dir
+from bbx.outputs import open_output, text
+from bbx.writers import StageLayout, check_resumable, fsync_dir
 
 POOLED_CHUNK_ROWS = 256
 
@@ -46,43 +47,6 @@ def _attr(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)):
         return value
     return json.dumps(value)
-
-
-def _unattr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _read(f: h5py.File) -> Existing:
-    facts = {k: _unattr(v) for k, v in f.attrs.items()}
-    rows = int(facts.get("rows", 0))
-    paths = [p.decode() if isinstance(p, bytes) else str(p) for p in f["paths"][:rows]] if "paths" in f else []
-    failed: list[tuple[str, str]] = []
-    if "failed" in f:
-        fp = f["failed/paths"][:]
-        fr = f["failed/reasons"][:]
-        failed = [(_s(a), _s(b)) for a, b in zip(fp, fr)]
-    return Existing(paths=paths, failed=failed, facts=facts, status=str(facts.get("status", "complete")))
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def read_output(path: Path) -> Existing:
-    try:
-        with h5py.File(path, "r") as f:
-            return _read(f)
-    except OSError as e:
-        raise InputError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
 class HDF5Writer:
@@ -98,7 +62,8 @@ class HDF5Writer:
         self.path = path
         self.partial = partial_path(path)
         self.stages = list(stages)
-        self.existing: Existing | None = None
+        self.existing_paths: list[str] = []
+        self.existing_facts: dict[str, Any] | None = None
         self.notes: list[str] = []
         self._f: h5py.File | None = None
         self._created = False
@@ -133,27 +98,24 @@ class HDF5Writer:
         self._created = True
 
     def _reopen(self, partial: Path, facts: Mapping[str, Any]) -> bool:
+        """Continue ``partial``: False if it cannot be read (a kill damaged it)."""
+        try:
+            existing = open_output(partial)
+        except InputError:
+            return False
+        try:
+            check_resumable(existing.facts, facts, self.path)
+        except Exception:
+            if self.path.exists():
+                partial.unlink(missing_ok=True)  # our own copy of a finished file
+            raise
+        if [s.name for s in existing.stages] != [s.name for s in self.stages]:
+            return False
         try:
             f = h5py.File(partial, "r+")
         except OSError:
             return False
-        try:
-            existing = _read(f)
-        except (OSError, KeyError, ValueError):
-            f.close()
-            return False
-        try:
-            check_resumable(existing, facts, self.path)
-        except Exception:
-            f.close()
-            if partial != self.path and self.path.exists():
-                partial.unlink(missing_ok=True)  # our own copy of a finished file
-            raise
-        rows = int(f.attrs.get("rows", 0))
-        for s in self.stages:
-            if f"features/{s.name}" not in f or len(f[f"features/{s.name}"]) < rows:
-                f.close()
-                return False
+        rows = len(existing.paths)
         # drop any rows past the last finished batch
         for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
             if len(ds) != rows:
@@ -161,7 +123,8 @@ class HDF5Writer:
         f.attrs["status"] = "running"
         f.flush()
         self._f = f
-        self.existing = existing
+        self.existing_paths = list(existing.paths)
+        self.existing_facts = dict(existing.facts)
         return True
 
     def _create(self, partial: Path, facts: Mapping[str, Any]) -> None:
@@ -224,7 +187,7 @@ class HDF5Writer:
         f = self._f
         assert f is not None
         fp, fr = f["failed/paths"], f["failed/reasons"]
-        pairs = [(_s(a), _s(b)) for a, b in zip(fp[:], fr[:])]
+        pairs = [(text(a), text(b)) for a, b in zip(fp[:], fr[:])]
         keep = [(a, b) for a, b in pairs if a not in paths]
         if len(keep) == len(pairs):
             return

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from bbx.errors import InputError
-from bbx.writers import Existing, StageLayout, check_resumable, fsync_dir
+from bbx.outputs import open_output, read_header, read_journal
+from bbx.writers import StageLayout, check_resumable, fsync_dir
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -58,49 +59,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _read_header(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError("header too large")
-            return json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise InputError(f"{path}: not a readable safetensors file ({e})") from None
-
-
-def _meta_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except (ValueError, TypeError):
-        return v
-
-
-def read_output(path: Path) -> Existing:
-    """Contents of a single file, or of a sharded set given its index or its base name."""
-    if path.name.endswith(".index.json"):
-        index_file = path
-    else:
-        index_file = index_path(path)
-    if index_file.exists():
-        try:
-            index = json.loads(index_file.read_text())
-            meta = dict(index["metadata"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{index_file}: not a bbx shard index ({e})") from None
-        paths: list[str] = []
-        for shard in meta.get("shards", []):
-            header = _read_header(index_file.parent / shard["file"])
-            paths.extend(json.loads(header.get("__metadata__", {}).get("paths", "[]")))
-        failed = [tuple(x) for x in meta.pop("failed", [])]
-        return Existing(paths=paths, failed=failed, facts=meta, status=str(meta.get("status", "complete")))  # type: ignore[arg-type]
-    header = _read_header(path)
-    meta = {k: _meta_value(v) for k, v in header.get("__metadata__", {}).items()}
-    paths = list(meta.pop("paths", []))
-    failed = [tuple(x) for x in meta.pop("failed", [])]
-    return Existing(paths=paths, failed=failed, facts=meta, status=str(meta.get("status", "complete")))  # type: ignore[arg-type]
 
 
 def _write_file(
@@ -161,7 +119,8 @@ class SafetensorsWriter:
         self.facts = dict(facts)
         self.shard_bytes = shard_bytes or DEFAULT_SHARD_BYTES
         self.bytes_per_image = sum(s.bytes_per_image for s in self.stages)
-        self.existing: Existing | None = None
+        self.existing_paths: list[str] = []
+        self.existing_facts: dict[str, Any] | None = None
         self.notes: list[str] = []
         # the run's state, all replayable from the journal
         self.old_files: list[tuple[Path, list[str]]] = []  # finished outputs being extended
@@ -193,10 +152,12 @@ class SafetensorsWriter:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
             self.replaced = self._current_files()
         if resume and self._outputs_exist():
-            self.existing = read_output(self.path)
-            check_resumable(self.existing, self.facts, self.path)
-            self.failed = list(self.existing.failed)
-            self._collect_old_files()
+            existing = open_output(self.path)
+            check_resumable(existing.facts, self.facts, self.path)
+            self.existing_paths, self.existing_facts = list(existing.paths), dict(existing.facts)
+            self.failed = list(existing.failed)
+            # the finished files being extended, each with its rows
+            self.old_files = [(f, existing.paths[first : first + n]) for f, _, first, n in existing.parts]
         if resume and self.stage_dir.exists():
             self._replay()
         else:
@@ -218,30 +179,9 @@ class SafetensorsWriter:
             files.append(self.path)
         return files
 
-    def _collect_old_files(self) -> None:
-        if self.index.exists():
-            meta = json.loads(self.index.read_text())["metadata"]
-            for shard in meta.get("shards", []):
-                f = self.path.parent / shard["file"]
-                header = _read_header(f)
-                self.old_files.append((f, json.loads(header["__metadata__"].get("paths", "[]"))))
-        else:
-            assert self.existing is not None
-            self.old_files.append((self.path, list(self.existing.paths)))
-
     def _replay(self) -> None:
         """Continue a staging folder left by an interrupted or killed run."""
-        journal = self.stage_dir / "journal.jsonl"
-        entries: list[dict[str, Any]] = []
-        try:
-            with open(journal, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        entries.append(json.loads(line))
-                    except ValueError:
-                        break  # a torn last line: the batch it describes never finished
-        except OSError:
-            entries = []
+        entries = read_journal(self.stage_dir)
         if not entries or "facts" not in entries[0]:
             self.notes.append(f"{self.stage_dir.name} held no usable journal and is started over")
             shutil.rmtree(self.stage_dir, ignore_errors=True)
@@ -249,9 +189,7 @@ class SafetensorsWriter:
             self._write_journal({"facts": self.facts, "stages": [s.__dict__ for s in self.stages]}, new=True)
             self._new_raw_files()
             return
-        from bbx.writers import Existing as _E
-
-        check_resumable(_E(paths=[], failed=[], facts=entries[0]["facts"], status="running"), self.facts, self.path)
+        check_resumable(entries[0]["facts"], self.facts, self.path)
         failed_now: list[tuple[str, str]] = []
         for e in entries[1:]:
             if "rows" in e:
@@ -281,10 +219,9 @@ class SafetensorsWriter:
             if old not in {self._raw_path(s) for s in self.stages}:
                 old.unlink()
         done = len(self.staged) + sum(len(p) for _, p in self.sealed)
-        if self.existing is None:
-            self.existing = Existing(paths=[], failed=[], facts=dict(entries[0]["facts"]), status="running")
-        self.existing.paths = list(self.existing.paths) + [p for _, ps in self.sealed for p in ps] + list(self.staged)
-        self.existing.failed = list(self.failed)
+        if self.existing_facts is None:
+            self.existing_facts = dict(entries[0]["facts"])
+        self.existing_paths += [p for _, ps in self.sealed for p in ps] + list(self.staged)
         if done:
             self.notes.append(f"recovered {done} images from the unfinished run in {self.stage_dir.name}")
 
@@ -441,16 +378,14 @@ class SafetensorsWriter:
     ) -> None:
         """Copy a finished file (old output or sealed shard) under its shard name, renaming its
         tensors and refreshing its metadata. The source stays until the index is written."""
-        header = _read_header(src)
-        with open(src, "rb") as f:
-            (hlen,) = struct.unpack("<Q", f.read(8))
+        header, data_start = read_header(src)
         by_stage = {key.split(".")[0]: info for key, info in header.items() if key != "__metadata__"}
         tensors: list[tuple[str, StageLayout, int, tuple[Path, int]]] = []
         for s in self.stages:
             info = by_stage.get(s.name)
             if info is None or info["shape"] != [len(paths), *s.shape]:
                 raise InputError(f"{src}: stage {s.name} is missing or has an unexpected shape; cannot extend it")
-            tensors.append((f"{s.name}.{suffix}", s, len(paths), (src, 8 + hlen + info["data_offsets"][0])))
+            tensors.append((f"{s.name}.{suffix}", s, len(paths), (src, data_start + info["data_offsets"][0])))
         tmp_target = target if target != src else target.with_name(target.name + ".new")
         _write_file(tmp_target, tensors, self._file_meta(paths, status=status, extra={"row_offset": row_offset}))
         if tmp_target != target:

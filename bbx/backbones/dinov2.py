@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, linear_act
+from bbx.backbones.layers import Mlp, linear_act
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
@@ -154,23 +154,6 @@ class Attention(nn.Module):
         return linear_act(y, self.proj, add=add, fused=fused)
 
 
-class Mlp(nn.Module):
-    """``fc2(act(fc1(x)))``."""
-
-    def __init__(self, dim: int, hidden: int, act: str):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = activation(act)
-        self.act_name = act
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-        if not fused:
-            y = self.fc2(self.act(self.fc1(x)))
-            return y if add is None else y + add
-        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)
-
-
 class SwiGLU(nn.Module):
     """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
 
@@ -178,10 +161,11 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, 2 * hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.fused = False
 
-    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = linear_act(x, self.fc1, fused=fused).chunk(2, dim=-1)
-        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=fused)
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        gate, up = linear_act(x, self.fc1, fused=self.fused).chunk(2, dim=-1)
+        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=self.fused)
 
 
 class Block(nn.Module):
@@ -201,7 +185,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:  # layer scales folded into proj / fc2; residual sums inside their kernels
             x = self.attn(self.norm1(x), fused=True, add=x)
-            return self.mlp(self.norm2(x), fused=True, add=x)
+            return self.mlp(self.norm2(x), add=x)
         # x + branch * scale in one kernel
         x = torch.addcmul(x, self.attn(self.norm1(x)), self.scale1)
         return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
@@ -214,7 +198,7 @@ class Block(nn.Module):
             linear.weight.mul_(scale[:, None])
             linear.bias.mul_(scale)
             scale.fill_(1.0)
-        self.fused = True
+        self.fused = self.mlp.fused = True
 
 
 class Dinov2(Backbone):

@@ -195,3 +195,23 @@ def conv_act(
 @functools.cache
 def _eager_act(name: str) -> nn.Module:
     return activation(name)
+
+
+class Mlp(nn.Module):
+    """The transformer MLP ``fc2(act(fc1(x)))`` (Swin, DINOv2), with the residual sum folded in
+    when ``add`` is given. Once ``fused`` (frozen CPU inference), fc1 + activation and fc2 +
+    residual each run as one oneDNN kernel."""
+
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.act_name = act
+        self.fc2 = nn.Linear(hidden, dim)
+        self.fused = False
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.fused:
+            y = self.fc2(self.act(self.fc1(x)))
+            return y if add is None else add + y
+        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)

@@ -56,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, linear_act
+from bbx.backbones.layers import Mlp
 from bbx.errors import ModelError
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
@@ -228,23 +228,6 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
         out = out.view(b, nw, h, n, d).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(out)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: str):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = activation(act)
-        self.act_name = act
-        self.fc2 = nn.Linear(hidden, dim)
-        self.fused = False  # fc1 + activation and fc2 + residual in one oneDNN kernel each (frozen CPU)
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``fc2(act(fc1(x)))``, plus ``add`` (the residual) when given."""
-        if not self.fused:
-            y = self.fc2(self.act(self.fc1(x)))
-            return y if add is None else add + y
-        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)
 
 
 class SwinBlock(nn.Module):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bbx.errors import UsageError
+from bbx.errors import InputError, UsageError
 
 FORMATS = ("hdf5", "safetensors")
 SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".safetensors": "safetensors"}
@@ -89,6 +89,16 @@ def format_for(path: Path, fmt: str | None) -> str:
     if suffix in SUFFIXES:
         return SUFFIXES[suffix]
     raise UsageError(f"cannot tell the output format from {path.name!r}: use .h5/.hdf5 or .safetensors, or --format")
+
+
+def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
+    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one."""
+    if found is not None:
+        raise InputError(f"{found} exists: pass --overwrite to replace it or --resume to add to it")
+    if leftover is not None:
+        raise InputError(
+            f"{leftover} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
+        )
 
 
 def check_resumable(existing: Mapping[str, Any], facts: Mapping[str, Any], path: Path) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from bbx.errors import InputError
 from bbx.outputs import open_output, text
-from bbx.writers import StageLayout, check_resumable, fsync_dir
+from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
 
 POOLED_CHUNK_ROWS = 256
 
@@ -73,13 +73,7 @@ class HDF5Writer:
     def _open(self, facts: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
         path, partial = self.path, self.partial
         if not overwrite and not resume:
-            if path.exists():
-                raise InputError(f"{path} exists: pass --overwrite to replace it or --resume to add to it")
-            if partial.exists():
-                raise InputError(
-                    f"{partial} is left from an unfinished run: "
-                    "pass --resume to continue it or --overwrite to start over"
-                )
+            refuse_to_replace(path if path.exists() else None, partial if partial.exists() else None)
         if overwrite:
             partial.unlink(missing_ok=True)
         if resume and partial.exists():

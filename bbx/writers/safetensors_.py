@@ -33,7 +33,7 @@ import numpy as np
 
 from bbx.errors import InputError
 from bbx.outputs import open_output, read_header, read_journal
-from bbx.writers import StageLayout, check_resumable, fsync_dir
+from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -140,14 +140,8 @@ class SafetensorsWriter:
 
     def _open(self, *, overwrite: bool, resume: bool) -> None:
         if not overwrite and not resume:
-            if self._outputs_exist():
-                shown = self.path if self.path.exists() else self.index
-                raise InputError(f"{shown} exists: pass --overwrite to replace it or --resume to add to it")
-            if self.stage_dir.exists():
-                raise InputError(
-                    f"{self.stage_dir} is left from an unfinished run: pass --resume to continue it "
-                    "or --overwrite to start over"
-                )
+            found = self.path if self.path.exists() else self.index if self.index.exists() else None
+            refuse_to_replace(found, self.stage_dir if self.stage_dir.exists() else None)
         if overwrite:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
             self.replaced = self._current_files()

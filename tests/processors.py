@@ -16,38 +16,15 @@ from PIL import Image
 
 from bbx import registry
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-#: microsoft/swin-*: legacy spelling, int size (a square for ViT)
-SWIN = {
-    "do_normalize": True,
-    "do_resize": True,
-    "feature_extractor_type": "ViTFeatureExtractor",
-    "image_mean": IMAGENET_MEAN,
-    "image_std": IMAGENET_STD,
-    "resample": 3,
-    "size": 224,
-}
-#: microsoft/resnet-* (bbx's registry row): ConvNext recipe, crop_pct 0.875, int size (a shortest edge)
+#: the hub's preprocessor_config.json values, as bbx's registry embeds them
+#: microsoft/swin-*: legacy ViTFeatureExtractor spelling, int size (a square for ViT)
+SWIN = registry.lookup("swin-tiny").preprocessor_dict()
+#: microsoft/resnet-*: ConvNext recipe, crop_pct 0.875, int size (a shortest edge)
 RESNET = registry.lookup("resnet-50").preprocessor_dict()
 #: facebook/convnext-*-384: at 384 the ConvNext recipe warps to a square, no crop
 CONVNEXT_384 = {**RESNET, "size": 384}
 #: facebook/dinov2-*: Bit recipe, resize shortest edge 256, crop 224
-DINOV2 = {
-    "crop_size": {"height": 224, "width": 224},
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": IMAGENET_MEAN,
-    "image_processor_type": "BitImageProcessor",
-    "image_std": IMAGENET_STD,
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"shortest_edge": 256},
-}
+DINOV2 = registry.lookup("dinov2-small").preprocessor_dict()
 KINDS = {"vit": SWIN, "convnext": RESNET, "convnext384": CONVNEXT_384, "bit": DINOV2}
 
 

@@ -16,11 +16,10 @@ from transformers.image_utils import ChannelDimension
 from bbx import images
 from bbx.errors import ModelError
 from bbx.preprocess import Preprocess
+from bbx.registry import IMAGENET_MEAN, IMAGENET_STD
 from tests.processors import (
     CONVNEXT_384,
     DINOV2,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     KINDS,
     RESNET,
     SWIN,

@@ -300,8 +300,9 @@ def main() -> None:
     listing.write_text("\n".join(str(p) for p in corpus) + "\n")
     chosen = CASES if ns.cases == "all" else [c for c in CASES if c.name in ns.cases.split(",")]
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-        f"{threads} threads, {len(corpus)} JPEGs (long side 480-1024), batch {BATCH}"
+        f"machine: {_cpu_name()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"{threads} threads, {len(corpus)} JPEGs (long side 480-1024), batch {BATCH}, best of {ns.repeat}"
+        + (f", bbx {ns.bbx_args}" if ns.bbx_args else "")
     )
     header = (
         f"{'case':20} {'dtype':9} {'transformers img/s':>19} {'bbx img/s':>10} {'ratio':>6} {'target':>7} "

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -467,7 +467,3 @@ def _loader(pre: Any, size: tuple[int, int], opts: ExtractOptions) -> Callable[[
         return arr
 
     return load
-
-
-def with_overrides(opts: ExtractOptions, **changes: Any) -> ExtractOptions:
-    return replace(opts, **changes)

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 #: the Pillow formats bbx opens (by content, whatever the file's extension says)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-#: the file extensions bbx treats as images
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
 
 # EXIF orientation -> the Pillow transpose that shows the image upright (1: as stored)

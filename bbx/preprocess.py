@@ -34,8 +34,6 @@ from typing import Any
 
 from bbx.errors import ModelError
 
-KINDS = ("vit", "convnext", "bit")
-
 _STANDARD = (0.5, 0.5, 0.5)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

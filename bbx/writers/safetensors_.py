@@ -53,14 +53,6 @@ def _stem(path: Path) -> str:
     return name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(
     target: Path,
     tensors: Sequence[tuple[str, StageLayout, int, tuple[Path, int]]],

@@ -520,7 +520,9 @@ def test_image_error_is_one_line():
 
 def test_listed_extensions_are_the_listed_formats(tmp_path):
     ext_format = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
-    for ext in images.EXTENSIONS:
+    from bbx.inputs import IMAGE_EXTENSIONS
+
+    for ext in sorted(IMAGE_EXTENSIONS):
         fmt = ext_format.get(ext, ext[1:].upper())
         assert fmt in images.FORMATS
         path = tmp_path / f"x{ext}"

@@ -147,6 +147,9 @@ def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | N
 
 def _child(args: list[str]) -> tuple[dict, float, float]:
     """Run a child process; (its JSON result, wall seconds, peak RSS in MB)."""
+    # the previous run's output may still be going to disk: let the kernel finish writing it back
+    # now, so that no run pays for its predecessor's writeback
+    os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t = time.perf_counter()
     p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))

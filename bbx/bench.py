@@ -74,6 +74,7 @@ def benchmark(
     warmup: int = 2,
     iters: int = 10,
     channels_last: bool | None = None,
+    compile: bool = False,
 ) -> BenchResult:
     import torch
 
@@ -94,7 +95,7 @@ def benchmark(
         torch.manual_seed(RANDOM_SEED)
         model = build(ref, stage_norm=stage_norm)
     model.select(out_indices, out_features)
-    model, channels_last = prepare_for_inference(model, dev, channels_last)
+    model, channels_last = prepare_for_inference(model, dev, channels_last, compile=compile)
     x = torch.randn(batch_size, int(ref.config.get("num_channels", 3)), *size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ class ExtractOptions:
     on_error: str = "skip"
     channels_last: bool | None = None  # None: where the family prefers it (convolutional nets)
     progress: bool | None = None  # download progress bars (None: when stderr is a terminal)
+    compile: bool = False  # torch.compile the model (long start-up; pays off on long runs)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -130,6 +131,7 @@ class _Prepared:
     todo: list[Path]
     done_before: int
     writer: Any = None
+    existing_facts: dict[str, Any] | None = None
 
 
 def _facts(opts: ExtractOptions, ref: hub.ModelRef, plan: Plan, pre: Any) -> dict[str, Any]:
@@ -189,6 +191,15 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         layouts.append(StageLayout(spec.name, tuple(shape), opts.store_dtype))
     output = opts.output or default_output(opts, [s.name for s in stages])
     fmt = format_for(output, opts.format)
+    if opts.shard_bytes is not None and fmt != "safetensors":
+        raise UsageError("--shard-size applies to safetensors output only")
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder: give a file name (.h5 or .safetensors)")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"output {output}: {parent} is not a folder")
     free = None
     try:
         free = shutil.disk_usage(output.resolve().parent if output.resolve().parent.exists() else Path.cwd()).free
@@ -232,29 +243,68 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
             done = _done_keys(writer.existing_paths, writer.existing_facts.get("cwd"))
             prepared.todo = [p for p in inputs if not _is_done(p, done)]
             prepared.done_before = len(writer.existing_paths)
-            retry = {str(p) for p in prepared.todo}
-            writer.forget_failed(retry)
+            writer.forget_failed({row_name(p, writer.existing_facts) for p in prepared.todo})
+            prepared.existing_facts = writer.existing_facts
         the_plan.todo = len(prepared.todo)
-    elif opts.resume:
-        # a dry run of a resume: say how much is left without opening the file for writing
-        from bbx.outputs import open_output
-
-        with contextlib.suppress(Exception):
-            existing = open_output(output)
-            done = _done_keys(existing.paths, existing.facts.get("cwd"))
-            the_plan.todo = sum(1 for p in inputs if not _is_done(p, done))
+    else:
+        the_plan.warnings = _dry_run_refusals(opts, the_plan, inputs, output, fmt, facts)
     return prepared
 
 
+def _dry_run_refusals(
+    opts: ExtractOptions, the_plan: Plan, inputs: Sequence[Path], output: Path, fmt: str, facts: Mapping[str, Any]
+) -> list[str]:
+    """What the real run would refuse, said by a dry run (which opens nothing for writing); for a
+    resume, also how many inputs are left."""
+    from bbx.errors import BbxError
+    from bbx.outputs import open_output
+    from bbx.writers import check_resumable, refuse_to_replace
+
+    problems = []
+    try:
+        if opts.resume:
+            if (
+                output.exists()
+                or output.with_name(output.name + ".partial").exists()
+                or (output.with_name(output.name + ".index.json").exists())
+            ):
+                existing = open_output(output)
+                check_resumable(existing.facts, facts, output)
+                done = _done_keys(existing.paths, existing.facts.get("cwd"))
+                the_plan.todo = sum(1 for p in inputs if not _is_done(p, done))
+        elif not opts.overwrite:
+            partial = output.with_name(output.name + ".partial")
+            index = output.with_name(output.name + ".index.json")
+            found = output if output.exists() else index if fmt == "safetensors" and index.exists() else None
+            refuse_to_replace(found, partial if partial.exists() else None)
+    except BbxError as e:
+        problems.append(e.message)
+    try:
+        check_space(the_plan, force=opts.force)
+    except BbxError as e:
+        problems.append(e.message)
+    return problems
+
+
 def _done_keys(paths: Sequence[str], cwd: str | None) -> set[str]:
-    keys = set(paths)
-    if cwd:
-        keys.update(os.path.normpath(os.path.join(cwd, p)) for p in paths)
-    return keys
+    """The inputs an output already holds, as absolute paths (rows are stored as given, relative to
+    the folder the run started in, which the output records as ``cwd``)."""
+    if not cwd:
+        return set(paths)
+    return {os.path.normpath(os.path.join(cwd, p)) for p in paths}
 
 
 def _is_done(path: Path, done: set[str]) -> bool:
-    return str(path) in done or os.path.abspath(path) in done
+    return os.path.normpath(os.path.abspath(path)) in done or str(path) in done
+
+
+def row_name(path: Path, existing_facts: Mapping[str, Any] | None) -> str:
+    """How a row's input path is stored: as given, unless this run resumes an output begun in
+    another folder, where a relative path would mean something else: then absolute."""
+    cwd = (existing_facts or {}).get("cwd")
+    if cwd and not path.is_absolute() and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
+        return os.path.abspath(path)
+    return str(path)
 
 
 def check_space(the_plan: Plan, *, force: bool) -> None:
@@ -348,59 +398,124 @@ def run(
     on_plan: Callable[[Plan], None] | None = None,
 ) -> Summary:
     """Extract ``inputs`` as ``opts`` says. ``on_plan`` sees the shape report before any image
-    is decoded (after the output is opened and the weights loaded)."""
-    import torch
+    is decoded (after the output is opened and the weights loaded).
 
-    from bbx import images
-    from bbx.loading import build, load_pretrained, prepare_for_inference
+    Once the output is open, every way out keeps what was committed: an interruption (Ctrl-C,
+    SIGTERM, ``--on-error stop``) closes it as ``interrupted``; an unexpected failure leaves the
+    ``.partial`` for ``--resume``; a write that fails (disk full, permissions) is one line."""
+    import torch
 
     t_start = time.perf_counter()
     device = resolve_device(opts.device)
+    if opts.dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--dtype bfloat16: this GPU ({device}) has no bfloat16 support; use float16")
     prep = _prepare(opts, inputs, device=device, open_output=True)
     writer = prep.writer
     summary = Summary(plan=prep.plan, already=len(inputs) - len(prep.todo))
     summary.notes.extend(getattr(writer, "notes", []))
+    status, stop = "complete", None
+    t0 = time.perf_counter()
     try:
-        if opts.pretrained:
-            model = load_pretrained(prep.ref, stage_norm=opts.stage_norm)
-        else:
-            torch.manual_seed(RANDOM_SEED)
-            model = build(prep.ref, stage_norm=opts.stage_norm)
-        model.select(opts.out_indices, opts.out_features)
-        model, channels_last = prepare_for_inference(model, device, opts.channels_last)
+        model, channels_last = _model(opts, prep, device)
+        if on_plan is not None:
+            on_plan(prep.plan)
+        t0 = time.perf_counter()
+        _loop(opts, prep, model, channels_last, device, summary, progress, t_start)
+    except KeyboardInterrupt:
+        status, summary.interrupted = "interrupted", "SIGINT"
+    except Terminated:
+        status, summary.interrupted = "interrupted", "SIGTERM"
+    except _Stopped as e:
+        status, stop = "interrupted", e.error
+    except OSError as e:
+        writer.abort()
+        raise InputError(f"cannot write {prep.output}: {e.strerror or e}") from None
     except BaseException:
+        # an unexpected failure: keep what is committed, leave the partial output for --resume
         writer.abort()
         raise
-    if on_plan is not None:
-        on_plan(prep.plan)
+    summary.seconds = time.perf_counter() - t0
+    summary.rows_total = prep.done_before + summary.done
+    if status != "complete" and summary.done == 0 and prep.existing_facts is None:
+        writer.abort()  # interrupted before anything was written: leave nothing behind
+    else:
+        try:
+            summary.files = [str(p) for p in _signals_deferred(writer.finish, status)]
+        except OSError as e:
+            writer.abort()
+            raise InputError(f"cannot write {prep.output}: {e.strerror or e}") from None
+    if stop is not None:
+        raise stop
+    return summary
 
+
+class _Stopped(Exception):
+    """``--on-error stop`` met a bad input; the run ends like an interrupted one, then reports it."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` with SIGINT and SIGTERM held back (closing and renaming the output must not be
+    cut in half); a signal that arrived meanwhile is delivered afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return fn(*args)
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        return fn(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _model(opts: ExtractOptions, prep: _Prepared, device: str) -> tuple[Any, bool]:
+    import torch
+
+    from bbx.loading import build, load_pretrained, prepare_for_inference
+
+    if opts.pretrained:
+        model = load_pretrained(prep.ref, stage_norm=opts.stage_norm)
+    else:
+        torch.manual_seed(RANDOM_SEED)
+        model = build(prep.ref, stage_norm=opts.stage_norm)
+    model.select(opts.out_indices, opts.out_features)
+    return prepare_for_inference(model, device, opts.channels_last, compile=opts.compile)
+
+
+def _loop(
+    opts: ExtractOptions,
+    prep: _Prepared,
+    model: Any,
+    channels_last: bool,
+    device: str,
+    summary: Summary,
+    progress: Callable[[int, int], None] | None,
+    t_start: float,
+) -> None:
+    """Decode, batch, run the model, commit; every batch is in the output when the next starts."""
+    import numpy as np
+    import torch
+
+    from bbx import images
+
+    writer = prep.writer
     store = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.store_dtype]
     compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.dtype]
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    pre = prep.pre
-    size = prep.plan.input_size
-    load = _loader(pre, size, opts)
-    workers = default_workers(device) if opts.workers is None else opts.workers
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     names = [s.name for s in prep.plan.stages]
-    total = len(prep.todo)
-    done = 0
-    t0 = time.perf_counter()
-    status = "complete"
 
-    def flush(batch_paths: list[str], arrays: list[Any]) -> None:
-        nonlocal done
-        import numpy as np
-
+    def flush(batch: list[Path], arrays: list[Any]) -> None:
         host = torch.from_numpy(np.stack(arrays))
         if cuda:
             host = host.pin_memory()
-        x = host.to(dev, non_blocking=cuda)
-        x = images.normalize(x, pre)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        else:
-            x = x.contiguous()
+        x = images.normalize(host.to(dev, non_blocking=cuda), prep.pre, memory_format=memory_format)
         ctx = torch.autocast(dev.type, dtype=compute) if compute is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             maps = model(x)
@@ -412,47 +527,36 @@ def run(
                 m = m.amax(dim=(2, 3))
             m = m.to(store).contiguous().cpu()
             out[name] = m.view(torch.int16).numpy().view(np.uint16) if store == torch.bfloat16 else m.numpy()
-        writer.write(batch_paths, out)
-        done += len(batch_paths)
-        summary.done = done
+        writer.write([row_name(p, prep.existing_facts) for p in batch], out)
+        summary.done += len(batch)
         if summary.first_batch_s is None:
             summary.first_batch_s = time.perf_counter() - t_start
 
-    try:
-        batch_paths: list[str] = []
-        arrays: list[Any] = []
-        handled = 0
-        overlap = dev.type != "cpu"
-        window = max(opts.batch_size * 2, workers * 4) if overlap else opts.batch_size
-        for path, pixels, reason in _decoded(prep.todo, load, workers, window, overlap=overlap):
-            handled += 1
-            if reason is not None:
-                writer.fail(str(path), reason)
-                summary.failed.append((str(path), reason))
-                if opts.on_error == "stop":
-                    raise InputError(f"{path}: {reason} (stopped: --on-error stop)")
-            else:
-                batch_paths.append(str(path))
-                arrays.append(pixels)
-                if len(batch_paths) == opts.batch_size:
-                    flush(batch_paths, arrays)
-                    batch_paths, arrays = [], []
-            if progress is not None:
-                progress(handled, total)
-        if batch_paths:
-            flush(batch_paths, arrays)
-    except KeyboardInterrupt:
-        status, summary.interrupted = "interrupted", "SIGINT"
-    except Terminated:
-        status, summary.interrupted = "interrupted", "SIGTERM"
-    except BaseException:
-        # an unexpected failure: keep what is committed, leave the partial output for --resume
-        writer.abort()
-        raise
-    summary.files = [str(p) for p in writer.finish(status)]
-    summary.seconds = time.perf_counter() - t0
-    summary.rows_total = prep.done_before + done
-    return summary
+    workers = default_workers(device) if opts.workers is None else opts.workers
+    overlap = dev.type != "cpu"
+    window = max(opts.batch_size * 2, workers * 4) if overlap else opts.batch_size
+    load = _loader(prep.pre, prep.plan.input_size, opts)
+    batch: list[Path] = []
+    arrays: list[Any] = []
+    total = len(prep.todo)
+    for handled, (path, pixels, reason) in enumerate(_decoded(prep.todo, load, workers, window, overlap=overlap), 1):
+        if reason is not None:
+            writer.fail(row_name(path, prep.existing_facts), reason)
+            summary.failed.append((str(path), reason))
+            if opts.on_error == "stop":
+                if batch:
+                    flush(batch, arrays)  # the images before the bad one are fine: keep them
+                raise _Stopped(InputError(f"{path}: {reason} (stopped: --on-error stop)"))
+        else:
+            batch.append(path)
+            arrays.append(pixels)
+            if len(batch) == opts.batch_size:
+                flush(batch, arrays)
+                batch, arrays = [], []
+        if progress is not None:
+            progress(handled, total)
+    if batch:
+        flush(batch, arrays)
 
 
 def _loader(pre: Any, size: tuple[int, int], opts: ExtractOptions) -> Callable[[Path], Any]:

@@ -2,7 +2,8 @@
 
 * A file is taken as given (if it is not an image, decoding skips it and says why).
 * A folder is searched recursively for image files by extension, case-insensitively, in sorted
-  path order.
+  path order; hidden files and folders (a leading ``.``, such as macOS's ``._name`` resource files)
+  and anything that is not a regular file (a FIFO would block a reader forever) are left out.
 * ``-`` reads a list of paths from stdin, one per line, or NUL-separated (``-0``, for
   ``find -print0``); they keep the order given, and listed folders are searched as above.
 
@@ -28,9 +29,18 @@ def is_image_name(path: str | Path) -> bool:
 
 def _walk(folder: Path) -> list[Path]:
     found: list[str] = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".bbx-")]
-        found.extend(os.path.join(root, f) for f in files if is_image_name(f))
+
+    def unreadable(e: OSError) -> None:
+        raise InputError(f"cannot read folder {e.filename}: {e.strerror or e}")
+
+    for root, dirs, files in os.walk(folder, followlinks=False, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if f.startswith(".") or not is_image_name(f):
+                continue
+            full = os.path.join(root, f)
+            if os.path.isfile(full):  # follows links; leaves out FIFOs, sockets and devices
+                found.append(full)
     return [Path(p) for p in sorted(found)]
 
 
@@ -51,14 +61,17 @@ def read_list(stream: BinaryIO, *, null: bool) -> list[str]:
 
 
 def discover(args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool = False) -> list[Path]:
-    """The files to extract, in order, without duplicates; InputError if a path does not exist."""
+    """The files to extract, in order, without duplicates. InputError (before any work) if a path
+    does not exist, is not a file or folder, or cannot be stored as UTF-8; or if nothing is found."""
     if not args:
         raise UsageError("no inputs: give image files, folders, or - to read a list of paths from stdin")
+    if null and "-" not in args:
+        raise UsageError("-0/--null applies to a list of paths on stdin: add - to the inputs")
     named: list[str] = []
     for arg in args:
         if arg == "-":
             if stdin is None:
-                raise UsageError("- given but there is no stdin to read paths from")
+                raise UsageError("- given but stdin is closed: there is no list of paths to read")
             named.extend(read_list(stdin, null=null))
         else:
             named.append(arg)
@@ -69,7 +82,23 @@ def discover(args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool =
     files: list[Path] = []
     for p in named:
         path = Path(p)
-        files.extend(_walk(path) if path.is_dir() else [path])
+        if path.is_dir():
+            files.extend(_walk(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{p} is not a regular file or a folder")
+    for f in files:
+        try:
+            str(f).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"file name is not valid UTF-8 (outputs store paths as UTF-8): {os.fsencode(f)!r}; rename it"
+            ) from None
+    if not files:
+        raise InputError(
+            f"no image files found in {', '.join(args)} (searched for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return list(dedupe(files))
 
 
@@ -80,4 +109,4 @@ def dedupe(paths: Iterable[Path]) -> Iterable[Path]:
         if key in seen:
             continue
         seen.add(key)
-        yield Path(os.path.normpath(p))
+        yield p

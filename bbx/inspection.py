@@ -65,9 +65,10 @@ def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Prepro
         pre = pre.with_image_size(image_size)
     size = pre.output_size
     if size is None:
-        fallback = ref.config.get("image_size", 224)
-        n = int(fallback[0] if isinstance(fallback, (list, tuple)) else fallback)
-        size = (n, n)
+        raise UsageError(
+            f"{ref.checkpoint}: its preprocessing does not give every image the same size "
+            "(no resize or crop); pass --image-size N"
+        )
     return pre, size
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.devi
     only, nothing allocated) and the family's own random initialisation."""
     fam = registry.family(ref.model_type)
     if stage_norm not in ("hf", "none", "final"):
-        raise UsageError(f"--stage-norm must be hf, none or final, got {stage_norm!r}")
+        raise UsageError(f"stage norm must be hf, none or final, got {stage_norm!r}")
     try:
         with torch.device(device):
             model = fam.build(ref.config, stage_norm=stage_norm)
@@ -39,17 +40,28 @@ def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
 
 
 def prepare_for_inference(
-    model: Backbone, device: str | torch.device, channels_last: bool | None = None
+    model: Backbone, device: str | torch.device, channels_last: bool | None = None, *, compile: bool = False
 ) -> tuple[Backbone, bool]:
     """Frozen-inference rewrites (:meth:`Backbone.optimize_for_inference`), then ``device`` in
     eval mode; channels-last memory format where the family prefers it (``channels_last=None``) or
-    as asked. Returns the model and whether it is channels-last."""
+    as asked; ``compile``: ``torch.compile`` the forward. Returns the model and whether it is
+    channels-last."""
     if channels_last is None:
         channels_last = bool(getattr(model, "prefers_channels_last", False))
     model.optimize_for_inference()
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        # the compiler fuses for itself: the hand-fused oneDNN calls would only break its graphs
+        for module in model.modules():
+            if hasattr(module, "fused"):
+                module.fused = False
+        # compiling the bound forward keeps the module's attributes (stages, selection) reachable
+        model.forward = torch.compile(model.forward, dynamic=False)  # type: ignore[method-assign]
+        # Swin's window tables are lru_cached pure functions of the grid size: dynamo tracing
+        # through the cache is what we want, and says so at length
+        warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`")
     return model, channels_last
 
 

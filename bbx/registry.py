@@ -40,9 +40,12 @@ def supported_model_types() -> list[str]:
 def check_supported(model_type: str | None, where: str = "") -> str:
     """``model_type`` if bbx implements it; ModelError listing the supported ones otherwise."""
     if model_type not in FAMILIES:
-        shown = "no model_type" if model_type is None else f"model_type {model_type!r}"
         at = f" ({where})" if where else ""
-        raise ModelError(f"unsupported {shown}{at}; bbx supports: {', '.join(supported_model_types())}")
+        if model_type is None:
+            raise ModelError(f"config.json has no model_type{at}; bbx supports: {', '.join(supported_model_types())}")
+        raise ModelError(
+            f"unsupported model_type {model_type!r}{at}; bbx supports: {', '.join(supported_model_types())}"
+        )
     return model_type
 
 

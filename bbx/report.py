@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -46,6 +50,7 @@ class Plan:
     format: str
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
 
     @property
     def bytes_per_image(self) -> int:
@@ -87,6 +92,7 @@ class Plan:
             "output": self.output,
             "format": self.format,
             "free_bytes": self.free_bytes,
+            "warnings": self.warnings,
         }
 
 
@@ -159,16 +165,18 @@ def render_plan(plan: Plan, console: Any) -> None:
     free = f", {human_bytes(plan.free_bytes)} free" if plan.free_bytes is not None else ""
     extra = f" ({plan.inputs - plan.todo} already in the output)" if plan.inputs != plan.todo else ""
     console.print(
-        f"{plan.todo} images{extra} x {human_bytes(plan.bytes_per_image)} = "
+        f"{plural(plan.todo, 'image')}{extra} x {human_bytes(plan.bytes_per_image)} = "
         f"{human_bytes(plan.projected_bytes)} projected -> {plan.output} ({plan.format}{free})"
     )
+    for warning in plan.warnings:
+        console.print(f"the run would be refused: {warning}")
 
 
 def render_summary(summary: Summary, console: Any) -> None:
     for note in summary.notes:
         console.print(f"note: {note}")
     if summary.failed:
-        console.print(f"skipped {len(summary.failed)} input(s):")
+        console.print(f"skipped {plural(len(summary.failed), 'input')}:")
         for path, reason in summary.failed[:20]:
             console.print(f"  {path}: {reason}")
         if len(summary.failed) > 20:
@@ -176,6 +184,6 @@ def render_summary(summary: Summary, console: Any) -> None:
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""
     console.print(
-        f"{state}{summary.done} images extracted{already}, {len(summary.failed)} skipped in "
+        f"{state}{plural(summary.done, 'image')} extracted{already}, {len(summary.failed)} skipped in "
         f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}"
     )

@@ -11,6 +11,8 @@ with the right shape and no key may be left over; otherwise a :class:`ModelError
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,17 +58,36 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{path}: unreadable safetensors file ({e})") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # the unpickler refuses code with an UnpicklingError (and others)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(
-            f"{path}: refused to load (only plain tensors are accepted from .bin files): {first}"
-        ) from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = _torch_load(path)
+    except Exception as e:  # the unpickler refuses anything but tensors (UnpicklingError and others)
+        raise ModelError(f"{path}: refused to load: {_refusal(e)}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: not a state dict of tensors")
     return dict(obj)
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        # the legacy (pre-zip) serialization cannot be memory-mapped; still weights_only
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def _refusal(e: Exception) -> str:
+    """Why torch's weights-only unpickler refused a file, without its advice to turn the safety off."""
+    text = " ".join(str(e).split())
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if found:
+        return f"it holds {found.group(1)}, and bbx accepts only tensors from .bin files (weights_only)"
+    first = text.split(". ")[0] if text else type(e).__name__
+    return f"{first} (bbx accepts only tensors from .bin files: weights_only)"
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -380,3 +380,14 @@ def test_many_formats_of_images(tiny_resnet, tmp_path):
     r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", folder, "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["done"] == 6
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_maps(tiny_resnet, photos, tmp_path):
+    folder, _ = photos
+    plain, compiled = tmp_path / "plain.h5", tmp_path / "compiled.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", plain, "--image-size", "96", folder).exit_code == 0
+    r = run("extract", "-m", tiny_resnet, "-o", compiled, "--image-size", "96", "--compile", folder)
+    assert r.exit_code == 0, r.stderr
+    with h5py.File(plain) as a, h5py.File(compiled) as b:
+        assert rel_err(torch.from_numpy(b["features/stage4"][:]), torch.from_numpy(a["features/stage4"][:])) <= 1e-5

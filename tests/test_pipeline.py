@@ -49,7 +49,15 @@ def listing(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("unbuffered", ["", "1"])
 @pytest.mark.parametrize(
     "args",
-    [["models", "--json"], ["models"], ["--version"], ["info", "LISTING", "--json"], ["info", "LISTING", "--paths"]],
+    [
+        ["models", "--json"],
+        ["models"],
+        ["--version"],
+        ["--help"],
+        [],
+        ["info", "LISTING", "--json"],
+        ["info", "LISTING", "--paths"],
+    ],
 )
 def test_closed_pipe_ends_quietly(args, listing, unbuffered):
     """`bbx ... | head -c 10` where head is gone before bbx writes: no traceback, no noise, status 0

@@ -112,22 +112,40 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _cast_params(module: nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The module's weight and bias in ``dtype``, cast once (weights are frozen when fused)."""
+    """The module's weight and bias in ``dtype``, cast once; cast again if a weight was changed or
+    replaced since (its version counter or storage moved)."""
     cache = module.__dict__.setdefault("_bbx_cast", {})
-    if dtype not in cache:
-        w, b = module.weight, module.bias
-        cache[dtype] = (w.detach().to(dtype), b.detach().to(dtype) if b is not None else None)
-    return cache[dtype]
+    w, b = module.weight, module.bias
+    key = (dtype, w._version, w.data_ptr(), None if b is None else (b._version, b.data_ptr()))
+    if cache.get(dtype, (None,))[0] != key:
+        cache[dtype] = (key, w.detach().to(dtype), b.detach().to(dtype) if b is not None else None)
+    return cache[dtype][1], cache[dtype][2]
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_bf16_available() -> bool:
+    """Whether the fused kernels also run in bfloat16 here (oneDNN needs AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT for it; elsewhere they raise where eager autocast works)."""
+    if not onednn_fusion_available():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            x = torch.randn(8, 16, generator=g, device="cpu").bfloat16()
+            w = torch.randn(4, 16, generator=g, device="cpu").bfloat16()
+            y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            return bool(torch.allclose(y.float(), F.linear(x.float(), w.float()), rtol=2e-2, atol=2e-2))
+    except Exception:
+        return False
 
 
 def _fusable(x: torch.Tensor, act: str | None) -> bool:
-    return (
-        x.device.type == "cpu"
-        and onednn_fusion_available()
-        and not torch.is_grad_enabled()
-        and (act is None or act in _ONEDNN_ACTS)
-        and _compute_dtype(x) in (torch.float32, torch.bfloat16)
-    )
+    if x.device.type != "cpu" or torch.is_grad_enabled() or (act is not None and act not in _ONEDNN_ACTS):
+        return False
+    dt = _compute_dtype(x)
+    if dt == torch.float32:
+        return onednn_fusion_available()
+    return dt == torch.bfloat16 and onednn_bf16_available()
 
 
 def linear_act(

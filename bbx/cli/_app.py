@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from bbx import __version__
-from bbx.errors import EXIT_INTERNAL, EXIT_SIGINT, BbxError
+from bbx.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, BbxError, Terminated
 
 
 class _Group(TyperGroup):
@@ -26,6 +26,15 @@ class _Group(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except BrokenPipeError:  # the help (or a command's output) met a closed stdout
+            _quiet_broken_pipe()
+            code = 0
+        except SystemExit as e:
+            # rich (which renders the help) answers a closed stdout by pointing stdout at
+            # /dev/null and exiting 1; a closed pipe is not an error for bbx
+            if e.code != 1 or not _stdout_is_devnull():
+                raise
+            code = 0
         except typer.Abort:
             code = fail("aborted", EXIT_INTERNAL).exit_code
         except Exception as e:
@@ -81,6 +90,8 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 raise fail(e.message, e.exit_code) from None
             except KeyboardInterrupt:
                 raise fail("interrupted", EXIT_SIGINT) from None
+            except Terminated:
+                raise fail("terminated", EXIT_SIGTERM) from None
             except BrokenPipeError:
                 _quiet_broken_pipe()
                 raise typer.Exit(0) from None
@@ -96,6 +107,13 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
 
 
 def _quiet_broken_pipe() -> None:
@@ -139,9 +157,11 @@ def console(stderr: bool = False) -> Any:
 
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
+    plain = bool(os.environ.get("NO_COLOR"))
     con = Console(
         file=stream,
-        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        no_color=plain or None,
+        color_system=None if plain else "auto",  # NO_COLOR: no styling escape codes at all
         width=None if tty else 200,
         force_terminal=None if tty else False,
         highlight=False,

@@ -37,11 +37,12 @@ def bench(
         "hf", "--stage-norm", help="Stage norms: hf, none or final.", autocompletion=_complete.STAGE_NORMS
     ),
     pretrained: bool = typer.Option(
-        False, "--pretrained/--random", help="Load the checkpoint's weights (default: random, no download)."
+        False, "--pretrained/--no-pretrained", help="Load the checkpoint's weights (default: random, no download)."
     ),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (with --pretrained)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed batches first."),
     iters: int = typer.Option(10, "--iters", help="Timed batches (the median is reported)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (compiled in the warm-up)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
     """Model-only throughput: warm-up, then the median of timed batches (images/s, ms per batch).
@@ -67,6 +68,7 @@ def bench(
         revision=revision,
         warmup=warmup,
         iters=iters,
+        compile=compile_model,
     )
     if as_json:
         emit_json(r.to_json())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -72,6 +74,29 @@ def parse_size(value: str | None) -> int | None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+class _PlainProgress:
+    """Progress for a terminal with NO_COLOR: one line redrawn with a carriage return, at most
+    twice a second, and no escape codes at all."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.last = 0.0
+        self.t0 = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5 and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\rextracting {done}/{self.total} ({rate:.1f} images/s)")
+        sys.stderr.flush()
+
+    def stop(self) -> None:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+        sys.stderr.flush()
 
 
 @command("extract")
@@ -161,6 +186,9 @@ def extract(
         help="skip: skip bad images and report them; stop: stop.",
         autocompletion=_complete.ON_ERROR,
     ),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="torch.compile the model: slow to start (tens of seconds), faster for long runs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (nothing else there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -202,9 +230,11 @@ def extract(
         shard_bytes=parse_size(shard_size),
         on_error=on_error,
         progress=False if (quiet or as_json) else None,
+        compile=compile_model,
     )
     opts.validate()
-    files = inputs_mod.discover(inputs or [], stdin=sys.stdin.buffer if "-" in (inputs or []) else None, null=null)
+    stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None
+    files = inputs_mod.discover(inputs or [], stdin=stdin, null=null)
     err = console(stderr=True)
     if dry_run:
         the_plan = plan(opts, files, device=resolve_device(device))
@@ -223,6 +253,9 @@ def extract(
         if show:
             render_plan(p, err)  # type: ignore[arg-type]
         if not quiet and sys.stderr.isatty():
+            if os.environ.get("NO_COLOR"):  # plain text: a line redrawn with \r, no escape codes
+                progress_bar = _PlainProgress(p.todo)  # type: ignore[attr-defined]
+                return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             progress_bar = Progress(
@@ -239,7 +272,9 @@ def extract(
             task = progress_bar.add_task("extract", total=p.todo)  # type: ignore[attr-defined]
 
     def on_progress(handled: int, total: int) -> None:
-        if progress_bar is not None and task is not None:
+        if isinstance(progress_bar, _PlainProgress):
+            progress_bar.update(handled)
+        elif progress_bar is not None and task is not None:
             progress_bar.update(task, completed=handled)
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -32,6 +32,7 @@ RESUME_KEYS = (
     "input_size",
     "store_dtype",
     "pool",
+    "compute_dtype",
     "preprocessing",
     "exif",
     "fast_decode",

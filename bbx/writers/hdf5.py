@@ -77,22 +77,23 @@ class HDF5Writer:
         if overwrite:
             partial.unlink(missing_ok=True)
         if resume and partial.exists():
-            if self._reopen(partial, facts):
+            if self._reopen(partial, facts, copy=False):
                 return
             self.notes.append(f"{partial.name} was damaged (the run was killed mid-write) and is started over")
             partial.unlink()
         if resume and path.exists() and not partial.exists():
             # work on a copy: a crash while extending must not damage the finished file
             shutil.copyfile(path, partial)
-            if self._reopen(partial, facts):
+            if self._reopen(partial, facts, copy=True):
                 return
             partial.unlink(missing_ok=True)
             raise InputError(f"{path} is not a bbx HDF5 output that can be resumed")
         self._create(partial, facts)
         self._created = True
 
-    def _reopen(self, partial: Path, facts: Mapping[str, Any]) -> bool:
-        """Continue ``partial``: False if it cannot be read (a kill damaged it)."""
+    def _reopen(self, partial: Path, facts: Mapping[str, Any], *, copy: bool) -> bool:
+        """Continue ``partial`` (``copy``: this run's copy of a finished file); False if it cannot
+        be read (a kill damaged it). A ``partial`` another run is writing is an error."""
         try:
             existing = open_output(partial)
         except InputError:
@@ -100,20 +101,25 @@ class HDF5Writer:
         try:
             check_resumable(existing.facts, facts, self.path)
         except Exception:
-            if self.path.exists():
-                partial.unlink(missing_ok=True)  # our own copy of a finished file
+            if copy:
+                partial.unlink(missing_ok=True)
             raise
         if [s.name for s in existing.stages] != [s.name for s in self.stages]:
             return False
         try:
             f = h5py.File(partial, "r+")
-        except OSError:
+        except OSError as e:
+            if "lock" in str(e).lower():
+                if copy:
+                    partial.unlink(missing_ok=True)
+                raise InputError(f"{partial} is being written by another bbx run") from None
             return False
         rows = len(existing.paths)
         # drop any rows past the last finished batch
         for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
             if len(ds) != rows:
                 ds.resize(rows, axis=0)
+        f.attrs["rows"] = rows
         f.attrs["status"] = "running"
         f.flush()
         self._f = f
@@ -164,7 +170,8 @@ class HDF5Writer:
         pds = f["paths"]
         pds.resize(start + n, axis=0)
         pds[start : start + n] = list(paths)
-        f.attrs["rows"] = start + n  # the commit point of the batch
+        f.flush()  # the rows' data on disk first,
+        f.attrs["rows"] = start + n  # then the commit point of the batch
         f.flush()
 
     def fail(self, path: str, reason: str) -> None:
@@ -194,6 +201,11 @@ class HDF5Writer:
     def finish(self, status: str) -> list[Path]:
         f = self._f
         assert f is not None
+        rows = int(f.attrs["rows"])
+        # a batch interrupted inside write() may have grown the datasets past the commit point
+        for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
+            if len(ds) != rows:
+                ds.resize(rows, axis=0)
         f.attrs["status"] = status
         f.flush()
         f.close()
@@ -212,9 +224,14 @@ class HDF5Writer:
         unless this run created it and wrote nothing."""
         if self._f is None:
             return
-        empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
+        try:
+            empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
+        except Exception:  # the file is in a bad state (e.g. the disk filled up): keep it for --resume
+            empty = False
         try:
             self._f.close()
+        except Exception:  # closing flushes again and may fail the same way; the commit point holds
+            pass
         finally:
             self._f = None
         if empty:

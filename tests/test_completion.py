@@ -190,3 +190,21 @@ def test_bash_script_end_to_end(tmp_path):
     env.pop("_BBX_COMPLETE", None)
     p = subprocess.run(["bash", "--norc", "-c", cmd], env=env, capture_output=True, text=True)
     assert p.stdout.split() == ["resnet-50"], p.stderr
+
+
+def test_bench_out_features_follow_its_model_argument():
+    import os
+    import subprocess
+    import sys
+
+    from tests.cli import ROOT
+
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        _BBX_COMPLETE="complete_bash",
+        COMP_WORDS="bbx bench resnet-18 --out-features sta",
+        COMP_CWORD="4",
+    )
+    p = subprocess.run([sys.executable, "-m", "bbx"], env=env, capture_output=True, text=True)
+    assert "stage1" in p.stdout and "stage4" in p.stdout, (p.stdout, p.stderr)

@@ -144,8 +144,9 @@ def _list_items(names: list[str], incomplete: str) -> Items:
 
 
 def complete_out_features(ctx: typer.Context, incomplete: str) -> Items:
-    """``--out-features``: the stage names of the ``--model`` typed before it."""
-    return _list_items(stage_names_of_model(ctx.params.get("model")), incomplete)
+    """``--out-features``: the stage names of the model typed before it (``--model``, or the
+    MODEL argument of ``bench``)."""
+    return _list_items(stage_names_of_model(ctx.params.get("model") or _argument(ctx, "model")), incomplete)
 
 
 def _typed_words() -> list[str]:

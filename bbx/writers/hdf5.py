@@ -125,6 +125,8 @@ class HDF5Writer:
         self._f = f
         self.existing_paths = list(existing.paths)
         self.existing_facts = dict(existing.facts)
+        if not copy and existing.status == "running":
+            self.notes.append(f"recovered {rows} images from the unfinished run in {partial.name}")
         return True
 
     def _create(self, partial: Path, facts: Mapping[str, Any]) -> None:

@@ -228,7 +228,7 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     facts = _facts(opts, ref, the_plan, pre)
     prepared = _Prepared(the_plan, ref, pre, output, fmt, layouts, facts, list(inputs), 0)
     if open_output:
-        check_space(the_plan, force=opts.force)
+        check_space(the_plan, force=opts.force, resume=opts.resume)
         writer = open_writer(
             output,
             fmt,
@@ -280,7 +280,7 @@ def _dry_run_refusals(
     except BbxError as e:
         problems.append(e.message)
     try:
-        check_space(the_plan, force=opts.force)
+        check_space(the_plan, force=opts.force, resume=opts.resume)
     except BbxError as e:
         problems.append(e.message)
     return problems
@@ -307,7 +307,10 @@ def row_name(path: Path, existing_facts: Mapping[str, Any] | None) -> str:
     return str(path)
 
 
-def check_space(the_plan: Plan, *, force: bool) -> None:
+def check_space(the_plan: Plan, *, force: bool, resume: bool = False) -> None:
+    """Refuse a run whose output would not fit on its disk: the new rows, plus the transient
+    copies the format makes (safetensors stages rows, then assembles each file; extending a
+    finished output copies it first)."""
     if force or the_plan.free_bytes is None:
         return
     from bbx.report import human_bytes
@@ -315,6 +318,14 @@ def check_space(the_plan: Plan, *, force: bool) -> None:
     need = the_plan.projected_bytes
     if the_plan.format == "safetensors":
         need = int(need * 1.1) + min(need, 5 * 10**9)  # staging + assembling one shard
+    if resume:
+        from bbx.errors import BbxError
+        from bbx.outputs import open_output
+
+        try:
+            need += open_output(Path(the_plan.output)).bytes_on_disk
+        except BbxError:
+            pass
     if need > the_plan.free_bytes:
         raise InputError(
             f"projected output {human_bytes(need)} exceeds the {human_bytes(the_plan.free_bytes)} free for "

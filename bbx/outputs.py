@@ -363,17 +363,30 @@ def _open_sharded(index: Path, *, named: Path) -> Output:
 def read_journal(folder: Path) -> list[dict[str, Any]]:
     """The entries of a safetensors staging folder's journal, up to the last whole line (a torn
     last line is a batch that never finished); [] if there is none."""
+    return scan_journal(folder)[0]
+
+
+def scan_journal(folder: Path) -> tuple[list[dict[str, Any]], int]:
+    """The journal's whole entries (see :func:`read_journal`) and the byte length of the lines they
+    fill: a writer cuts the journal there before appending, so a torn line never hides what follows."""
     entries: list[dict[str, Any]] = []
+    end = 0
     try:
-        with open(folder / "journal.jsonl", encoding="utf-8") as f:
+        with open(folder / "journal.jsonl", "rb") as f:
             for line in f:
+                if not line.endswith(b"\n"):
+                    break
                 try:
-                    entries.append(json.loads(line))
+                    entry = json.loads(line)
                 except ValueError:
                     break
+                if not isinstance(entry, dict):
+                    break
+                entries.append(entry)
+                end += len(line)
     except OSError:
-        return []
-    return entries
+        return [], 0
+    return entries, end
 
 
 def _open_staging(folder: Path, *, named: Path) -> Output:

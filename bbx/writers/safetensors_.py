@@ -11,33 +11,62 @@ written as ``feats-00001-of-00003.safetensors`` ... plus ``feats.safetensors.ind
 hub's sharded-checkpoint layout: ``weight_map`` names each tensor's file. Tensor names are unique
 across shards (``stage1.00001`` holds shard 1's rows of stage1); each shard's metadata has its
 ``paths`` and ``row_offset``; the index's ``metadata`` has the facts, ``shards`` (file, rows) in
-row order, ``failed`` and ``total_size``.
+row order, ``failed`` and ``total_size``. A file's ``paths`` live in its header, which safetensors
+caps at 100 MB: a shard also ends when its paths reach :data:`HEADER_CAP`, so runs of millions of
+pooled vectors stay loadable. ``--resume`` extends a finished output: a single file that still fits
+one shard stays a single file (rewritten with the new rows); otherwise its files become the first
+shards and the new rows follow.
 
-safetensors cannot be appended to, so rows are staged in ``feats.safetensors.partial/`` (raw
-per-stage files plus a journal, fsynced batch by batch: memory stays flat) and each file is
-assembled when complete: written to a temporary name, fsynced, renamed; the index last. A killed
-run leaves only the staging folder, which ``--resume`` replays to its last finished batch.
+safetensors cannot be appended to, so rows are staged in ``feats.safetensors.partial/``: raw
+per-stage files (``stage-<name>.<generation>.raw``) and ``journal.jsonl``. Each batch's rows are
+written and fsynced, then its journal line (the commit point); memory stays flat. A full shard is
+sealed into ``shard-0000k.safetensors`` in the folder. Files are assembled when complete: written
+to a temporary name, fsynced, renamed; the index last. The journal's first entry holds the facts,
+a random run token (also written into the finished output's metadata as ``run``) and, for an
+``--overwrite`` run, the files it replaces (resuming that run goes on replacing them rather than
+extending them). A lock on ``lock`` keeps a second run out.
+
+Crash safety: every step either is undone by a replay or is the commit point of one. A killed run
+leaves the staging folder, which ``--resume`` replays to its last whole journal line (cutting a
+torn one). The staging folder stays until the output is in place and what it replaced is gone; a
+folder whose token the finished output already carries is spent and dropped, so no row is staged
+twice. Nothing that looks complete is ever a mix of old and new files: an index is replaced in one
+rename, or removed before the files it would misdescribe are written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from bbx.errors import InputError
-from bbx.outputs import open_output, read_header, read_journal
+from bbx.outputs import open_output, read_header, scan_journal
 from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - no advisory locks (Windows)
+    fcntl = None  # type: ignore[assignment]
+
 DEFAULT_SHARD_BYTES = 5 * 10**9
+#: the most bytes one file's ``paths`` may take in its header (safetensors refuses headers over 100 MB)
+HEADER_CAP = 32 * 10**6
+_HEADER_BASE = 4  # the quotes and brackets around a stored paths list
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _COPY = 16 << 20
+JOURNAL = "journal.jsonl"
+LOCK = "lock"
+
+#: where a tensor's bytes come from: (file, offset, bytes), concatenated in order
+Segment = tuple[Path, int, int]
 
 
 def staging_dir(path: Path) -> Path:
@@ -53,17 +82,42 @@ def _stem(path: Path) -> str:
     return name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
 
 
+def _path_cost(path: str) -> int:
+    """Header bytes one path takes in a stored ``paths`` list (JSON in a JSON string), comma included."""
+    return len(json.dumps(json.dumps(path, ensure_ascii=False), ensure_ascii=False).encode()) - 1
+
+
+def _copy(src: Path, offset: int, nbytes: int, out: BinaryIO) -> None:
+    """Append ``nbytes`` of ``src`` from ``offset`` to ``out``, in chunks."""
+    with open(src, "rb") as raw:
+        raw.seek(offset)
+        left = nbytes
+        while left:
+            chunk = raw.read(min(_COPY, left))
+            if not chunk:
+                raise OSError(f"{src}: staged data is shorter than expected")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def _durable(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
 def _write_file(
     target: Path,
-    tensors: Sequence[tuple[str, StageLayout, int, tuple[Path, int]]],
+    tensors: Sequence[tuple[str, StageLayout, int, Sequence[Segment]]],
     metadata: Mapping[str, str],
 ) -> int:
-    """Write a safetensors file at ``target`` (tmp, fsync, rename). Each tensor's bytes are
-    copied in chunks from (file, offset): memory stays flat. Returns the data bytes written."""
+    """Write a safetensors file at ``target`` (tmp, fsync, rename, fsync the folder). Each tensor's
+    bytes are its segments, copied in chunks: memory stays flat. Returns the data bytes written."""
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
-    for name, layout, rows, _src in tensors:
+    for name, layout, rows, segments in tensors:
         nbytes = rows * layout.bytes_per_image
+        if sum(n for _, _, n in segments) != nbytes:
+            raise RuntimeError(f"internal error: {name} has {rows} rows but its sources hold another size")
         header[name] = {
             "dtype": _DTYPES[layout.dtype],
             "shape": [rows, *layout.shape],
@@ -73,24 +127,33 @@ def _write_file(
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(struct.pack("<Q", len(blob)))
-        out.write(blob)
-        for _name, layout, rows, (src, start) in tensors:
-            nbytes = rows * layout.bytes_per_image
-            with open(src, "rb") as raw:
-                raw.seek(start)
-                left = nbytes
-                while left:
-                    chunk = raw.read(min(_COPY, left))
-                    if not chunk:
-                        raise OSError(f"{src}: staged data is shorter than expected")
-                    out.write(chunk)
-                    left -= len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            for _name, _layout, _rows, segments in tensors:
+                for src, start, nbytes in segments:
+                    _copy(src, start, nbytes, out)
+            out.flush()
+            os.fsync(out.fileno())
+        _durable(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return offset
+
+
+def _write_json(target: Path, obj: Any) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        _durable(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class SafetensorsWriter:
@@ -114,114 +177,217 @@ class SafetensorsWriter:
         self.existing_paths: list[str] = []
         self.existing_facts: dict[str, Any] | None = None
         self.notes: list[str] = []
+        # in the journal and in the finished output: which run made what (not a number, so JSON keeps it a string)
+        self.run = f"run-{secrets.token_hex(8)}"
         # the run's state, all replayable from the journal
-        self.old_files: list[tuple[Path, list[str]]] = []  # finished outputs being extended
+        self.old_files: list[tuple[Path, dict[str, str], list[str]]] = []  # finished files being extended
+        self.old_sharded = False  # the output being extended is a shard set (its index stays until replaced)
         self.sealed: list[tuple[str, list[str]]] = []  # shard files in the staging folder
-        self.staged: list[str] = []  # rows in the current raw files
-        self.failed: list[tuple[str, str]] = []
+        self.staged: list[str] = []  # rows in the current raw files, from row ``base``
+        self.base = 0
         self.gen = 0
-        self._raw: dict[str, Any] = {}
-        self._journal: Any = None
+        self.failed: list[tuple[str, str]] = []
         self.replaced: list[Path] = []  # an overwritten output's files, removed once the new one is in place
+        self._header = 0  # header bytes of the staged rows' paths
+        self._raw: dict[str, BinaryIO] = {}
+        self._journal: Any = None
+        self._lock: Any = None
         self._created = False
-        self._open(overwrite=overwrite, resume=resume)
+        try:
+            self._open(overwrite=overwrite, resume=resume)
+        except BaseException:
+            self._close()
+            raise
 
     # --- opening ------------------------------------------------------------------------------
-    def _outputs_exist(self) -> bool:
-        return self.path.exists() or self.index.exists()
-
     def _open(self, *, overwrite: bool, resume: bool) -> None:
+        folder = self.stage_dir
+        if folder.exists() and not folder.is_dir():
+            if not overwrite:
+                raise InputError(
+                    f"{folder} is not a safetensors staging folder (an HDF5 run's?): resume it with --format hdf5, "
+                    "or pass --overwrite"
+                )
+            folder.unlink()
+        if folder.is_dir():
+            self._take_lock()  # before anything else: another run may be writing it
         if not overwrite and not resume:
             found = self.path if self.path.exists() else self.index if self.index.exists() else None
-            refuse_to_replace(found, self.stage_dir if self.stage_dir.exists() else None)
+            refuse_to_replace(found, folder if folder.exists() else None)
         if overwrite:
-            shutil.rmtree(self.stage_dir, ignore_errors=True)
-            self.replaced = self._current_files()
-        if resume and self._outputs_exist():
+            replaced = self._current_files()
+            earlier, _ = scan_journal(folder) if folder.is_dir() else ([], 0)
+            if earlier and isinstance(earlier[0].get("replaces"), list):  # an overwrite that was killed
+                replaced += self._named(earlier[0]["replaces"])
+            self.replaced = _unique(replaced)
+            self._start(replaces=self.replaced)
+            return
+        existing = None
+        if resume and (self.path.exists() or self.index.exists()):
             existing = open_output(self.path)
+            if not existing.format.startswith("safetensors"):
+                raise InputError(
+                    f"cannot resume {self.path} as safetensors: it is an {existing.format} output, "
+                    "not a safetensors output (resume it with --format hdf5, or choose another -o)"
+                )
+        entries, end = scan_journal(folder) if resume and folder.is_dir() else ([], 0)
+        usable = bool(entries) and "facts" in entries[0]
+        token = entries[0].get("run") if usable else None
+        if existing is not None and token and str(existing.facts.get("run")) == str(token):
+            # killed after its output was in place: the folder is spent, replaying it would add its rows twice
+            self.notes.append(f"{folder.name} was left by a run whose output had been finished; removed it")
+            self._sweep(entries, keep=set(existing.files), spent=True)
+            usable = False
+            entries = []
+        elif folder.is_dir() and not usable:
+            self.notes.append(f"{folder.name} held no usable journal and is started over")
+        overwriting = usable and "replaces" in entries[0]
+        if existing is not None and not overwriting:
             check_resumable(existing.facts, self.facts, self.path)
             self.existing_paths, self.existing_facts = list(existing.paths), dict(existing.facts)
             self.failed = list(existing.failed)
-            # the finished files being extended, each with its rows
-            self.old_files = [(f, existing.paths[first : first + n]) for f, _, first, n in existing.parts]
-        if resume and self.stage_dir.exists():
-            self._replay()
+            self.old_files = [(f, names, existing.paths[first : first + n]) for f, names, first, n in existing.parts]
+            self.old_sharded = existing.format == "safetensors-sharded"
+        if usable:
+            self._sweep(entries, keep=set(existing.files) if existing is not None else set(), spent=False)
+            self._replay(entries, end)
         else:
-            self.stage_dir.mkdir(parents=True, exist_ok=True)
-            self._write_journal({"facts": self.facts, "stages": [s.__dict__ for s in self.stages]}, new=True)
-            self._new_raw_files()
-            self._created = True
+            self._start(replaces=None)
+
+    def _take_lock(self) -> None:
+        """Hold ``lock`` in the staging folder for the writer's lifetime: one run per folder."""
+        lock = open(self.stage_dir / LOCK, "a")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise InputError(f"{self.stage_dir} is being written by another bbx run (wait for it to end)") from None
+            except OSError:
+                pass  # a file system without locks
+        if self._lock is not None:
+            self._lock.close()
+        self._lock = lock
+
+    def _named(self, names: Sequence[Any]) -> list[Path]:
+        """Plain file names next to the output as paths; anything else (a folder, ``..``) is ignored."""
+        return [self.path.parent / n for n in names if isinstance(n, str) and n and Path(n).name == n]
+
+    def _index_files(self) -> list[Path]:
+        try:
+            meta = json.loads(self.index.read_text(encoding="utf-8"))["metadata"]
+            return self._named([sh["file"] for sh in meta.get("shards", [])])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return []
 
     def _current_files(self) -> list[Path]:
         files = []
         if self.index.exists():
-            try:
-                meta = json.loads(self.index.read_text())["metadata"]
-                files = [self.path.parent / sh["file"] for sh in meta.get("shards", [])]
-            except (OSError, ValueError, KeyError, TypeError):
-                files = []
-            files.append(self.index)
+            files = [*self._index_files(), self.index]
         if self.path.exists():
             files.append(self.path)
         return files
 
-    def _replay(self) -> None:
+    def _start(self, *, replaces: Sequence[Path] | None) -> None:
+        """A new staging folder: the journal's first entry, then empty raw files."""
+        folder = self.stage_dir
+        if folder.exists():
+            shutil.rmtree(folder)  # a spent or unusable folder, under this run's lock
+        folder.mkdir(parents=True)
+        self._take_lock()
+        first: dict[str, Any] = {"facts": self.facts, "stages": [s.__dict__ for s in self.stages], "run": self.run}
+        if replaces is not None:
+            first["replaces"] = sorted({f.name for f in replaces})
+        self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
+        self._log(first)
+        self._raw = {s.name: open(self._raw_path(s), "w+b") for s in self.stages}
+        fsync_dir(folder)
+        self._created = True
+
+    def _replay(self, entries: list[dict[str, Any]], end: int) -> None:
         """Continue a staging folder left by an interrupted or killed run."""
-        entries = read_journal(self.stage_dir)
-        if not entries or "facts" not in entries[0]:
-            self.notes.append(f"{self.stage_dir.name} held no usable journal and is started over")
-            shutil.rmtree(self.stage_dir, ignore_errors=True)
-            self.stage_dir.mkdir(parents=True)
-            self._write_journal({"facts": self.facts, "stages": [s.__dict__ for s in self.stages]}, new=True)
-            self._new_raw_files()
-            return
-        check_resumable(entries[0]["facts"], self.facts, self.path)
+        folder = self.stage_dir
+        first = entries[0]
+        check_resumable(first["facts"], self.facts, self.path)
+        self.run = str(first.get("run") or self.run)
+        if "replaces" in first:
+            self.replaced = _unique(self._named(first["replaces"]) + self._current_files())
         failed_now: list[tuple[str, str]] = []
-        for e in entries[1:]:
-            if "rows" in e:
-                self.staged.extend(e["rows"])
-            elif "failed" in e:
-                failed_now.append((e["failed"][0], e["failed"][1]))
-            elif "forget" in e:
-                gone = set(e["forget"])
-                self.failed = [(p, r) for p, r in self.failed if p not in gone]
-                failed_now = [(p, r) for p, r in failed_now if p not in gone]
-            elif "sealed" in e:
-                self.sealed.append((e["sealed"], list(self.staged)))
-                self.staged = []
-                self.gen = int(e["gen"])
+        try:
+            for e in entries[1:]:
+                if "rows" in e:
+                    self.staged.extend(str(p) for p in e["rows"])
+                elif "failed" in e:
+                    failed_now.append((str(e["failed"][0]), str(e["failed"][1])))
+                elif "forget" in e:
+                    gone = set(e["forget"])
+                    self.failed = [(p, r) for p, r in self.failed if p not in gone]
+                    failed_now = [(p, r) for p, r in failed_now if p not in gone]
+                elif "sealed" in e:
+                    count = int(e.get("count", len(self.staged)))
+                    self.sealed.append((str(e["sealed"]), self.staged[:count]))
+                    self.staged = self.staged[count:]
+                    gen = int(e["gen"])
+                    self.base = 0 if gen != self.gen else self.base + count
+                    self.gen = gen
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise InputError(f"{folder}: damaged journal ({err}); remove it or pass --overwrite") from None
         self.failed.extend(failed_now)
-        self._journal = open(self.stage_dir / "journal.jsonl", "a", encoding="utf-8")
-        rows = len(self.staged)
+        journal = folder / JOURNAL
+        with open(journal, "r+b") as f:  # cut a torn last line: new entries must follow whole ones
+            if f.seek(0, os.SEEK_END) != end:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        self._journal = open(journal, "a", encoding="utf-8")
+        for name, _ in self.sealed:
+            if not (folder / name).is_file():
+                raise InputError(f"{folder}: sealed shard {name} is missing; remove the folder or pass --overwrite")
         for s in self.stages:
             raw = self._raw_path(s)
-            size = rows * s.bytes_per_image
+            size = (self.base + len(self.staged)) * s.bytes_per_image
+            if not raw.exists() and size == 0:
+                raw.touch()  # killed between a seal's journal entry and its new raw files
             if not raw.exists() or raw.stat().st_size < size:
-                raise InputError(f"{self.stage_dir}: staged data is missing or short; remove it or pass --overwrite")
-            with open(raw, "r+b") as f:
-                f.truncate(size)
-            self._raw[s.name] = open(raw, "ab")
-        for old in self.stage_dir.glob("stage-*.raw"):
-            if old not in {self._raw_path(s) for s in self.stages}:
-                old.unlink()
+                raise InputError(f"{folder}: staged data is missing or short; remove it or pass --overwrite")
+            f = open(raw, "r+b")
+            f.truncate(size)
+            self._raw[s.name] = f
+        keep = {self._raw_path(s).name for s in self.stages} | {n for n, _ in self.sealed} | {JOURNAL, LOCK}
+        for left in folder.iterdir():  # other generations, unrecorded shards, temporary files
+            if left.name not in keep and left.is_file():
+                left.unlink()
+        fsync_dir(folder)
         done = len(self.staged) + sum(len(p) for _, p in self.sealed)
         if self.existing_facts is None:
-            self.existing_facts = dict(entries[0]["facts"])
+            self.existing_facts = dict(first["facts"])
         self.existing_paths += [p for _, ps in self.sealed for p in ps] + list(self.staged)
+        self._header = sum(_path_cost(p) for p in self.staged)
         if done:
-            self.notes.append(f"recovered {done} images from the unfinished run in {self.stage_dir.name}")
+            self.notes.append(f"recovered {done} images from the unfinished run in {folder.name}")
+        # the shard size may be smaller than the run that staged these rows had
+        while self.staged and (len(self.staged) >= self.rows_per_shard or self._header + _HEADER_BASE > HEADER_CAP):
+            self._seal(self._room(self.staged, rows=0, header=0))
 
-    def _raw_path(self, s: StageLayout) -> Path:
-        return self.stage_dir / f"stage-{s.name}.{self.gen}.raw"
+    def _sweep(self, entries: list[dict[str, Any]], *, keep: set[Path], spent: bool) -> None:
+        """Clear up after the finishes this journal records, sparing ``keep`` (the output's files).
+        A finish that was killed (``spent`` False) leaves files being written, which a replay writes
+        again, maybe under other names; one whose output is in place leaves what it meant to remove."""
+        for e in entries:
+            if not isinstance(e.get("finishing"), list):
+                continue
+            writing = self._named(e.get("writing", []))
+            doomed = [f.with_name(f.name + ".tmp") for f in writing]
+            doomed += self._named(e["finishing"]) if spent else writing
+            for f in doomed:
+                if f not in keep:
+                    f.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)
 
-    def _new_raw_files(self) -> None:
-        for f in self._raw.values():
-            f.close()
-        self._raw = {s.name: open(self._raw_path(s), "wb") for s in self.stages}
+    def _raw_path(self, s: StageLayout, gen: int | None = None) -> Path:
+        return self.stage_dir / f"stage-{s.name}.{self.gen if gen is None else gen}.raw"
 
-    def _write_journal(self, entry: Mapping[str, Any], *, new: bool = False) -> None:
-        if new:
-            self._journal = open(self.stage_dir / "journal.jsonl", "w", encoding="utf-8")
+    def _log(self, entry: Mapping[str, Any]) -> None:
         self._journal.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -231,45 +397,93 @@ class SafetensorsWriter:
     def rows_per_shard(self) -> int:
         return max(1, self.shard_bytes // max(1, self.bytes_per_image))
 
+    def _room(self, paths: Sequence[str], *, rows: int, header: int) -> int:
+        """How many of ``paths`` (from the first) fit a shard holding ``rows`` rows whose paths take
+        ``header`` bytes: its size and its header are capped. An empty shard takes at least one."""
+        limit = min(len(paths), self.rows_per_shard - rows)
+        n = 0
+        while n < limit:
+            header += _path_cost(paths[n])
+            if header + _HEADER_BASE > HEADER_CAP:
+                break
+            n += 1
+        return n if n or rows else min(1, len(paths))
+
+    def _check(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
+        for s in self.stages:
+            a = maps.get(s.name)
+            shape = tuple(getattr(a, "shape", ()))
+            itemsize = getattr(getattr(a, "dtype", None), "itemsize", None)
+            if shape != (len(paths), *s.shape) or itemsize != s.itemsize:
+                got = "nothing" if a is None else f"{shape} of {getattr(a, 'dtype', type(a).__name__)}"
+                raise RuntimeError(
+                    f"internal error: stage {s.name} maps for {len(paths)} images are {got}, "
+                    f"the output stores {s.shape} of {s.dtype} per image"
+                )
+
     def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
         """Stage a batch; a batch that crosses the shard size is split between shards."""
+        self._check(paths, maps)
         start = 0
         while start < len(paths):
-            n = min(len(paths) - start, self.rows_per_shard - len(self.staged))
+            n = self._room(paths[start:], rows=len(self.staged), header=self._header)
+            if n <= 0:
+                self._seal(len(self.staged))
+                continue
+            at = self.base + len(self.staged)
             for s in self.stages:
                 f = self._raw[s.name]
+                f.seek(at * s.bytes_per_image)  # after the committed rows, whatever a failed batch left
                 f.write(np.ascontiguousarray(maps[s.name][start : start + n]).tobytes())
                 f.flush()
                 os.fsync(f.fileno())
-            self._write_journal({"rows": list(paths[start : start + n])})  # the commit point
-            self.staged.extend(paths[start : start + n])
+            rows = [str(p) for p in paths[start : start + n]]
+            self._log({"rows": rows})  # the commit point
+            self.staged.extend(rows)
+            self._header += sum(_path_cost(p) for p in rows)
             start += n
             if len(self.staged) >= self.rows_per_shard:
-                self._seal()
+                self._seal(len(self.staged))
 
     def fail(self, path: str, reason: str) -> None:
         self.failed.append((path, reason))
-        self._write_journal({"failed": [path, reason]})
+        self._log({"failed": [path, reason]})
 
     def forget_failed(self, paths: set[str]) -> None:
         """Drop earlier failures of inputs this run tries again."""
-        if any(p in paths for p, _ in self.failed):
+        gone = sorted({p for p, _ in self.failed if p in paths})
+        if gone:
             self.failed = [(p, r) for p, r in self.failed if p not in paths]
-            self._write_journal({"forget": sorted(paths)})
+            self._log({"forget": gone})
 
-    def _seal(self) -> None:
-        """Turn the staged rows into a finished shard in the staging folder."""
-        k = len(self.sealed) + 1
-        name = f"shard-{k:05d}.safetensors"
-        self._assemble(self.stage_dir / name, self.staged, suffix=None, status="running", row_offset=None)
-        self.gen += 1
-        self._write_journal({"sealed": name, "gen": self.gen})
-        for s in self.stages:
-            self._raw[s.name].close()
-        old = [self.stage_dir / f"stage-{s.name}.{self.gen - 1}.raw" for s in self.stages]
-        self.sealed.append((name, list(self.staged)))
-        self.staged = []
-        self._new_raw_files()
+    def _seal(self, count: int) -> None:
+        """Turn the first ``count`` staged rows into a finished shard in the staging folder.
+
+        The journal entry is the commit point: before it a replay ignores the shard file, after it
+        everything the entry names exists. When no row is left the raw files start a new generation
+        (created before the entry, the old one removed after it); otherwise the rest stay where
+        they are, from row ``base``."""
+        folder = self.stage_dir
+        name = f"shard-{len(self.sealed) + 1:05d}.safetensors"
+        rows = self.staged[:count]
+        self._assemble(folder / name, rows, at=self.base, suffix=None, status="running", extra={})
+        rest = self.staged[count:]
+        gen = self.gen + 1 if not rest else self.gen
+        new: dict[str, BinaryIO] = {}
+        if gen != self.gen:
+            new = {s.name: open(self._raw_path(s, gen), "w+b") for s in self.stages}
+            fsync_dir(folder)
+        self._log({"sealed": name, "count": count, "gen": gen})
+        self.sealed.append((name, rows))
+        self.staged = rest
+        self._header = sum(_path_cost(p) for p in rest)
+        if gen == self.gen:
+            self.base += count
+            return
+        old = [self._raw_path(s) for s in self.stages]
+        for f in self._raw.values():
+            f.close()
+        self._raw, self.gen, self.base = new, gen, 0
         for p in old:
             p.unlink(missing_ok=True)
 
@@ -280,126 +494,160 @@ class SafetensorsWriter:
         meta["status"] = status
         return meta
 
+    def _staged_segments(self, s: StageLayout, at: int, rows: int) -> list[Segment]:
+        return [(self._raw_path(s), at * s.bytes_per_image, rows * s.bytes_per_image)]
+
     def _assemble(
-        self, target: Path, paths: Sequence[str], *, suffix: str | None, status: str, row_offset: int | None
+        self, target: Path, paths: Sequence[str], *, at: int, suffix: str | None, status: str, extra: Mapping[str, Any]
     ) -> None:
-        rows = len(paths)
-        for s in self.stages:
-            self._raw[s.name].flush()
+        """Write the staged rows from raw row ``at`` as the file ``target``."""
+        for f in self._raw.values():
+            f.flush()
         tensors = [
-            (s.name if suffix is None else f"{s.name}.{suffix}", s, rows, (self._raw_path(s), 0)) for s in self.stages
+            (
+                s.name if suffix is None else f"{s.name}.{suffix}",
+                s,
+                len(paths),
+                self._staged_segments(s, at, len(paths)),
+            )
+            for s in self.stages
         ]
-        extra: dict[str, Any] = {}
-        if row_offset is not None:
-            extra["row_offset"] = row_offset
-        if suffix is None and row_offset is None:
-            extra["failed"] = [list(x) for x in self.failed]
         _write_file(target, tensors, self._file_meta(paths, status=status, extra=extra))
+
+    def _file_segments(self, src: Path, names: Mapping[str, str], rows: int) -> dict[str, list[Segment]]:
+        """Where each stage's rows lie in a finished file (an old output or a sealed shard)."""
+        header, data_start = read_header(src)
+        out = {}
+        for s in self.stages:
+            info = header.get(names.get(s.name, ""))
+            fits = isinstance(info, dict) and info.get("shape") == [rows, *s.shape]
+            if not fits or info.get("dtype") != _DTYPES[s.dtype]:
+                raise InputError(f"{src}: stage {s.name} is missing or has an unexpected shape; cannot extend it")
+            out[s.name] = [(src, data_start + int(info["data_offsets"][0]), rows * s.bytes_per_image)]
+        return out
+
+    # --- finishing ----------------------------------------------------------------------------
+    def _fits_one_file(self) -> bool:
+        if self.sealed or self.old_sharded:
+            return False
+        paths = [p for _, _, ps in self.old_files for p in ps] + self.staged
+        if len(paths) > self.rows_per_shard:
+            return False
+        failed = json.dumps(json.dumps([list(x) for x in self.failed], ensure_ascii=False), ensure_ascii=False)
+        return sum(_path_cost(p) for p in paths) + _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
 
     def finish(self, status: str) -> list[Path]:
         for f in self._raw.values():
             f.flush()
-        if not self.old_files and not self.sealed:
-            # one file holds everything
-            if self.index.exists():  # a sharded output being overwritten: its index must go first
-                self.index.unlink()
-            self._assemble(self.path, self.staged, suffix=None, status=status, row_offset=None)
-            fsync_dir(self.path.parent)
-            self._remove_replaced({self.path})
-            self._cleanup()
-            return [self.path]
-        return self._finish_sharded(status)
-
-    def _finish_sharded(self, status: str) -> list[Path]:
         parent = self.path.parent
-        stem = _stem(self.path)
+        single = self._fits_one_file()
+        if single:
+            files = [self.path]
+        else:
+            n = (
+                len(self.old_files)
+                + len(self.sealed)
+                + (1 if self.staged or not (self.old_files or self.sealed) else 0)
+            )
+            stem = _stem(self.path)
+            files = [parent / f"{stem}-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)] + [self.index]
+        keep = set(files)
+        stale = [f for f, _, _ in self.old_files] + self.replaced + self._current_files() + [self.path, self.index]
+        stale = [f for f in _unique(stale) if f not in keep and f.parent == parent]
+        # what the cleanup will remove, in case a kill leaves it to the next --resume
+        self._log({"finishing": sorted(f.name for f in stale), "writing": [f.name for f in files]})
+        if not self.old_sharded and self.index.exists():
+            # an index that is not a source (an overwritten shard set, or one a killed finish left) must
+            # go before any file it would misdescribe is written: then nothing looks complete
+            self.index.unlink()
+            fsync_dir(parent)
+        if single:
+            self._finish_single(status)
+        else:
+            self._finish_sharded(status, files[:-1])
+        self._done(stale)
+        return files
+
+    def _finish_single(self, status: str) -> None:
+        segments: dict[str, list[Segment]] = {s.name: [] for s in self.stages}
+        paths: list[str] = []
+        for src, names, old in self.old_files:  # at most one: a single file being extended
+            for name, segs in self._file_segments(src, names, len(old)).items():
+                segments[name] += segs
+            paths += old
+        for s in self.stages:
+            segments[s.name] += self._staged_segments(s, self.base, len(self.staged))
+        paths += self.staged
+        tensors = [(s.name, s, len(paths), segments[s.name]) for s in self.stages]
+        extra = {"failed": [list(x) for x in self.failed], "run": self.run}
+        _write_file(self.path, tensors, self._file_meta(paths, status=status, extra=extra))
+
+    def _finish_sharded(self, status: str, targets: Sequence[Path]) -> None:
         # every shard's content, in row order: old finished files, sealed shards, the staged rest
-        parts: list[tuple[str, Path | None, list[str]]] = [("old", f, p) for f, p in self.old_files]
-        parts += [("sealed", self.stage_dir / n, p) for n, p in self.sealed]
-        if self.staged or not parts:
-            parts.append(("staged", None, list(self.staged)))
-        n = len(parts)
-        final_names = [f"{stem}-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+        parts: list[tuple[list[str], dict[str, list[Segment]]]] = []
+        for src, names, paths in self.old_files:
+            parts.append((paths, self._file_segments(src, names, len(paths))))
+        for name, paths in self.sealed:
+            by_stage = {s.name: s.name for s in self.stages}
+            parts.append((paths, self._file_segments(self.stage_dir / name, by_stage, len(paths))))
+        if len(parts) < len(targets):
+            parts.append(
+                (self.staged, {s.name: self._staged_segments(s, self.base, len(self.staged)) for s in self.stages})
+            )
         shards_meta = []
         weight_map: dict[str, str] = {}
         total = 0
         offset = 0
-        for k, ((kind, src, paths), name) in enumerate(zip(parts, final_names), start=1):
-            target = parent / name
+        for k, ((paths, segments), target) in enumerate(zip(parts, targets), start=1):
             suffix = f"{k:05d}"
-            tensors = [(f"{s.name}.{suffix}", s, len(paths)) for s in self.stages]
-            if kind == "staged":
-                self._assemble(target, paths, suffix=suffix, status=status, row_offset=offset)
-            else:
-                assert src is not None
-                self._rewrite(src, target, suffix=suffix, paths=paths, row_offset=offset, status=status)
-            for t, s, rows in tensors:
-                weight_map[t] = name
-                total += rows * s.bytes_per_image
-            shards_meta.append({"file": name, "rows": len(paths)})
+            tensors = [(f"{s.name}.{suffix}", s, len(paths), segments[s.name]) for s in self.stages]
+            meta = self._file_meta(paths, status=status, extra={"row_offset": offset})
+            total += _write_file(target, tensors, meta)
+            for t, _, _, _ in tensors:
+                weight_map[t] = target.name
+            shards_meta.append({"file": target.name, "rows": len(paths)})
             offset += len(paths)
         meta = {k: v for k, v in self.facts.items() if v is not None}
         meta.update({"status": status, "shards": shards_meta, "failed": [list(x) for x in self.failed]})
-        meta["total_size"] = total
-        meta["num_images"] = offset
-        tmp = self.index.with_name(self.index.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"metadata": meta, "weight_map": weight_map}, f, indent=2, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.index)
-        fsync_dir(parent)
-        keep = {parent / nm for nm in final_names} | {self.index}
-        for f, _ in self.old_files:
-            if f not in keep:
-                f.unlink(missing_ok=True)
-        if self.path.exists() and self.path not in keep:
-            self.path.unlink()
-        self._remove_replaced(keep)
-        self._cleanup()
-        return [parent / nm for nm in final_names] + [self.index]
+        meta.update({"total_size": total, "num_images": offset, "run": self.run})
+        _write_json(self.index, {"metadata": meta, "weight_map": weight_map})
 
-    def _rewrite(
-        self, src: Path, target: Path, *, suffix: str, paths: Sequence[str], row_offset: int, status: str
-    ) -> None:
-        """Copy a finished file (old output or sealed shard) under its shard name, renaming its
-        tensors and refreshing its metadata. The source stays until the index is written."""
-        header, data_start = read_header(src)
-        by_stage = {key.split(".")[0]: info for key, info in header.items() if key != "__metadata__"}
-        tensors: list[tuple[str, StageLayout, int, tuple[Path, int]]] = []
-        for s in self.stages:
-            info = by_stage.get(s.name)
-            if info is None or info["shape"] != [len(paths), *s.shape]:
-                raise InputError(f"{src}: stage {s.name} is missing or has an unexpected shape; cannot extend it")
-            tensors.append((f"{s.name}.{suffix}", s, len(paths), (src, data_start + info["data_offsets"][0])))
-        tmp_target = target if target != src else target.with_name(target.name + ".new")
-        _write_file(tmp_target, tensors, self._file_meta(paths, status=status, extra={"row_offset": row_offset}))
-        if tmp_target != target:
-            os.replace(tmp_target, target)
+    def _done(self, stale: Sequence[Path]) -> None:
+        """The output is in place: remove what it replaces, then the journal (the staging folder is
+        spent from then on), then the rest of the folder."""
+        for f in stale:
+            f.unlink(missing_ok=True)
+        if stale:
+            fsync_dir(self.path.parent)
+        self._close_files()
+        (self.stage_dir / JOURNAL).unlink(missing_ok=True)
+        fsync_dir(self.stage_dir)
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+        self._close()
 
-    def _remove_replaced(self, keep: set[Path]) -> None:
-        for f in self.replaced:
-            if f not in keep:
-                f.unlink(missing_ok=True)
-
-    def _cleanup(self) -> None:
+    def _close_files(self) -> None:
         for f in self._raw.values():
             f.close()
         self._raw = {}
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+    def _close(self) -> None:
+        self._close_files()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def abort(self) -> None:
         """Close without assembling (the run failed): the staging folder stays for --resume,
         unless this run created it and staged nothing."""
         empty = self._created and not self.staged and not self.sealed and not self.failed
-        for f in self._raw.values():
-            f.close()
-        self._raw = {}
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        self._close_files()
         if empty:
             shutil.rmtree(self.stage_dir, ignore_errors=True)
+        self._close()
+
+
+def _unique(files: Sequence[Path]) -> list[Path]:
+    return list(dict.fromkeys(files))

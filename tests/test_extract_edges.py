@@ -234,3 +234,15 @@ def test_no_color_on_a_terminal_gives_progress_without_escape_codes(tiny_resnet,
     err = b"".join(chunks).decode(errors="replace")
     assert p.returncode == 0
     assert "extracting" in err and "\x1b" not in err
+
+
+def test_hdf5_next_to_an_unfinished_safetensors_run_of_the_same_name(tiny_resnet, photos, tmp_path):
+    folder, _ = photos
+    out = tmp_path / "f.out"
+    (tmp_path / "f.out.partial").mkdir()  # what a safetensors run leaves
+    (tmp_path / "f.out.partial" / "journal.jsonl").write_text("")
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--format", "hdf5", "--resume", folder)
+    _one_line(r, 3, "unfinished safetensors run")
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--format", "hdf5", "--overwrite", folder)
+    assert r.exit_code == 0, r.stderr
+    assert h5py.is_hdf5(out) and not (tmp_path / "f.out.partial").exists()

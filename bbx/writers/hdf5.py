@@ -74,6 +74,13 @@ class HDF5Writer:
         path, partial = self.path, self.partial
         if not overwrite and not resume:
             refuse_to_replace(path if path.exists() else None, partial if partial.exists() else None)
+        if partial.is_dir():  # a safetensors run's staging folder under this name
+            if not overwrite:
+                raise InputError(
+                    f"{partial} holds an unfinished safetensors run: resume it with --format safetensors, "
+                    "or pass --overwrite"
+                )
+            shutil.rmtree(partial)
         if overwrite:
             partial.unlink(missing_ok=True)
         if resume and partial.exists():

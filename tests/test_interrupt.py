@@ -60,11 +60,18 @@ def _env():
 
 
 def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.CompletedProcess:
+    from bbx.errors import BbxError
+    from bbx.outputs import open_output
+
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while not staging.exists() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.4)  # let some batches finish
+    while time.time() < deadline and p.poll() is None:  # until a few batches are committed
+        try:
+            if staging.exists() and open_output(staging).images >= 3:
+                break
+        except (BbxError, OSError):
+            pass  # caught mid-write: look again
+        time.sleep(0.05)
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)

@@ -165,49 +165,16 @@ def _child(args: list[str]) -> tuple[dict, float, float]:
     return result, wall, peak
 
 
-def measure_bbx(ckpt: Path, listing: Path, out: Path, case: Case, threads: int, extra: list[str]) -> tuple[dict, float]:
-    args = [
-        sys.executable,
-        str(Path(__file__)),
-        "--_child",
-        "bbx",
-        "--ckpt",
-        str(ckpt),
-        "--listing",
-        str(listing),
-        "--out",
-        str(out),
-        "--dtype",
-        case.dtype,
-        "--threads",
-        str(threads),
-    ]
+def measure(
+    side: str, ckpt: Path, listing: Path, out: Path, case: Case, threads: int, extra: list[str] | None = None
+) -> tuple[dict, float]:
+    """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB)."""
+    args = [sys.executable, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
+    args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads)]
     if case.out_features:
         args += ["--stages", ",".join(case.out_features)]
-    args += ["--"] + extra
-    result, _, peak = _child(args)
-    return result, peak
-
-
-def measure_hf(ckpt: Path, listing: Path, out: Path, case: Case, threads: int) -> tuple[dict, float]:
-    args = [
-        sys.executable,
-        str(Path(__file__)),
-        "--_child",
-        "hf",
-        "--ckpt",
-        str(ckpt),
-        "--listing",
-        str(listing),
-        "--out",
-        str(out),
-        "--dtype",
-        case.dtype,
-        "--threads",
-        str(threads),
-    ]
-    if case.out_features:
-        args += ["--stages", ",".join(case.out_features)]
+    if extra:
+        args += ["--", *extra]
     result, _, peak = _child(args)
     return result, peak
 
@@ -317,8 +284,8 @@ def main() -> None:
         ckpt = make_checkpoint(work, case.alias)
         hf_best, bx_best = None, None
         for _ in range(ns.repeat):
-            hf, hf_peak = measure_hf(ckpt, listing, work / "hf.h5", case, threads)
-            bx, bx_peak = measure_bbx(ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split())
+            hf, hf_peak = measure("hf", ckpt, listing, work / "hf.h5", case, threads)
+            bx, bx_peak = measure("bbx", ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split())
             if hf_best is None or hf["images_per_s"] > hf_best[0]["images_per_s"]:
                 hf_best = (hf, hf_peak)
             if bx_best is None or bx["images_per_s"] > bx_best[0]["images_per_s"]:
@@ -345,8 +312,8 @@ def main() -> None:
             links.append(dst)
         listing2 = work / "listing-2048.txt"
         listing2.write_text("\n".join(str(p) for p in links) + "\n")
-        small_rss = measure_bbx(ckpt, listing, work / "m256.h5", case, threads, [])[1]
-        big_rss = measure_bbx(ckpt, listing2, work / "m2048.h5", case, threads, [])[1]
+        small_rss = measure("bbx", ckpt, listing, work / "m256.h5", case, threads)[1]
+        big_rss = measure("bbx", ckpt, listing2, work / "m2048.h5", case, threads)[1]
         print(
             f"peak memory, {case.name}: 256 images {small_rss:.0f} MB, 2,048 images {big_rss:.0f} MB "
             f"({(big_rss / small_rss - 1) * 100:+.1f}%, target within 10%)"

@@ -120,19 +120,18 @@ def find_input(stored: str, cwd: str | None) -> Path | None:
 
 
 def input_tile(path: Path | None, size: tuple[int, int], *, exif: bool = True) -> Any:
-    """The input image centre-cropped to the map's aspect and resized to ``size``; None if it
-    cannot be read."""
+    """The input image as extraction saw it (same decoding: orientation, transparency on white,
+    high bit depths rescaled), centre-cropped to the map's aspect and resized to ``size``; None
+    if it cannot be read."""
     if path is None:
         return None
     from PIL import Image, ImageOps
 
+    from bbx.images import ImageError, decode
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            if exif:
-                im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+        im = decode(path, exif=exif)
+    except (ImageError, OSError):
         return None
     return ImageOps.fit(im, size, Image.Resampling.BICUBIC)
 

@@ -367,3 +367,24 @@ def test_show_finds_relative_inputs_from_another_folder(tiny_resnet, tmp_path, m
     assert r.exit_code == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["rows"] == [{"index": 0, "path": "photos/img000.jpg", "input_shown": True}] and rep["width"] == 32
+
+
+def test_the_input_is_shown_as_extraction_saw_it(tiny_resnet, tmp_path):
+    """Transparency on white, as the model got it (not Pillow's plain convert, which drops alpha)."""
+    from PIL import Image
+
+    from tests.cli import run
+    from tests.util import photo
+
+    img = photo(96, 96, seed=4).convert("RGBA")
+    img.putpixel((0, 0), (0, 0, 0, 0))
+    alpha = Image.new("L", (96, 96), 0)
+    alpha.paste(255, (24, 24, 72, 72))
+    img.putalpha(alpha)
+    src = tmp_path / "cut.png"
+    img.save(src)
+    out = tmp_path / "f.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", out, src).exit_code == 0
+    assert run("show", out, "--stage", "stage4", "-o", tmp_path / "s.png").exit_code == 0
+    with Image.open(tmp_path / "s.png") as pic:
+        assert pic.convert("RGB").getpixel((1, 1)) == (255, 255, 255)

@@ -163,8 +163,7 @@ def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = N
 
 
 def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, open_output: bool) -> _Prepared:
-    from bbx.backbones.base import map_shapes
-    from bbx.inspection import input_size
+    from bbx.inspection import input_size, stage_shapes
     from bbx.loading import build
 
     opts.validate()
@@ -174,10 +173,7 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     pre, size = input_size(ref, opts.image_size)
     meta_model = build(ref, stage_norm=opts.stage_norm, device="meta")
     meta_model.select(opts.out_indices, opts.out_features)
-    try:
-        shapes = map_shapes(meta_model, size)
-    except ValueError as e:
-        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {e}") from None
+    shapes = stage_shapes(meta_model, size)
     stages = []
     layouts = []
     itemsize = 4 if opts.store_dtype == "float32" else 2

@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def table(*columns: str) -> Any:
+    """A borderless rich table, as every bbx listing uses; a column named ``">name"`` is
+    right-aligned (numbers)."""
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for col in columns:
+        t.add_column(col.lstrip(">"), justify="right" if col.startswith(">") else "left")
+    return t
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -130,8 +141,6 @@ class Summary:
 
 
 def render_plan(plan: Plan, console: Any) -> None:
-    from rich.table import Table
-
     h, w = plan.input_size
     console.print(
         f"[bold]{plan.model}[/bold]  {plan.checkpoint}"
@@ -142,18 +151,9 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")
     )
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("index", "right"),
-        ("stage", "left"),
-        ("channels", "right"),
-        ("stride", "right"),
-        ("per image", "left"),
-        ("bytes/image", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
     for s in plan.stages:
-        table.add_row(
+        listing.add_row(
             str(s.index),
             s.name,
             str(s.channels),
@@ -161,7 +161,7 @@ def render_plan(plan: Plan, console: Any) -> None:
             f"{list(s.shape)} {s.dtype}",
             human_bytes(s.bytes_per_image),
         )
-    console.print(table)
+    console.print(listing)
     free = f", {human_bytes(plan.free_bytes)} free" if plan.free_bytes is not None else ""
     extra = f" ({plan.inputs - plan.todo} already in the output)" if plan.inputs != plan.todo else ""
     console.print(

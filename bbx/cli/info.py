@@ -58,13 +58,15 @@ def info(
         emit_json(out.to_json())
         return
     from rich.markup import escape
-    from rich.table import Table
+
+    from bbx.report import plural
+    from bbx.report import table as make_table
 
     f = out.facts
     con = console()
     con.print(
         f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {_status_line(out.state)}, "
-        f"{out.images} images, {human_bytes(out.bytes_on_disk)} on disk"
+        f"{plural(out.images, 'image')}, {human_bytes(out.bytes_on_disk)} on disk"
         + (f" in {len(out.files)} files" if len(out.files) > 1 else "")
     )
     revision = f"@{f['revision']}" if f.get("revision") else ""
@@ -78,14 +80,12 @@ def info(
         ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (("stage", "left"), ("per image", "left"), ("dtype", "left"), ("bytes/image", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = make_table("stage", "per image", "dtype", ">bytes/image")
     for s in out.stages:
         table.add_row(s.name, str(list(s.shape)), s.dtype, human_bytes(s.row_bytes))
     con.print(table)
     if out.failed:
-        con.print(f"{len(out.failed)} failed input(s):")
+        con.print(f"{plural(len(out.failed), 'failed input')}:")
         for path, reason in out.failed[:SHOWN_FAILURES]:
             con.print(f"  {escape(path)}: {escape(reason)}")
         if len(out.failed) > SHOWN_FAILURES:

@@ -44,7 +44,7 @@ def inspect(
     if as_json:
         emit_json(report.to_json())
         return
-    from rich.table import Table
+    from bbx.report import table as make_table
 
     out = console()
     h, w = report.input_size
@@ -52,16 +52,7 @@ def inspect(
         f"[bold]{report.model}[/bold]  {report.checkpoint}  ({report.architecture}, input {h}x{w}, "
         f"stage norm {report.stage_norm})"
     )
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("", "left"),
-        ("index", "right"),
-        ("name", "left"),
-        ("channels", "right"),
-        ("stride", "right"),
-        ("shape [C, H, W]", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table = make_table("", ">index", "name", ">channels", ">stride", "shape [C, H, W]")
     for s in report.stages:
         table.add_row(
             "*" if s.default else "",

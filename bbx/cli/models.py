@@ -42,11 +42,9 @@ def models(
     if as_json:
         emit_json(rows)
         return
-    from rich.table import Table
+    from bbx.report import table as make_table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("alias", "checkpoint", "architecture", "input", "stages"):
-        table.add_column(col)
+    table = make_table("alias", "checkpoint", "architecture", "input", "stages")
     for r in rows:
         size = r["input_size"]
         stages = r["stages"]

@@ -391,3 +391,33 @@ def test_compiled_model_gives_the_same_maps(tiny_resnet, photos, tmp_path):
     assert r.exit_code == 0, r.stderr
     with h5py.File(plain) as a, h5py.File(compiled) as b:
         assert rel_err(torch.from_numpy(b["features/stage4"][:]), torch.from_numpy(a["features/stage4"][:])) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["swin", "convnext"])
+def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeypatch):
+    """On big batches the MLP blocks run over slices of rows (bbx.backbones.layers.in_row_slices);
+    a tiny cache budget makes these small ones slice too: still the transformers recipe's maps."""
+    import importlib
+
+    from bbx.backbones import layers
+
+    family = importlib.import_module(f"bbx.backbones.{kind}")
+    slices = []
+
+    def spy(fn, x, *more, width):
+        return layers.in_row_slices(lambda *a: slices.append(a[0].shape[0]) or fn(*a), x, *more, width=width)
+
+    monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", 8)
+    monkeypatch.setattr(family, "in_row_slices", spy)
+    folder, paths = photos
+    ckpt = _small_checkpoint(kind, tmp_path / kind)
+    out = tmp_path / "f.safetensors"
+    r = run("extract", "-m", ckpt, "--out-indices", "0,1,-1", "-o", out, "-b", "4", folder, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert len(slices) > 4 * len(paths) and min(slices) < 4 * 56 * 56  # it did slice
+    stages = [s["name"] for s in json.loads(r.stdout)["stages"]]
+    want = _hf_maps(ckpt, paths, stages)
+    got = load_file(str(out))
+    for s in stages:
+        for i, p in enumerate(paths):
+            assert rel_err(got[s][i], want[s][i]) <= 1e-5, (kind, s, p)

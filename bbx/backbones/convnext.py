@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, linear_act
+from bbx.backbones.layers import activation, in_row_slices, linear_act
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
@@ -148,15 +148,21 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
         rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
-        if self.fused:  # fc1 + GELU, then fc2 (layer scale folded in) + residual, one kernel each
-            y = linear_act(self.norm(y), self.fc1, self.act_name, fused=True)
-            if rows.is_contiguous():
-                return linear_act(y, self.fc2, add=rows, fused=True).permute(0, 3, 1, 2)
-            return (rows + linear_act(y, self.fc2, fused=True)).permute(0, 3, 1, 2)
+        if self.fused:
+            if y.is_contiguous() and rows.is_contiguous():
+                return in_row_slices(self._fused_mlp, y, rows, width=self.fc1.out_features).permute(0, 3, 1, 2)
+            return self._fused_mlp(y, rows).permute(0, 3, 1, 2)
         y = self.fc2(self.act(self.fc1(self.norm(y))))
         # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
         out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
         return out.permute(0, 3, 1, 2)
+
+    def _fused_mlp(self, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """norm, fc1 + GELU, then fc2 (layer scale folded in) + residual: one kernel each."""
+        h = linear_act(self.norm(y), self.fc1, self.act_name, fused=True)
+        if rows.is_contiguous() and rows.dtype == h.dtype:
+            return linear_act(h, self.fc2, add=rows, fused=True)
+        return rows + linear_act(h, self.fc2, fused=True)  # (bf16 product + fp32 stream: fp32)
 
     @torch.no_grad()
     def fuse(self) -> None:

@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp, linear_act
+from bbx.backbones.layers import Mlp, attention, linear_act
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
@@ -150,7 +150,7 @@ class Attention(nn.Module):
         n, t, c = x.shape
         qkv = linear_act(x, self.qkv, fused=fused)
         q, k, v = qkv.view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, c)
+        y = (attention(q, k, v) if fused else F.scaled_dot_product_attention(q, k, v)).transpose(1, 2).reshape(n, t, c)
         return linear_act(y, self.proj, add=add, fused=fused)
 
 

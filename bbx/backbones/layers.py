@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -208,6 +209,64 @@ def conv_act(
     if add is not None:
         y = y + add
     return _eager_act(act)(y) if act is not None else y
+
+
+#: bytes per torch thread of a row slice's widest intermediate (see :func:`in_row_slices`; 2 MiB
+#: measured best on 2 cores with 2 MiB of L2 each, against 0.25 to 8 MiB)
+SLICE_BYTES_PER_THREAD = 2 << 20
+
+
+def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch.Tensor, width: int) -> torch.Tensor:
+    """``fn(x, *more)`` for a row-wise ``fn`` (LayerNorm, linear layers, activation, residual
+    sum: each output row depends on the same rows of the inputs only), run over slices of rows
+    small enough that ``fn``'s intermediates, ``width`` values per row, stay in cache instead of
+    streaming through memory. All but the last dimension are rows; ``x`` and ``more`` must be
+    contiguous with the same rows.
+
+    The numbers are the same as in one call (oneDNN reduces each row in the same order whatever
+    the row count). Measured on 2 cores, the fused ConvNeXt MLP (LayerNorm, fc1 + GELU, fc2 +
+    residual) on 50,176 rows of 96 channels: 78 -> 45 ms in fp32, 50 -> 30 ms in bf16; on 12,544
+    rows of 192: 50 -> 40 ms. Tensors whose intermediate fits in a few caches gain nothing, and
+    are left whole."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    row_bytes = width * (2 if _compute_dtype(x) in (torch.bfloat16, torch.float16) else 4)
+    budget = SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads())
+    if x.device.type != "cpu" or rows * row_bytes <= 8 * budget:
+        return fn(x, *more)
+    slices = -(-rows * row_bytes // budget)
+    step = max(256, -(-rows // slices))
+    flat = [t.view(rows, t.shape[-1]) for t in (x, *more)]
+    out: torch.Tensor | None = None
+    for start in range(0, rows, step):
+        y = fn(*(t[start : start + step] for t in flat))
+        if out is None:
+            out = y.new_empty((rows, y.shape[-1]))
+        out[start : start + step] = y
+    assert out is not None
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over ``[B, heads, N, d]``: ``scaled_dot_product_attention``,
+    except for bfloat16/float16 on the CPU, where it runs as two matmuls and a softmax over a few
+    images at a time, so that each slice's scores stay in cache. There oneDNN's low-precision
+    matmuls beat the fused kernel, which computes in fp32: measured on 2 cores, DINOv2-S (16 x 6
+    heads x 257 tokens) 14.8 -> 8.5 ms per layer. The probabilities are rounded to the compute
+    dtype before the product with ``v``, as transformers' eager attention does under autocast (the
+    fused kernel keeps them in fp32); fp32 keeps the fused kernel, bit for bit."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled():
+        return F.scaled_dot_product_attention(q, k, v)
+    b, heads, n, d = q.shape
+    per_image = heads * n * k.shape[2] * 4  # the scores of one image, in fp32 terms
+    step = max(1, SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads()) // per_image)
+    out = torch.empty((b, heads, n, v.shape[3]), dtype=q.dtype, device=q.device)
+    scale = d**-0.5
+    for start in range(0, b, step):
+        qs, ks, vs = (t[start : start + step] for t in (q, k, v))
+        # softmax of bf16 scores accumulates in fp32 and rounds once to bf16
+        probs = torch.softmax(torch.matmul(qs * scale, ks.transpose(-1, -2)), dim=-1)
+        torch.matmul(probs, vs, out=out[start : start + step])
+    return out
 
 
 @functools.cache

@@ -56,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp
+from bbx.backbones.layers import Mlp, in_row_slices
 from bbx.errors import ModelError
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
@@ -259,6 +259,11 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = y[:, :height, :width]
         x = x + y
+        if self.mlp.fused and x.is_contiguous():
+            return in_row_slices(self._mlp, x, width=self.mlp.fc1.out_features)
+        return self._mlp(x)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(x), add=x)
 
     def _bias(self, index: torch.Tensor, mask: torch.Tensor | None, hp: int, wp: int) -> torch.Tensor:

@@ -73,7 +73,8 @@ def test_low_precision_attention_on_cpu_matches_sdpa(monkeypatch, budget):
     assert rel_err(got.double(), exact) <= 3 * rel_err(fused_kernel.double(), exact)
 
 
-def test_fp32_attention_is_the_fused_kernel_bit_for_bit():
-    q, k, v = _qkv(4, 2, 33, 8, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_other_dtypes_keep_the_fused_kernel_bit_for_bit(dtype):
+    q, k, v = _qkv(4, 2, 33, 8, dtype)
     with torch.inference_mode():
         assert torch.equal(layers.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))

@@ -246,15 +246,26 @@ def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+@functools.lru_cache(maxsize=1)
+def _onednn_bf16_matmul() -> bool:
+    """Whether torch runs bf16 matmuls on this CPU with oneDNN (AVX-512 or newer), not its slow
+    reference kernel."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # a torch without the op
+        return False
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over ``[B, heads, N, d]``: ``scaled_dot_product_attention``,
-    except for bfloat16/float16 on the CPU, where it runs as two matmuls and a softmax over a few
-    images at a time, so that each slice's scores stay in cache. There oneDNN's low-precision
+    except for bfloat16 on the CPU, where it runs as two matmuls and a softmax over a few
+    images at a time, so that each slice's scores stay in cache. There oneDNN's bf16
     matmuls beat the fused kernel, which computes in fp32: measured on 2 cores, DINOv2-S (16 x 6
-    heads x 257 tokens) 14.8 -> 8.5 ms per layer. The probabilities are rounded to the compute
-    dtype before the product with ``v``, as transformers' eager attention does under autocast (the
-    fused kernel keeps them in fp32); fp32 keeps the fused kernel, bit for bit."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled():
+    heads x 257 tokens) 14.8 -> 8.5 ms per layer. The probabilities are rounded to bf16
+    before the product with ``v``, as transformers' eager attention does under autocast (the
+    fused kernel keeps them in fp32); fp32 keeps the fused kernel, bit for bit, and so does float16
+    (CPUs without fp16 matrix units run fp16 matmuls 9x slower than the fused kernel)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled() or not _onednn_bf16_matmul():
         return F.scaled_dot_product_attention(q, k, v)
     b, heads, n, d = q.shape
     per_image = heads * n * k.shape[2] * 4  # the scores of one image, in fp32 terms

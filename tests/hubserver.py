@@ -214,17 +214,28 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._error(404, None, "Not found", body)
 
-        def _model_info(self, parts: list[str], token: str | None, body: bool) -> None:
-            repo_id = "/".join(parts[:2])
-            revision = unquote(parts[3]) if len(parts) >= 4 and parts[2] == "revision" else "main"
+        def _commit(
+            self, repo_id: str, revision: str, token: str | None, *, files: bool, body: bool
+        ) -> tuple[Repo, str] | None:
+            """(repo, commit sha) when the caller may see ``revision`` of ``repo_id``; else the
+            error response is sent and None returned."""
             repo = hub.repos.get(repo_id)
-            if not self._access(repo, token, files=False, body=body):
-                return
+            if not self._access(repo, token, files=files, body=body):
+                return None
             assert repo is not None
             sha = repo.commit_of(revision)
             if sha is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
+                return None
+            return repo, sha
+
+        def _model_info(self, parts: list[str], token: str | None, body: bool) -> None:
+            repo_id = "/".join(parts[:2])
+            revision = unquote(parts[3]) if len(parts) >= 4 and parts[2] == "revision" else "main"
+            found = self._commit(repo_id, revision, token, files=False, body=body)
+            if found is None:
                 return
+            repo, sha = found
             info = {
                 "id": repo_id,
                 "modelId": repo_id,
@@ -239,14 +250,10 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             repo_id = "/".join(parts[:2])
             revision = unquote(parts[3])
             filename = unquote("/".join(parts[4:]))
-            repo = hub.repos.get(repo_id)
-            if not self._access(repo, token, files=True, body=body):
+            found = self._commit(repo_id, revision, token, files=True, body=body)
+            if found is None:
                 return
-            assert repo is not None
-            sha = repo.commit_of(revision)
-            if sha is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
-                return
+            repo, sha = found
             data = repo.commits[sha].get(filename)
             if data is None:
                 self._error(404, "EntryNotFound", f"{filename} does not exist", body, **{"X-Repo-Commit": sha})

@@ -36,14 +36,15 @@ rename, or removed before the files it would misdescribe are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -100,9 +101,21 @@ def _copy(src: Path, offset: int, nbytes: int, out: BinaryIO) -> None:
             left -= len(chunk)
 
 
-def _durable(tmp: Path, target: Path) -> None:
-    os.replace(tmp, target)
-    fsync_dir(target.parent)
+@contextlib.contextmanager
+def _durably(target: Path, mode: str) -> Iterator[IO[Any]]:
+    """A temporary file beside ``target``, open in ``mode``; when the block ends it is flushed,
+    fsynced and renamed over ``target``, and the folder fsynced. On any failure it is removed."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _write_file(
@@ -126,34 +139,18 @@ def _write_file(
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
-            for _name, _layout, _rows, segments in tensors:
-                for src, start, nbytes in segments:
-                    _copy(src, start, nbytes, out)
-            out.flush()
-            os.fsync(out.fileno())
-        _durable(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _durably(target, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        for _name, _layout, _rows, segments in tensors:
+            for src, start, nbytes in segments:
+                _copy(src, start, nbytes, out)
     return offset
 
 
 def _write_json(target: Path, obj: Any) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        _durable(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _durably(target, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
 class SafetensorsWriter:

@@ -51,7 +51,7 @@ from bbx.errors import (
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
-#: (single file, shard index) pairs, in order of preference (the same order as bbx.weights)
+#: (single file, shard index) pairs, in order of preference (the hub download and bbx.weights)
 WEIGHT_CHOICES: tuple[tuple[str, str], ...] = (
     ("model.safetensors", "model.safetensors.index.json"),
     ("pytorch_model.bin", "pytorch_model.bin.index.json"),
@@ -298,7 +298,8 @@ def _silent_bar() -> type:
 # choosing the weight files
 
 
-def _shard_names(index_file: Path, label: str) -> list[str]:
+def shard_names(index_file: Path, label: str) -> list[str]:
+    """The shard files a ``*.index.json`` names: plain file names in its folder, never a path."""
     try:
         names = sorted(set(json.loads(index_file.read_text(encoding="utf-8"))["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -320,7 +321,7 @@ def cached_weights(folder: Path, label: str = "") -> list[str] | None:
         if (folder / single).is_file():
             return [single]
         if (folder / index).is_file():
-            shards = _shard_names(folder / index, label or str(folder))
+            shards = shard_names(folder / index, label or str(folder))
             if all((folder / s).is_file() for s in shards):
                 return [index, *shards]
             return None
@@ -347,29 +348,27 @@ def fetch(
     if revision is not None:
         validate_revision(revision)
     rev = revision or DEFAULT_REVISION
+    pinned = _COMMIT.fullmatch(rev) is not None
     with _quiet_hub_logs():
         if is_offline():
-            return _offline(repo_id, rev, weights=weights, check=check)
-        if _COMMIT.fullmatch(rev):
-            snap = _from_cache(repo_id, rev, weights=weights)
-            if snap is not None:
-                if check is not None:
-                    check(snap.folder)
-                return snap
-        try:
-            return _online(repo_id, rev, weights=weights, progress=progress, check=check)
-        except _Unreachable as e:
-            snap = _from_cache(repo_id, rev, weights=weights)
-            if snap is None:
-                what = f"{repo_id} (revision {rev})"
-                raise NetworkError(
-                    f"cannot reach the hub at {_endpoint()}: {e.reason}, and {what} is not in the cache; check the "
-                    f"network (or HF_ENDPOINT), run `{_download_hint(repo_id, revision)}` while online, "
-                    "or pass a checkpoint folder"
-                ) from e
-            if check is not None:
-                check(snap.folder)
-            return dataclasses.replace(snap, note=f"hub unreachable ({e.reason}): used the cached copy")
+            snap = _offline(repo_id, rev, weights=weights)
+        elif (snap := _from_cache(repo_id, rev, weights=weights) if pinned else None) is None:
+            try:
+                return _online(repo_id, rev, weights=weights, progress=progress, check=check)
+            except _Unreachable as e:
+                # a pinned commit was just looked up in the cache: no second lookup for it
+                snap = None if pinned else _from_cache(repo_id, rev, weights=weights)
+                if snap is None:
+                    what = f"{repo_id} (revision {rev})"
+                    raise NetworkError(
+                        f"cannot reach the hub at {_endpoint()}: {e.reason}, and {what} is not in the cache; "
+                        f"check the network (or HF_ENDPOINT), run `{_download_hint(repo_id, revision)}` while "
+                        "online, or pass a checkpoint folder"
+                    ) from e
+                snap = dataclasses.replace(snap, note=f"hub unreachable ({e.reason}): used the cached copy")
+    if check is not None:
+        check(snap.folder)
+    return snap
 
 
 def _download_hint(repo_id: str, revision: str | None) -> str:
@@ -395,7 +394,7 @@ def _from_cache(repo_id: str, revision: str, *, weights: bool) -> Snapshot | Non
     return Snapshot(folder, folder.name, repo_id, revision, files, source="cache")
 
 
-def _offline(repo_id: str, revision: str, *, weights: bool, check: Callable[[Path], object] | None) -> Snapshot:
+def _offline(repo_id: str, revision: str, *, weights: bool) -> Snapshot:
     snap = _from_cache(repo_id, revision, weights=weights)
     if snap is None:
         hint = f"run `{_download_hint(repo_id, None if revision == DEFAULT_REVISION else revision)}` while online"
@@ -409,8 +408,6 @@ def _offline(repo_id: str, revision: str, *, weights: bool, check: Callable[[Pat
             f"offline (HF_HUB_OFFLINE is set) and {repo_id} (revision {revision}) is not in the cache at "
             f"{cache_dir()}: {hint}, or pass a checkpoint folder"
         )
-    if check is not None:
-        check(snap.folder)
     return snap
 
 
@@ -466,7 +463,7 @@ def _online(
                 get(single, commit)
                 break
             if index in names:
-                shards = _shard_names(get(index, commit), label)
+                shards = shard_names(get(index, commit), label)
                 absent = [s for s in shards if s not in names]
                 if absent:
                     raise ModelError(f"{label}: {index} names shard files the repo does not have: {absent[:3]}")

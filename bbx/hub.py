@@ -18,16 +18,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bbx import registry
+from bbx.download import CONFIG, PREPROCESSOR, Snapshot
 from bbx.errors import InputError, ModelError, UsageError
-
-if TYPE_CHECKING:
-    from bbx.download import Snapshot
-
-CONFIG = "config.json"
-PREPROCESSOR = "preprocessor_config.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,10 +140,13 @@ def _from_hub(
     def where(folder: Path) -> str:
         return f"{repo_id}@{folder.name[:12]}"
 
-    snap = download.fetch(
-        repo_id, revision=revision, weights=weights, progress=progress, check=lambda f: read_folder(f, where(f))
-    )
-    config, pre = read_folder(snap.folder, where(snap.folder))
+    read: dict[Path, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+
+    def check(folder: Path) -> None:  # read (and refuse an unsupported model) before the weights
+        read[folder] = read_folder(folder, where(folder))
+
+    snap = download.fetch(repo_id, revision=revision, weights=weights, progress=progress, check=check)
+    config, pre = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))
     return ModelRef(
         given=given,
         source="alias" if alias else "hub",

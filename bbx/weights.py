@@ -10,7 +10,6 @@ with the right shape and no key may be left over; otherwise a :class:`ModelError
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Mapping
@@ -18,32 +17,20 @@ from pathlib import Path
 
 import torch
 
+from bbx.download import WEIGHT_CHOICES, shard_names
 from bbx.errors import ModelError
-
-SAFE_SINGLE = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
-BIN_SINGLE = "pytorch_model.bin"
-BIN_INDEX = "pytorch_model.bin.index.json"
-WEIGHT_FILES = (SAFE_SINGLE, SAFE_INDEX, BIN_SINGLE, BIN_INDEX)
-
-
-def _shards(index_file: Path) -> list[Path]:
-    try:
-        index = json.loads(index_file.read_text())
-        names = sorted(set(index["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"{index_file}: not a valid shard index ({e})") from None
-    return [index_file.parent / n for n in names]
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The files holding a checkpoint's tensors, safetensors first; ModelError when none."""
-    for single, index in ((SAFE_SINGLE, SAFE_INDEX), (BIN_SINGLE, BIN_INDEX)):
+    """The files holding a checkpoint's tensors, in the order of preference the hub download
+    uses (:data:`bbx.download.WEIGHT_CHOICES`); ModelError when none."""
+    for single, index in WEIGHT_CHOICES:
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
-            return _shards(folder / index)
-    raise ModelError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+            return [folder / n for n in shard_names(folder / index, str(folder))]
+    names = ", ".join(n for pair in WEIGHT_CHOICES for n in pair)
+    raise ModelError(f"no weights in {folder}: expected one of {names}")
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:

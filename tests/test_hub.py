@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import bbx
-from bbx import download, weights
+from bbx import download
 from bbx.errors import ModelError, UsageError
 from tests.cli import ROOT, bbx_proc
 from tests.util import tiny_resnet
@@ -407,10 +407,6 @@ def test_valid_revisions(rev):
 def test_invalid_revisions(rev):
     with pytest.raises(UsageError, match="--revision"):
         download.validate_revision(rev)
-
-
-def test_weight_preference_matches_the_loader():
-    assert tuple(n for pair in download.WEIGHT_CHOICES for n in pair) == weights.WEIGHT_FILES
 
 
 # ---------------------------------------------------------------------------------------------

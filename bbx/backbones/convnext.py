@@ -149,9 +149,7 @@ class Block(nn.Module):
         y = self.dwconv(x).permute(0, 2, 3, 1)
         rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
         if self.fused:
-            if y.is_contiguous() and rows.is_contiguous():
-                return in_row_slices(self._fused_mlp, y, rows, width=self.fc1.out_features).permute(0, 3, 1, 2)
-            return self._fused_mlp(y, rows).permute(0, 3, 1, 2)
+            return in_row_slices(self._fused_mlp, y, rows, width=self.fc1.out_features).permute(0, 3, 1, 2)
         y = self.fc2(self.act(self.fc1(self.norm(y))))
         # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
         out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
@@ -160,9 +158,7 @@ class Block(nn.Module):
     def _fused_mlp(self, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """norm, fc1 + GELU, then fc2 (layer scale folded in) + residual: one kernel each."""
         h = linear_act(self.norm(y), self.fc1, self.act_name, fused=True)
-        if rows.is_contiguous() and rows.dtype == h.dtype:
-            return linear_act(h, self.fc2, add=rows, fused=True)
-        return rows + linear_act(h, self.fc2, fused=True)  # (bf16 product + fp32 stream: fp32)
+        return linear_act(h, self.fc2, add=rows, fused=True)
 
     @torch.no_grad()
     def fuse(self) -> None:

@@ -259,7 +259,7 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = y[:, :height, :width]
         x = x + y
-        if self.mlp.fused and x.is_contiguous():
+        if self.mlp.fused:
             return in_row_slices(self._mlp, x, width=self.mlp.fc1.out_features)
         return self._mlp(x)
 

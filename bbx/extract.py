@@ -131,7 +131,8 @@ class _Prepared:
     todo: list[Path]
     done_before: int
     writer: Any = None
-    existing_facts: dict[str, Any] | None = None
+    resumed: bool = False  # the output held rows from an earlier run
+    absolute_rows: bool = False  # see row_name
 
 
 def _facts(opts: ExtractOptions, ref: hub.ModelRef, plan: Plan, pre: Any) -> dict[str, Any]:
@@ -196,9 +197,8 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"output {output}: {parent} is not a folder")
-    free = None
     try:
-        free = shutil.disk_usage(output.resolve().parent if output.resolve().parent.exists() else Path.cwd()).free
+        free: int | None = shutil.disk_usage(parent).free  # the disk the output's folder will be on
     except OSError:
         free = None
     the_plan = Plan(
@@ -239,8 +239,9 @@ def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
             done = _done_keys(writer.existing_paths, writer.existing_facts.get("cwd"))
             prepared.todo = [p for p in inputs if not _is_done(p, done)]
             prepared.done_before = len(writer.existing_paths)
-            writer.forget_failed({row_name(p, writer.existing_facts) for p in prepared.todo})
-            prepared.existing_facts = writer.existing_facts
+            prepared.resumed = True
+            prepared.absolute_rows = _begun_elsewhere(writer.existing_facts)
+            writer.forget_failed({row_name(p, prepared.absolute_rows) for p in prepared.todo})
         the_plan.todo = len(prepared.todo)
     else:
         the_plan.warnings = _dry_run_refusals(opts, the_plan, inputs, output, fmt, facts)
@@ -294,13 +295,16 @@ def _is_done(path: Path, done: set[str]) -> bool:
     return os.path.normpath(os.path.abspath(path)) in done or str(path) in done
 
 
-def row_name(path: Path, existing_facts: Mapping[str, Any] | None) -> str:
+def _begun_elsewhere(existing_facts: Mapping[str, Any]) -> bool:
+    """Whether the output being resumed was begun in another folder than the current one."""
+    cwd = existing_facts.get("cwd")
+    return bool(cwd) and os.path.realpath(cwd) != os.path.realpath(os.getcwd())
+
+
+def row_name(path: Path, absolute: bool) -> str:
     """How a row's input path is stored: as given, unless this run resumes an output begun in
-    another folder, where a relative path would mean something else: then absolute."""
-    cwd = (existing_facts or {}).get("cwd")
-    if cwd and not path.is_absolute() and os.path.realpath(cwd) != os.path.realpath(os.getcwd()):
-        return os.path.abspath(path)
-    return str(path)
+    another folder (``absolute``), where a relative path would mean something else."""
+    return os.path.abspath(path) if absolute and not path.is_absolute() else str(path)
 
 
 def check_space(the_plan: Plan, *, force: bool, resume: bool = False) -> None:
@@ -443,7 +447,7 @@ def run(
         raise
     summary.seconds = time.perf_counter() - t0
     summary.rows_total = prep.done_before + summary.done
-    if status != "complete" and summary.done == 0 and prep.existing_facts is None:
+    if status != "complete" and summary.done == 0 and not prep.resumed:
         writer.abort()  # interrupted before anything was written: leave nothing behind
     else:
         try:
@@ -534,7 +538,7 @@ def _loop(
                 m = m.amax(dim=(2, 3))
             m = m.to(store).contiguous().cpu()
             out[name] = m.view(torch.int16).numpy().view(np.uint16) if store == torch.bfloat16 else m.numpy()
-        writer.write([row_name(p, prep.existing_facts) for p in batch], out)
+        writer.write([row_name(p, prep.absolute_rows) for p in batch], out)
         summary.done += len(batch)
         if summary.first_batch_s is None:
             summary.first_batch_s = time.perf_counter() - t_start
@@ -548,7 +552,7 @@ def _loop(
     total = len(prep.todo)
     for handled, (path, pixels, reason) in enumerate(_decoded(prep.todo, load, workers, window, overlap=overlap), 1):
         if reason is not None:
-            writer.fail(row_name(path, prep.existing_facts), reason)
+            writer.fail(row_name(path, prep.absolute_rows), reason)
             summary.failed.append((str(path), reason))
             if opts.on_error == "stop":
                 if batch:

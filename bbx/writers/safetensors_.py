@@ -463,7 +463,7 @@ class SafetensorsWriter:
         folder = self.stage_dir
         name = f"shard-{len(self.sealed) + 1:05d}.safetensors"
         rows = self.staged[:count]
-        self._assemble(folder / name, rows, at=self.base, suffix=None, status="running", extra={})
+        self._assemble(folder / name, rows, at=self.base)
         rest = self.staged[count:]
         gen = self.gen + 1 if not rest else self.gen
         new: dict[str, BinaryIO] = {}
@@ -494,22 +494,10 @@ class SafetensorsWriter:
     def _staged_segments(self, s: StageLayout, at: int, rows: int) -> list[Segment]:
         return [(self._raw_path(s), at * s.bytes_per_image, rows * s.bytes_per_image)]
 
-    def _assemble(
-        self, target: Path, paths: Sequence[str], *, at: int, suffix: str | None, status: str, extra: Mapping[str, Any]
-    ) -> None:
-        """Write the staged rows from raw row ``at`` as the file ``target``."""
-        for f in self._raw.values():
-            f.flush()
-        tensors = [
-            (
-                s.name if suffix is None else f"{s.name}.{suffix}",
-                s,
-                len(paths),
-                self._staged_segments(s, at, len(paths)),
-            )
-            for s in self.stages
-        ]
-        _write_file(target, tensors, self._file_meta(paths, status=status, extra=extra))
+    def _assemble(self, target: Path, paths: Sequence[str], *, at: int) -> None:
+        """Write the staged rows from raw row ``at`` as the (still running) shard ``target``."""
+        tensors = [(s.name, s, len(paths), self._staged_segments(s, at, len(paths))) for s in self.stages]
+        _write_file(target, tensors, self._file_meta(paths, status="running", extra={}))
 
     def _file_segments(self, src: Path, names: Mapping[str, str], rows: int) -> dict[str, list[Segment]]:
         """Where each stage's rows lie in a finished file (an old output or a sealed shard)."""
@@ -534,8 +522,6 @@ class SafetensorsWriter:
         return sum(_path_cost(p) for p in paths) + _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
 
     def finish(self, status: str) -> list[Path]:
-        for f in self._raw.values():
-            f.flush()
         parent = self.path.parent
         single = self._fits_one_file()
         if single:

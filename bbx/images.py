@@ -323,9 +323,8 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
             )
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
-    if target is not None and pre.kind == "convnext" and pre.size["shortest_edge"] < 384:
-        edge = pre.size["shortest_edge"]
-        pixels = center_crop(pixels, (edge, edge))
+    if pre.inner_crop is not None:
+        pixels = center_crop(pixels, pre.inner_crop)
     if pre.do_center_crop and pre.crop_size is not None:
         pixels = center_crop(pixels, pre.crop_size)
     return np.array(pixels, dtype=np.uint8, order="C", copy=True)

@@ -64,6 +64,11 @@ def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Prepro
             raise UsageError(f"--image-size must be a positive number of pixels, got {image_size}")
         pre = pre.with_image_size(image_size)
     size = pre.output_size
+    if size is None and image_size is not None:  # a shortest-edge resize without a crop keeps the aspect
+        raise UsageError(
+            f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {image_size} with --image-size) "
+            "without a crop, so images keep their aspect ratios and sizes differ; a batch needs one size"
+        )
     if size is None:
         raise UsageError(
             f"{ref.checkpoint}: its preprocessing does not give every image the same size "

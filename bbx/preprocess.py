@@ -225,15 +225,28 @@ class Preprocess:
             return None
         s = self.size
         if self.kind == "convnext":
-            edge = s["shortest_edge"]
-            if edge >= 384:
-                return (edge, edge)
-            return _shortest_edge_size(height, width, int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT)))
+            edge = self._convnext_edge()
+            return _shortest_edge_size(height, width, edge) if self.inner_crop else (edge, edge)
         if "height" in s:
             return (s["height"], s["width"])
         if "longest_edge" in s:
             return _capped_size(height, width, s["shortest_edge"], s["longest_edge"])
         return _shortest_edge_size(height, width, s["shortest_edge"])
+
+    @property
+    def inner_crop(self) -> tuple[int, int] | None:
+        """ConvNeXt's processor below 384: after resizing the short side to ``edge / crop_pct``,
+        it crops the central ``edge`` x ``edge`` itself (whatever ``do_center_crop`` says); else None."""
+        if self.do_resize and self.kind == "convnext" and self.size["shortest_edge"] < 384:
+            edge = self.size["shortest_edge"]
+            return (edge, edge)
+        return None
+
+    def _convnext_edge(self) -> int:
+        """The edge ConvNeXt's processor resizes to: ``shortest_edge / crop_pct`` below 384 (the
+        short side), else ``shortest_edge`` (both sides)."""
+        edge = self.size["shortest_edge"]
+        return int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT)) if edge < 384 else edge
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -256,9 +269,7 @@ class Preprocess:
         if not self.do_resize:
             return None
         if self.kind == "convnext":
-            edge = self.size["shortest_edge"]
-            if edge < 384:
-                edge = int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT))
+            edge = self._convnext_edge()
             return (edge, edge)
         if "height" in self.size:
             return (self.size["width"], self.size["height"])

@@ -98,3 +98,20 @@ def test_module_entry_point_and_version():
     assert p.returncode == 0 and p.stdout.startswith("bbx ")
     p = bbx_proc("inspect", "resnet-34", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["stages"][-1]["channels"] == 512
+
+
+def test_image_size_on_a_shortest_edge_recipe_without_crop_says_why_it_cannot_batch(tiny_resnet, tmp_path):
+    """Such a recipe keeps each image's aspect ratio, --image-size or not: the error says so
+    instead of asking for the --image-size that was given."""
+    import shutil
+
+    from tests.util import write_preprocessor
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_resnet, folder)
+    write_preprocessor(folder, {"image_processor_type": "ViTImageProcessor", "size": {"shortest_edge": 120}})
+    r = run("inspect", folder)
+    assert r.exit_code == 2 and "pass --image-size N" in r.stderr
+    r = run("inspect", folder, "--image-size", "64")
+    assert r.exit_code == 2 and "aspect ratios" in r.stderr and "pass --image-size" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -47,6 +47,7 @@ from bbx.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
     UsageError,
+    first_line,
 )
 
 CONFIG = "config.json"
@@ -144,11 +145,6 @@ class _Unreachable(Exception):
         self.reason = reason
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
-
-
 def _network_reason(e: BaseException, timeout_var: str = "HF_HUB_ETAG_TIMEOUT") -> str | None:
     """Why the hub could not be reached, if ``e`` (or what caused it) is a transport failure of
     requests, httpx or httpx2 (recognised by class name, whichever huggingface_hub uses)."""
@@ -159,7 +155,7 @@ def _network_reason(e: BaseException, timeout_var: str = "HF_HUB_ETAG_TIMEOUT") 
         if any("Timeout" in n for n in names):
             return f"no answer within {_timeout(timeout_var):g} s ({timeout_var})"
         if names & {"ConnectError", "ConnectionError", "NetworkError", "RemoteProtocolError", "ProxyError"}:
-            return f"connection failed ({_first_line(e)})"
+            return f"connection failed ({first_line(e)})"
         e = e.__cause__  # type: ignore[assignment]
     return None
 
@@ -202,7 +198,7 @@ def _translate(e: BaseException, repo_id: str, revision: str, timeout_var: str) 
         found = _translate(cause, repo_id, revision, timeout_var) if cause is not None else None
         return found or _Unreachable(_network_reason(e, timeout_var) or "the hub could not be reached")
     if isinstance(e, remote_missing):
-        return ModelError(f"{repo_id} (revision {revision}): the hub lists a file it cannot serve ({_first_line(e)})")
+        return ModelError(f"{repo_id} (revision {revision}): the hub lists a file it cannot serve ({first_line(e)})")
     if isinstance(e, hfe.OfflineModeIsEnabled):
         return OfflineError(f"offline (HF_HUB_OFFLINE is set) and {repo_id} (revision {revision}) is not in the cache")
     if isinstance(e, hfe.HfHubHTTPError):

@@ -96,3 +96,9 @@ class NetworkError(ModelError):
 class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
     """SIGTERM arrived (schedulers send it before killing a job); raised in the main thread so a
     run can close its output cleanly, like KeyboardInterrupt for SIGINT."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to many), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bbx import hub
-from bbx.errors import ModelError, UsageError
+from bbx.errors import ModelError, UsageError, first_line
 from bbx.preprocess import Preprocess
 
 
@@ -83,8 +83,7 @@ def stage_shapes(model: Any, size: tuple[int, int]) -> list[tuple[int, int, int]
     try:
         return map_shapes(model, size)
     except ValueError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first}") from None
+        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first_line(e)}") from None
 
 
 def inspect_model(

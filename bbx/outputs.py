@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbx.errors import InputError, UsageError
+from bbx.errors import InputError, UsageError, first_line
 
 FORMAT_TAG = "bbx-features"
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -213,12 +213,7 @@ def _h5file(path: Path) -> Any:
         try:
             return h5py.File(path, "r")
         except OSError as e:
-            raise InputError(f"{path} is not a readable HDF5 file ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+            raise InputError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
 
 
 def _open_hdf5(path: Path, *, named: Path, unfinished: bool) -> Output:
@@ -242,7 +237,7 @@ def _open_hdf5(path: Path, *, named: Path, unfinished: bool) -> Output:
         except InputError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as e:
-            raise InputError(f"{path} is damaged or not a bbx output ({_first_line(e)})") from None
+            raise InputError(f"{path} is damaged or not a bbx output ({first_line(e)})") from None
     status = str(facts.get("status", "complete"))
     return Output(named, "hdf5", [path], facts, stages, paths, failed, status, unfinished or status == "running")
 
@@ -334,7 +329,7 @@ def _open_sharded(index: Path, *, named: Path) -> Output:
     except FileNotFoundError:
         raise InputError(f"no such file: {index}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{index} is not a bbx shard index ({_first_line(e)})") from None
+        raise InputError(f"{index} is not a bbx shard index ({first_line(e)})") from None
     if meta.get("format") != FORMAT_TAG:
         raise _not_bbx(index, "its metadata has no bbx format tag")
     paths: list[str] = []

@@ -40,12 +40,10 @@ def supported_model_types() -> list[str]:
 def check_supported(model_type: str | None, where: str = "") -> str:
     """``model_type`` if bbx implements it; ModelError listing the supported ones otherwise."""
     if model_type not in FAMILIES:
+        missing = "no model_type" if where else "config.json has no model_type"  # where names the file
+        what = missing if model_type is None else f"unsupported model_type {model_type!r}"
         at = f" ({where})" if where else ""
-        if model_type is None:
-            raise ModelError(f"config.json has no model_type{at}; bbx supports: {', '.join(supported_model_types())}")
-        raise ModelError(
-            f"unsupported model_type {model_type!r}{at}; bbx supports: {', '.join(supported_model_types())}"
-        )
+        raise ModelError(f"{what}{at}; bbx supports: {', '.join(supported_model_types())}")
     return model_type
 
 

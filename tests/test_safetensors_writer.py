@@ -401,11 +401,11 @@ def test_write_checks_row_shapes_against_the_stage_layout(tmp_path):
     w = _writer(path)
     bad = _maps([0, 1])
     bad["b"] = bad["b"].astype(np.float32)
-    with pytest.raises(RuntimeError, match="b"):
+    with pytest.raises(RuntimeError, match="stage b maps"):
         w.write(["p0", "p1"], bad)
     bad = _maps([0, 1])
     bad["a"] = bad["a"][:, :1]
-    with pytest.raises(RuntimeError, match="a"):
+    with pytest.raises(RuntimeError, match="stage a maps"):
         w.write(["p0", "p1"], bad)
     with pytest.raises(RuntimeError):
         w.write(["p0"], _maps([0, 1]))

@@ -48,15 +48,13 @@ def prepare_for_inference(
     channels-last."""
     if channels_last is None:
         channels_last = bool(getattr(model, "prefers_channels_last", False))
-    model.optimize_for_inference()
+    model.optimize_for_inference(fuse_kernels=not compile)
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
-        # the compiler fuses for itself: the hand-fused oneDNN calls would only break its graphs
-        for module in model.modules():
-            if hasattr(module, "fused"):
-                module.fused = False
+        # (the compiler fuses for itself: the hand-fused oneDNN calls, left off above, would only
+        # break its graphs)
         # compiling the bound forward keeps the module's attributes (stages, selection) reachable
         model.forward = torch.compile(model.forward, dynamic=False)  # type: ignore[method-assign]
         # Swin's window tables are lru_cached pure functions of the grid size: dynamo tracing

@@ -125,10 +125,12 @@ class Backbone(nn.Module):
     #: whether the family runs faster with channels-last weights and inputs (convolutional nets)
     prefers_channels_last: bool = False
 
-    def optimize_for_inference(self) -> None:
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         """Rewrite the module for frozen inference where it pays and stays exact to fp32 rounding
-        (e.g. folding BatchNorm into convolutions). ``bbx extract`` and ``bbx bench`` call it; a
-        model from :func:`bbx.load_backbone` is left as loaded."""
+        (e.g. folding BatchNorm into convolutions); ``fuse_kernels``: also switch to the fused
+        oneDNN CPU kernels (``layers.linear_act`` / ``conv_act``; not under ``torch.compile``,
+        which fuses for itself). ``bbx extract`` and ``bbx bench`` call it; a model from
+        :func:`bbx.load_backbone` is left as loaded."""
 
     def init_computed_buffers(self) -> None:
         """Recompute non-persistent buffers after a model built on the meta device is loaded.

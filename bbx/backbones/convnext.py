@@ -161,14 +161,14 @@ class Block(nn.Module):
         return linear_act(h, self.fc2, add=rows, fused=True)
 
     @torch.no_grad()
-    def fuse(self) -> None:
+    def fuse(self, *, kernels: bool = True) -> None:
         """Frozen inference: fold the layer scale into fc2 (``g * (W h + b) = (g W) h + g b``, equal
-        to fp32 rounding) and use the fused oneDNN kernels."""
+        to fp32 rounding); ``kernels``: use the fused oneDNN kernels."""
         if self.gamma is not None:
             self.fc2.weight.mul_(self.gamma[:, None])
             self.fc2.bias.mul_(self.gamma)
             self.gamma = None
-        self.fused = True
+        self.fused = kernels
 
 
 class Stage(nn.Module):
@@ -221,10 +221,10 @@ class ConvNext(Backbone):
     #: the network runs channels-last (see the module docstring); weights too, for the convs
     prefers_channels_last = True
 
-    def optimize_for_inference(self) -> None:
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for stage in self.stages:
             for block in stage.blocks:
-                block.fuse()
+                block.fuse(kernels=fuse_kernels)
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         x = self.stem(x.contiguous(memory_format=torch.channels_last))

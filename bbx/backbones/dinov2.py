@@ -191,14 +191,15 @@ class Block(nn.Module):
         return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
 
     @torch.no_grad()
-    def fuse(self) -> None:
+    def fuse(self, *, kernels: bool = True) -> None:
         """Frozen inference: fold each layer scale into the projection before it
-        (``g * (W h + b) = (g W) h + g b``, equal to fp32 rounding) and use the fused oneDNN kernels."""
+        (``g * (W h + b) = (g W) h + g b``, equal to fp32 rounding); ``kernels``: use the fused
+        oneDNN kernels."""
         for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
             linear.weight.mul_(scale[:, None])
             linear.bias.mul_(scale)
             scale.fill_(1.0)
-        self.fused = self.mlp.fused = True
+        self.fused = self.mlp.fused = kernels
 
 
 class Dinov2(Backbone):
@@ -236,9 +237,9 @@ class Dinov2(Backbone):
         ).to(table.dtype)
         return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, c)
 
-    def optimize_for_inference(self) -> None:
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for block in self.blocks:
-            block.fuse()
+            block.fuse(kernels=fuse_kernels)
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
         n = x.shape[0]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, conv_act, onednn_fusion_available
+from bbx.backbones.layers import activation, conv_act
 
 
 @dataclass(frozen=True)
@@ -153,12 +153,11 @@ class ResNet(Backbone):
     #: convolutions run faster in channels-last memory format on CPU (oneDNN) and GPU (tensor cores)
     prefers_channels_last = True
 
-    def optimize_for_inference(self) -> None:
-        fuse = onednn_fusion_available()
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, ConvNormAct):
                 m.fold_batchnorm()
-                m.fused = fuse
+                m.fused = fuse_kernels
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         x = self.pool(self.stem(x))

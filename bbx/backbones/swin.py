@@ -361,13 +361,13 @@ class Swin(Backbone):
             )
         return ""
 
-    def optimize_for_inference(self) -> None:
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         """Frozen weights: each block's attention bias (relative positions plus the shifted-window
         mask) is computed once per input size instead of at every call."""
         for stage in self.stages:
             for block in stage.blocks:
                 block.bias_cache = {}
-                block.mlp.fused = True
+                block.mlp.fused = fuse_kernels
 
     def init_computed_buffers(self) -> None:
         self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)

@@ -7,7 +7,6 @@ early stop after the last selected stage); decoding and writing are not included
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -78,29 +77,31 @@ def benchmark(
 ) -> BenchResult:
     import torch
 
-    from bbx.extract import DTYPES, RANDOM_SEED, resolve_device
+    from bbx.extract import DTYPES, compute_context, resolve_device
     from bbx.inspection import input_size
-    from bbx.loading import build, load_pretrained, prepare_for_inference
+    from bbx.loading import load_for_inference
 
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise UsageError("--batch-size and --iters must be at least 1, --warmup at least 0")
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
+    autocast = compute_context(dev, dtype)
     ref = hub.resolve(model_name, revision=revision, weights=pretrained)
     _, size = input_size(ref, image_size)
-    if pretrained:
-        model = load_pretrained(ref, stage_norm=stage_norm)
-    else:
-        torch.manual_seed(RANDOM_SEED)
-        model = build(ref, stage_norm=stage_norm)
-    model.select(out_indices, out_features)
-    model, channels_last = prepare_for_inference(model, dev, channels_last, compile=compile)
+    model, channels_last = load_for_inference(
+        ref,
+        pretrained=pretrained,
+        stage_norm=stage_norm,
+        out_indices=out_indices,
+        out_features=out_features,
+        device=dev,
+        channels_last=channels_last,
+        compile=compile,
+    )
     x = torch.randn(batch_size, int(ref.config.get("num_channels", 3)), *size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    ctx = torch.autocast(torch.device(dev).type, dtype=compute) if compute is not None else contextlib.nullcontext()
 
     def sync() -> None:
         if torch.device(dev).type == "cuda":
@@ -119,7 +120,7 @@ def benchmark(
         threads=torch.get_num_threads(),
         warmup=warmup,
     )
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast():
         for _ in range(warmup):
             model(x)
         sync()

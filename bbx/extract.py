@@ -28,7 +28,6 @@ from bbx.writers import StageLayout, format_for, open_writer
 
 DTYPES = ("float32", "float16", "bfloat16")
 POOLS = ("none", "avg", "max")
-RANDOM_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = N
 
 def _prepare(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, open_output: bool) -> _Prepared:
     from bbx.inspection import input_size, stage_shapes
-    from bbx.loading import build
+    from bbx.loading import RANDOM_SEED, build
 
     opts.validate()
     ref = hub.resolve(
@@ -414,12 +413,9 @@ def run(
     Once the output is open, every way out keeps what was committed: an interruption (Ctrl-C,
     SIGTERM, ``--on-error stop``) closes it as ``interrupted``; an unexpected failure leaves the
     ``.partial`` for ``--resume``; a write that fails (disk full, permissions) is one line."""
-    import torch
-
     t_start = time.perf_counter()
     device = resolve_device(opts.device)
-    if opts.dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--dtype bfloat16: this GPU ({device}) has no bfloat16 support; use float16")
+    autocast = compute_context(device, opts.dtype)  # (refuses bf16 on a GPU without it, up front)
     prep = _prepare(opts, inputs, device=device, open_output=True)
     writer = prep.writer
     summary = Summary(plan=prep.plan, already=len(inputs) - len(prep.todo))
@@ -431,7 +427,7 @@ def run(
         if on_plan is not None:
             on_plan(prep.plan)
         t0 = time.perf_counter()
-        _loop(opts, prep, model, channels_last, device, summary, progress, t_start)
+        _loop(opts, prep, model, channels_last, device, autocast, summary, progress, t_start)
     except KeyboardInterrupt:
         status, summary.interrupted = "interrupted", "SIGINT"
     except Terminated:
@@ -485,17 +481,32 @@ def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def _model(opts: ExtractOptions, prep: _Prepared, device: str) -> tuple[Any, bool]:
+    from bbx.loading import load_for_inference
+
+    return load_for_inference(
+        prep.ref,
+        pretrained=opts.pretrained,
+        stage_norm=opts.stage_norm,
+        out_indices=opts.out_indices,
+        out_features=opts.out_features,
+        device=device,
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+    )
+
+
+def compute_context(device: str, dtype: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of the context a forward pass runs in for ``--dtype``: autocast to float16 or
+    bfloat16 on ``device``'s type, nothing for float32. UsageError for bfloat16 on a GPU without it."""
     import torch
 
-    from bbx.loading import build, load_pretrained, prepare_for_inference
-
-    if opts.pretrained:
-        model = load_pretrained(prep.ref, stage_norm=opts.stage_norm)
-    else:
-        torch.manual_seed(RANDOM_SEED)
-        model = build(prep.ref, stage_norm=opts.stage_norm)
-    model.select(opts.out_indices, opts.out_features)
-    return prepare_for_inference(model, device, opts.channels_last, compile=opts.compile)
+    if dtype == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--dtype bfloat16: this GPU ({device}) has no bfloat16 support; use float16")
+    compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if compute is None:
+        return contextlib.nullcontext
+    kind = torch.device(device).type
+    return lambda: torch.autocast(kind, dtype=compute)
 
 
 def _loop(
@@ -504,6 +515,7 @@ def _loop(
     model: Any,
     channels_last: bool,
     device: str,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     summary: Summary,
     progress: Callable[[int, int], None] | None,
     t_start: float,
@@ -516,7 +528,6 @@ def _loop(
 
     writer = prep.writer
     store = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.store_dtype]
-    compute = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[opts.dtype]
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -527,8 +538,7 @@ def _loop(
         if cuda:
             host = host.pin_memory()
         x = images.normalize(host.to(dev, non_blocking=cuda), prep.pre, memory_format=memory_format)
-        ctx = torch.autocast(dev.type, dtype=compute) if compute is not None else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), autocast():
             maps = model(x)
         out: dict[str, Any] = {}
         for name, m in zip(names, maps):

@@ -63,6 +63,33 @@ def prepare_for_inference(
     return model, channels_last
 
 
+#: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
+RANDOM_SEED = 0
+
+
+def load_for_inference(
+    ref: hub.ModelRef,
+    *,
+    pretrained: bool,
+    stage_norm: str,
+    out_indices: Sequence[int] | None,
+    out_features: Sequence[str] | None,
+    device: str | torch.device,
+    channels_last: bool | None = None,
+    compile: bool = False,
+) -> tuple[Backbone, bool]:
+    """``ref``'s backbone as ``bbx extract`` and ``bbx bench`` run it: its weights (or, without
+    ``pretrained``, the family's random initialisation seeded with :data:`RANDOM_SEED`), the
+    stages selected, then :func:`prepare_for_inference`."""
+    if pretrained:
+        model = load_pretrained(ref, stage_norm=stage_norm)
+    else:
+        torch.manual_seed(RANDOM_SEED)
+        model = build(ref, stage_norm=stage_norm)
+    model.select(out_indices, out_features)
+    return prepare_for_inference(model, device, channels_last, compile=compile)
+
+
 def load_backbone(
     name_or_path: str,
     out_indices: Sequence[int] | None = None,

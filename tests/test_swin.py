@@ -252,3 +252,15 @@ def test_inspect_swin_tiny_json():
         [512, 13, 13],
         [1024, 7, 7],
     ]
+
+
+def test_training_after_an_inference_run_can_backpropagate():
+    """The window tables are cached across calls: one made under inference_mode must not poison
+    a later forward that autograd tracks."""
+    model = bbx.load_backbone("swin-tiny", pretrained=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        model(x)
+    model.train()
+    model(x)[-1].sum().backward()
+    assert model.patch_embed.proj.weight.grad is not None

@@ -136,13 +136,16 @@ def relative_position_index(window: int, device: torch.device | str | None = Non
     return (dy * (2 * window - 1) + dx).flatten()
 
 
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached tables must stay usable by autograd after an inference run
 def shifted_window_mask(
     height: int, width: int, window: int, shift: int, *, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Additive mask ``[num_windows, N, N]`` for attention on a cyclically shifted (and padded)
     ``height`` x ``width`` grid: -100 between tokens from different regions of the unshifted
     image, 0 within a region. Along each axis the last ``window`` positions split into two regions
-    at ``shift`` from the end; everything before them is a third."""
+    at ``shift`` from the end; everything before them is a third. Cached (a pure function of its
+    arguments, read only): stages ask for it at every forward."""
 
     def band(n: int) -> torch.Tensor:
         i = torch.arange(n, device=device)
@@ -156,6 +159,7 @@ def shifted_window_mask(
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached tables must stay usable by autograd after an inference run
 def window_order(
     height: int, width: int, window: int, shift: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,8 @@ from typing import Any
 from bbx.errors import InputError, UsageError, first_line
 
 FORMAT_TAG = "bbx-features"
+#: the safetensors writer's staging journal, in its staging folder
+JOURNAL = "journal.jsonl"
 _ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -367,7 +369,7 @@ def scan_journal(folder: Path) -> tuple[list[dict[str, Any]], int]:
     entries: list[dict[str, Any]] = []
     end = 0
     try:
-        with open(folder / "journal.jsonl", "rb") as f:
+        with open(folder / JOURNAL, "rb") as f:
             for line in f:
                 if not line.endswith(b"\n"):
                     break

@@ -514,3 +514,7 @@ def test_extract_with_weights_that_do_not_fit_is_one_line(hub_server, ckpts, tmp
     p = run(hub_server, "extract", "-m", "org/bad", "-o", str(tmp_path / "f.h5"), str(tmp_path / "imgs"))
     one_line_error(p, 4, "do not fit", "wrong shapes")
     assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.partial").exists()
+
+
+def test_download_refuses_a_local_folder(tiny_resnet):
+    one_line_error(bbx_proc("download", str(tiny_resnet)), 2, "local checkpoint folder", "nothing to download")

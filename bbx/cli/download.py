@@ -42,8 +42,7 @@ def download(
         raise UsageError(f"{model} is a local checkpoint folder: there is nothing to download")
     ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None)
     snap = ref.snapshot
-    if snap is None:  # resolve only answers without a snapshot for a folder, refused above
-        raise UsageError(f"{model} is not a hub checkpoint: there is nothing to download")
+    assert snap is not None  # every hub checkpoint resolves with one; folders are refused above
     if as_json:
         emit_json(
             {

@@ -49,7 +49,7 @@ from typing import IO, Any, BinaryIO
 import numpy as np
 
 from bbx.errors import InputError
-from bbx.outputs import open_output, read_header, scan_journal
+from bbx.outputs import JOURNAL, open_output, read_header, scan_journal
 from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
 
 try:
@@ -63,7 +63,6 @@ HEADER_CAP = 32 * 10**6
 _HEADER_BASE = 4  # the quotes and brackets around a stored paths list
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _COPY = 16 << 20
-JOURNAL = "journal.jsonl"
 LOCK = "lock"
 
 #: where a tensor's bytes come from: (file, offset, bytes), concatenated in order

@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, in_row_slices, linear_act
+from bbx.backbones.layers import activation, fold_scale_, in_row_slices, linear_act
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
@@ -162,11 +162,10 @@ class Block(nn.Module):
 
     @torch.no_grad()
     def fuse(self, *, kernels: bool = True) -> None:
-        """Frozen inference: fold the layer scale into fc2 (``g * (W h + b) = (g W) h + g b``, equal
-        to fp32 rounding); ``kernels``: use the fused oneDNN kernels."""
+        """Frozen inference: fold the layer scale into fc2; ``kernels``: use the fused oneDNN
+        kernels."""
         if self.gamma is not None:
-            self.fc2.weight.mul_(self.gamma[:, None])
-            self.fc2.bias.mul_(self.gamma)
+            fold_scale_(self.fc2, self.gamma)
             self.gamma = None
         self.fused = kernels
 

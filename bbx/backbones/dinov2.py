@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp, attention, linear_act
+from bbx.backbones.layers import Mlp, attention, fold_scale_, linear_act
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
@@ -192,12 +192,10 @@ class Block(nn.Module):
 
     @torch.no_grad()
     def fuse(self, *, kernels: bool = True) -> None:
-        """Frozen inference: fold each layer scale into the projection before it
-        (``g * (W h + b) = (g W) h + g b``, equal to fp32 rounding); ``kernels``: use the fused
-        oneDNN kernels."""
+        """Frozen inference: fold each layer scale into the projection before it (the scales become
+        1); ``kernels``: use the fused oneDNN kernels."""
         for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
-            linear.weight.mul_(scale[:, None])
-            linear.bias.mul_(scale)
+            fold_scale_(linear, scale)
             scale.fill_(1.0)
         self.fused = self.mlp.fused = kernels
 

@@ -145,24 +145,17 @@ def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | N
     return {"seconds": seconds, "images": len(paths), "images_per_s": len(paths) / seconds}
 
 
-def _child(args: list[str]) -> tuple[dict, float, float]:
-    """Run a child process; (its JSON result, wall seconds, peak RSS in MB)."""
+def _child(args: list[str]) -> tuple[dict, float]:
+    """Run a child process; (its JSON result, its peak RSS in MB, which the child reports itself:
+    the parent's RUSAGE_CHILDREN keeps the maximum over all children so far)."""
     # the previous run's output may still be going to disk: let the kernel finish writing it back
     # now, so that no run pays for its predecessor's writeback
     os.sync()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t = time.perf_counter()
     p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    wall = time.perf_counter() - t
-    if p.returncode not in (0,):
+    if p.returncode != 0:
         raise SystemExit(f"child failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-3000:]}")
-    # ru_maxrss of RUSAGE_CHILDREN is the maximum over all waited-for children so far: run each
-    # measured child after a smaller or equal one, or read it from the child itself (below).
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    peak = (
-        result.pop("_peak_rss_mb", None) or max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    )
-    return result, wall, peak
+    return result, result.pop("_peak_rss_mb")
 
 
 def measure(
@@ -175,8 +168,7 @@ def measure(
         args += ["--stages", ",".join(case.out_features)]
     if extra:
         args += ["--", *extra]
-    result, _, peak = _child(args)
-    return result, peak
+    return _child(args)
 
 
 def child_main(ns: argparse.Namespace) -> None:
@@ -279,7 +271,6 @@ def main() -> None:
         f"{'hf peak MB':>10} {'bbx peak MB':>11} {'bbx 1st batch s':>15}"
     )
     print(header)
-    rows = []
     for case in chosen:
         ckpt = make_checkpoint(work, case.alias)
         hf_best, bx_best = None, None
@@ -293,12 +284,11 @@ def main() -> None:
         (hf, hf_peak), (bx, bx_peak) = hf_best, bx_best
         ratio = bx["images_per_s"] / hf["images_per_s"]
         ok = "ok" if ratio >= case.target else "MISS"
-        line = (
+        print(
             f"{case.name:20} {case.dtype:9} {hf['images_per_s']:19.2f} {bx['images_per_s']:10.2f} {ratio:6.2f} "
-            f">={case.target:<4} {ok:4} {hf_peak:10.0f} {bx_peak:11.0f} {bx['first_batch_s']:15.2f}"
+            f">={case.target:<4} {ok:4} {hf_peak:10.0f} {bx_peak:11.0f} {bx['first_batch_s']:15.2f}",
+            flush=True,
         )
-        print(line, flush=True)
-        rows.append(line)
     if ns.memory:
         case = CASES[0]
         ckpt = make_checkpoint(work, case.alias)

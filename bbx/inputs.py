@@ -14,6 +14,7 @@ through a folder and directly) is extracted once, at its first position.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -75,17 +76,22 @@ def discover(args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool =
             named.extend(read_list(stdin, null=null))
         else:
             named.append(arg)
-    missing = [p for p in named if not os.path.exists(p)]
+    modes: list[tuple[str, int]] = []  # one stat per named path (a list on stdin may be long)
+    missing: list[str] = []
+    for p in named:
+        try:
+            modes.append((p, os.stat(p).st_mode))
+        except OSError:  # as os.path.exists: whatever cannot be stat'ed is not there for us
+            missing.append(p)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"no such file or folder: {missing[0]}{more}")
     files: list[Path] = []
-    for p in named:
-        path = Path(p)
-        if path.is_dir():
-            files.extend(_walk(path))
-        elif path.is_file():
-            files.append(path)
+    for p, mode in modes:
+        if stat.S_ISDIR(mode):
+            files.extend(_walk(Path(p)))
+        elif stat.S_ISREG(mode):
+            files.append(Path(p))
         else:
             raise InputError(f"{p} is not a regular file or a folder")
     for f in files:

@@ -20,11 +20,16 @@ def run(*args: str, input: str | bytes | None = None, env: dict[str, str] | None
     return result
 
 
+def proc_env(**extra: str) -> dict[str, str]:
+    """The environment for a Python subprocess that imports this checkout, plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
 def bbx_proc(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """``python -m bbx ...`` in a subprocess, with this checkout importable."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
-    return subprocess.run([sys.executable, "-m", "bbx", *map(str, args)], env=full_env, **kwargs)
+    return subprocess.run([sys.executable, "-m", "bbx", *map(str, args)], env=proc_env(**(env or {})), **kwargs)

@@ -13,14 +13,12 @@ import pytest
 
 from bbx import registry
 from bbx.cli._complete import stage_names_of_config
-from tests.cli import ROOT
+from tests.cli import ROOT, proc_env
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COMP_WORDS", "COMP_CWORD", "_TYPER_COMPLETE_ARGS")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
+    env = {k: v for k, v in proc_env().items() if k not in ("COMP_WORDS", "COMP_CWORD", "_TYPER_COMPLETE_ARGS")}
+    return env | extra
 
 
 def bash(line: str, cwd: Path | None = None) -> list[str]:
@@ -193,15 +191,12 @@ def test_bash_script_end_to_end(tmp_path):
 
 
 def test_bench_out_features_follow_its_model_argument():
-    import os
     import subprocess
     import sys
 
-    from tests.cli import ROOT
+    from tests.cli import proc_env
 
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
+    env = proc_env(
         _BBX_COMPLETE="complete_bash",
         COMP_WORDS="bbx bench resnet-18 --out-features sta",
         COMP_CWORD="4",

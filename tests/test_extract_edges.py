@@ -13,7 +13,7 @@ import pytest
 
 import bbx.extract
 from bbx.errors import Terminated
-from tests.cli import run
+from tests.cli import proc_env, run
 
 
 def _one_line(r, code: int, *needles: str) -> None:
@@ -208,11 +208,9 @@ def test_no_color_on_a_terminal_gives_progress_without_escape_codes(tiny_resnet,
     import subprocess
     import sys
 
-    from tests.cli import ROOT
-
     folder, _ = photos
     master, slave = os.openpty()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1")
+    env = proc_env(NO_COLOR="1")
     p = subprocess.Popen(
         [sys.executable, "-m", "bbx", "extract", "-m", str(tiny_resnet), "-o", str(tmp_path / "f.h5"), str(folder)],
         stderr=slave,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 import bbx
 from bbx import download
 from bbx.errors import ModelError, UsageError
-from tests.cli import ROOT, bbx_proc
+from tests.cli import bbx_proc, proc_env
 from tests.util import tiny_resnet
 
 BASE = ["config.json", "preprocessor_config.json"]
@@ -67,7 +67,7 @@ def probe(hub, *calls, cwd=None, **env) -> list[dict]:
     """``hub.resolve`` (op ``resolve``: configs only; ``fetch``: with the weights) or
     ``bbx.load_backbone`` (op ``load``) for each ``(op, model, revision)``, in one subprocess with
     ``hub.env(**env)``: a dict per call, ``{"code", "error"}`` for a BbxError."""
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **hub.env(**env))
+    full = proc_env(**hub.env(**env))
     p = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(calls)], env=full, capture_output=True, text=True, cwd=cwd
     )
@@ -191,7 +191,7 @@ def test_hf_hub_cache_is_respected_and_download_needs_no_torch(hub_server, ckpts
         "finally:\n"
         "    assert 'torch' not in sys.modules, 'bbx download imported torch'\n"
     )
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **hub_server.env(HF_HUB_CACHE=str(cache)))
+    full = proc_env(**hub_server.env(HF_HUB_CACHE=str(cache)))
     p = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True)
     out = fetched(p)
     assert out["folder"] == str(cache / "models--org--tiny" / "snapshots" / sha)
@@ -422,7 +422,7 @@ def _on_a_terminal(hub, *args: str) -> tuple[int, str]:
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **hub.env())
+    full = proc_env(**hub.env())
     with os.fdopen(leader, "rb") as tty:
         p = subprocess.run([sys.executable, "-m", "bbx", *args], env=full, stderr=follower, stdout=subprocess.PIPE)
         os.close(follower)

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.cli import ROOT
+from tests.cli import proc_env
 from tests.conftest import make_photos
 from tests.test_extract import _read
 
@@ -54,9 +54,8 @@ def _cmd(ckpt: Path, out: Path, folder: Path, *extra: str) -> list[str]:
 
 
 def _env():
-    import os
 
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    return proc_env()
 
 
 def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.CompletedProcess:

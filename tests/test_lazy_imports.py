@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.cli import ROOT
+from tests.cli import ROOT, proc_env
 
 PROBE = """
 import sys, json
@@ -23,9 +23,8 @@ sys.stderr.write("HEAVY=" + json.dumps(heavy) + "\\n")
 
 def _probe(argv: list[str], env: dict[str, str] | None = None) -> tuple[list[str], str]:
     """(heavy modules imported, stdout) of running bbx with ``argv`` in a fresh interpreter."""
-    import os
 
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    e = proc_env(**(env or {}))
     p = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, env=e)
     line = next(ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY="))
     return json.loads(line[len("HEAVY=") :]), p.stdout
@@ -75,7 +74,6 @@ def test_tab_completion_imports_nothing_heavy():
 def test_building_any_family_on_the_meta_device_stays_cheap():
     """inspect, --dry-run and weight loading build models on the meta device; some meta ops
     (randn * x, normal_, meshgrid) pull in torch's compiler stack (~1 s) on first use."""
-    import os
 
     code = """
 import sys, bbx
@@ -85,7 +83,7 @@ for alias in ("resnet-50", "swin-tiny", "convnext-tiny", "dinov2-small", "dinov2
     inspect_model(alias)
 print(sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules))
 """
-    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e = proc_env()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"

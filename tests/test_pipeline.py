@@ -18,14 +18,14 @@ import pytest
 from PIL import Image
 
 from bbx import errors
-from tests.cli import ROOT, bbx_proc, run
+from tests.cli import ROOT, bbx_proc, proc_env, run
 
 ESC = "\x1b["
 COLOR = re.compile(r"\x1b\[[0-9;]*[34789][0-9;]*m")  # SGR sequences that set a colour
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color")
+    env = proc_env(TERM="xterm-256color")
     for k in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "_BBX_COMPLETE", "PYTHONUNBUFFERED"):
         env.pop(k, None)
     env.update(extra)

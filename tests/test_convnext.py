@@ -142,11 +142,11 @@ def test_strict_load_reports_unknown_and_missing_keys():
 
     bad = dict(state)
     bad["encoder.stages.0.layers.0.bogus.weight"] = torch.zeros(1)
-    del bad["stages.2.blocks.1.fc2.weight"]
+    del bad["stages.2.blocks.1.mlp.fc2.weight"]
     with pytest.raises(ModelError) as e:
         weights.load_strict(model, bad, source="test")
     assert "encoder.stages.0.layers.0.bogus.weight" in str(e.value)
-    assert "stages.2.blocks.1.fc2.weight" in str(e.value)
+    assert "stages.2.blocks.1.mlp.fc2.weight" in str(e.value)
     weights.load_strict(model, state, source="test")
 
 

@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, fold_scale_, in_row_slices, linear_act
+from bbx.backbones.layers import Mlp, fold_scale_, in_row_slices
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
@@ -130,17 +130,14 @@ class Downsample(nn.Module):
 
 
 class Block(nn.Module):
-    """``x + gamma * fc2(act(fc1(norm(dwconv7x7(x)))))``, the MLP part on ``[N, H, W, C]`` rows."""
+    """``x + gamma * mlp(norm(dwconv7x7(x)))``, the MLP (``fc2(act(fc1(.)))``) on ``[N, H, W, C]``
+    rows."""
 
     def __init__(self, dim: int, s: ConvNextSettings):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=INNER_EPS)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.act = activation(s.hidden_act)
-        self.act_name = s.hidden_act
-        self.fc2 = nn.Linear(4 * dim, dim)
-        self.fused = False
+        self.mlp = Mlp(dim, 4 * dim, s.hidden_act)
         # layer scale: a per-channel factor, absent (not even a parameter) when the config says 0
         scale = float(s.layer_scale_init_value)
         self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
@@ -148,26 +145,24 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
         rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
-        if self.fused:
-            return in_row_slices(self._fused_mlp, y, rows, width=self.fc1.out_features).permute(0, 3, 1, 2)
-        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        if self.mlp.fused:  # layer scale folded into fc2, residual sum in its kernel, rows in slices
+            return in_row_slices(self._mlp, y, rows, width=self.mlp.fc1.out_features).permute(0, 3, 1, 2)
+        y = self.mlp(self.norm(y))
         # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
         out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
         return out.permute(0, 3, 1, 2)
 
-    def _fused_mlp(self, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """norm, fc1 + GELU, then fc2 (layer scale folded in) + residual: one kernel each."""
-        h = linear_act(self.norm(y), self.fc1, self.act_name, fused=True)
-        return linear_act(h, self.fc2, add=rows, fused=True)
+    def _mlp(self, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(y), add=rows)
 
     @torch.no_grad()
     def fuse(self, *, kernels: bool = True) -> None:
         """Frozen inference: fold the layer scale into fc2; ``kernels``: use the fused oneDNN
         kernels."""
         if self.gamma is not None:
-            fold_scale_(self.fc2, self.gamma)
+            fold_scale_(self.mlp.fc2, self.gamma)
             self.gamma = None
-        self.fused = kernels
+        self.mlp.fused = kernels
 
 
 class Stage(nn.Module):
@@ -270,7 +265,7 @@ _RULES = [
     (re.compile(r"^encoder\.stages\.(\d+)\.downsampling_layer\.0\."), r"stages.\1.down.norm."),
     (re.compile(r"^encoder\.stages\.(\d+)\.downsampling_layer\.1\."), r"stages.\1.down.conv."),
     (re.compile(_BLOCK + r"layernorm\."), r"stages.\1.blocks.\2.norm."),
-    (re.compile(_BLOCK + r"pwconv([12])\."), r"stages.\1.blocks.\2.fc\3."),
+    (re.compile(_BLOCK + r"pwconv([12])\."), r"stages.\1.blocks.\2.mlp.fc\3."),
     (re.compile(_BLOCK + r"layer_scale_parameter$"), r"stages.\1.blocks.\2.gamma"),
     (re.compile(_BLOCK + r"dwconv\."), r"stages.\1.blocks.\2.dwconv."),
     (re.compile(r"^hidden_states_norms\."), "stage_norms."),

@@ -298,9 +298,9 @@ def _eager_act(name: str) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """The transformer MLP ``fc2(act(fc1(x)))`` (Swin, DINOv2), with the residual sum folded in
-    when ``add`` is given. Once ``fused`` (frozen CPU inference), fc1 + activation and fc2 +
-    residual each run as one oneDNN kernel."""
+    """The MLP ``fc2(act(fc1(x)))`` of Swin, DINOv2 and ConvNeXt blocks, with the residual sum
+    folded in when ``add`` is given. Once ``fused`` (frozen CPU inference), fc1 + activation and
+    fc2 + residual each run as one oneDNN kernel."""
 
     def __init__(self, dim: int, hidden: int, act: str):
         super().__init__()

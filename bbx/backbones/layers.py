@@ -305,13 +305,11 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, act: str):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = activation(act)
+        activation(act)  # an unknown name is refused here, at build time
         self.act_name = act
         self.fc2 = nn.Linear(hidden, dim)
         self.fused = False
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.fused:
-            y = self.fc2(self.act(self.fc1(x)))
-            return y if add is None else add + y
-        return linear_act(linear_act(x, self.fc1, self.act_name, fused=True), self.fc2, add=add, fused=True)
+        h = linear_act(x, self.fc1, self.act_name, fused=self.fused)
+        return linear_act(h, self.fc2, add=add, fused=self.fused)

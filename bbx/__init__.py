@@ -3,20 +3,28 @@
 The Python API (importing :mod:`bbx` does not import torch; the functions do)::
 
     import bbx
-    model = bbx.load_backbone("resnet-50", out_indices=[1, -1])
+    ex = bbx.Extractor("resnet-50", out_indices=[1, -1])      # built once: weights, device, dtype
+    maps = ex(["a.jpg", "b.png"])        # {"stage1": tensor [2, 256, 56, 56], "stage4": ...}
+
+    with bbx.open("feats.h5") as f:      # what bbx extract wrote
+        f.paths, f.stages, f.facts, f["stage4"][0:8]
+
+    model = bbx.load_backbone("resnet-50", out_indices=[1, -1])   # the bare torch module
     maps = model(pixel_values)          # tuple of [N, C, H, W] tensors, in stage order
-    model.stage_names, model.out_features, model.out_indices, model.channels, model.strides
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from bbx.backbones.base import Backbone
+    from bbx.extractor import Extractor
+    from bbx.nn.backbone import Backbone
+    from bbx.reader import Features
 
 
 def load_backbone(
@@ -48,4 +56,19 @@ def load_backbone(
     )
 
 
-__all__ = ["__version__", "load_backbone"]
+def open(path: str | Path) -> Features:  # noqa: A001 - bbx.open, as h5py.File / safetensors.safe_open
+    """Open an output of ``bbx extract`` for reading (see :mod:`bbx.reader`)."""
+    from bbx.reader import open_features
+
+    return open_features(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Extractor":  # imported on first use: it pulls in the model code
+        from bbx.extractor import Extractor
+
+        return Extractor
+    raise AttributeError(f"module 'bbx' has no attribute {name!r}")
+
+
+__all__ = ["Extractor", "__version__", "load_backbone", "open"]

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bbx import hub
 from bbx.errors import UsageError
 
 
@@ -61,7 +60,7 @@ class BenchResult:
 def benchmark(
     model_name: str,
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     dtype: str = "float32",
     device: str = "auto",
     image_size: int | None = None,
@@ -77,30 +76,27 @@ def benchmark(
 ) -> BenchResult:
     import torch
 
-    from bbx.extract import DTYPES, compute_context, resolve_device
-    from bbx.inspection import input_size
-    from bbx.loading import load_for_inference
+    from bbx.extractor import Extractor
 
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise UsageError("--batch-size and --iters must be at least 1, --warmup at least 0")
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dev = resolve_device(device)
-    autocast = compute_context(dev, dtype)
-    ref = hub.resolve(model_name, revision=revision, weights=pretrained)
-    _, size = input_size(ref, image_size)
-    model, channels_last = load_for_inference(
-        ref,
-        pretrained=pretrained,
-        stage_norm=stage_norm,
+    ex = Extractor(
+        model_name,
         out_indices=out_indices,
         out_features=out_features,
-        device=dev,
+        device=device,
+        dtype=dtype,
+        stage_norm=stage_norm,
+        image_size=image_size,
+        pretrained=pretrained,
+        revision=revision,
         channels_last=channels_last,
         compile=compile,
     )
-    x = torch.randn(batch_size, int(ref.config.get("num_channels", 3)), *size, device=dev)
-    if channels_last:
+    dev = ex.device
+    channels = int(ex.ref.config.get("num_channels", 3))
+    x = torch.randn(batch_size, channels, *ex.input_size, device=dev)
+    if ex.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
     def sync() -> None:
@@ -109,24 +105,23 @@ def benchmark(
 
     result = BenchResult(
         model=model_name,
-        checkpoint=ref.checkpoint,
-        architecture=ref.model_type or "",
+        checkpoint=ex.ref.checkpoint,
+        architecture=ex.ref.model_type,
         device=dev,
-        dtype=dtype,
+        dtype=ex.dtype,
         batch_size=batch_size,
-        input_size=size,
-        out_features=model.out_features,
+        input_size=ex.input_size,
+        out_features=ex.stages,
         stage_norm=stage_norm,
         threads=torch.get_num_threads(),
         warmup=warmup,
     )
-    with torch.inference_mode(), autocast():
-        for _ in range(warmup):
-            model(x)
+    for _ in range(warmup):
+        ex.forward(x)
+    sync()
+    for _ in range(iters):
+        t = time.perf_counter()
+        ex.forward(x)
         sync()
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(x)
-            sync()
-            result.ms_per_batch.append((time.perf_counter() - t) * 1000.0)
+        result.ms_per_batch.append((time.perf_counter() - t) * 1000.0)
     return result

@@ -21,18 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from bbx import registry
+from bbx.checkpoints import Checkpoint, recognise
 from bbx.download import CONFIG, PREPROCESSOR, Snapshot
 from bbx.errors import InputError, ModelError, UsageError
+from bbx.family import Family
 
 
 @dataclass(frozen=True, eq=False)
 class ModelRef:
-    """A resolved MODEL argument."""
+    """A resolved MODEL argument: where its files are, and what the checkpoint is
+    (:class:`bbx.checkpoints.Checkpoint`: family, family config, preprocessing, weight prefix)."""
 
     given: str
     source: str  # "folder" | "alias" | "hub"
-    config: Mapping[str, Any]
-    preprocessor: Mapping[str, Any] | None
+    spec: Checkpoint
     folder: Path | None = None  # local folder or hub snapshot holding the files
     repo_id: str | None = None
     revision: str | None = None  # as asked for
@@ -42,9 +44,21 @@ class ModelRef:
     snapshot: Snapshot | None = None  # for a hub checkpoint: the files fetched or found in the cache
 
     @property
-    def model_type(self) -> str | None:
-        mt = self.config.get("model_type")
-        return str(mt) if mt is not None else None
+    def family(self) -> Family:
+        return self.spec.family
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The family's config (for a task checkpoint, its nested backbone's)."""
+        return self.spec.config
+
+    @property
+    def preprocessor(self) -> Mapping[str, Any] | None:
+        return self.spec.preprocessor
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.model_type
 
     @property
     def checkpoint(self) -> str:
@@ -75,18 +89,14 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def read_folder(folder: Path, where: str | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``config.json`` and (if present) ``preprocessor_config.json`` of a checkpoint folder.
-    ``where`` names the folder in errors (default: its path)."""
+def read_folder(folder: Path, where: str | None = None) -> Checkpoint:
+    """What the checkpoint in ``folder`` is, from its ``config.json`` and (if present)
+    ``preprocessor_config.json``. ``where`` names the folder in errors (default: its path)."""
     if not (folder / CONFIG).is_file():
         raise ModelError(f"{where or folder} is not a checkpoint folder: it has no {CONFIG}")
     config = _read_json(folder / CONFIG, "config")
-    registry.check_supported(config.get("model_type"), f"{where} {CONFIG}" if where else str(folder / CONFIG))
-    if (folder / PREPROCESSOR).is_file():
-        pre = _read_json(folder / PREPROCESSOR, "preprocessor config")
-    else:  # the family's public recipe rather than a processor class default nobody trained with
-        pre = registry.default_preprocessor(config.get("model_type"))
-    return config, pre
+    pre = _read_json(folder / PREPROCESSOR, "preprocessor config") if (folder / PREPROCESSOR).is_file() else None
+    return recognise(config, pre, f"{where} {CONFIG}" if where else str(folder / CONFIG))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -102,8 +112,7 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
     if path.is_dir():
         if revision is not None:
             raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")
-        config, pre = read_folder(path)
-        return ModelRef(given=name, source="folder", config=config, preprocessor=pre, folder=path.resolve())
+        return ModelRef(given=name, source="folder", spec=read_folder(path), folder=path.resolve())
     if path.exists():
         raise InputError(f"{name} is a file, not a checkpoint folder")
 
@@ -113,8 +122,7 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
             return ModelRef(
                 given=name,
                 source="alias",
-                config=row.config_dict(),
-                preprocessor=row.preprocessor_dict(),
+                spec=recognise(row.config_dict(), row.preprocessor_dict(), f"{row.alias}'s embedded config"),
                 repo_id=row.repo_id,
                 revision=revision,
                 alias=row.alias,
@@ -140,18 +148,17 @@ def _from_hub(
     def where(folder: Path) -> str:
         return f"{repo_id}@{folder.name[:12]}"
 
-    read: dict[Path, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+    read: dict[Path, Checkpoint] = {}
 
     def check(folder: Path) -> None:  # read (and refuse an unsupported model) before the weights
         read[folder] = read_folder(folder, where(folder))
 
     snap = download.fetch(repo_id, revision=revision, weights=weights, progress=progress, check=check)
-    config, pre = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))
+    spec = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))
     return ModelRef(
         given=given,
         source="alias" if alias else "hub",
-        config=config,
-        preprocessor=pre,
+        spec=spec,
         folder=snap.folder,
         repo_id=repo_id,
         revision=revision,

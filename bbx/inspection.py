@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bbx import hub
-from bbx.errors import ModelError, UsageError, first_line
-from bbx.preprocess import Preprocess
+from bbx.plan import check_stage_norm, model_plan
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,7 @@ class ModelReport:
     architecture: str
     input_size: tuple[int, int]
     stage_norm: str
+    stage_norm_means: str  # what the stage-norm mode does for this family
     default_selection: tuple[str, ...]
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
@@ -43,6 +43,7 @@ class ModelReport:
             "architecture": self.architecture,
             "input_size": list(self.input_size),
             "stage_norm": self.stage_norm,
+            "stage_norm_means": self.stage_norm_means,
             "default_selection": {
                 "out_features": list(self.default_selection),
                 "out_indices": list(self.default_indices),
@@ -56,53 +57,18 @@ class ModelReport:
         }
 
 
-def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Preprocess, tuple[int, int]]:
-    """The preprocessing recipe (with ``--image-size`` applied) and the size it produces."""
-    pre = Preprocess.from_config(ref.preprocessor, ref.model_type or "")
-    if image_size is not None:
-        if image_size < 1:
-            raise UsageError(f"--image-size must be a positive number of pixels, got {image_size}")
-        pre = pre.with_image_size(image_size)
-    size = pre.output_size
-    if size is None and image_size is not None:  # a shortest-edge resize without a crop keeps the aspect
-        raise UsageError(
-            f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {image_size} with --image-size) "
-            "without a crop, so images keep their aspect ratios and sizes differ; a batch needs one size"
-        )
-    if size is None:
-        raise UsageError(
-            f"{ref.checkpoint}: its preprocessing does not give every image the same size "
-            "(no resize or crop); pass --image-size N"
-        )
-    return pre, size
-
-
-def stage_shapes(model: Any, size: tuple[int, int]) -> list[tuple[int, int, int]]:
-    from bbx.backbones.base import map_shapes
-
-    try:
-        return map_shapes(model, size)
-    except ValueError as e:
-        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first_line(e)}") from None
-
-
 def inspect_model(
     name: str, *, revision: str | None = None, image_size: int | None = None, stage_norm: str = "hf"
 ) -> ModelReport:
-    """Stage table of MODEL at its input size (or ``image_size``). Builds on the meta device:
-    no weights are read or allocated, nothing is downloaded for an alias or a folder."""
-    from bbx.loading import build
-
+    """Stage table of MODEL at its input size (or ``image_size``), from its config alone: no
+    torch, no weights, nothing downloaded for an alias or a folder."""
+    check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    pre, size = input_size(ref, image_size)
-    model = build(ref, stage_norm=stage_norm, device="meta")
-    shapes = stage_shapes(model, size)
-    if len(shapes) != len(model.stage_specs):
-        raise ModelError("internal: stage count mismatch")
-    default = set(model.out_indices)
+    mp = model_plan(ref, image_size=image_size)
+    default = set(mp.selection.out_indices)
     rows = tuple(
         StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
-        for i, (spec, shape) in enumerate(zip(model.stage_specs, shapes))
+        for i, (spec, shape) in enumerate(zip(mp.stages, mp.shapes))
     )
     info = ref.describe()
     return ModelReport(
@@ -110,11 +76,12 @@ def inspect_model(
         checkpoint=info["checkpoint"],
         source=ref.source,
         revision=info["revision"],
-        architecture=ref.model_type or "",
-        input_size=size,
+        architecture=ref.model_type,
+        input_size=mp.input_size,
         stage_norm=stage_norm,
-        default_selection=tuple(model.out_features),
-        default_indices=tuple(model.out_indices),
+        stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
+        default_selection=tuple(mp.selection.out_features),
+        default_indices=tuple(mp.selection.out_indices),
         stages=rows,
-        preprocessing=pre.describe(),
+        preprocessing=mp.preprocess.describe(),
     )

@@ -7,33 +7,35 @@ from collections.abc import Sequence
 
 import torch
 
-from bbx import hub, registry, weights
-from bbx.backbones.base import Backbone
+from bbx import hub, weights
 from bbx.errors import ModelError, UsageError
+from bbx.family import STAGE_NORMS
+from bbx.nn.backbone import Backbone
+from bbx.plan import RANDOM_SEED
 
 
 def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.device = "cpu") -> Backbone:
     """The network ``ref``'s config describes, with parameters on ``device`` (``"meta"``: shapes
     only, nothing allocated) and the family's own random initialisation."""
-    fam = registry.family(ref.model_type)
-    if stage_norm not in ("hf", "none", "final"):
+    if stage_norm not in STAGE_NORMS:
         raise UsageError(f"stage norm must be hf, none or final, got {stage_norm!r}")
+    ref.family.parse(ref.config, f"{ref.checkpoint}: config.json")  # one line for a config that does not fit
     try:
         with torch.device(device):
-            model = fam.build(ref.config, stage_norm=stage_norm)
+            model = ref.family.build(ref.config, stage_norm=stage_norm)
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{ref.checkpoint}: config.json does not describe a valid {ref.model_type}: {e}") from None
     return model.eval()
 
 
 def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
-    """Build on the meta device and assign the checkpoint's tensors (strict, after the family's
-    key remap): no random initialisation, no second copy of the weights."""
+    """Build on the meta device and assign the checkpoint's tensors (only the backbone's, strict,
+    after the format's prefix and rename and the family's key remap): no random initialisation, no
+    second copy of the weights."""
     if ref.folder is None:
         raise ModelError(f"{ref.given}: no local files to load weights from")
-    fam = registry.family(ref.model_type)
     model = build(ref, stage_norm=stage_norm, device="meta")
-    state = fam.remap(weights.read_state_dict(ref.folder), ref.config)
+    state = ref.family.remap(weights.read_state_dict(ref.folder, select=ref.spec.backbone_keys), ref.config)
     weights.load_strict(model, state, source=ref.checkpoint)
     model.init_computed_buffers()
     return model.eval()
@@ -61,10 +63,6 @@ def prepare_for_inference(
         # through the cache is what we want, and says so at length
         warnings.filterwarnings("ignore", message=r"Dynamo detected a call to a `functools.lru_cache`")
     return model, channels_last
-
-
-#: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
-RANDOM_SEED = 0
 
 
 def load_for_inference(

@@ -9,11 +9,11 @@ leaves out takes that class's default. A field set to ``null`` means what it mea
 crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
 cannot use) takes the class default.
 
-* ``vit`` (``ViTImageProcessor``, Swin; ``DeiTImageProcessor``) and ``bit`` (``BitImageProcessor``,
-  DINOv2) are the plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
+* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``) is the
+  plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
   ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
   aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
-* ``convnext`` (``ConvNextImageProcessor``; ResNet, ConvNeXt): below 384, resize the shortest edge
+* kind ``crop_pct`` (``ConvNextImageProcessor``): below 384, resize the shortest edge
   to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
   straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
 
@@ -55,24 +55,16 @@ class _ProcessorClass:
 
 #: processor class name without its FeatureExtractor / ImageProcessor[Fast|Pil] suffix -> defaults
 _CLASSES: Mapping[str, _ProcessorClass] = {
-    "ViT": _ProcessorClass("vit", 2, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True),
+    "ViT": _ProcessorClass("resize", 2, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True),
     "DeiT": _ProcessorClass(
-        "vit", 3, _STANDARD, _STANDARD, {"height": 256, "width": 256}, True, True, {"height": 224, "width": 224}
+        "resize", 3, _STANDARD, _STANDARD, {"height": 256, "width": 256}, True, True, {"height": 224, "width": 224}
     ),
-    "ConvNext": _ProcessorClass("convnext", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
+    "ConvNext": _ProcessorClass("crop_pct", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
     "Bit": _ProcessorClass(
-        "bit", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+        "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
 }
 _CONVNEXT_CROP_PCT = 224 / 256
-#: model_type -> processor class, when the file names none (transformers' AutoImageProcessor table)
-_MODEL_CLASS = {
-    "resnet": "ConvNext",
-    "convnext": "ConvNext",
-    "swin": "ViT",
-    "dinov2": "Bit",
-    "dinov2_with_registers": "Bit",
-}
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
 #: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
 _RESIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
@@ -131,7 +123,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "vit" | "convnext" | "bit"
+    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext)
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -146,7 +138,15 @@ class Preprocess:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_config(cls, pre: Mapping[str, Any] | None, model_type: str) -> Preprocess:
+    def from_checkpoint(cls, ck: Any) -> Preprocess:
+        """The recipe of a :class:`bbx.checkpoints.Checkpoint`."""
+        return cls.from_config(ck.preprocessor, ck.model_type, default=ck.family.processor)
+
+    @classmethod
+    def from_config(cls, pre: Mapping[str, Any] | None, model_type: str, *, default: str | None = None) -> Preprocess:
+        """The recipe of a ``preprocessor_config.json`` (None: an empty one). ``default`` is the
+        processor class (``"ViT"``, ``"ConvNext"``, ...) transformers picks for the checkpoint when the
+        file names none; by default the one the family of ``model_type`` declares."""
         pre = dict(pre or {})
 
         def get(key: str, default: Any) -> Any:
@@ -165,8 +165,8 @@ class Preprocess:
                     f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
                 )
         else:
-            base = _MODEL_CLASS.get(model_type)
-            if base is None:
+            base = default if default is not None else _family_processor(model_type)
+            if base not in _CLASSES:
                 raise _bad(f"names no image processor and model_type {model_type!r} has no default one")
         defaults = _CLASSES[base]
         kind = defaults.kind
@@ -174,7 +174,7 @@ class Preprocess:
         square = flag("default_to_square", defaults.default_to_square)
         size = _size_dict(get("size", defaults.size), square=square, what="size")
         do_resize = flag("do_resize", True)
-        if kind == "convnext" and do_resize and "shortest_edge" not in size:
+        if kind == "crop_pct" and do_resize and "shortest_edge" not in size:
             raise _bad(f"a ConvNext processor resizes a shortest_edge, got size {size}")
         if set(size) not in _RESIZE_KEYS:
             raise _bad(f"unsupported size {size}; bbx resizes to height+width or a shortest_edge")
@@ -196,7 +196,7 @@ class Preprocess:
         if isinstance(resample, bool) or not isinstance(resample, int) or resample not in RESAMPLE_NAMES:
             raise _bad(f"unknown resample filter {resample!r}")
         crop_pct = None
-        if kind == "convnext":
+        if kind == "crop_pct":
             crop_pct = _number(get("crop_pct", _CONVNEXT_CROP_PCT), "crop_pct")
             if not crop_pct > 0:
                 raise _bad(f"crop_pct must be positive, got {crop_pct}")
@@ -224,7 +224,7 @@ class Preprocess:
         if not self.do_resize:
             return None
         s = self.size
-        if self.kind == "convnext":
+        if self.kind == "crop_pct":
             edge = self._convnext_edge()
             return _shortest_edge_size(height, width, edge) if self.inner_crop else (edge, edge)
         if "height" in s:
@@ -237,7 +237,7 @@ class Preprocess:
     def inner_crop(self) -> tuple[int, int] | None:
         """ConvNeXt's processor below 384: after resizing the short side to ``edge / crop_pct``,
         it crops the central ``edge`` x ``edge`` itself (whatever ``do_center_crop`` says); else None."""
-        if self.do_resize and self.kind == "convnext" and self.size["shortest_edge"] < 384:
+        if self.do_resize and self.kind == "crop_pct" and self.size["shortest_edge"] < 384:
             edge = self.size["shortest_edge"]
             return (edge, edge)
         return None
@@ -255,7 +255,7 @@ class Preprocess:
             return self.crop_size
         if not self.do_resize:
             return None
-        if self.kind == "convnext":
+        if self.kind == "crop_pct":
             s = self.size["shortest_edge"]
             return (s, s)
         if "height" in self.size:
@@ -268,7 +268,7 @@ class Preprocess:
         image's displayed orientation; None when nothing is resized (the image size then matters)."""
         if not self.do_resize:
             return None
-        if self.kind == "convnext":
+        if self.kind == "crop_pct":
             edge = self._convnext_edge()
             return (edge, edge)
         if "height" in self.size:
@@ -288,7 +288,7 @@ class Preprocess:
         """
         if n < 1:
             raise ValueError("image size must be positive")
-        if self.kind == "convnext":
+        if self.kind == "crop_pct":
             crop = (n, n) if self.do_center_crop else None
             return replace(self, do_resize=True, size={"shortest_edge": n}, crop_size=crop)
         if not self.do_center_crop or self.crop_size is None:
@@ -321,6 +321,12 @@ class Preprocess:
             "image_mean": list(self.mean),
             "image_std": list(self.std),
         }
+
+
+def _family_processor(model_type: str) -> str | None:
+    from bbx import registry
+
+    return registry.family_of(model_type).processor if registry.is_supported(model_type) else None
 
 
 def _scaled(size: Mapping[str, int], factor: float, edge: int) -> dict[str, int]:

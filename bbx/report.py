@@ -1,21 +1,10 @@
-"""What a run will do and what it did: plain dataclasses, rendered as a rich table (stderr) or
-JSON (stdout). The library fills them; only the CLI prints them."""
+"""What a run will do and what it did: plain dataclasses, turned into JSON here and rendered by
+the CLI (:mod:`bbx.cli._render`). The library fills them; only the CLI prints them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-
-def table(*columns: str) -> Any:
-    """A borderless rich table, as every bbx listing uses; a column named ``">name"`` is
-    right-aligned (numbers)."""
-    from rich.table import Table
-
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        t.add_column(col.lstrip(">"), justify="right" if col.startswith(">") else "left")
-    return t
 
 
 def plural(n: int, word: str) -> str:
@@ -138,52 +127,3 @@ class Summary:
             "interrupted": self.interrupted,
             "notes": self.notes,
         }
-
-
-def render_plan(plan: Plan, console: Any) -> None:
-    h, w = plan.input_size
-    console.print(
-        f"[bold]{plan.model}[/bold]  {plan.checkpoint}"
-        + (f"@{plan.revision[:12]}" if plan.revision else "")
-        + f"  ({plan.architecture}, {plan.weights} weights, input {h}x{w}, stage norm {plan.stage_norm})"
-    )
-    console.print(
-        f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
-        + (f", pool {plan.pool}" if plan.pool != "none" else "")
-    )
-    listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
-    for s in plan.stages:
-        listing.add_row(
-            str(s.index),
-            s.name,
-            str(s.channels),
-            str(s.stride),
-            f"{list(s.shape)} {s.dtype}",
-            human_bytes(s.bytes_per_image),
-        )
-    console.print(listing)
-    free = f", {human_bytes(plan.free_bytes)} free" if plan.free_bytes is not None else ""
-    extra = f" ({plan.inputs - plan.todo} already in the output)" if plan.inputs != plan.todo else ""
-    console.print(
-        f"{plural(plan.todo, 'image')}{extra} x {human_bytes(plan.bytes_per_image)} = "
-        f"{human_bytes(plan.projected_bytes)} projected -> {plan.output} ({plan.format}{free})"
-    )
-    for warning in plan.warnings:
-        console.print(f"the run would be refused: {warning}")
-
-
-def render_summary(summary: Summary, console: Any) -> None:
-    for note in summary.notes:
-        console.print(f"note: {note}")
-    if summary.failed:
-        console.print(f"skipped {plural(len(summary.failed), 'input')}:")
-        for path, reason in summary.failed[:20]:
-            console.print(f"  {path}: {reason}")
-        if len(summary.failed) > 20:
-            console.print(f"  ... and {len(summary.failed) - 20} more (all listed in the output)")
-    state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
-    already = f", {summary.already} already present" if summary.already else ""
-    console.print(
-        f"{state}{plural(summary.done, 'image')} extracted{already}, {len(summary.failed)} skipped in "
-        f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}"
-    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -33,15 +33,22 @@ def weight_files(folder: Path) -> list[Path]:
     raise ModelError(f"no weights in {folder}: expected one of {names}")
 
 
-def _read_one(path: Path) -> dict[str, torch.Tensor]:
+#: chooses the tensors to read from a file's keys: {key in the file: name to give it}
+Select = Callable[[list[str]], Mapping[str, str]]
+
+
+def _read_one(path: Path, select: Select | None) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"weights file missing: {path}")
     if path.name.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+                keys = list(f.keys())
+                chosen = select(keys) if select is not None else {k: k for k in keys}
+                # only the chosen tensors are read: a task checkpoint's heads never reach memory
+                return {new: f.get_tensor(k) for k, new in chosen.items()}
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{path}: unreadable safetensors file ({e})") from None
     try:
@@ -54,7 +61,9 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: not a state dict of tensors")
-    return dict(obj)
+    if select is None:
+        return dict(obj)
+    return {new: obj[k] for k, new in select([str(k) for k in obj]).items()}
 
 
 def _torch_load(path: Path) -> object:
@@ -77,11 +86,12 @@ def _refusal(e: Exception) -> str:
     return f"{first} (bbx accepts only tensors from .bin files: weights_only)"
 
 
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint in ``folder``."""
+def read_state_dict(folder: Path, select: Select | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the checkpoint in ``folder``: all of them, or those ``select`` picks from
+    each file's keys, renamed as it says (for safetensors, the others are never read)."""
     state: dict[str, torch.Tensor] = {}
     for f in weight_files(folder):
-        state.update(_read_one(f))
+        state.update(_read_one(f, select))
     return state
 
 

@@ -18,15 +18,6 @@ os.environ["NO_COLOR"] = "1"
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny_resnet(tmp_path_factory):
-    """A small random-weight ResNet checkpoint in the hub layout (classification head included),
-    with resnet-50's preprocessing."""
-    from tests.util import tiny_resnet as make
-
-    return make(tmp_path_factory.mktemp("ckpt") / "tiny-resnet", hidden_sizes=(8, 16, 24, 32), seed=3)
-
-
 def make_photos(folder, sizes, fmt="jpg", start_seed=0):
     from tests.util import photo
 

@@ -14,18 +14,47 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bbx import registry
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD
 
-#: the hub's preprocessor_config.json values, as bbx's registry embeds them
-#: microsoft/swin-*: legacy ViTFeatureExtractor spelling, int size (a square for ViT)
-SWIN = registry.lookup("swin-tiny").preprocessor_dict()
-#: microsoft/resnet-*: ConvNext recipe, crop_pct 0.875, int size (a shortest edge)
-RESNET = registry.lookup("resnet-50").preprocessor_dict()
-#: facebook/convnext-*-384: at 384 the ConvNext recipe warps to a square, no crop
-CONVNEXT_384 = {**RESNET, "size": 384}
-#: facebook/dinov2-*: Bit recipe, resize shortest edge 256, crop 224
-DINOV2 = registry.lookup("dinov2-small").preprocessor_dict()
-KINDS = {"vit": SWIN, "convnext": RESNET, "convnext384": CONVNEXT_384, "bit": DINOV2}
+# Public checkpoints' preprocessor_config.json values, one per recipe (named by what it does, not
+# by a family: several families share each).
+_IMAGENET = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+#: legacy ViTFeatureExtractor spelling, int size (a square for ViT): resize to 224 x 224
+SQUASH = {
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ViTFeatureExtractor",
+    "resample": 3,
+    "size": 224,
+    **_IMAGENET,
+}
+#: the ConvNext recipe, crop_pct 0.875, int size (a shortest edge): short side 256, crop 224
+CROP_PCT = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "resample": 3,
+    "size": 224,
+    **_IMAGENET,
+}
+#: the ConvNext recipe at 384: warps to a square, no crop
+WARP_384 = {**CROP_PCT, "size": 384}
+#: the Bit recipe: resize the shortest edge to 256, crop 224
+SHORT_EDGE_CROP = {
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_processor_type": "BitImageProcessor",
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 256},
+    **_IMAGENET,
+}
+KINDS = {"squash": SQUASH, "crop_pct": CROP_PCT, "warp_384": WARP_384, "short_edge_crop": SHORT_EDGE_CROP}
 
 
 def hf_processor(folder: Path, pre: dict[str, Any], model_type: str | None = None) -> Any:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 from tests.cli import run
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 
 def test_bench_json_fields(tiny_resnet):

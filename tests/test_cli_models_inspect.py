@@ -6,13 +6,16 @@ import json
 
 from bbx import registry
 from tests.cli import bbx_proc, run
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 
 def test_models_json_lists_every_alias():
     r = run("models", "--json")
     assert r.exit_code == 0 and r.stderr == ""
     rows = json.loads(r.stdout)
-    assert [x["alias"] for x in rows] == [c.alias for c in registry.CHECKPOINTS]
+    assert [x["alias"] for x in rows] == [c.alias for c in registry.checkpoints()]
     r50 = next(x for x in rows if x["alias"] == "resnet-50")
     assert r50["checkpoint"] == "microsoft/resnet-50"
     assert r50["architecture"] == "resnet" and r50["input_size"] == [224, 224]

@@ -14,6 +14,9 @@ import pytest
 from bbx import registry
 from bbx.cli._complete import stage_names_of_config
 from tests.cli import ROOT, proc_env
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -137,7 +140,7 @@ def test_show_stage_completes_the_files_stages(tiny_resnet, photos, tmp_path):
 
 
 def test_stage_names_from_config_match_every_known_checkpoint():
-    for row in registry.CHECKPOINTS:
+    for row in registry.checkpoints():
         assert stage_names_of_config(row.config_dict()) == list(row.stage_names), row.alias
 
 
@@ -146,6 +149,7 @@ def test_stage_names_from_config_match_built_models(tiny_resnet):
     import json
 
     from bbx import hub
+    from bbx.checkpoints import recognise
     from bbx.loading import build
 
     configs = [json.loads((tiny_resnet / "config.json").read_text())]
@@ -157,7 +161,7 @@ def test_stage_names_from_config_match_built_models(tiny_resnet):
     ):
         configs.append(registry.lookup(alias).config_dict() | changes)
     for config in configs:
-        ref = hub.ModelRef(given="x", source="folder", config=config, preprocessor=None)
+        ref = hub.ModelRef(given="x", source="folder", spec=recognise(config))
         model = build(ref, device="meta")
         assert stage_names_of_config(config) == model.stage_names, config["model_type"]
 

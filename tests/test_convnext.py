@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from bbx.families.convnext import model as convnext
+from bbx.nn.backbone import map_shapes
 from transformers import ConvNextBackbone, ConvNextConfig, ConvNextForImageClassification, ConvNextModel
 
 import bbx
 from bbx import registry
-from bbx.backbones import convnext
-from bbx.backbones.base import map_shapes
 from bbx.errors import ModelError
 from tests.cli import run
 from tests.util import hf_backbone, photo_batch, randomize_, rel_err, save_checkpoint
@@ -229,7 +229,7 @@ def test_inspect_convnext_tiny_json():
 
 
 def test_registry_rows_are_buildable_and_384_rows_use_384():
-    for row in registry.CHECKPOINTS:
+    for row in registry.checkpoints():
         if row.model_type != "convnext":
             continue
         with torch.device("meta"):

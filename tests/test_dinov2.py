@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 import transformers as tf
+from bbx.nn.backbone import map_shapes
+from bbx.families.dinov2 import Dinov2Settings
 
 import bbx
 from bbx import hub, loading, registry
-from bbx.backbones.base import map_shapes
-from bbx.backbones.dinov2 import Dinov2Settings
 from bbx.errors import ModelError
 from tests.cli import run
 from tests.util import hf_backbone, photo_batch, randomize_, rel_err, save_checkpoint

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from tests.cli import run
 from tests.conftest import make_photos
-from tests.util import hf_backbone, rel_err
+from tests.util import checkpoint_fixture, hf_backbone, rel_err
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 
 def _hf_maps(folder: Path, paths: list[Path], stages: list[str]) -> dict[str, list[torch.Tensor]]:
@@ -115,7 +117,7 @@ def test_hdf5_layout_and_attributes(tiny_resnet, photos, tmp_path):
     assert a["checkpoint"] == str(tiny_resnet.resolve()) and a["architecture"] == "resnet"
     assert json.loads(a["out_features"]) == ["stem", "stage4"] and json.loads(a["out_indices"]) == [0, 4]
     assert json.loads(a["input_size"]) == [224, 224] and a["compute_dtype"] == "float32"
-    assert json.loads(a["preprocessing"])["kind"] == "convnext"
+    assert json.loads(a["preprocessing"])["kind"] == "crop_pct"
     assert a["bbx_version"] and a["model"] == str(tiny_resnet)
     assert not out.with_name(out.name + ".partial").exists()
 
@@ -235,7 +237,7 @@ def test_resume_adds_only_new_paths(tiny_resnet, photos, tmp_path, suffix):
 
 def _read(path: Path) -> tuple[list[str], bytes]:
     """(paths, bytes of the stage4 maps in row order) of any output."""
-    from bbx.outputs import open_output
+    from bbx.formats import open_output
 
     out = open_output(path)
     return out.paths, out.read(out.stage("stage4"), range(out.images)).tobytes()
@@ -401,13 +403,13 @@ def test_compiled_model_gives_the_same_maps(tiny_resnet, photos, tmp_path):
 
 @pytest.mark.parametrize("kind", ["swin", "convnext"])
 def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeypatch):
-    """On big batches the MLP blocks run over slices of rows (bbx.backbones.layers.in_row_slices);
+    """On big batches the MLP blocks run over slices of rows (bbx.nn.layers.in_row_slices);
     a tiny cache budget makes these small ones slice too: still the transformers recipe's maps."""
     import importlib
 
-    from bbx.backbones import layers
+    from bbx.nn import layers
 
-    family = importlib.import_module(f"bbx.backbones.{kind}")
+    family = importlib.import_module(f"bbx.families.{kind}.model")
     slices = []
 
     def spy(fn, x, *more, width):

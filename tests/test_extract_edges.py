@@ -12,8 +12,12 @@ import h5py
 import pytest
 
 import bbx.extract
+import bbx.extractor
 from bbx.errors import Terminated
 from tests.cli import proc_env, run
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 
 def _one_line(r, code: int, *needles: str) -> None:
@@ -56,7 +60,7 @@ def test_a_full_disk_is_one_line_and_resume_recovers_every_committed_batch(tiny_
 
 
 def test_an_interrupt_inside_a_write_leaves_no_half_rows(tiny_resnet, photos, tmp_path, monkeypatch):
-    from bbx.writers.hdf5 import HDF5Writer
+    from bbx.formats.hdf5 import HDF5Writer
 
     folder, _ = photos
     out = tmp_path / "f.h5"
@@ -85,7 +89,7 @@ def test_sigterm_before_the_first_batch_is_143_and_leaves_nothing(tiny_resnet, p
     def terminated(*a, **k):
         raise Terminated()
 
-    monkeypatch.setattr(bbx.extract, "_model", terminated)
+    monkeypatch.setattr(bbx.extractor.Extractor, "__init__", terminated)
     r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", folder)
     assert r.exit_code == 143 and "Traceback" not in r.stderr
     assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.partial").exists()

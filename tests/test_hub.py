@@ -22,7 +22,9 @@ import bbx
 from bbx import download
 from bbx.errors import ModelError, UsageError
 from tests.cli import bbx_proc, proc_env
-from tests.util import tiny_resnet
+from tests.util import checkpoint_fixture, tiny_checkpoint
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 BASE = ["config.json", "preprocessor_config.json"]
 
@@ -31,8 +33,8 @@ BASE = ["config.json", "preprocessor_config.json"]
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
     return {
-        "v1": tiny_resnet(root / "v1", hidden_sizes=(8, 16, 16, 32), seed=0),
-        "v2": tiny_resnet(root / "v2", hidden_sizes=(8, 16, 16, 24), seed=1),
+        "v1": tiny_checkpoint(root / "v1", "resnet", hidden_sizes=[8, 16, 16, 32], seed=0),
+        "v2": tiny_checkpoint(root / "v2", "resnet", hidden_sizes=[8, 16, 16, 24], seed=1),
     }
 
 
@@ -44,6 +46,7 @@ PROBE = """
 import json, sys
 from bbx import hub
 from bbx.errors import BbxError
+
 for op, model, revision in json.loads(sys.argv[1]):
     try:
         if op == "load":

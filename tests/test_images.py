@@ -21,7 +21,7 @@ from transformers.image_utils import ChannelDimension
 from bbx import images
 from bbx.images import ImageError
 from bbx.preprocess import Preprocess
-from tests.processors import DINOV2, KINDS, SWIN, hf_pixels, hf_processor
+from tests.processors import KINDS, SHORT_EDGE_CROP, SQUASH, hf_pixels, hf_processor
 from tests.util import photo
 
 TOL = 1e-6
@@ -180,8 +180,8 @@ def test_batches_match_transformers(tmp_path, files, kind):
 
 def test_uint8_pixels_equal_the_processors(tmp_path, files):
     """Without rescale and normalisation the processor returns its resized uint8 values as floats."""
-    proc = hf_processor(tmp_path, DINOV2)
-    pre = Preprocess.from_config(DINOV2, "")
+    proc = hf_processor(tmp_path, SHORT_EDGE_CROP)
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")
     got = np.stack([images.load(path, pre) for path, _ in files[:8]])
     want = hf_pixels(proc, [ref for _, ref in files[:8]], do_rescale=False, do_normalize=False)
     np.testing.assert_array_equal(got.transpose(0, 3, 1, 2).astype(np.float32), want.numpy())
@@ -222,7 +222,7 @@ def test_deep_images_are_rescaled_not_clamped():
 
 
 def test_prepare_accepts_any_mode():
-    pre = Preprocess.from_config(SWIN, "")
+    pre = Preprocess.from_config(SQUASH, "")
     img = _alpha(photo(50, 40), "RGBA")
     want = images.prepare(images.to_rgb(img), pre)
     np.testing.assert_array_equal(images.prepare(img, pre), want)
@@ -342,7 +342,7 @@ BAD = [
 def test_bad_files_raise_image_error(tmp_path, name, filename, write, words):
     path = tmp_path / filename
     write(path)
-    pre = Preprocess.from_config(DINOV2, "")
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")
     for call in (
         lambda: images.decode(path),
         lambda: images.load(path, pre),
@@ -384,7 +384,7 @@ def test_decompression_bombs(tmp_path, monkeypatch, size):
 
 
 def test_slivers_that_would_resize_past_the_pixel_limit_are_refused(tmp_path):
-    pre = Preprocess.from_config(DINOV2, "")  # shortest edge 256: 1 x 1500 -> 256 x 384000
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")  # shortest edge 256: 1 x 1500 -> 256 x 384000
     photo(1, 1500).save(tmp_path / "sliver.png")
     with pytest.raises(ImageError, match="would make 256x384000 pixels"):
         images.load(tmp_path / "sliver.png", pre)
@@ -443,7 +443,7 @@ def test_fast_decode_only_when_asked_and_never_below_the_resize(large_jpegs, kin
 
 
 def test_fast_decode_follows_exif_orientation_and_leaves_other_formats_alone(tmp_path):
-    pre = Preprocess.from_config(SWIN, "")
+    pre = Preprocess.from_config(SQUASH, "")
     img = photo(1200, 300)
     exif = Image.Exif()
     exif[0x0112] = 6  # shown as 300 wide, 1200 tall
@@ -463,7 +463,7 @@ def test_fast_decode_follows_exif_orientation_and_leaves_other_formats_alone(tmp
 
 
 def test_decoding_in_threads_gives_the_same_pixels(files):
-    pre = Preprocess.from_config(DINOV2, "")
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")
     paths = [p for p, _ in files][::2] * 2
     want = [images.load(p, pre) for p in paths]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -476,7 +476,7 @@ def test_decoding_in_threads_gives_the_same_pixels(files):
 # normalize
 
 
-@pytest.mark.parametrize("kind", ["vit", "bit"])
+@pytest.mark.parametrize("kind", ["squash", "short_edge_crop"])
 def test_lookup_table_is_the_processors_arithmetic(kind):
     """Every value of every channel, through transformers' own rescale and normalize."""
     for cfg in (KINDS[kind], {**KINDS[kind], "rescale_factor": 0.0123}, {**KINDS[kind], "do_rescale": False}):
@@ -491,7 +491,7 @@ def test_lookup_table_is_the_processors_arithmetic(kind):
 
 
 def test_normalize_layouts_dtypes_and_memory_formats():
-    pre = Preprocess.from_config(DINOV2, "")
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")
     nhwc = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8))
     table = torch.from_numpy(images.lookup_table(pre))
     want = torch.stack([table[c][nhwc[..., c].long()] for c in range(3)], dim=1)

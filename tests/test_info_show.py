@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bbx.formats import open_output
 from PIL import Image
 
-from bbx.outputs import open_output
 from tests.cli import run
 from tests.conftest import make_photos
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 SIZES = [(96, 72), (72, 96), (80, 80), (120, 64)]
 
@@ -113,13 +116,11 @@ def test_info_paths_listing(made):
 
 def _partial_writers(made, tmp_path):
     """Unfinished outputs as a killed run leaves them: one committed batch, never finished."""
-    from bbx.outputs import open_output
-    from bbx.writers import StageLayout, open_writer
+    from bbx.formats import open_output
 
-    facts = dict(open_output(made["h5"]).facts)
-    facts.pop("status", None)
-    facts.pop("rows", None)
-    facts["out_features"] = ["stage4"]
+    from bbx.formats import StageLayout, open_writer
+
+    facts = open_output(made["h5"]).facts.with_(out_features=("stage4",))
     stage = StageLayout("stage4", (32, 7, 7), "float32")
     maps = {"stage4": np.random.default_rng(0).standard_normal((2, 32, 7, 7)).astype(np.float32)}
     outs = []
@@ -193,12 +194,11 @@ def test_info_reads_metadata_not_maps(made, tmp_path, suffix):
     """A 16 MB output is reported with a small fraction of that in memory."""
     import tracemalloc
 
-    from bbx.outputs import open_output
-    from bbx.writers import StageLayout, open_writer
+    from bbx.formats import open_output
 
-    facts = dict(open_output(made["h5"]).facts, out_features=["big"])
-    facts.pop("status", None)
-    facts.pop("rows", None)
+    from bbx.formats import StageLayout, open_writer
+
+    facts = open_output(made["h5"]).facts.with_(out_features=("big",))
     big = StageLayout("big", (64, 32, 32), "float32")
     out = tmp_path / f"big{suffix}"
     w = open_writer(out, "hdf5" if suffix == ".h5" else "safetensors", facts=facts, stages=[big])
@@ -337,12 +337,11 @@ def test_show_errors(made, tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_rows_decode_exactly(made, tmp_path, suffix, dtype):
     """Stored 16-bit rows come back as the float32 values they hold (bfloat16: raw bit patterns)."""
-    from bbx.outputs import open_output
-    from bbx.writers import StageLayout, open_writer
+    from bbx.formats import open_output
 
-    facts = dict(open_output(made["h5"]).facts, out_features=["m"], store_dtype=dtype)
-    facts.pop("status", None)
-    facts.pop("rows", None)
+    from bbx.formats import StageLayout, open_writer
+
+    facts = open_output(made["h5"]).facts.with_(out_features=("m",), store_dtype=dtype)
     values = (np.arange(3 * 4 * 2 * 2, dtype=np.float32).reshape(3, 4, 2, 2) - 20) / 4  # exact in both
     stored = values.astype(np.float16) if dtype == "float16" else (values.view(np.uint32) >> 16).astype(np.uint16)
     out = tmp_path / f"h{suffix}"

@@ -16,6 +16,9 @@ import pytest
 from tests.cli import proc_env
 from tests.conftest import make_photos
 from tests.test_extract import _read
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 N_IMAGES = 240
 
@@ -59,8 +62,9 @@ def _env():
 
 
 def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.CompletedProcess:
+    from bbx.formats import open_output
+
     from bbx.errors import BbxError
-    from bbx.outputs import open_output
 
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -98,7 +102,7 @@ def test_signal_leaves_a_valid_file_and_resume_completes_it(tiny_resnet, many, f
     p = _start_and_signal(_cmd(tiny_resnet, out, many), out.with_name(out.name + ".partial"), sig)
     assert p.returncode == code, p.stderr
     assert "Traceback" not in p.stderr
-    from bbx.outputs import open_output
+    from bbx.formats import open_output
 
     info = open_output(out)  # a valid file under the final name
     assert info.status == "interrupted" and 0 < len(info.paths) < N_IMAGES

@@ -1,12 +1,12 @@
-"""The shared inference kernels in bbx.backbones.layers: row slices and low-precision attention."""
+"""The shared inference kernels in bbx.nn.layers: row slices and low-precision attention."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from bbx.nn import layers
 from torch.nn import functional as F
 
-from bbx.backbones import layers
 from tests.util import rel_err
 
 

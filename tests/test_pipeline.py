@@ -19,6 +19,9 @@ from PIL import Image
 
 from bbx import errors
 from tests.cli import ROOT, bbx_proc, proc_env, run
+from tests.util import checkpoint_fixture
+
+tiny_resnet = checkpoint_fixture("resnet", seed=3)
 
 ESC = "\x1b["
 COLOR = re.compile(r"\x1b\[[0-9;]*[34789][0-9;]*m")  # SGR sequences that set a colour
@@ -35,10 +38,10 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def listing(tmp_path_factory) -> Path:
     """A bbx output with many rows (its path listing is far larger than a pipe's buffer)."""
-    from bbx.writers import StageLayout, open_writer
+    from bbx.formats import RunFacts, StageLayout, open_writer
 
     out = tmp_path_factory.mktemp("listing") / "many.h5"
-    facts = {"format": "bbx-features", "model": "m", "checkpoint": "c", "out_features": ["v"], "pool": "avg"}
+    facts = RunFacts(model="m", checkpoint="c", out_features=("v",), pool="avg")
     w = open_writer(out, "hdf5", facts=facts, stages=[StageLayout("v", (2,), "float32")])
     n = 20000
     w.write([f"/data/photos/some/long/folder/name/photo-{i:06d}.jpg" for i in range(n)], {"v": np.zeros((n, 2), "f4")})

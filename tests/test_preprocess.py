@@ -15,14 +15,14 @@ from transformers.image_utils import ChannelDimension
 
 from bbx import images
 from bbx.errors import ModelError
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD
 from bbx.preprocess import Preprocess
-from bbx.registry import IMAGENET_MEAN, IMAGENET_STD
 from tests.processors import (
-    CONVNEXT_384,
-    DINOV2,
+    CROP_PCT,
     KINDS,
-    RESNET,
-    SWIN,
+    SHORT_EDGE_CROP,
+    SQUASH,
+    WARP_384,
     hf_pixels,
     hf_processor,
 )
@@ -35,7 +35,7 @@ BIT = "BitImageProcessor"
 
 # (id, preprocessor_config.json, model_type of config.json or None)
 CONFIGS = [
-    ("swin", SWIN, None),
+    ("swin", SQUASH, None),
     ("vit-dict", {"image_processor_type": VIT, "size": {"height": 224, "width": 224}, "resample": 3, **IMAGENET}, None),
     ("vit-defaults", {"feature_extractor_type": "ViTFeatureExtractor"}, None),
     ("vit-fast-name-list-size", {"image_processor_type": "ViTImageProcessorFast", "size": [200, 160]}, None),
@@ -67,9 +67,9 @@ CONFIGS = [
         None,
     ),
     ("deit-defaults", {"image_processor_type": "DeiTImageProcessor"}, None),
-    ("resnet", RESNET, None),
+    ("resnet", CROP_PCT, None),
     ("convnext-dict", {"image_processor_type": CONVNEXT, "size": {"shortest_edge": 224}, "crop_pct": 0.875}, None),
-    ("convnext-384", CONVNEXT_384, None),
+    ("convnext-384", WARP_384, None),
     ("convnext-defaults", {"image_processor_type": CONVNEXT}, None),
     ("convnext-crop-pct-1", {"feature_extractor_type": "ConvNextFeatureExtractor", "size": 160, "crop_pct": 1.0}, None),
     ("convnext-383", {"image_processor_type": CONVNEXT, "size": 383, "crop_pct": 0.95, "resample": 2}, None),
@@ -84,7 +84,7 @@ CONFIGS = [
         None,
     ),
     ("convnext-no-resize", {"image_processor_type": CONVNEXT, "do_resize": False}, None),
-    ("dinov2", DINOV2, None),
+    ("dinov2", SHORT_EDGE_CROP, None),
     ("bit-legacy-ints", {"image_processor_type": BIT, "size": 256, "crop_size": 224, **IMAGENET}, None),
     ("bit-defaults", {"image_processor_type": BIT}, None),
     ("bit-fast-name", {"image_processor_type": "BitImageProcessorFast", "size": {"shortest_edge": 100}}, None),
@@ -107,10 +107,10 @@ CONFIGS = [
     ("model-type-convnext", {"size": 224, "crop_pct": 0.9, **IMAGENET}, "convnext"),
 ]
 _HF_KIND = {
-    "ViTImageProcessorPil": "vit",
-    "DeiTImageProcessorPil": "vit",
-    "ConvNextImageProcessorPil": "convnext",
-    "BitImageProcessorPil": "bit",
+    "ViTImageProcessorPil": "resize",
+    "DeiTImageProcessorPil": "resize",
+    "ConvNextImageProcessorPil": "crop_pct",
+    "BitImageProcessorPil": "resize",
 }
 SIZES = [(37, 53), (300, 200), (224, 224), (13, 7), (640, 97)]  # (width, height)
 
@@ -136,7 +136,7 @@ def test_reads_configs_and_preprocesses_as_transformers(tmp_path, cfg, model_typ
     assert pre.do_normalize == bool(proc.do_normalize)
     assert pre.mean == tuple(np.broadcast_to(proc.image_mean, 3).tolist())
     assert pre.std == tuple(np.broadcast_to(proc.image_std, 3).tolist())
-    if pre.kind == "convnext":
+    if pre.kind == "crop_pct":
         assert pre.crop_pct == proc.crop_pct
     json.dumps(pre.describe())
 
@@ -154,26 +154,25 @@ def test_reads_configs_and_preprocesses_as_transformers(tmp_path, cfg, model_typ
 LEGACY_PAIRS = [
     (
         "swin",
-        SWIN,
-        {**SWIN, "feature_extractor_type": None, "image_processor_type": VIT, "size": {"height": 224, "width": 224}},
+        SQUASH,
+        {**SQUASH, "feature_extractor_type": None, "image_processor_type": VIT, "size": {"height": 224, "width": 224}},
     ),
-    ("vit-fast", SWIN, {**SWIN, "feature_extractor_type": "ViTImageProcessorFast"}),
+    ("vit-fast", SQUASH, {**SQUASH, "feature_extractor_type": "ViTImageProcessorFast"}),
     (
         "resnet",
-        RESNET,
-        {**RESNET, "feature_extractor_type": None, "image_processor_type": CONVNEXT, "size": {"shortest_edge": 224}},
+        CROP_PCT,
+        {**CROP_PCT, "feature_extractor_type": None, "image_processor_type": CONVNEXT, "size": {"shortest_edge": 224}},
     ),
-    ("convnext-pil", CONVNEXT_384, {**CONVNEXT_384, "feature_extractor_type": "ConvNextImageProcessorPil"}),
-    ("dinov2", {**DINOV2, "size": 256, "crop_size": 224}, DINOV2),
-    ("dinov2-by-model-type", {**DINOV2, "image_processor_type": None}, DINOV2),
+    ("convnext-pil", WARP_384, {**WARP_384, "feature_extractor_type": "ConvNextImageProcessorPil"}),
+    ("dinov2", {**SHORT_EDGE_CROP, "size": 256, "crop_size": 224}, SHORT_EDGE_CROP),
+    ("dinov2-by-model-type", {**SHORT_EDGE_CROP, "image_processor_type": None}, SHORT_EDGE_CROP),
 ]
 
 
 @pytest.mark.parametrize("old,new", [p[1:] for p in LEGACY_PAIRS], ids=[p[0] for p in LEGACY_PAIRS])
 def test_legacy_spellings_mean_the_same(old, new):
-    model_type = {"vit": "swin", "convnext": "resnet", "bit": "dinov2"}
     a = Preprocess.from_config(old, "dinov2")
-    b = Preprocess.from_config(new, model_type[a.kind])
+    b = Preprocess.from_config(new, "dinov2")
     assert replace(a, processor="") == replace(b, processor="")
 
 
@@ -239,10 +238,10 @@ def test_output_and_decode_sizes():
     def pre(cfg):
         return Preprocess.from_config(cfg, "")
 
-    assert pre(SWIN).output_size == (224, 224) and pre(SWIN).min_decode_size() == (224, 224)
-    assert pre(RESNET).output_size == (224, 224) and pre(RESNET).min_decode_size() == (256, 256)
-    assert pre(CONVNEXT_384).output_size == (384, 384) and pre(CONVNEXT_384).min_decode_size() == (384, 384)
-    assert pre(DINOV2).output_size == (224, 224) and pre(DINOV2).min_decode_size() == (256, 256)
+    assert pre(SQUASH).output_size == (224, 224) and pre(SQUASH).min_decode_size() == (224, 224)
+    assert pre(CROP_PCT).output_size == (224, 224) and pre(CROP_PCT).min_decode_size() == (256, 256)
+    assert pre(WARP_384).output_size == (384, 384) and pre(WARP_384).min_decode_size() == (384, 384)
+    assert pre(SHORT_EDGE_CROP).output_size == (224, 224) and pre(SHORT_EDGE_CROP).min_decode_size() == (256, 256)
     vit = pre({"image_processor_type": VIT, "size": [200, 160]})
     assert vit.output_size == (200, 160) and vit.min_decode_size() == (160, 200)  # (width, height)
     assert pre({"image_processor_type": VIT, "size": {"shortest_edge": 120}}).output_size is None
@@ -252,13 +251,13 @@ def test_output_and_decode_sizes():
 
 # kind, n, the processor's size arguments for an n x n output (written out, not derived from bbx)
 IMAGE_SIZE_CASES = [
-    ("vit", 160, {"size": {"height": 160, "width": 160}}),
-    ("vit", 448, {"size": {"height": 448, "width": 448}}),
-    ("convnext", 160, {"size": {"shortest_edge": 160}}),
-    ("convnext", 448, {"size": {"shortest_edge": 448}}),
-    ("convnext384", 288, {"size": {"shortest_edge": 288}}),  # below 384: the crop_pct rule again
-    ("bit", 448, {"size": {"shortest_edge": 512}, "crop_size": {"height": 448, "width": 448}}),
-    ("bit", 112, {"size": {"shortest_edge": 128}, "crop_size": {"height": 112, "width": 112}}),
+    ("squash", 160, {"size": {"height": 160, "width": 160}}),
+    ("squash", 448, {"size": {"height": 448, "width": 448}}),
+    ("crop_pct", 160, {"size": {"shortest_edge": 160}}),
+    ("crop_pct", 448, {"size": {"shortest_edge": 448}}),
+    ("warp_384", 288, {"size": {"shortest_edge": 288}}),  # below 384: the crop_pct rule again
+    ("short_edge_crop", 448, {"size": {"shortest_edge": 512}, "crop_size": {"height": 448, "width": 448}}),
+    ("short_edge_crop", 112, {"size": {"shortest_edge": 128}, "crop_size": {"height": 112, "width": 112}}),
 ]
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bbx.nn.backbone import map_shapes
 from transformers import ResNetConfig, ResNetForImageClassification, ResNetModel
 
 import bbx
 from bbx import registry
-from bbx.backbones.base import map_shapes
 from tests.util import hf_backbone, photo_batch, randomize_, rel_err, save_checkpoint
 
 TOL = 1e-5

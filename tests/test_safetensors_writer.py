@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bbx.formats import open_output
+from bbx.formats.safetensors_ import read_journal
+from bbx.formats.safetensors_ import SafetensorsWriter
 from safetensors.numpy import load_file
 
 from bbx.errors import InputError
-from bbx.outputs import open_output, read_journal
-from bbx.writers import StageLayout, open_writer
-from bbx.writers import safetensors_ as st
-from bbx.writers.safetensors_ import SafetensorsWriter
+from bbx.formats import RunFacts, StageLayout, open_writer
+from bbx.formats import safetensors_ as st
 
 STAGES = [StageLayout("a", (2, 2, 2), "float32"), StageLayout("b", (3,), "float16")]
-FACTS = {"format": "bbx-features", "out_features": ["a", "b"], "store_dtype": "float32", "pool": "none"}
+FACTS = RunFacts(out_features=("a", "b"), store_dtype="float32", pool="none")
 ROW = sum(s.bytes_per_image for s in STAGES)  # 38 bytes
 
 
@@ -288,7 +289,7 @@ def test_a_staging_folder_the_output_already_holds_is_dropped(tmp_path):
     spare = tmp_path / "spare"
     shutil.copytree(st.staging_dir(path), spare)
     w.finish("complete")
-    assert open_output(path).facts["run"] == read_journal(spare)[0]["run"]
+    assert open_output(path).run == read_journal(spare)[0]["run"]
     shutil.copytree(spare, st.staging_dir(path))  # as if the kill came before the journal went
     notes = _resume_and_finish(path, range(6))
     assert any("finished" in n for n in notes), notes
@@ -317,7 +318,7 @@ def test_a_torn_journal_line_is_cut_before_new_entries(tmp_path):
     _put(w, [7])
     w.finish("complete")
     _check_final(path, list(range(8)))
-    from bbx.outputs import scan_journal
+    from bbx.formats.safetensors_ import scan_journal
 
     journal.parent.mkdir()
     journal.write_bytes(torn)

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from bbx.nn.backbone import map_shapes
 from safetensors.torch import load_file, save_file
 from transformers import (
     SwinBackbone,
@@ -20,7 +21,6 @@ from transformers import (
 
 import bbx
 from bbx import hub, registry
-from bbx.backbones.base import map_shapes
 from bbx.errors import ModelError
 from bbx.loading import build
 from tests.cli import run
@@ -214,7 +214,7 @@ def test_forward_stops_after_last_selected_stage():
 
 
 def test_registry_rows_build():
-    rows = [r for r in registry.CHECKPOINTS if r.model_type == "swin"]
+    rows = [r for r in registry.checkpoints() if r.model_type == "swin"]
     assert {r.alias for r in rows} >= {"swin-tiny", "swin-small", "swin-base", "swin-large"}
     assert {"swin-base-384", "swin-large-384"} <= {r.alias for r in rows}
     for row in rows:

@@ -68,26 +68,62 @@ def save_checkpoint(model: Any, folder: Path, preprocessor: dict[str, Any] | Non
     return folder
 
 
-_BACKBONES = {
-    "resnet": "ResNetBackbone",
-    "swin": "SwinBackbone",
-    "convnext": "ConvNextBackbone",
-    "dinov2": "Dinov2Backbone",
-    "dinov2_with_registers": "Dinov2WithRegistersBackbone",
-}
-
-
-def hf_backbone(folder: Path, out_features: list[str] | None = None) -> torch.nn.Module:
-    """transformers' backbone for a local checkpoint folder, its class picked from the config
-    (``AutoBackbone.from_pretrained`` on a folder asks the hub first in transformers 5)."""
+def hf_backbone(folder: Path, out_features: list[str] | None = None, **kwargs: Any) -> torch.nn.Module:
+    """transformers' backbone for a local checkpoint folder, its class picked from the config by
+    transformers' own backbone table (``AutoBackbone.from_pretrained`` on a folder asks the hub
+    first in transformers 5)."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
 
     config = json.loads((folder / "config.json").read_text())
-    cls = getattr(transformers, _BACKBONES[config["model_type"]])
-    kwargs: dict[str, Any] = {}
+    cls = getattr(transformers, MODEL_FOR_BACKBONE_MAPPING_NAMES[config["model_type"]])
     if out_features is not None:
         kwargs["out_features"] = out_features
     return cls.from_pretrained(folder, **kwargs).eval()
+
+
+def hf_model(model_type: str, config: dict[str, Any], *, head: bool = True) -> torch.nn.Module:
+    """A transformers model of ``model_type`` built from ``config`` (with its image-classification
+    head when the type has one and ``head``), random weights, eval mode."""
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(model_type, **config)
+    if head:
+        try:
+            return transformers.AutoModelForImageClassification.from_config(cfg).eval()
+        except ValueError:  # a type without a classification model
+            pass
+    return transformers.AutoModel.from_config(cfg).eval()
+
+
+def tiny_checkpoint(folder: Path, model_type: str, *, seed: int = 0, head: bool = True, **overrides: Any) -> Path:
+    """A random-weight checkpoint in the hub layout of the family's tiny config (plus
+    ``overrides``), with the preprocessing of the family's first public checkpoint."""
+    from bbx import registry
+
+    fam = registry.family_of(model_type)
+    config = {k: v for k, v in fam.tiny_config(model_type).items() if k != "model_type"} | overrides
+    model = randomize_(hf_model(model_type, config, head=head), seed=seed)
+    return save_checkpoint(model, folder, registry.default_preprocessor(model_type))
+
+
+_FIXTURES: dict[tuple[Any, ...], Path] = {}
+
+
+def checkpoint_fixture(model_type: str, *, seed: int = 0, **overrides: Any) -> Any:
+    """A session-wide fixture giving the folder of :func:`tiny_checkpoint`, for a test
+    module to bind: ``tiny_net = checkpoint_fixture("<model_type>", seed=3)``."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory: Any) -> Path:
+        key = (model_type, seed, json.dumps(overrides, sort_keys=True))
+        if key not in _FIXTURES or not _FIXTURES[key].exists():
+            folder = tmp_path_factory.mktemp("ckpt") / f"tiny-{model_type}"
+            _FIXTURES[key] = tiny_checkpoint(folder, model_type, seed=seed, **overrides)
+        return _FIXTURES[key]
+
+    return fixture
 
 
 def all_stage_names(folder: Path) -> list[str]:
@@ -138,16 +174,3 @@ def photo_batch(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
         out.append((t - mean) / std)
     return torch.stack(out)
-
-
-def tiny_resnet(folder: Path, *, hidden_sizes: tuple[int, ...] = (8, 16, 16, 32), seed: int = 0) -> Path:
-    """A random-weight ResNet checkpoint small enough for hub tests (safetensors + configs)."""
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    from bbx import registry
-
-    config = ResNetConfig(
-        embedding_size=8, hidden_sizes=list(hidden_sizes), depths=[1] * len(hidden_sizes), layer_type="basic"
-    )
-    model = randomize_(ResNetForImageClassification(config).eval(), seed=seed)
-    return save_checkpoint(model, folder, registry.default_preprocessor("resnet"))

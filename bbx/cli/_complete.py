@@ -87,7 +87,7 @@ def complete_model(incomplete: str) -> Items:
     from bbx import registry
 
     names: list[tuple[str, str]] = []
-    for row in registry.CHECKPOINTS:
+    for row in registry.checkpoints():
         names.append((row.alias, row.description or row.repo_id))
         names += [(a, f"= {row.alias}") for a in row.extra_aliases]
         if incomplete:  # hub ids only once something is typed: they would crowd the alias list
@@ -97,20 +97,16 @@ def complete_model(incomplete: str) -> Items:
     return _matching(unique, incomplete)
 
 
-def stage_names_of_config(config: dict[str, Any]) -> list[str]:
-    """A checkpoint's stage names from its ``config.json`` alone (no torch): ``stem`` and one
-    ``stageK`` per stage (per transformer layer for DINOv2). tests/test_completion.py checks this
-    against the families' real stage lists."""
-    mt = config.get("model_type")
-    if mt in ("dinov2", "dinov2_with_registers"):
-        n = int(config.get("num_hidden_layers", 12))
-    elif mt in ("resnet", "swin", "convnext"):
-        n = len(config.get("depths") or [0, 0, 0, 0])
-        if mt == "convnext" and "num_stages" in config:
-            n = min(n, int(config["num_stages"]))
-    else:
+def stage_names_of_config(config: dict[str, Any], where: str = "config.json") -> list[str]:
+    """A checkpoint's stage names from its ``config.json`` alone (no torch), through the format
+    seam and the family's settings; [] when bbx cannot read the checkpoint."""
+    from bbx.checkpoints import recognise
+    from bbx.errors import BbxError
+
+    try:
+        return recognise(config, None, where).stage_names
+    except BbxError:
         return []
-    return ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
 
 
 def stage_names_of_model(name: str | None) -> list[str]:
@@ -196,7 +192,7 @@ def complete_stored_stage(ctx: typer.Context, incomplete: str) -> Items:
     if not file:
         return []
     try:
-        from bbx.outputs import open_output
+        from bbx.formats import open_output
 
         names = [s.name for s in open_output(Path(file).expanduser()).stages]
     except Exception:  # a completion must never fail loudly

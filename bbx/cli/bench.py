@@ -2,48 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
-from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
-from bbx.cli.extract import parse_indices, parse_names
+from bbx.cli._options import (
+    BATCH_SIZE,
+    BatchSize,
+    Compile,
+    Device,
+    Dtype,
+    ImageSize,
+    Json,
+    Model,
+    OutFeatures,
+    OutIndices,
+    Revision,
+    StageNorm,
+    parse_indices,
+    parse_names,
+)
 
 
 @command("bench")
 def bench(
-    model: str = typer.Argument(
-        ..., help="Alias, checkpoint folder or hub id org/name.", autocompletion=_complete.complete_model
-    ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per batch."),
-    dtype: str = typer.Option(
-        "float32",
-        "--dtype",
-        help="Compute dtype: float32, float16 or bfloat16 (autocast).",
-        autocompletion=_complete.DTYPES,
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto, cpu, cuda, cuda:N or mps.", autocompletion=_complete.DEVICES
-    ),
-    image_size: Optional[int] = typer.Option(
-        None, "--image-size", help="Input size N (NxN); default: the checkpoint's."
-    ),
-    out_indices: Optional[list[str]] = typer.Option(None, "--out-indices", help="Stages by index (default: last)."),
-    out_features: Optional[list[str]] = typer.Option(
-        None, "--out-features", help="Stages by name.", autocompletion=_complete.complete_out_features
-    ),
-    stage_norm: str = typer.Option(
-        "hf", "--stage-norm", help="Stage norms: hf, none or final.", autocompletion=_complete.STAGE_NORMS
-    ),
+    model: Model,
+    batch_size: BatchSize = BATCH_SIZE,
+    dtype: Dtype = "float32",
+    device: Device = "auto",
+    image_size: ImageSize = None,
+    out_indices: OutIndices = None,
+    out_features: OutFeatures = None,
+    stage_norm: StageNorm = "hf",
     pretrained: bool = typer.Option(
         False, "--pretrained/--no-pretrained", help="Load the checkpoint's weights (default: random, no download)."
     ),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (with --pretrained)."),
+    revision: Revision = None,
     warmup: int = typer.Option(2, "--warmup", help="Untimed batches first."),
     iters: int = typer.Option(10, "--iters", help="Timed batches (the median is reported)."),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (compiled in the warm-up)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    compile_model: Compile = False,
+    as_json: Json = False,
 ) -> None:
     """Model-only throughput: warm-up, then the median of timed batches (images/s, ms per batch).
 

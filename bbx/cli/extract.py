@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,103 +11,36 @@ import typer
 
 from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
-from bbx.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError
-
-
-def parse_indices(values: list[str] | None) -> tuple[int, ...] | None:
-    """``--out-indices 1,3`` / repeated options / negatives -> a tuple of ints."""
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in v.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                out.append(int(part))
-            except ValueError:
-                raise UsageError(f"--out-indices takes integers (e.g. 1,3 or -1), got {part!r}") from None
-    return tuple(out)
-
-
-def parse_names(values: list[str] | None) -> tuple[str, ...] | None:
-    if not values:
-        return None
-    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_size(value: str | None) -> int | None:
-    if value is None:
-        return None
-    v = value.strip().lower().replace(" ", "")
-    num = v.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = v[len(num) :]
-    try:
-        n = float(num) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise UsageError(f"--shard-size takes a size such as 500MB or 2GB, got {value!r}") from None
-    if n < 1:
-        raise UsageError(f"--shard-size must be positive, got {value!r}")
-    return int(n)
+from bbx.cli._options import (
+    BATCH_SIZE,
+    BatchSize,
+    Compile,
+    Device,
+    Dtype,
+    ImageSize,
+    Json,
+    ModelOption,
+    OutFeatures,
+    OutIndices,
+    Quiet,
+    Revision,
+    StageNorm,
+    parse_indices,
+    parse_names,
+    parse_size,
+)
+from bbx.errors import EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM, Terminated
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-class _PlainProgress:
-    """Progress for a terminal with NO_COLOR: one line redrawn with a carriage return, at most
-    twice a second, and no escape codes at all."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.last = 0.0
-        self.t0 = time.monotonic()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.5 and done < self.total:
-            return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\rextracting {done}/{self.total} ({rate:.1f} images/s)")
-        sys.stderr.flush()
-
-    def stop(self) -> None:
-        sys.stderr.write("\r" + " " * 60 + "\r")
-        sys.stderr.flush()
-
-
 @command("extract")
 def extract(
+    model: ModelOption,
     inputs: list[str] = typer.Argument(
         None, help="Image files, folders (searched recursively) or - to read paths from stdin.", show_default=False
-    ),
-    model: str = typer.Option(
-        ...,
-        "--model",
-        "-m",
-        help="Alias, checkpoint folder or hub id org/name.",
-        autocompletion=_complete.complete_model,
     ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here."
@@ -117,31 +48,12 @@ def extract(
     fmt: Optional[str] = typer.Option(
         None, "--format", help="hdf5 or safetensors (default: from the suffix).", autocompletion=_complete.FORMATS
     ),
-    out_indices: Optional[list[str]] = typer.Option(
-        None, "--out-indices", help="Stages by index: 1,3 or -1 (repeatable). Default: the last stage."
-    ),
-    out_features: Optional[list[str]] = typer.Option(
-        None,
-        "--out-features",
-        help="Stages by name: stage1,stage3 (repeatable).",
-        autocompletion=_complete.complete_out_features,
-    ),
-    image_size: Optional[int] = typer.Option(
-        None, "--image-size", help="Input size N (NxN) instead of the checkpoint's."
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per batch."),
-    device: str = typer.Option(
-        "auto",
-        "--device",
-        help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).",
-        autocompletion=_complete.DEVICES,
-    ),
-    dtype: str = typer.Option(
-        "float32",
-        "--dtype",
-        help="Compute dtype: float32, float16 or bfloat16 (autocast).",
-        autocompletion=_complete.DTYPES,
-    ),
+    out_indices: OutIndices = None,
+    out_features: OutFeatures = None,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = BATCH_SIZE,
+    device: Device = "auto",
+    dtype: Dtype = "float32",
     store_dtype: str = typer.Option(
         "float32",
         "--store-dtype",
@@ -169,16 +81,11 @@ def extract(
     fast_decode: bool = typer.Option(
         False, "--fast-decode", help="Reduced-size JPEG decoding (faster, changes pixels slightly)."
     ),
-    stage_norm: str = typer.Option(
-        "hf",
-        "--stage-norm",
-        help="Stage norms: hf (transformers), none or final.",
-        autocompletion=_complete.STAGE_NORMS,
-    ),
+    stage_norm: StageNorm = "hf",
     pretrained: bool = typer.Option(
         True, "--pretrained/--no-pretrained", help="--no-pretrained: random weights from the config, offline."
     ),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit sha."),
+    revision: Revision = None,
     shard_size: Optional[str] = typer.Option(None, "--shard-size", help="safetensors shard size (default 5GB)."),
     on_error: str = typer.Option(
         "skip",
@@ -186,11 +93,9 @@ def extract(
         help="skip: skip bad images and report them; stop: stop.",
         autocompletion=_complete.ON_ERROR,
     ),
-    compile_model: bool = typer.Option(
-        False, "--compile", help="torch.compile the model: slow to start (tens of seconds), faster for long runs."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (nothing else there)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    compile_model: Compile = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Extract the feature maps of the chosen stages for every image.
 
@@ -203,8 +108,10 @@ def extract(
       bbx extract -m dinov2-small --pool avg --store-dtype float16 -o vecs.safetensors photos/
     """
     from bbx import inputs as inputs_mod
-    from bbx.extract import ExtractOptions, plan, resolve_device, run
-    from bbx.report import render_plan, render_summary
+    from bbx.cli._progress import progress_for
+    from bbx.cli._render import render_plan, render_summary
+    from bbx.extract import ExtractOptions, plan, run
+    from bbx.runtime import resolve_device
 
     opts = ExtractOptions(
         model=model,
@@ -244,38 +151,17 @@ def extract(
             render_plan(the_plan, err)
         return
 
-    show = not quiet and not as_json
     progress_bar = None
-    task = None
 
     def on_plan(p: object) -> None:
-        nonlocal progress_bar, task
-        if show:
+        nonlocal progress_bar
+        if not quiet and not as_json:
             render_plan(p, err)  # type: ignore[arg-type]
-        if not quiet and sys.stderr.isatty():
-            if os.environ.get("NO_COLOR"):  # plain text: a line redrawn with \r, no escape codes
-                progress_bar = _PlainProgress(p.todo)  # type: ignore[attr-defined]
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            progress_bar = Progress(
-                TextColumn("extracting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                redirect_stdout=False,
-                redirect_stderr=False,
-                transient=True,
-            )
-            progress_bar.start()
-            task = progress_bar.add_task("extract", total=p.todo)  # type: ignore[attr-defined]
+        progress_bar = progress_for(p.todo, err, quiet=quiet)  # type: ignore[attr-defined]
 
     def on_progress(handled: int, total: int) -> None:
-        if isinstance(progress_bar, _PlainProgress):
+        if progress_bar is not None:
             progress_bar.update(handled)
-        elif progress_bar is not None and task is not None:
-            progress_bar.update(task, completed=handled)
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

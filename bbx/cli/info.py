@@ -45,7 +45,7 @@ def info(
 
       bbx info feats.h5 --paths | head
     """
-    from bbx.outputs import open_output
+    from bbx.formats import open_output
     from bbx.report import human_bytes
 
     out = open_output(file)
@@ -59,10 +59,10 @@ def info(
         return
     from rich.markup import escape
 
+    from bbx.cli._render import table as make_table
     from bbx.report import plural
-    from bbx.report import table as make_table
 
-    f = out.facts
+    f = out.facts.to_json()
     con = console()
     con.print(
         f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {_status_line(out.state)}, "

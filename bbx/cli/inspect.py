@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
-import typer
-
-from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
+from bbx.cli._options import ImageSize, Json, Model, Revision, StageNorm
 
 
 @command("inspect")
 def inspect(
-    model: str = typer.Argument(
-        ...,
-        help="Alias (see `bbx models`), checkpoint folder or hub id org/name.",
-        autocompletion=_complete.complete_model,
-    ),
-    image_size: Optional[int] = typer.Option(  # noqa: UP007,UP045 (typer needs Optional on 3.10)
-        None, "--image-size", help="Input size N (NxN pixels); default: the checkpoint's."
-    ),
-    revision: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--revision", help="Hub branch, tag or commit sha (for an alias: read that revision's config)."
-    ),
-    stage_norm: str = typer.Option(
-        "hf",
-        "--stage-norm",
-        help="Stage norms: hf (transformers' backbone), none, or final.",
-        autocompletion=_complete.STAGE_NORMS,
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
+    model: Model,
+    image_size: ImageSize = None,
+    revision: Revision = None,
+    stage_norm: StageNorm = "hf",
+    as_json: Json = False,
 ) -> None:
     """List a model's stages: index, name, channels, stride and feature-map shape.
 
@@ -44,7 +27,7 @@ def inspect(
     if as_json:
         emit_json(report.to_json())
         return
-    from bbx.report import table as make_table
+    from bbx.cli._render import table as make_table
 
     out = console()
     h, w = report.input_size
@@ -63,4 +46,5 @@ def inspect(
             f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]",
         )
     out.print(table)
+    out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
     out.print("* default selection (the last stage); choose others with --out-indices or --out-features")

@@ -12,7 +12,7 @@ def _rows() -> list[dict[str, object]]:
     from bbx.preprocess import Preprocess
 
     rows = []
-    for row in registry.CHECKPOINTS:
+    for row in registry.checkpoints():
         size = Preprocess.from_config(row.preprocessor, row.model_type).output_size
         rows.append(
             {
@@ -42,7 +42,7 @@ def models(
     if as_json:
         emit_json(rows)
         return
-    from bbx.report import table as make_table
+    from bbx.cli._render import table as make_table
 
     table = make_table("alias", "checkpoint", "architecture", "input", "stages")
     for r in rows:

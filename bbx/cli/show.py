@@ -63,7 +63,7 @@ def show(
       bbx show feats.h5 -s stage2 -i 0 -i 5 -i -1 --mode grid --channels 25 -o grid.png
     """
     from bbx import pictures
-    from bbx.outputs import open_output
+    from bbx.formats import open_output
 
     if mode not in pictures.MODES:  # before reading anything
         from bbx.errors import UsageError
@@ -74,7 +74,7 @@ def show(
     if chosen.pooled:
         raise InputError(
             f"stage {chosen.name} of {file} holds pooled vectors {list(chosen.shape)} "
-            f"(extracted with --pool {out.facts.get('pool', 'avg')}): bbx show needs maps, extract with --pool none"
+            f"(extracted with --pool {out.facts.pool}): bbx show needs maps, extract with --pool none"
         )
     rows = [out.row(i) for i in (index or [0])]
     maps = out.read(chosen, rows)
@@ -85,8 +85,8 @@ def show(
         mode=mode,
         size=size,
         channels=channels,
-        cwd=out.facts.get("cwd"),
-        exif=bool(out.facts.get("exif", True)),
+        cwd=out.facts.cwd or None,
+        exif=out.facts.exif,
         show_inputs=not no_input,
     )
     target = output or _picture_name(file, chosen.name, mode)

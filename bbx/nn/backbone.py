@@ -1,7 +1,8 @@
-"""The contract every backbone family implements.
+"""The contract every family's network implements.
 
-A family subclasses :class:`Backbone`, declares its stages (name, channels, stride) where it
-builds the layers, and implements two small methods:
+A family's model subclasses :class:`Backbone`, which takes the stage list (name, channels, stride)
+and the map-size arithmetic from the family's torch-free settings (:class:`bbx.family.Settings`),
+and implements two small methods:
 
 * ``iter_stages(x)`` yields one *raw* state per stage, in order (stem first). It is a generator:
   :meth:`Backbone.forward_stages` stops pulling after the last stage asked for, so later stages are
@@ -16,40 +17,30 @@ selected maps as a tuple in stage order. No classification head exists in any bb
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from bbx.family import STAGE_NORMS, Settings, StageInfo
 from bbx.stages import Selection, select_stages
-
-STAGE_NORMS = ("hf", "none", "final")
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage: its name, channel count and stride (reduction from the input) at the
-    checkpoint's input size."""
-
-    name: str
-    channels: int
-    stride: int
 
 
 class Backbone(nn.Module):
-    """Base class of every bbx backbone. Subclasses set ``stage_specs`` in ``__init__``."""
+    """Base class of every bbx backbone: built from the family's settings, whose stage list it
+    reports (``stage_specs``) and whose size arithmetic ``map_sizes`` is."""
 
-    stage_specs: tuple[StageSpec, ...]
+    stage_specs: tuple[StageInfo, ...]
     #: checkpoint keys that may be absent, with the value their tensor is filled with
     #: (transformers creates e.g. Swin's per-stage norms fresh when a checkpoint lacks them).
     optional_keys: Mapping[str, float] = {}
 
-    def __init__(self, specs: Sequence[StageSpec], *, config: Mapping[str, Any], stage_norm: str = "hf"):
+    def __init__(self, settings: Settings, *, config: Mapping[str, Any], stage_norm: str = "hf"):
         super().__init__()
         if stage_norm not in STAGE_NORMS:
             raise ValueError(f"stage_norm must be one of {STAGE_NORMS}, got {stage_norm!r}")
-        self.stage_specs = tuple(specs)
+        self.settings = settings
+        self.stage_specs = tuple(settings.stages())
         self.config = dict(config)
         self.stage_norm = stage_norm
         self._selection = select_stages(self.stage_names)
@@ -93,9 +84,9 @@ class Backbone(nn.Module):
     def stage_map(self, index: int, raw: Any) -> torch.Tensor:
         return raw
 
-    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:  # pragma: no cover
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(H, W) of every stage's map for an input of ``image_size``; ValueError if too small."""
-        raise NotImplementedError
+        return self.settings.map_sizes(image_size)
 
     def forward_stages(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
         """Maps of the stages ``indices`` (non-negative, increasing); computes nothing past the last."""
@@ -143,5 +134,6 @@ def map_shapes(model: Backbone, image_size: tuple[int, int]) -> list[tuple[int, 
     """``[C, H, W]`` of every stage's map for an input of ``image_size`` (height, width), from
     the family's size arithmetic: no forward pass, no weights (the model may be on the meta
     device). Tests check the arithmetic against real forward passes."""
-    sizes = model.map_sizes(image_size)
-    return [(spec.channels, h, w) for spec, (h, w) in zip(model.stage_specs, sizes)]
+    from bbx.family import map_shapes as shapes
+
+    return shapes(model.settings, image_size)

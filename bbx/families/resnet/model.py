@@ -15,41 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import activation, conv_act
-
-
-@dataclass(frozen=True)
-class ResNetSettings:
-    """The architecture fields of a ResNet ``config.json``, with transformers' defaults."""
-
-    num_channels: int = 3
-    embedding_size: int = 64
-    hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
-    depths: tuple[int, ...] = (3, 4, 6, 3)
-    layer_type: str = "bottleneck"
-    hidden_act: str = "relu"
-    downsample_in_first_stage: bool = False
-    downsample_in_bottleneck: bool = False
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ResNetSettings:
-        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
-        for k in ("hidden_sizes", "depths"):
-            if k in known:
-                known[k] = tuple(known[k])
-        s = cls(**known)
-        if s.layer_type not in ("basic", "bottleneck"):
-            raise ValueError(f"layer_type must be 'basic' or 'bottleneck', got {s.layer_type!r}")
-        if len(s.hidden_sizes) != len(s.depths):
-            raise ValueError("hidden_sizes and depths must have the same length")
-        return s
+from bbx.families.resnet import ResNetSettings
+from bbx.nn.backbone import Backbone
+from bbx.nn.layers import activation, conv_act
 
 
 class ConvNormAct(nn.Module):
@@ -131,19 +104,13 @@ class Block(nn.Module):
 class ResNet(Backbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ResNetSettings.from_config(config)
-        specs = [StageSpec("stem", s.embedding_size, 4)]
-        stride = 4
+        super().__init__(s, config=config, stage_norm=stage_norm)
         stages = []
         cin = s.embedding_size
-        for i, (cout, depth) in enumerate(zip(s.hidden_sizes, s.depths)):
-            first_stride = 2 if (i > 0 or s.downsample_in_first_stage) else 1
-            stride *= first_stride
+        for cout, depth, first_stride in zip(s.hidden_sizes, s.depths, s.first_strides()):
             blocks = [Block(cin, cout, first_stride, s)] + [Block(cout, cout, 1, s) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
-            specs.append(StageSpec(f"stage{i + 1}", cout, stride))
             cin = cout
-        super().__init__(specs, config=config, stage_norm=stage_norm)
-        self.settings = s
         # The stem's activation follows hidden_act; inside blocks transformers hard-codes ReLU for
         # the inner convs and uses hidden_act after the residual sum. We do the same.
         self.stem = ConvNormAct(s.num_channels, s.embedding_size, 7, 2, act=s.hidden_act)
@@ -166,18 +133,6 @@ class ResNet(Backbone):
             x = stage(x)
             yield x
 
-    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        h, w = image_size
-        if h < 1 or w < 1:
-            raise ValueError("input must be at least 1x1")
-        h, w = _halve(_halve(h)), _halve(_halve(w))
-        sizes = [(h, w)]
-        for i in range(len(self.stages)):
-            if i > 0 or self.settings.downsample_in_first_stage:
-                h, w = _halve(h), _halve(w)
-            sizes.append((h, w))
-        return sizes
-
 
 # applied in order, each where it matches
 _RULES = [
@@ -187,11 +142,6 @@ _RULES = [
     (re.compile(r"\.convolution\."), ".conv."),
     (re.compile(r"\.normalization\."), ".bn."),
 ]
-
-
-def _halve(n: int) -> int:
-    """A stride-2 op with 'same' padding (7x7/p3, 3x3/p1, 1x1/p0, max-pool 3/p1): ceil(n / 2)."""
-    return (n + 1) // 2
 
 
 def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:

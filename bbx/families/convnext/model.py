@@ -42,57 +42,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp, fold_scale_, in_row_slices
+from bbx.families.convnext import ConvNextSettings
+from bbx.nn.backbone import Backbone
+from bbx.nn.layers import Mlp, fold_scale_, in_row_slices
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
 INNER_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class ConvNextSettings:
-    """The architecture fields of a ConvNeXt ``config.json``, with transformers' defaults."""
-
-    num_channels: int = 3
-    patch_size: int = 4
-    num_stages: int = 4
-    hidden_sizes: tuple[int, ...] = (96, 192, 384, 768)
-    depths: tuple[int, ...] = (3, 3, 9, 3)
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    layer_scale_init_value: float = 1e-6
-    drop_path_rate: float = 0.0  # training only; read so that a config round-trips, never used
-    image_size: int = 224
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ConvNextSettings:
-        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
-        for k in ("hidden_sizes", "depths"):
-            if k in known:
-                known[k] = tuple(int(v) for v in known[k])
-        for k in ("patch_size", "image_size"):
-            if isinstance(known.get(k), (list, tuple)):
-                sides = {int(v) for v in known[k]}
-                if len(sides) != 1:
-                    raise ValueError(f"non-square {k} {list(known[k])} is not supported")
-                known[k] = sides.pop()
-        s = cls(**known)
-        if s.num_stages < 1 or s.num_stages > min(len(s.hidden_sizes), len(s.depths)):
-            raise ValueError(
-                f"num_stages {s.num_stages} needs at least that many hidden_sizes ({len(s.hidden_sizes)}) "
-                f"and depths ({len(s.depths)})"
-            )
-        if s.patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {s.patch_size}")
-        return s
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -180,21 +142,16 @@ class Stage(nn.Module):
 class ConvNext(Backbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ConvNextSettings.from_config(config)
-        widths = s.hidden_sizes[: s.num_stages]
-        specs = [StageSpec("stem", widths[0], s.patch_size)]
-        stride = s.patch_size
+        super().__init__(s, config=config, stage_norm=stage_norm)
+        widths = s.widths
         stages = []
         cin = widths[0]
         for i, (cout, depth) in enumerate(zip(widths, s.depths[: s.num_stages])):
             # transformers downsamples when the stride is 2 (every stage but the first) or the
             # width changes (never for the first stage, whose input is the stem's width)
-            downsample = i > 0
-            stride *= 2 if downsample else 1
-            stages.append(Stage(cin, cout, depth, downsample, s))
-            specs.append(StageSpec(f"stage{i + 1}", cout, stride))
+            stages.append(Stage(cin, cout, depth, i > 0, s))
             cin = cout
-        super().__init__(specs, config=config, stage_norm=stage_norm)
-        self.settings = s
+        specs = self.stage_specs
         self.stem = Stem(s.num_channels, widths[0], s.patch_size)
         self.stages = nn.ModuleList(stages)
         # ConvNextBackbone's per-stage norms, one per stage (only the selected ones are applied)
@@ -233,20 +190,6 @@ class ConvNext(Backbone):
         elif self.stage_norm == "final" and index == len(self.stage_specs) - 1:
             raw = self.final_norm(raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return raw.contiguous()
-
-    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        h, w = image_size
-        p = self.settings.patch_size
-        need = p * 2 ** (len(self.stages) - 1)
-        if h < need or w < need:
-            raise ValueError(f"input {h}x{w} is too small: ConvNeXt needs at least {need}x{need}")
-        # valid (unpadded) convs whose kernel equals their stride: floor division
-        h, w = h // p, w // p
-        sizes = [(h, w), (h, w)]
-        for _ in range(len(self.stages) - 1):
-            h, w = h // 2, w // 2
-            sizes.append((h, w))
-        return sizes
 
     def explain_missing(self, missing: Sequence[str]) -> str:
         if self.stage_norm == "final" and any(k.startswith("final_norm.") for k in missing):

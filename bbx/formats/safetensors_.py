@@ -1,4 +1,4 @@
-"""safetensors output, single file or hub-style shards.
+"""safetensors output, single file or hub-style shards: layout, writer and reader.
 
 A single file ``feats.safetensors`` holds one tensor per stage, named by the stage (``stage1``:
 ``[N, C, H, W]``, or ``[N, C]`` pooled), and string metadata: ``paths`` (JSON list; row i belongs
@@ -48,9 +48,19 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from bbx.errors import InputError
-from bbx.outputs import JOURNAL, open_output, read_header, scan_journal
-from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
+from bbx import dtypes
+from bbx.errors import InputError, first_line
+from bbx.formats.base import (
+    FORMAT_TAG,
+    Output,
+    RunFacts,
+    StageLayout,
+    check_shapes,
+    fsync_dir,
+    not_bbx,
+    partial_path,
+    refuse_to_replace,
+)
 
 try:
     import fcntl
@@ -61,16 +71,18 @@ DEFAULT_SHARD_BYTES = 5 * 10**9
 #: the most bytes one file's ``paths`` may take in its header (safetensors refuses headers over 100 MB)
 HEADER_CAP = 32 * 10**6
 _HEADER_BASE = 4  # the quotes and brackets around a stored paths list
-_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 _COPY = 16 << 20
 LOCK = "lock"
+#: the staging folder's journal
+JOURNAL = "journal.jsonl"
+NAME = "safetensors"
+SUFFIXES = (".safetensors",)
 
 #: where a tensor's bytes come from: (file, offset, bytes), concatenated in order
 Segment = tuple[Path, int, int]
 
 
-def staging_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+staging_dir = partial_path
 
 
 def index_path(path: Path) -> Path:
@@ -131,7 +143,7 @@ def _write_file(
         if sum(n for _, _, n in segments) != nbytes:
             raise RuntimeError(f"internal error: {name} has {rows} rows but its sources hold another size")
         header[name] = {
-            "dtype": _DTYPES[layout.dtype],
+            "dtype": dtypes.DTYPES[layout.dtype].safetensors,
             "shape": [rows, *layout.shape],
             "data_offsets": [offset, offset + nbytes],
         }
@@ -157,7 +169,7 @@ class SafetensorsWriter:
         self,
         path: Path,
         *,
-        facts: Mapping[str, Any],
+        facts: RunFacts,
         stages: Sequence[StageLayout],
         overwrite: bool = False,
         resume: bool = False,
@@ -167,11 +179,11 @@ class SafetensorsWriter:
         self.stage_dir = staging_dir(path)
         self.index = index_path(path)
         self.stages = list(stages)
-        self.facts = dict(facts)
+        self.facts = facts
         self.shard_bytes = shard_bytes or DEFAULT_SHARD_BYTES
         self.bytes_per_image = sum(s.bytes_per_image for s in self.stages)
         self.existing_paths: list[str] = []
-        self.existing_facts: dict[str, Any] | None = None
+        self.existing_facts: RunFacts | None = None
         self.notes: list[str] = []
         # in the journal and in the finished output: which run made what (not a number, so JSON keeps it a string)
         self.run = f"run-{secrets.token_hex(8)}"
@@ -208,8 +220,7 @@ class SafetensorsWriter:
         if folder.is_dir():
             self._take_lock()  # before anything else: another run may be writing it
         if not overwrite and not resume:
-            found = self.path if self.path.exists() else self.index if self.index.exists() else None
-            refuse_to_replace(found, folder if folder.exists() else None)
+            refuse_to_replace(*leftovers(self.path))
         if overwrite:
             replaced = self._current_files()
             earlier, _ = scan_journal(folder) if folder.is_dir() else ([], 0)
@@ -220,8 +231,10 @@ class SafetensorsWriter:
             return
         existing = None
         if resume and (self.path.exists() or self.index.exists()):
+            from bbx.formats import open_output
+
             existing = open_output(self.path)
-            if not existing.format.startswith("safetensors"):
+            if not isinstance(existing, SafetensorsOutput):
                 raise InputError(
                     f"cannot resume {self.path} as safetensors: it is an {existing.format} output, "
                     "not a safetensors output (resume it with --format hdf5, or choose another -o)"
@@ -229,7 +242,7 @@ class SafetensorsWriter:
         entries, end = scan_journal(folder) if resume and folder.is_dir() else ([], 0)
         usable = bool(entries) and "facts" in entries[0]
         token = entries[0].get("run") if usable else None
-        if existing is not None and token and str(existing.facts.get("run")) == str(token):
+        if existing is not None and token and str(existing.run) == str(token):
             # killed after its output was in place: the folder is spent, replaying it would add its rows twice
             self.notes.append(f"{folder.name} was left by a run whose output had been finished; removed it")
             self._sweep(entries, keep=set(existing.files), spent=True)
@@ -239,8 +252,8 @@ class SafetensorsWriter:
             self.notes.append(f"{folder.name} held no usable journal and is started over")
         overwriting = usable and "replaces" in entries[0]
         if existing is not None and not overwriting:
-            check_resumable(existing.facts, self.facts, self.path)
-            self.existing_paths, self.existing_facts = list(existing.paths), dict(existing.facts)
+            existing.facts.check_resumable(self.facts, self.path)
+            self.existing_paths, self.existing_facts = list(existing.paths), existing.facts
             self.failed = list(existing.failed)
             self.old_files = [(f, names, existing.paths[first : first + n]) for f, names, first, n in existing.parts]
             self.old_sharded = existing.format == "safetensors-sharded"
@@ -291,7 +304,11 @@ class SafetensorsWriter:
             shutil.rmtree(folder)  # a spent or unusable folder, under this run's lock
         folder.mkdir(parents=True)
         self._take_lock()
-        first: dict[str, Any] = {"facts": self.facts, "stages": [s.__dict__ for s in self.stages], "run": self.run}
+        first: dict[str, Any] = {
+            "facts": self.facts.to_json(),
+            "stages": [s.to_json() for s in self.stages],
+            "run": self.run,
+        }
         if replaces is not None:
             first["replaces"] = sorted({f.name for f in replaces})
         self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
@@ -304,7 +321,7 @@ class SafetensorsWriter:
         """Continue a staging folder left by an interrupted or killed run."""
         folder = self.stage_dir
         first = entries[0]
-        check_resumable(first["facts"], self.facts, self.path)
+        RunFacts.from_metadata(first["facts"]).check_resumable(self.facts, self.path)
         self.run = str(first.get("run") or self.run)
         if "replaces" in first:
             self.replaced = _unique(self._named(first["replaces"]) + self._current_files())
@@ -356,7 +373,7 @@ class SafetensorsWriter:
         fsync_dir(folder)
         done = len(self.staged) + sum(len(p) for _, p in self.sealed)
         if self.existing_facts is None:
-            self.existing_facts = dict(first["facts"])
+            self.existing_facts = RunFacts.from_metadata(first["facts"])
         self.existing_paths += [p for _, ps in self.sealed for p in ps] + list(self.staged)
         self._header = sum(_path_cost(p) for p in self.staged)
         if done:
@@ -405,21 +422,9 @@ class SafetensorsWriter:
             n += 1
         return n if n or rows else min(1, len(paths))
 
-    def _check(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
-        for s in self.stages:
-            a = maps.get(s.name)
-            shape = tuple(getattr(a, "shape", ()))
-            itemsize = getattr(getattr(a, "dtype", None), "itemsize", None)
-            if shape != (len(paths), *s.shape) or itemsize != s.itemsize:
-                got = "nothing" if a is None else f"{shape} of {getattr(a, 'dtype', type(a).__name__)}"
-                raise RuntimeError(
-                    f"internal error: stage {s.name} maps for {len(paths)} images are {got}, "
-                    f"the output stores {s.shape} of {s.dtype} per image"
-                )
-
     def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
         """Stage a batch; a batch that crosses the shard size is split between shards."""
-        self._check(paths, maps)
+        check_shapes(self.stages, len(paths), maps)
         start = 0
         while start < len(paths):
             n = self._room(paths[start:], rows=len(self.staged), header=self._header)
@@ -484,7 +489,7 @@ class SafetensorsWriter:
             p.unlink(missing_ok=True)
 
     def _file_meta(self, paths: Sequence[str], *, status: str, extra: Mapping[str, Any]) -> dict[str, str]:
-        meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in self.facts.items() if v is not None}
+        meta = self.facts.to_strings()
         meta.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
         meta["paths"] = json.dumps(list(paths), ensure_ascii=False)
         meta["status"] = status
@@ -505,7 +510,7 @@ class SafetensorsWriter:
         for s in self.stages:
             info = header.get(names.get(s.name, ""))
             fits = isinstance(info, dict) and info.get("shape") == [rows, *s.shape]
-            if not fits or info.get("dtype") != _DTYPES[s.dtype]:
+            if not fits or info.get("dtype") != dtypes.DTYPES[s.dtype].safetensors:
                 raise InputError(f"{src}: stage {s.name} is missing or has an unexpected shape; cannot extend it")
             out[s.name] = [(src, data_start + int(info["data_offsets"][0]), rows * s.bytes_per_image)]
         return out
@@ -589,7 +594,7 @@ class SafetensorsWriter:
                 weight_map[t] = target.name
             shards_meta.append({"file": target.name, "rows": len(paths)})
             offset += len(paths)
-        meta = {k: v for k, v in self.facts.items() if v is not None}
+        meta = {k: v for k, v in self.facts.to_json().items() if v is not None}
         meta.update({"status": status, "shards": shards_meta, "failed": [list(x) for x in self.failed]})
         meta.update({"total_size": total, "num_images": offset, "run": self.run})
         _write_json(self.index, {"metadata": meta, "weight_map": weight_map})
@@ -633,3 +638,263 @@ class SafetensorsWriter:
 
 def _unique(files: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def leftovers(path: Path) -> tuple[Path | None, Path | None]:
+    """(a finished output, an unfinished one) under this name that a new run would replace."""
+    index, folder = index_path(path), staging_dir(path)
+    found = path if path.exists() else index if index.exists() else None
+    return found, (folder if folder.exists() else None)
+
+
+class SafetensorsOutput(Output):
+    """A safetensors output (single file, shard set or staging folder)."""
+
+    #: where each row's data lies: (file, {tensor name per stage}, first row, rows)
+    parts: list[tuple[Path, dict[str, str], int, int]]
+    run: str | None = None  # the token of the run that wrote it
+
+    def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
+        if self.format == "safetensors-staging":
+            raise InputError(
+                f"{self.path} is an unfinished safetensors output: finish it with bbx extract --resume first"
+            )
+        out = np.empty((max(0, stop - start), *stage.shape), dtype=stage.storage)
+        at = 0
+        for file, names, first, count in self.parts:
+            lo, hi = max(start, first), min(stop, first + count)
+            if lo >= hi:
+                continue
+            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first)
+            at += hi - lo
+        if at != len(out):  # pragma: no cover - rows are checked against the paths first
+            raise InputError(f"{self.path}: rows {start}..{stop - 1} are not all in its files")
+        return out
+
+
+def _output(
+    path: Path,
+    fmt: str,
+    files: list[Path],
+    facts: RunFacts,
+    stages: list[StageLayout],
+    paths: list[str],
+    failed: list[tuple[str, str]],
+    status: str,
+    unfinished: bool,
+    parts: list[tuple[Path, dict[str, str], int, int]],
+    run: Any,
+) -> SafetensorsOutput:
+    out = SafetensorsOutput(path, fmt, files, facts, stages, paths, failed, status, unfinished)
+    out.parts = parts
+    out.run = None if run is None else str(run)
+    return out
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header and where its data starts; InputError if unreadable."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("too short")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100_000_000):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, struct.error) as e:
+        raise InputError(f"{path} is neither HDF5 nor safetensors, or it is damaged ({e})") from None
+    start = 8 + n
+    for key, info in header.items():
+        if key != "__metadata__" and start + int(info["data_offsets"][1]) > size:
+            raise InputError(f"{path} is damaged: it is shorter than its header says (truncated?)")
+    return header, start
+
+
+def _meta(header: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in (header.get("__metadata__") or {}).items():
+        try:
+            out[k] = json.loads(v)
+        except (ValueError, TypeError):
+            out[k] = v
+    return out
+
+
+def _tensor_stages(path: Path, header: dict[str, Any], order: Sequence[str] | None) -> tuple[list[StageLayout], dict]:
+    """Stage layouts and tensor names of one file (tensors are ``stage`` or ``stage.00001``)."""
+    found: dict[str, tuple[StageLayout, str, int]] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        stage = key.split(".")[0]
+        dt = dtypes.BY_SAFETENSORS.get(info.get("dtype"))
+        if dt is None:
+            raise InputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which bbx does not write")
+        shape = [int(d) for d in info["shape"]]
+        found[stage] = (StageLayout(stage, tuple(shape[1:]), dt.name), key, shape[0])
+    names = [n for n in (order or sorted(found)) if n in found]
+    if order and len(names) != len(order):
+        missing = ", ".join(n for n in order if n not in found)
+        raise InputError(f"{path} is damaged: no tensor for stage {missing}")
+    return [found[n][0] for n in names], {n: (found[n][1], found[n][2]) for n in names}
+
+
+def _open_single(path: Path) -> SafetensorsOutput:
+    header, _ = read_header(path)
+    meta = _meta(header)
+    if meta.get("format") != FORMAT_TAG:
+        raise not_bbx(path, "its metadata has no bbx format tag")
+    facts = RunFacts.from_metadata(meta)
+    paths = [str(p) for p in meta.get("paths", [])]
+    stages, tensors = _tensor_stages(path, header, facts.out_features)
+    for name, (_, rows) in tensors.items():
+        if rows != len(paths):
+            raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
+    failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
+    status = str(meta.get("status", "complete"))
+    parts = [(path, {n: t for n, (t, _) in tensors.items()}, 0, len(paths))]
+    return _output(
+        path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run")
+    )
+
+
+def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        meta = dict(data["metadata"])
+        shards = list(meta["shards"])
+    except FileNotFoundError:
+        raise InputError(f"no such file: {index}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{index} is not a bbx shard index ({first_line(e)})") from None
+    if meta.get("format") != FORMAT_TAG:
+        raise not_bbx(index, "its metadata has no bbx format tag")
+    facts = RunFacts.from_metadata(meta)
+    paths: list[str] = []
+    parts: list[tuple[Path, dict[str, str], int, int]] = []
+    stages: list[StageLayout] = []
+    files: list[Path] = []
+    for shard in shards:
+        file = index.parent / str(shard["file"])
+        header, _ = read_header(file)
+        shard_stages, tensors = _tensor_stages(file, header, facts.out_features)
+        if not stages:
+            stages = shard_stages
+        shard_paths = [str(p) for p in _meta(header).get("paths", [])]
+        if any(rows != len(shard_paths) for _, rows in tensors.values()) or len(shard_paths) != int(shard["rows"]):
+            raise InputError(f"{file} is damaged: its rows do not match the index")
+        parts.append((file, {n: t for n, (t, _) in tensors.items()}, len(paths), len(shard_paths)))
+        paths += shard_paths
+        files.append(file)
+    failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
+    status = str(meta.get("status", "complete"))
+    return _output(
+        named,
+        "safetensors-sharded",
+        files + [index],
+        facts,
+        stages,
+        paths,
+        failed,
+        status,
+        status == "running",
+        parts,
+        meta.get("run"),
+    )
+
+
+def read_journal(folder: Path) -> list[dict[str, Any]]:
+    """The entries of a safetensors staging folder's journal, up to the last whole line (a torn
+    last line is a batch that never finished); [] if there is none."""
+    return scan_journal(folder)[0]
+
+
+def scan_journal(folder: Path) -> tuple[list[dict[str, Any]], int]:
+    """The journal's whole entries (see :func:`read_journal`) and the byte length of the lines they
+    fill: a writer cuts the journal there before appending, so a torn line never hides what follows."""
+    entries: list[dict[str, Any]] = []
+    end = 0
+    try:
+        with open(folder / JOURNAL, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    break
+                if not isinstance(entry, dict):
+                    break
+                entries.append(entry)
+                end += len(line)
+    except OSError:
+        return [], 0
+    return entries, end
+
+
+def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
+    """A safetensors staging folder: replay its journal (what a killed or running run committed)."""
+    entries = read_journal(folder)
+    if not entries or "facts" not in entries[0]:
+        raise InputError(f"{folder} is an unfinished bbx output without a usable journal (rerun with --overwrite)")
+    try:
+        facts = RunFacts.from_metadata(dict(entries[0]["facts"]))
+        stages = [StageLayout(s["name"], tuple(s["shape"]), s["dtype"]) for s in entries[0].get("stages", [])]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{folder}: damaged journal ({e})") from None
+    paths: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for e in entries[1:]:
+        if "rows" in e:
+            paths.extend(str(p) for p in e["rows"])
+        elif "failed" in e:
+            failed.append((str(e["failed"][0]), str(e["failed"][1])))
+        elif "forget" in e:
+            gone = set(e["forget"])
+            failed = [(p, r) for p, r in failed if p not in gone]
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _output(
+        named, "safetensors-staging", files, facts, stages, paths, failed, "running", True, [], entries[0].get("run")
+    )
+
+
+def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read."""
+    header, data_start = read_header(file)
+    begin = data_start + int(header[tensor]["data_offsets"][0]) + start * stage.row_bytes
+    want = (stop - start) * stage.row_bytes
+    with open(file, "rb") as f:
+        f.seek(begin)
+        raw = f.read(want)
+    if len(raw) != want:
+        raise InputError(f"{file} is damaged: rows {start}..{stop - 1} of {tensor} are cut short")
+    return np.frombuffer(raw, dtype=stage.storage).reshape(stop - start, *stage.shape)
+
+
+def locate(path: Path) -> Output | None:
+    """The safetensors output ``path`` names (a file, a shard set by its index or base name, a
+    staging folder or the name it stages), or None when it names none."""
+    name = path.name
+    if name.endswith(".partial"):
+        return _open_staging(path, named=path) if path.is_dir() else None
+    if name.endswith(".index.json"):
+        return _open_sharded(path, named=path)
+    if path.is_file():
+        return _open_single(path)
+    index, folder = index_path(path), staging_dir(path)
+    if index.is_file():
+        return _open_sharded(index, named=path)
+    if folder.is_dir():
+        return _open_staging(folder, named=path)
+    return None

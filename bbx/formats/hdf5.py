@@ -1,4 +1,4 @@
-"""HDF5 output.
+"""HDF5 output: layout, writer and reader.
 
 Layout::
 
@@ -32,15 +32,23 @@ from typing import Any
 import h5py
 import numpy as np
 
-from bbx.errors import InputError
-from bbx.outputs import open_output, text
-from bbx.writers import StageLayout, check_resumable, fsync_dir, refuse_to_replace
+from bbx.errors import InputError, first_line
+from bbx.formats.base import (
+    FORMAT_TAG,
+    Output,
+    RunFacts,
+    StageLayout,
+    decode,
+    fsync_dir,
+    not_bbx,
+    partial_path,
+    refuse_to_replace,
+)
 
+NAME = "hdf5"
+SUFFIXES = (".h5", ".hdf5")
 POOLED_CHUNK_ROWS = 256
-
-
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _attr(value: Any) -> Any:
@@ -49,12 +57,18 @@ def _attr(value: Any) -> Any:
     return json.dumps(value)
 
 
+def leftovers(path: Path) -> tuple[Path | None, Path | None]:
+    """(a finished output, an unfinished one) under this name that a new run would replace."""
+    partial = partial_path(path)
+    return (path if path.exists() else None), (partial if partial.exists() else None)
+
+
 class HDF5Writer:
     def __init__(
         self,
         path: Path,
         *,
-        facts: Mapping[str, Any],
+        facts: RunFacts,
         stages: Sequence[StageLayout],
         overwrite: bool = False,
         resume: bool = False,
@@ -63,17 +77,17 @@ class HDF5Writer:
         self.partial = partial_path(path)
         self.stages = list(stages)
         self.existing_paths: list[str] = []
-        self.existing_facts: dict[str, Any] | None = None
+        self.existing_facts: RunFacts | None = None
         self.notes: list[str] = []
         self._f: h5py.File | None = None
         self._created = False
-        self._open(dict(facts), overwrite=overwrite, resume=resume)
+        self._open(facts, overwrite=overwrite, resume=resume)
 
     # --- opening ------------------------------------------------------------------------------
-    def _open(self, facts: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+    def _open(self, facts: RunFacts, *, overwrite: bool, resume: bool) -> None:
         path, partial = self.path, self.partial
         if not overwrite and not resume:
-            refuse_to_replace(path if path.exists() else None, partial if partial.exists() else None)
+            refuse_to_replace(*leftovers(path))
         if partial.is_dir():  # a safetensors run's staging folder under this name
             if not overwrite:
                 raise InputError(
@@ -98,15 +112,15 @@ class HDF5Writer:
         self._create(partial, facts)
         self._created = True
 
-    def _reopen(self, partial: Path, facts: Mapping[str, Any], *, copy: bool) -> bool:
+    def _reopen(self, partial: Path, facts: RunFacts, *, copy: bool) -> bool:
         """Continue ``partial`` (``copy``: this run's copy of a finished file); False if it cannot
         be read (a kill damaged it). A ``partial`` another run is writing is an error."""
         try:
-            existing = open_output(partial)
+            existing = open_hdf5(partial, named=partial, unfinished=True)
         except InputError:
             return False
         try:
-            check_resumable(existing.facts, facts, self.path)
+            existing.facts.check_resumable(facts, self.path)
         except Exception:
             if copy:
                 partial.unlink(missing_ok=True)
@@ -131,26 +145,24 @@ class HDF5Writer:
         f.flush()
         self._f = f
         self.existing_paths = list(existing.paths)
-        self.existing_facts = dict(existing.facts)
+        self.existing_facts = existing.facts
         if not copy and existing.status == "running":
             self.notes.append(f"recovered {rows} images from the unfinished run in {partial.name}")
         return True
 
-    def _create(self, partial: Path, facts: Mapping[str, Any]) -> None:
+    def _create(self, partial: Path, facts: RunFacts) -> None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(partial, "w")
-        for k, v in facts.items():
-            if v is not None:
-                f.attrs[k] = _attr(v)
+        for k, v in facts.to_metadata().items():
+            f.attrs[k] = _attr(v)
         f.attrs["status"] = "running"
         f.attrs["rows"] = 0
         feats = f.create_group("features")
         for s in self.stages:
             pooled = len(s.shape) == 1
             chunks = (POOLED_CHUNK_ROWS, *s.shape) if pooled else (1, *s.shape)
-            dtype = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[s.dtype]
             ds = feats.create_dataset(
-                s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=dtype, chunks=chunks
+                s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=s.storage, chunks=chunks
             )
             ds.attrs["dtype"] = s.dtype
         strings = h5py.string_dtype("utf-8")
@@ -245,3 +257,84 @@ class HDF5Writer:
             self._f = None
         if empty:
             self.partial.unlink(missing_ok=True)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _h5file(path: Path) -> Any:
+    try:
+        # no lock: a run may hold the .partial open for writing while someone looks at it
+        return h5py.File(path, "r", locking=False)
+    except (OSError, TypeError, ValueError):
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            raise InputError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
+
+
+class HDF5Output(Output):
+    """An HDF5 output; rows are read with one open handle, kept until :meth:`close`."""
+
+    _handle: Any = None
+
+    def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
+        if self._handle is None:
+            self._handle = _h5file(self.files[0])
+        return np.asarray(self._handle["features"][stage.name][start:stop])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
+    """The HDF5 output in ``path`` (its metadata), InputError if it is not one or is damaged."""
+    with _h5file(path) as f:
+        try:
+            meta = {k: decode(v) for k, v in f.attrs.items()}
+            if meta.get("format") != FORMAT_TAG or "features" not in f or "paths" not in f:
+                raise not_bbx(path, "no bbx features in it")
+            facts = RunFacts.from_metadata(meta)
+            rows = int(meta.get("rows", 0))
+            paths = [text(p) for p in f["paths"][:rows]]
+            failed: list[tuple[str, str]] = []
+            if "failed" in f:
+                failed = [(text(a), text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
+            stages = []
+            for name in facts.out_features or list(f["features"]):
+                ds = f["features"][name]
+                dtype = text(ds.attrs.get("dtype", "float32"))
+                if len(ds) < rows or dtype not in ("float32", "float16", "bfloat16"):
+                    raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype")
+                stages.append(StageLayout(name, tuple(int(d) for d in ds.shape[1:]), dtype))
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise InputError(f"{path} is damaged or not a bbx output ({first_line(e)})") from None
+    status = str(meta.get("status", "complete"))
+    running = unfinished or status == "running"
+    return HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)
+
+
+def locate(path: Path) -> Output | None:
+    """The HDF5 output ``path`` names (the file, its ``.partial``, or the ``.partial`` itself), or
+    None when it names none."""
+    if path.name.endswith(".partial"):
+        return open_hdf5(path, named=path, unfinished=True) if path.is_file() else None
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+        return open_hdf5(path, named=path, unfinished=False) if head == SIGNATURE else None
+    partial = partial_path(path)
+    if partial.is_file():
+        return open_hdf5(partial, named=path, unfinished=True)
+    return None

@@ -48,79 +48,20 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp, in_row_slices
 from bbx.errors import ModelError
+from bbx.families.swin import SwinSettings
+from bbx.nn.backbone import Backbone
+from bbx.nn.layers import Mlp, in_row_slices
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
 # the patch embedding's, patch merging's and the backbone's stage norms.
 _DEFAULT_EPS = 1e-5
-
-
-def _pair(value: Any, what: str) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2:
-            raise ValueError(f"{what} must be an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-@dataclass(frozen=True)
-class SwinSettings:
-    """The architecture fields of a Swin ``config.json``, with transformers' defaults."""
-
-    image_size: tuple[int, int] = (224, 224)
-    patch_size: int = 4
-    num_channels: int = 3
-    embed_dim: int = 96
-    depths: tuple[int, ...] = (2, 2, 6, 2)
-    num_heads: tuple[int, ...] = (3, 6, 12, 24)
-    window_size: int = 7
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    hidden_act: str = "gelu"
-    use_absolute_embeddings: bool = False
-    layer_norm_eps: float = 1e-5
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> SwinSettings:
-        known = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
-        if "image_size" in known:
-            known["image_size"] = _pair(known["image_size"], "image_size")
-        if "patch_size" in known:
-            ph, pw = _pair(known["patch_size"], "patch_size")
-            if ph != pw:
-                raise ValueError(f"non-square patch_size {[ph, pw]} is not supported")
-            known["patch_size"] = ph
-        for k in ("depths", "num_heads"):
-            if k in known:
-                known[k] = tuple(int(v) for v in known[k])
-        s = cls(**known)
-        if len(s.depths) != len(s.num_heads) or not s.depths:
-            raise ValueError("depths and num_heads must be non-empty and of the same length")
-        if s.patch_size < 1 or s.window_size < 1 or s.embed_dim < 1:
-            raise ValueError("patch_size, window_size and embed_dim must be positive")
-        for dim, heads in zip(s.dims, s.num_heads):
-            if heads < 1 or dim % heads:
-                raise ValueError(f"a stage of width {dim} cannot have {heads} attention heads")
-        return s
-
-    @property
-    def dims(self) -> list[int]:
-        """Channels of every stage."""
-        return [self.embed_dim * 2**i for i in range(len(self.depths))]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The patch grid at the checkpoint's image size (what position embeddings were trained on)."""
-        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
 
 # --- size-dependent tables --------------------------------------------------------------------
@@ -327,10 +268,7 @@ class Swin(Backbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = SwinSettings.from_config(config)
         dims = s.dims
-        specs = [StageSpec("stem", s.embed_dim, s.patch_size)]
-        specs += [StageSpec(f"stage{i + 1}", dim, s.patch_size * 2**i) for i, dim in enumerate(dims)]
-        super().__init__(specs, config=config, stage_norm=stage_norm)
-        self.settings = s
+        super().__init__(s, config=config, stage_norm=stage_norm)
         self.patch_embed = PatchEmbed(s)
         if s.use_absolute_embeddings:
             gh, gw = s.grid
@@ -342,6 +280,7 @@ class Swin(Backbone):
             for i, (dim, depth, heads) in enumerate(zip(dims, s.depths, s.num_heads))
         )
         # Every stage has its backbone norm, whatever the selection (selections change after build).
+        specs = self.stage_specs
         self.stage_norms = nn.ModuleDict({spec.name: nn.LayerNorm(spec.channels, eps=_DEFAULT_EPS) for spec in specs})
         self.final_norm = nn.LayerNorm(dims[-1], eps=s.layer_norm_eps)
         # computed on the CPU even when the model is built on the meta device (meta tensors would
@@ -400,18 +339,6 @@ class Swin(Backbone):
         elif self.stage_norm == "final" and index == len(self.stage_specs) - 1:
             raw = self.final_norm(raw)
         return raw.permute(0, 3, 1, 2).contiguous()
-
-    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        h, w = image_size
-        if h < 1 or w < 1:
-            raise ValueError("input must be at least 1x1")
-        p = self.settings.patch_size
-        h, w = -(-h // p), -(-w // p)
-        sizes = [(h, w), (h, w)]
-        for _ in range(len(self.stages) - 1):
-            h, w = (h + 1) // 2, (w + 1) // 2
-            sizes.append((h, w))
-        return sizes
 
 
 # --- checkpoint keys --------------------------------------------------------------------------

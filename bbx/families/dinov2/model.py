@@ -46,94 +46,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bbx.backbones.base import Backbone, StageSpec
-from bbx.backbones.layers import Mlp, attention, fold_scale_, linear_act
-
-MODEL_TYPES = ("dinov2", "dinov2_with_registers")
-
-
-def _square(value: Any, name: str) -> int:
-    """An int, or a pair of equal ints (transformers accepts both for sizes)."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or int(value[0]) != int(value[1]):
-            raise ValueError(f"{name} must be square, got {list(value)}")
-        value = value[0]
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class Dinov2Settings:
-    """The architecture fields of a DINOv2 ``config.json``, with transformers' defaults
-    (``Dinov2Config``; ``Dinov2WithRegistersConfig`` differs in ``patch_size`` 16 and 4 registers)."""
-
-    model_type: str = "dinov2"
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    mlp_ratio: float = 4
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    image_size: int = 224
-    patch_size: int = 14
-    num_channels: int = 3
-    qkv_bias: bool = True
-    layerscale_value: float = 1.0
-    use_swiglu_ffn: bool = False
-    num_register_tokens: int = 0
-    apply_layernorm: bool = True
-    reshape_hidden_states: bool = True
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Dinov2Settings:
-        model_type = config.get("model_type", "dinov2")
-        if model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-        registers = model_type == "dinov2_with_registers"
-        known = {f.name: config[f.name] for f in fields(cls) if f.name in config}
-        known["model_type"] = model_type
-        if registers:
-            known.setdefault("patch_size", 16)
-            known.setdefault("num_register_tokens", 4)
-        elif known.pop("num_register_tokens", 0):
-            # transformers' Dinov2Model has no registers and would silently ignore them
-            raise ValueError("model_type 'dinov2' has no register tokens; registers need 'dinov2_with_registers'")
-        for name in ("image_size", "patch_size"):
-            if name in known:
-                known[name] = _square(known[name], name)
-        s = cls(**known)
-        if s.hidden_size % s.num_attention_heads:
-            raise ValueError(
-                f"hidden_size {s.hidden_size} is not a multiple of num_attention_heads {s.num_attention_heads}"
-            )
-        if s.num_register_tokens < 0:
-            raise ValueError(f"num_register_tokens must be >= 0, got {s.num_register_tokens}")
-        if not s.reshape_hidden_states:
-            raise ValueError("reshape_hidden_states=false (token sequences) is not supported: bbx returns [N, C, H, W]")
-        if s.image_size < s.patch_size:
-            raise ValueError(f"image_size {s.image_size} is smaller than patch_size {s.patch_size}")
-        return s
-
-    @property
-    def grid(self) -> int:
-        """Side of the position-embedding grid the checkpoint was trained with."""
-        return self.image_size // self.patch_size
-
-    @property
-    def mlp_hidden(self) -> int:
-        hidden = int(self.hidden_size * self.mlp_ratio)
-        if self.use_swiglu_ffn:
-            # two thirds of the MLP width (SwiGLU has two input projections), rounded up to 8
-            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
-        return hidden
+from bbx.families.dinov2 import Dinov2Settings
+from bbx.nn.backbone import Backbone
+from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
 
 
 class Attention(nn.Module):
@@ -204,10 +125,7 @@ class Dinov2(Backbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = Dinov2Settings.from_config(config)
         dim, p = s.hidden_size, s.patch_size
-        names = ["stem"] + [f"stage{i}" for i in range(1, s.num_hidden_layers + 1)]
-        specs = [StageSpec(name, dim, p) for name in names]
-        super().__init__(specs, config=config, stage_norm=stage_norm)
-        self.settings = s
+        super().__init__(s, config=config, stage_norm=stage_norm)
         self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
         # trunc_normal_ rather than randn * 0.02: on the meta device the latter pulls in torch's
         # decompositions (~1 s); random weights only matter for --no-pretrained anyway
@@ -259,13 +177,6 @@ class Dinov2(Backbone):
         if self._apply_norm:
             patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
         return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
-
-    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
-        h, w = image_size
-        p = self.settings.patch_size
-        if h < p or w < p:
-            raise ValueError(f"input must be at least {p}x{p} (the patch size)")
-        return [(h // p, w // p)] * len(self.stage_specs)
 
 
 # Checkpoint key -> bbx key, applied in order where they match (after the head prefix is removed).

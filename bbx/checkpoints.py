@@ -1,0 +1,128 @@
+"""The checkpoint-format seam: what a checkpoint's ``config.json`` is, and what it means for bbx.
+
+A checkpoint comes in one of a few formats, each recognised here and nowhere else:
+
+* **transformers**: ``config.json`` has a ``model_type`` that a family implements
+  (``resnet``, ``swin``, ...); its weights are the model's own (a head prefix, if any, is the
+  family's remap to drop).
+* **task**: a detection, segmentation or depth model that carries its backbone
+  (``backbone_config`` nested in the config, or ``use_timm_backbone``); the backbone's weights sit
+  under a prefix of the task model's.
+* **timm**: a timm hub repo (``architecture`` and ``pretrained_cfg``, no ``model_type``), or
+  transformers' ``TimmBackbone`` wrapper (``model_type: timm_backbone``).
+
+:func:`recognise` turns a config (and the preprocessing file beside it) into a
+:class:`Checkpoint`: the family, the family's config, the preprocessing recipe's config, and the
+weight-key prefix and rename that bring the file's tensors to the family's ``remap``. Every other
+module consumes that record, so a new format is one reader here. Formats bbx does not read yet are
+refused in one line that says what the checkpoint is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bbx import registry
+from bbx.errors import ModelError
+from bbx.family import Family, Settings
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """What a checkpoint is to bbx (see the module docstring)."""
+
+    format: str  # "transformers" | "task" | "timm"
+    family: Family
+    model_type: str  # the family's model_type the config describes
+    config: Mapping[str, Any]  # the family's config (for a task checkpoint: the nested backbone's)
+    preprocessor: Mapping[str, Any] | None  # the preprocessing config (the file's, or the family's default)
+    #: only tensors whose keys start with this belong to the backbone; it is stripped before the remap
+    weight_prefix: str = ""
+    #: a rename of the stripped keys to what the family's remap expects (None: as they are)
+    rename: Callable[[str], str] | None = field(default=None, repr=False)
+    #: the task model around the backbone, for reports ("" for a plain backbone)
+    task: str = ""
+
+    def settings(self) -> Settings:
+        return self.family.parse(self.config)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self.settings().stage_names()
+
+    def backbone_keys(self, keys: list[str]) -> dict[str, str]:
+        """checkpoint key -> the key the family's remap sees, for the keys that belong to the backbone."""
+        out = {}
+        for k in keys:
+            if not k.startswith(self.weight_prefix):
+                continue
+            inner = k[len(self.weight_prefix) :]
+            out[k] = self.rename(inner) if self.rename is not None else inner
+        return out
+
+
+# --- the formats ----------------------------------------------------------------------------------
+
+
+def _is_task(config: Mapping[str, Any]) -> bool:
+    return isinstance(config.get("backbone_config"), Mapping) or bool(config.get("use_timm_backbone"))
+
+
+def _is_timm(config: Mapping[str, Any]) -> bool:
+    return config.get("model_type") == "timm_backbone" or (
+        "model_type" not in config and "architecture" in config and "pretrained_cfg" in config
+    )
+
+
+def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
+    task = config.get("model_type") or "a task model"
+    inner = config.get("backbone_config")
+    what = f"timm backbone {config.get('backbone')!r}" if config.get("use_timm_backbone") else "its backbone"
+    if isinstance(inner, Mapping):
+        what = f"its {inner.get('model_type', 'nested')} backbone"
+    raise ModelError(
+        f"{where} is a {task} checkpoint; bbx does not yet read {what} from task checkpoints "
+        f"(it reads backbone checkpoints of: {', '.join(registry.supported_model_types())})"
+    )
+
+
+def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
+    arch = config.get("architecture") or config.get("backbone")
+    raise ModelError(
+        f"{where} is a timm checkpoint ({arch}); bbx does not read timm checkpoints yet "
+        f"(it reads transformers checkpoints of: {', '.join(registry.supported_model_types())})"
+    )
+
+
+def _transformers(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
+    model_type = config.get("model_type")
+    fam = registry.family_of(model_type, where)
+    if preprocessor is None:  # the family's public recipe rather than a processor class default nobody trained with
+        preprocessor = registry.default_preprocessor(model_type)
+    return Checkpoint("transformers", fam, str(model_type), config, preprocessor)
+
+
+#: (format name, recognises the config, reads it), tried in order: a task config also has a
+#: model_type (its own), so it goes first
+FORMATS: tuple[tuple[str, Callable[[Mapping[str, Any]], bool], Callable[..., Checkpoint]], ...] = (
+    ("task", _is_task, _task),
+    ("timm", _is_timm, _timm),
+    ("transformers", lambda config: True, _transformers),
+)
+
+
+def recognise(
+    config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None, where: str = "config.json"
+) -> Checkpoint:
+    """What the checkpoint whose ``config.json`` is ``config`` is; ModelError in one line when bbx
+    cannot read it. ``where`` names the file in errors."""
+    if not isinstance(config, Mapping):
+        raise ModelError(f"{where} is not a JSON object")
+    for _, matches, read in FORMATS:
+        if matches(config):
+            ck = read(config, preprocessor, where)
+            ck.family.parse(ck.config, where)  # a config that does not fit is refused before anything is built
+            return ck
+    raise AssertionError("the transformers format accepts every config")  # pragma: no cover

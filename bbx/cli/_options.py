@@ -1,0 +1,139 @@
+"""Every option more than one command takes, declared once (as ``Annotated`` types), and the
+parsers of their values. Commands use them as ``dtype: Dtype = "float32"``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bbx.cli import _complete
+from bbx.errors import UsageError
+
+Model = Annotated[
+    str,
+    typer.Argument(
+        help="Alias (see `bbx models`), checkpoint folder or hub id org/name.", autocompletion=_complete.complete_model
+    ),
+]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Alias, checkpoint folder or hub id org/name.", autocompletion=_complete.complete_model
+    ),
+]
+OutIndices = Annotated[
+    Optional[list[str]],  # noqa: UP045 (typer needs Optional on 3.10)
+    typer.Option("--out-indices", help="Stages by index: 1,3 or -1 (repeatable). Default: the last stage."),
+]
+OutFeatures = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--out-features",
+        help="Stages by name: stage1,stage3 (repeatable).",
+        autocompletion=_complete.complete_out_features,
+    ),
+]
+ImageSize = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--image-size", help="Input size N (NxN pixels) instead of the checkpoint's."),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device", help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).", autocompletion=_complete.DEVICES
+    ),
+]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="Compute dtype: float32, float16 or bfloat16 (autocast).", autocompletion=_complete.DTYPES
+    ),
+]
+StageNorm = Annotated[
+    str,
+    typer.Option(
+        "--stage-norm",
+        help="Stage norms: hf (transformers' backbone), none, or final.",
+        autocompletion=_complete.STAGE_NORMS,
+    ),
+]
+Revision = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--revision", help="Hub branch, tag or commit sha (for an alias: that revision's config)."),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else there).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Compile = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile the model: slow to start (tens of seconds), faster for long runs."),
+]
+OutputFile = Annotated[
+    Path,
+    typer.Argument(
+        help="An output of bbx extract: .h5, .safetensors, a shard set's .index.json, or a .partial.",
+        show_default=False,
+    ),
+]
+
+#: the batch size of extract and bench when none is given
+BATCH_SIZE = 32
+
+
+def parse_indices(values: list[str] | None) -> tuple[int, ...] | None:
+    """``--out-indices 1,3`` / repeated options / negatives -> a tuple of ints."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise UsageError(f"--out-indices takes integers (e.g. 1,3 or -1), got {part!r}") from None
+    return tuple(out)
+
+
+def parse_names(values: list[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: str | None, option: str = "--shard-size") -> int | None:
+    """``500MB``, ``2GB``, ``1.5GiB`` -> bytes."""
+    if value is None:
+        return None
+    v = value.strip().lower().replace(" ", "")
+    num = v.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = v[len(num) :]
+    try:
+        n = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise UsageError(f"{option} takes a size such as 500MB or 2GB, got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"{option} must be positive, got {value!r}")
+    return int(n)

@@ -1,0 +1,187 @@
+"""``bbx.Extractor``: "this batch through this model", the one compute path of bbx.
+
+Built once (model resolved, weights loaded, inference rewrites applied, device and dtype chosen),
+then called per batch::
+
+    ex = bbx.Extractor("resnet-50", out_indices=[1, -1], dtype="bfloat16")
+    maps = ex(["a.jpg", "b.png"])        # {"stage1": [2, 256, 56, 56], "stage4": [2, 2048, 7, 7]}
+
+``bbx extract``, ``bbx bench`` and the workers that scale out call it; its output for a batch is
+what ``bbx extract`` writes for the same images, to the bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bbx import dtypes, hub
+from bbx.errors import InputError, UsageError
+from bbx.plan import POOLS, ModelPlan, check_stage_norm, model_plan
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class Extractor:
+    """A backbone ready for inference on one device, mapping images to their stage maps.
+
+    ``model``: an alias, a checkpoint folder or a hub id (as for ``bbx extract --model``).
+    ``out_indices`` / ``out_features``: the stages (transformers' rules; default the last).
+    ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
+    bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
+    instead of the checkpoint's. ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``).
+    ``output_dtype``: the dtype of the returned tensors (float32 by default; what ``bbx extract``
+    stores with ``--store-dtype``). ``pretrained=False``: random weights (seed 0), offline.
+    ``exif`` / ``fast_decode``: how image files are decoded, as in ``bbx extract``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        out_indices: Sequence[int] | None = None,
+        out_features: Sequence[str] | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+        stage_norm: str = "hf",
+        image_size: int | None = None,
+        pool: str = "none",
+        output_dtype: str = "float32",
+        pretrained: bool = True,
+        revision: str | None = None,
+        exif: bool = True,
+        fast_decode: bool = False,
+        channels_last: bool | None = None,
+        compile: bool = False,
+        _plan: ModelPlan | None = None,
+    ) -> None:
+        from bbx.loading import load_for_inference
+        from bbx.runtime import compute_context, resolve_device
+
+        if pool not in POOLS:
+            raise UsageError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        check_stage_norm(stage_norm)
+        self.dtype = dtypes.get(dtype, "dtype").name
+        self.output_dtype = dtypes.get(output_dtype, "store-dtype").name
+        self.device = resolve_device(device)
+        self._autocast = compute_context(self.device, self.dtype)
+        if _plan is None:
+            ref = hub.resolve(model, revision=revision, weights=pretrained)
+            _plan = model_plan(ref, image_size=image_size, out_indices=out_indices, out_features=out_features)
+        self.plan = _plan
+        self.pool = pool
+        self.stage_norm = stage_norm
+        self.exif = exif
+        self.fast_decode = fast_decode
+        self.model, self.channels_last = load_for_inference(
+            _plan.ref,
+            pretrained=pretrained,
+            stage_norm=stage_norm,
+            out_indices=_plan.selection.out_indices,
+            out_features=None,
+            device=self.device,
+            channels_last=channels_last,
+            compile=compile,
+        )
+
+    @classmethod
+    def from_plan(cls, plan: ModelPlan, **options: Any) -> Extractor:
+        """An extractor for a model already resolved and planned (by ``bbx extract``)."""
+        return cls(plan.ref.given, _plan=plan, **options)
+
+    # -- what it produces -------------------------------------------------------------------------
+    @property
+    def ref(self) -> hub.ModelRef:
+        return self.plan.ref
+
+    @property
+    def stages(self) -> list[str]:
+        """The names of the returned stages, in order."""
+        return list(self.plan.selection.out_features)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of every preprocessed image."""
+        return self.plan.input_size
+
+    @property
+    def preprocess(self) -> Any:
+        """The preprocessing recipe (:class:`bbx.preprocess.Preprocess`)."""
+        return self.plan.preprocess
+
+    # -- images -> uint8 pixels -------------------------------------------------------------------
+    def load(self, image: str | Path | Any) -> np.ndarray:
+        """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
+        ``[H, W, 3]``; :class:`bbx.images.ImageError` when it cannot be used."""
+        from bbx import images
+
+        if isinstance(image, (str, Path)):
+            pixels = images.load(Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
+        else:
+            pixels = images.prepare(image, self.preprocess)
+        h, w = self.input_size
+        if tuple(pixels.shape[:2]) != (h, w):
+            raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
+        return pixels
+
+    # -- the batch --------------------------------------------------------------------------------
+    def __call__(self, images: Sequence[str | Path | Any] | Any) -> dict[str, torch.Tensor]:
+        """``{stage: tensor}`` on the CPU for a list of paths or PIL images, or for a uint8 batch
+        already preprocessed (``[N, H, W, 3]`` numpy array or tensor)."""
+        import numpy as np
+
+        from bbx.images import ImageError
+
+        if hasattr(images, "dtype") and hasattr(images, "shape"):
+            return self.run(images)
+        arrays = []
+        for item in images:
+            try:
+                arrays.append(self.load(item))
+            except ImageError as e:
+                raise InputError(f"{item}: {e.reason}") from None
+        if not arrays:
+            raise UsageError("no images to extract")
+        return self.run(np.stack(arrays))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The model alone on a normalised float batch ``[N, 3, H, W]`` on the device (in the
+        model's memory format), under the compute dtype: the selected stages' maps as computed."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            return self.model(x)
+
+    def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels), normalised
+        on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order."""
+        import torch
+
+        from bbx import images
+
+        host = torch.as_tensor(batch)
+        if host.dtype != torch.uint8 or host.dim() != 4 or host.shape[3] != 3:
+            raise UsageError(f"a preprocessed batch is uint8 [N, H, W, 3], got {host.dtype} {list(host.shape)}")
+        if tuple(host.shape[1:3]) != self.input_size:
+            h, w = self.input_size
+            raise UsageError(f"a batch of {host.shape[1]}x{host.shape[2]} images; this model takes {h}x{w}")
+        dev = torch.device(self.device)
+        cuda = dev.type == "cuda"
+        if cuda:
+            host = host.pin_memory()
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = images.normalize(host.to(dev, non_blocking=cuda), self.preprocess, memory_format=memory_format)
+        maps = self.forward(x)
+        store = dtypes.DTYPES[self.output_dtype].torch()
+        out: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for name, m in zip(self.stages, maps):
+                if self.pool == "avg":
+                    m = m.float().mean(dim=(2, 3))
+                elif self.pool == "max":
+                    m = m.amax(dim=(2, 3))
+                out[name] = m.to(store).contiguous().cpu()
+        return out

@@ -1,0 +1,348 @@
+"""What a backbone family is to the rest of bbx, without torch.
+
+A family lives in one package, ``bbx/families/<name>/``:
+
+* ``__init__.py`` (no torch): a :class:`Settings` subclass that reads and checks the architecture
+  fields of a ``config.json`` and knows the stage list and the map-size arithmetic; the catalog rows
+  of the public checkpoints (aliases, hub ids, embedded configs and preprocessing); the default
+  image processor; what each stage-norm mode means for the family; a tiny config for tests; and
+  ``FAMILY``, the :class:`Family` record that ties them together.
+* ``model.py`` (torch): the network (a :class:`bbx.nn.backbone.Backbone`), a pure
+  ``remap(state_dict, config)`` from the checkpoint's keys to bbx's, and ``build(config, *,
+  stage_norm)``.
+
+:mod:`bbx.registry` discovers the packages; nothing else in bbx names a family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType, ModuleType
+from typing import Any, ClassVar
+
+from bbx.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STAGE_NORMS = ("hf", "none", "final")
+#: the ``hidden_act`` names bbx implements, with transformers' numerics (bbx.nn.layers has them)
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "gelu_pytorch_tanh",
+    "gelu_new",
+    "quick_gelu",
+    "silu",
+    "swish",
+    "tanh",
+    "sigmoid",
+    "relu6",
+    "hardswish",
+    "linear",
+)
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage: its name, channel count and stride (reduction from the input)."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+# --- reading config fields ------------------------------------------------------------------------
+#
+# A config field is checked for its type and range before anything is built: configs come from
+# files anyone can write, and a hostile or broken one must be one line, not a traceback or a
+# terabyte allocation. Settings fields say their limits in their metadata (``limit(lo, hi)``).
+
+#: the largest value any size-like field may take (channels, depths, heads, patch and image sizes)
+MAX_SIZE = 1 << 20
+
+
+def limit(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    """A dataclass field with a range: ``lo <= value <= hi`` (for sequences: every item)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+def _number(value: Any, kind: type, name: str) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_range(value: Any, lo: float | None, hi: float | None, name: str) -> None:
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be at least {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be at most {hi}, got {value!r}")
+
+
+def coerce(value: Any, hint: Any, name: str, lo: float | None = None, hi: float | None = None) -> Any:
+    """``value`` read as the type ``hint`` (int, float, bool, str, tuple[int, ...], tuple[int, int],
+    or an ``X | None``), range-checked; ValueError with one line otherwise."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return coerce(value, hint, name, lo, hi)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            kinds = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                raise ValueError(f"{name} must have {len(args)} items, got {value!r}")
+            kinds = list(args)
+        if len(value) > MAX_SIZE:
+            raise ValueError(f"{name} has {len(value)} items")
+        out = []
+        for i, (v, k) in enumerate(zip(value, kinds)):
+            item = coerce(v, k, f"{name}[{i}]")
+            if lo is not None or hi is not None:
+                _check_range(item, lo, hi, f"{name}[{i}]")
+            out.append(item)
+        return tuple(out)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    if hint in (int, float, bool):
+        v = _number(value, hint, name)
+        if hint is not bool:
+            _check_range(v, lo, hi, name)
+        return v
+    return value  # any other type: the family checks it itself
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The architecture fields of one family's ``config.json``, typed and checked.
+
+    Subclasses are frozen dataclasses whose fields are named as in the config and default to
+    transformers' defaults; :meth:`from_config` reads the fields a config has (others keep their
+    default; unknown keys are ignored), checks each against its type and ``limit``, then calls
+    :meth:`check` for what relates fields to each other. ``stages()`` and ``map_sizes()`` are the
+    stage list and its size arithmetic, which the model declares and tests check against real
+    forward passes."""
+
+    #: fields a config may give as an int or a pair of equal ints (transformers accepts both)
+    square_fields: ClassVar[tuple[str, ...]] = ()
+    #: fields a config may give as an int (a square) or a [height, width] pair; read as a pair
+    pair_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in config:
+                continue
+            raw = config[f.name]
+            if raw is None and f.default is not MISSING and f.default is not None:
+                continue  # transformers fills a null with the class default
+            if f.name in cls.square_fields:
+                raw = square(raw, f.name)
+            elif f.name in cls.pair_fields:
+                raw = pair(raw, f.name)
+            values[f.name] = coerce(raw, hints[f.name], f.name, f.metadata.get("lo"), f.metadata.get("hi"))
+        s = cls(**cls.adjust(config, values))
+        s.check()
+        return s
+
+    @classmethod
+    def adjust(cls, config: Mapping[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite the values read before the dataclass is built (defaults that depend on the
+        model_type, say); the identity by default."""
+        return values
+
+    def check(self) -> None:
+        """Checks across fields; ValueError with one line."""
+
+    def stages(self) -> list[StageInfo]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages()]
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:  # pragma: no cover
+        """(H, W) of every stage's map for an input of ``image_size``; ValueError if too small."""
+        raise NotImplementedError
+
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """The only input size the architecture accepts, or None when any size works."""
+        return None
+
+    def parameter_count(self) -> int:
+        """About how many weights the network has (for refusing absurd configs); 0 if unknown."""
+        return 0
+
+
+def map_shapes(settings: Settings, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """``[C, H, W]`` of every stage's map for an input of ``image_size`` (height, width), from the
+    family's size arithmetic alone (no torch); ValueError when the input is too small."""
+    sizes = settings.map_sizes(image_size)
+    return [(st.channels, h, w) for st, (h, w) in zip(settings.stages(), sizes)]
+
+
+def square(value: Any, name: str) -> Any:
+    """An int, or a pair of equal ints, as one int; anything else is returned for coerce to refuse."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"{name} must be square (one number, or two equal ones), got {list(value)!r}")
+        return value[0]
+    return value
+
+
+def pair(value: Any, name: str) -> tuple[int, int]:
+    """An int (a square) or a [height, width] pair of positive ints."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a number or a pair, got {value!r}")
+        h, w = (coerce(v, int, name, 1, MAX_SIZE) for v in value)
+        return h, w
+    n = coerce(value, int, name, 1, MAX_SIZE)
+    return n, n
+
+
+# --- the catalog ----------------------------------------------------------------------------------
+
+
+def frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType({k: _freeze(v) for k, v in d.items()})
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return frozen(v)
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def thaw(value: Any) -> Any:
+    """A fresh, mutable, JSON-shaped copy (dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogRow:
+    """One public checkpoint bbx knows by a short alias: the architecture fields of the hub's
+    ``config.json`` and its ``preprocessor_config.json``, embedded so that ``inspect``,
+    ``--dry-run`` and ``--no-pretrained`` need no download."""
+
+    alias: str
+    repo_id: str
+    config: Mapping[str, Any]
+    preprocessor: Mapping[str, Any]
+    description: str = ""
+    extra_aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", frozen(self.config))
+        object.__setattr__(self, "preprocessor", frozen(self.preprocessor))
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config["model_type"])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the row answers to: its alias, other aliases and hub id."""
+        return (self.alias, *self.extra_aliases, self.repo_id)
+
+    def config_dict(self) -> dict[str, Any]:
+        """A fresh, mutable copy of the embedded ``config.json``."""
+        return thaw(self.config)
+
+    def preprocessor_dict(self) -> dict[str, Any]:
+        return thaw(self.preprocessor)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        from bbx import registry
+
+        return tuple(registry.family_of(self.model_type).stage_names(self.config))
+
+
+# --- the family record ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Family:
+    """Everything the rest of bbx needs to know about one family (see the module docstring)."""
+
+    name: str  # the package name under bbx/families/
+    title: str  # how people write it: "ConvNeXt"
+    model_types: tuple[str, ...]  # config.json model_type values it implements
+    settings: type[Settings]
+    processor: str  # the image processor transformers picks when preprocessor_config.json names none
+    catalog: tuple[CatalogRow, ...] = ()
+    #: what each stage-norm mode returns for this family (shown by ``inspect`` and in the README)
+    stage_norms: Mapping[str, str] = field(default_factory=dict)
+    #: a small config of the family (a few channels, a block or two): contract tests build it
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+    #: a paragraph for the README's model section (stage layout, tokens, input sizes)
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        missing = [m for m in STAGE_NORMS if m not in self.stage_norms]
+        if missing:
+            raise RuntimeError(f"family {self.name}: stage_norms lacks {missing}")
+        object.__setattr__(self, "tiny", frozen(self.tiny))
+
+    @property
+    def module_name(self) -> str:
+        return f"bbx.families.{self.name}.model"
+
+    def model(self) -> ModuleType:
+        """The family's torch code (imported on first use)."""
+        return importlib.import_module(self.module_name)
+
+    def parse(self, config: Mapping[str, Any], where: str = "config.json") -> Settings:
+        """The config's settings, or ModelError naming the first field that does not fit."""
+        try:
+            return self.settings.from_config(config)
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            raise ModelError(f"{where} does not describe a valid {self.title}: {e}") from None
+
+    def stages(self, config: Mapping[str, Any]) -> list[StageInfo]:
+        return self.parse(config).stages()
+
+    def stage_names(self, config: Mapping[str, Any]) -> list[str]:
+        return [s.name for s in self.stages(config)]
+
+    def build(self, config: Mapping[str, Any], *, stage_norm: str = "hf") -> Any:
+        return self.model().build(config, stage_norm=stage_norm)
+
+    def tiny_config(self, model_type: str | None = None) -> dict[str, Any]:
+        """A fresh copy of :attr:`tiny`, for ``model_type`` (default: the family's first)."""
+        config = thaw(self.tiny)
+        config["model_type"] = model_type or self.model_types[0]
+        return config
+
+    def remap(self, state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+        return self.model().remap(state, config)

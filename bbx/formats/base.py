@@ -1,0 +1,380 @@
+"""What every output format shares: the stage layout, the run facts, the opened-output record and
+its raw reads, and the rules about replacing and resuming outputs. No numpy or h5py at import."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from bbx import dtypes
+from bbx.errors import InputError, UsageError
+
+FORMAT_TAG = "bbx-features"
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """What one stage stores per image: ``(C, H, W)`` maps, or ``(C,)`` pooled vectors."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # float32 | float16 | bfloat16
+
+    @property
+    def itemsize(self) -> int:
+        return dtypes.DTYPES[self.dtype].itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        n = self.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+    bytes_per_image = row_bytes
+
+    @property
+    def storage(self) -> str:
+        """The numpy dtype of the stored values (bfloat16: raw uint16 patterns)."""
+        return dtypes.DTYPES[self.dtype].storage
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.shape) == 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+# --- run facts ------------------------------------------------------------------------------------
+
+#: fields stored as JSON text (in HDF5 attributes and safetensors metadata alike)
+_JSON_FIELDS = ("out_features", "out_indices", "input_size", "preprocessing")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run wrote its output with: the model, the stages and every setting that shapes the
+    numbers. Written into every output's metadata; a resume must match it (:data:`RESUME_KEYS`)."""
+
+    model: str = ""
+    checkpoint: str = ""
+    revision: str | None = None
+    architecture: str = ""
+    weights: str = ""
+    out_features: tuple[str, ...] = ()
+    out_indices: tuple[int, ...] = ()
+    stage_norm: str = "hf"
+    input_size: tuple[int, int] = (0, 0)
+    compute_dtype: str = "float32"
+    store_dtype: str = "float32"
+    pool: str = "none"
+    exif: bool = True
+    fast_decode: bool = False
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    cwd: str = ""
+    bbx_version: str = ""
+    format: str = FORMAT_TAG
+    #: metadata this bbx does not know (written by another version), kept as read
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Key -> value for a file's metadata: strings, numbers and booleans as they are, the
+        rest as JSON text; absent (None) values left out."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.name in _JSON_FIELDS:
+                v = json.dumps(_jsonable(v))
+            out[f.name] = v
+        for k, v in self.extra.items():
+            out.setdefault(k, v if isinstance(v, (str, int, float, bool)) else json.dumps(v))
+        return out
+
+    def to_strings(self) -> dict[str, str]:
+        """:meth:`to_metadata` with every value a string (safetensors metadata)."""
+        return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in self.to_metadata().items()}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any]) -> RunFacts:
+        """The facts in a file's metadata (values as stored: JSON text or decoded); keys that are
+        file state (rows, status, paths, ...) or unknown go to ``extra``, minus the state ones."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for k, v in meta.items():
+            v = decode(v)
+            if k in known:
+                values[k] = v
+            elif k not in STATE_KEYS:
+                extra[k] = v
+        for k in ("out_features", "out_indices", "input_size"):
+            if isinstance(values.get(k), list):
+                values[k] = tuple(values[k])
+        for k in ("exif", "fast_decode"):
+            if k in values and not isinstance(values[k], bool):
+                values[k] = values[k] in (True, 1, "true", "True", "1")
+        return cls(**values, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        out.update({k: _jsonable(v) for k, v in self.extra.items()})
+        return out
+
+    def with_(self, **changes: Any) -> RunFacts:
+        return replace(self, **changes)
+
+    def check_resumable(self, new: RunFacts, path: Path) -> None:
+        """Refuse to resume an output written with other settings (its rows would not mix)."""
+        for key in RESUME_KEYS:
+            old_v, new_v = _jsonable(getattr(self, key)), _jsonable(getattr(new, key))
+            if old_v != new_v:
+                raise UsageError(
+                    f"cannot resume {path}: it was written with {key}={_short(old_v)}, this run has "
+                    f"{key}={_short(new_v)} (use the same settings, or a new output)"
+                )
+
+
+#: facts that must agree between a file and a run that resumes it
+RESUME_KEYS = (
+    "checkpoint",
+    "revision",
+    "architecture",
+    "weights",
+    "out_features",
+    "stage_norm",
+    "input_size",
+    "store_dtype",
+    "pool",
+    "compute_dtype",
+    "preprocessing",
+    "exif",
+    "fast_decode",
+)
+#: metadata keys that describe a file's state, not the run
+STATE_KEYS = frozenset({"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images"})
+
+
+def decode(v: Any) -> Any:
+    """A stored metadata value: bytes as text, JSON text (lists, objects) decoded, numpy scalars
+    as Python values."""
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v.item() if hasattr(v, "item") and not isinstance(v, str) else v
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# --- an opened output -----------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    """A bbx output opened for its metadata; rows are read on demand (:meth:`read_raw`)."""
+
+    path: Path  # what was named
+    format: str  # hdf5 | safetensors | safetensors-sharded | safetensors-staging
+    files: list[Path]  # every file it consists of
+    facts: RunFacts
+    stages: list[StageLayout]
+    paths: list[str]
+    failed: list[tuple[str, str]]
+    status: str  # complete | interrupted | running
+    unfinished: bool  # a .partial: the run was killed (or is still running)
+
+    @property
+    def images(self) -> int:
+        return len(self.paths)
+
+    @property
+    def bytes_on_disk(self) -> int:
+        total = 0
+        for f in self.files:
+            try:
+                total += f.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    @property
+    def state(self) -> str:
+        """complete, interrupted, or unfinished (a .partial left by a killed or running run)."""
+        return "unfinished" if self.unfinished else self.status
+
+    def stage(self, name: str | None) -> StageLayout:
+        """The stage called ``name`` (the last stored one if None); UsageError listing them if unknown."""
+        if not self.stages:
+            raise InputError(f"{self.path} holds no stages")
+        if name is None:
+            return self.stages[-1]
+        for s in self.stages:
+            if s.name == name:
+                return s
+        have = ", ".join(s.name for s in self.stages)
+        raise UsageError(f"--stage {name}: {self.path} holds no stage {name!r}; it has: {have}")
+
+    def row(self, index: int) -> int:
+        """``--index`` (negative counts from the end) -> a row number; UsageError if out of range."""
+        n = self.images
+        if not -n <= index < n:
+            span = f"0..{n - 1}" if n else "none"
+            raise UsageError(f"--index {index} is out of range: {self.path} holds {n} images (indices {span})")
+        return index % n
+
+    # -- reading rows ---------------------------------------------------------------------------
+    def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of ``stage`` as stored: numpy ``[stop - start, *shape]`` in
+        ``stage.storage`` (bfloat16 as its raw uint16 patterns). Formats implement it."""
+        raise NotImplementedError
+
+    def read_rows(self, stage: StageLayout, rows: Sequence[int]) -> Any:
+        """The rows ``rows`` (any order, repeats allowed) as stored, reading each run of
+        consecutive rows once."""
+        import numpy as np
+
+        rows = [int(r) for r in rows]
+        out = np.empty((len(rows), *stage.shape), dtype=stage.storage)
+        if not rows:
+            return out
+        order = sorted(set(rows))
+        got: dict[int, int] = {}
+        block: list[Any] = []
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and order[j + 1] == order[j] + 1:
+                j += 1
+            data = self.read_raw(stage, order[i], order[j] + 1)
+            for k, r in enumerate(range(order[i], order[j] + 1)):
+                got[r] = len(block)
+                block.append(data[k])
+            i = j + 1
+        for n, r in enumerate(rows):
+            out[n] = block[got[r]]
+        return out
+
+    def read(self, stage: StageLayout, rows: Sequence[int]) -> Any:
+        """The maps of ``rows`` as a float32 numpy array ``[len(rows), *stage.shape]``."""
+        return dtypes.to_float32(self.read_rows(stage, rows), stage.dtype)
+
+    def close(self) -> None:
+        """Release open file handles (readers that keep one open)."""
+
+    def to_json(self) -> dict[str, Any]:
+        f = self.facts
+        return {
+            "file": str(self.path),
+            "format": self.format,
+            "status": self.state,
+            "resume_hint": "resume with --resume" if self.unfinished or self.status != "complete" else None,
+            "model": f.model,
+            "checkpoint": f.checkpoint,
+            "revision": f.revision,
+            "architecture": f.architecture,
+            "weights": f.weights,
+            "input_size": list(f.input_size),
+            "compute_dtype": f.compute_dtype,
+            "store_dtype": f.store_dtype,
+            "pool": f.pool,
+            "stage_norm": f.stage_norm,
+            "stages": [s.to_json() for s in self.stages],
+            "images": self.images,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "files": [str(p) for p in self.files],
+            "bytes_on_disk": self.bytes_on_disk,
+            "bbx_version": f.bbx_version,
+            "preprocessing": _jsonable(f.preprocessing),
+        }
+
+
+def not_bbx(path: Path, why: str) -> InputError:
+    return InputError(f"{path} is not a bbx output ({why})")
+
+
+# --- writers ---------------------------------------------------------------------------------------
+
+
+class Writer(Protocol):
+    """An output being written by one run (see :mod:`bbx.formats`)."""
+
+    path: Path
+    #: rows the output already holds when resuming (in row order), and the facts they were written with
+    existing_paths: list[str]
+    existing_facts: RunFacts | None
+    notes: list[str]
+
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None: ...
+
+    def fail(self, path: str, reason: str) -> None: ...
+
+    def forget_failed(self, paths: set[str]) -> None: ...
+
+    def finish(self, status: str) -> list[Path]: ...
+
+    def abort(self) -> None: ...
+
+
+def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
+    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one."""
+    if found is not None:
+        raise InputError(f"{found} exists: pass --overwrite to replace it or --resume to add to it")
+    if leftover is not None:
+        raise InputError(
+            f"{leftover} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def check_shapes(stages: Sequence[StageLayout], n: int, maps: Mapping[str, Any]) -> None:
+    """A batch's arrays must be what the output stores; a mismatch is a bug of the caller."""
+    for s in stages:
+        a = maps.get(s.name)
+        shape = tuple(getattr(a, "shape", ()))
+        itemsize = getattr(getattr(a, "dtype", None), "itemsize", None)
+        if shape != (n, *s.shape) or itemsize != s.itemsize:
+            got = "nothing" if a is None else f"{shape} of {getattr(a, 'dtype', type(a).__name__)}"
+            raise RuntimeError(
+                f"internal error: stage {s.name} maps for {n} images are {got}, "
+                f"the output stores {s.shape} of {s.dtype} per image"
+            )
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def partial_path(path: Path) -> Path:
+    """Where an unfinished run keeps its output (HDF5: a file; safetensors: a staging folder)."""
+    return path.with_name(path.name + ".partial")

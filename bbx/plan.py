@@ -1,0 +1,313 @@
+"""Planning a run, without weights and without torch: the model's input size and stage shapes,
+the bytes each image costs, the output's name and format, the free space, what a real run would
+refuse (``--dry-run``), and which inputs a resumed output already holds.
+
+``bbx inspect``, ``bbx bench`` and ``bbx extract`` all plan through here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bbx import __version__, dtypes, hub
+from bbx.errors import BbxError, InputError, UsageError, first_line
+from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
+from bbx.formats import RunFacts, StageLayout, format_for, leftovers, open_output, refuse_to_replace, suffix_of
+from bbx.preprocess import Preprocess
+from bbx.report import Plan, StagePlan, human_bytes
+from bbx.stages import Selection, select_stages
+
+POOLS = ("none", "avg", "max")
+ON_ERROR = ("skip", "stop")
+#: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Everything ``bbx extract`` is asked to do, as one frozen value."""
+
+    model: str
+    output: Path | None = None
+    format: str | None = None
+    out_indices: tuple[int, ...] | None = None
+    out_features: tuple[str, ...] | None = None
+    image_size: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "float32"
+    store_dtype: str = "float32"
+    pool: str = "none"
+    workers: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    force: bool = False
+    exif: bool = True
+    fast_decode: bool = False
+    stage_norm: str = "hf"
+    pretrained: bool = True
+    revision: str | None = None
+    shard_bytes: int | None = None
+    on_error: str = "skip"
+    channels_last: bool | None = None  # None: where the family prefers it (convolutional nets)
+    progress: bool | None = None  # download progress bars (None: when stderr is a terminal)
+    compile: bool = False  # torch.compile the model (long start-up; pays off on long runs)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        dtypes.get(self.dtype, "dtype")
+        dtypes.get(self.store_dtype, "store-dtype")
+        check_stage_norm(self.stage_norm)
+        if self.pool not in POOLS:
+            raise UsageError(f"--pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}")
+        if self.on_error not in ON_ERROR:
+            raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
+        if self.overwrite and self.resume:
+            raise UsageError("--overwrite and --resume exclude each other")
+
+
+def check_stage_norm(stage_norm: str) -> None:
+    if stage_norm not in STAGE_NORMS:
+        raise UsageError(f"--stage-norm must be hf, none or final, got {stage_norm!r}")
+
+
+# --- the model's side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A model's stages and map shapes at the input size a run uses, from its config alone."""
+
+    ref: hub.ModelRef
+    preprocess: Preprocess
+    input_size: tuple[int, int]
+    settings: Settings
+    stages: tuple[StageInfo, ...]
+    shapes: tuple[tuple[int, int, int], ...]  # [C, H, W] of every stage
+    selection: Selection
+
+
+def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Preprocess, tuple[int, int]]:
+    """The preprocessing recipe (with ``--image-size`` applied) and the size it produces."""
+    pre = Preprocess.from_checkpoint(ref.spec)
+    if image_size is not None:
+        if image_size < 1:
+            raise UsageError(f"--image-size must be a positive number of pixels, got {image_size}")
+        pre = pre.with_image_size(image_size)
+    size = pre.output_size
+    if size is None and image_size is not None:  # a shortest-edge resize without a crop keeps the aspect
+        raise UsageError(
+            f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {image_size} with --image-size) "
+            "without a crop, so images keep their aspect ratios and sizes differ; a batch needs one size"
+        )
+    if size is None:
+        raise UsageError(
+            f"{ref.checkpoint}: its preprocessing does not give every image the same size "
+            "(no resize or crop); pass --image-size N"
+        )
+    return pre, size
+
+
+def stage_shapes(settings: Settings, size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """``[C, H, W]`` of every stage at ``size``; UsageError when the input does not fit."""
+    try:
+        return map_shapes(settings, size)
+    except ValueError as e:
+        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first_line(e)}") from None
+
+
+def model_plan(
+    ref: hub.ModelRef,
+    *,
+    image_size: int | None = None,
+    out_indices: Sequence[int] | None = None,
+    out_features: Sequence[str] | None = None,
+) -> ModelPlan:
+    settings = ref.spec.settings()
+    pre, size = input_size(ref, image_size)
+    shapes = stage_shapes(settings, size)
+    stages = settings.stages()
+    selection = select_stages([s.name for s in stages], out_indices, out_features)
+    return ModelPlan(ref, pre, size, settings, tuple(stages), tuple(shapes), selection)
+
+
+# --- the output's side -----------------------------------------------------------------------------
+
+
+def default_output(model: str, stages: Sequence[str], fmt: str | None) -> Path:
+    """``<model>_<stages>.h5`` in the current folder (or ``.safetensors`` with --format)."""
+    slug = model.rstrip("/").replace("\\", "/")
+    if os.path.isdir(slug):
+        slug = Path(slug).resolve().name
+    slug = slug.replace("/", "--")
+    name = f"{slug}_{'-'.join(stages)}"
+    return Path(name + suffix_of(format_for(Path("x.h5"), fmt) if fmt else "hdf5"))
+
+
+def free_space(output: Path) -> int | None:
+    """Free bytes on the disk the output's folder is (or will be) on; None if unknown."""
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"output {output}: {parent} is not a folder")
+    try:
+        return shutil.disk_usage(parent).free
+    except OSError:
+        return None
+
+
+def facts_for(opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan]) -> RunFacts:
+    ref = mp.ref
+    return RunFacts(
+        bbx_version=__version__,
+        model=opts.model,
+        checkpoint=ref.checkpoint,
+        revision=ref.commit or ref.revision,
+        architecture=ref.model_type,
+        weights="pretrained" if opts.pretrained else f"random (seed {RANDOM_SEED})",
+        out_features=tuple(s.name for s in stages),
+        out_indices=tuple(s.index for s in stages),
+        stage_norm=opts.stage_norm,
+        input_size=mp.input_size,
+        compute_dtype=opts.dtype,
+        store_dtype=opts.store_dtype,
+        pool=opts.pool,
+        exif=opts.exif,
+        fast_decode=opts.fast_decode,
+        preprocessing=mp.preprocess.describe(),
+        cwd=os.getcwd(),
+    )
+
+
+@dataclass
+class RunPlan:
+    """A planned extraction: the shape report, the model plan, the output and its facts."""
+
+    report: Plan
+    model: ModelPlan
+    output: Path
+    fmt: str
+    layouts: list[StageLayout]
+    facts: RunFacts
+
+
+def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, weights: bool) -> RunPlan:
+    """Resolve the model (``weights``: fetch its weights too) and plan the run's output."""
+    opts.validate()
+    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
+    mp = model_plan(ref, image_size=opts.image_size, out_indices=opts.out_indices, out_features=opts.out_features)
+    itemsize = dtypes.DTYPES[opts.store_dtype].itemsize
+    stages = []
+    for i in mp.selection.out_indices:
+        spec = mp.stages[i]
+        shape = mp.shapes[i] if opts.pool == "none" else (mp.shapes[i][0],)
+        nbytes = itemsize
+        for d in shape:
+            nbytes *= d
+        stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
+    output = opts.output or default_output(opts.model, [s.name for s in stages], opts.format)
+    fmt = format_for(output, opts.format)
+    if opts.shard_bytes is not None and fmt != "safetensors":
+        raise UsageError("--shard-size applies to safetensors output only")
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder: give a file name (.h5 or .safetensors)")
+    facts = facts_for(opts, mp, stages)
+    report = Plan(
+        model=opts.model,
+        checkpoint=ref.checkpoint,
+        revision=ref.commit or ref.revision,
+        architecture=ref.model_type,
+        weights=facts.weights,
+        device=device or "auto",
+        compute_dtype=opts.dtype,
+        store_dtype=opts.store_dtype,
+        pool=opts.pool,
+        stage_norm=opts.stage_norm,
+        input_size=mp.input_size,
+        stages=stages,
+        inputs=len(inputs),
+        todo=len(inputs),
+        output=str(output),
+        format=fmt,
+        free_bytes=free_space(output),
+        preprocessing=mp.preprocess.describe(),
+    )
+    layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]
+    return RunPlan(report, mp, output, fmt, layouts, facts)
+
+
+def check_space(plan: Plan, *, force: bool, resume: bool = False) -> None:
+    """Refuse a run whose output would not fit on its disk: the new rows, plus the transient
+    copies the format makes (safetensors stages rows, then assembles each file; extending a
+    finished output copies it first)."""
+    if force or plan.free_bytes is None:
+        return
+    need = plan.projected_bytes
+    if plan.format == "safetensors":
+        need = int(need * 1.1) + min(need, 5 * 10**9)  # staging + assembling one shard
+    if resume:
+        try:
+            need += open_output(Path(plan.output)).bytes_on_disk
+        except BbxError:
+            pass
+    if need > plan.free_bytes:
+        raise InputError(
+            f"projected output {human_bytes(need)} exceeds the {human_bytes(plan.free_bytes)} free for "
+            f"{plan.output}; free some space, choose another -o, pool with --pool, or pass --force"
+        )
+
+
+def dry_run_refusals(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) -> list[str]:
+    """What the real run would refuse, said by a dry run (which opens nothing for writing); for a
+    resume, also how many inputs are left (set on the report)."""
+    problems = []
+    try:
+        found, leftover = leftovers(rp.output, rp.fmt)
+        if opts.resume:
+            if found is not None or leftover is not None:
+                existing = open_output(rp.output)
+                existing.facts.check_resumable(rp.facts, rp.output)
+                done = done_keys(existing.paths, existing.facts.cwd)
+                rp.report.todo = sum(1 for p in inputs if not is_done(p, done))
+        elif not opts.overwrite:
+            refuse_to_replace(found, leftover)
+    except BbxError as e:
+        problems.append(e.message)
+    try:
+        check_space(rp.report, force=opts.force, resume=opts.resume)
+    except BbxError as e:
+        problems.append(e.message)
+    return problems
+
+
+# --- resume bookkeeping ----------------------------------------------------------------------------
+
+
+def done_keys(paths: Sequence[str], cwd: str | None) -> set[str]:
+    """The inputs an output already holds, as absolute paths (rows are stored as given, relative to
+    the folder the run started in, which the output records as ``cwd``)."""
+    if not cwd:
+        return set(paths)
+    return {os.path.normpath(os.path.join(cwd, p)) for p in paths}
+
+
+def is_done(path: Path, done: set[str]) -> bool:
+    return os.path.normpath(os.path.abspath(path)) in done or str(path) in done
+
+
+def begun_elsewhere(existing: RunFacts) -> bool:
+    """Whether the output being resumed was begun in another folder than the current one."""
+    return bool(existing.cwd) and os.path.realpath(existing.cwd) != os.path.realpath(os.getcwd())
+
+
+def row_name(path: Path, absolute: bool) -> str:
+    """How a row's input path is stored: as given, unless this run resumes an output begun in
+    another folder (``absolute``), where a relative path would mean something else."""
+    return os.path.abspath(path) if absolute and not path.is_absolute() else str(path)

@@ -64,7 +64,7 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
         "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
 }
-_CONVNEXT_CROP_PCT = 224 / 256
+_DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
 #: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
 _RESIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
@@ -197,7 +197,7 @@ class Preprocess:
             raise _bad(f"unknown resample filter {resample!r}")
         crop_pct = None
         if kind == "crop_pct":
-            crop_pct = _number(get("crop_pct", _CONVNEXT_CROP_PCT), "crop_pct")
+            crop_pct = _number(get("crop_pct", _DEFAULT_CROP_PCT), "crop_pct")
             if not crop_pct > 0:
                 raise _bad(f"crop_pct must be positive, got {crop_pct}")
         return cls(
@@ -225,7 +225,7 @@ class Preprocess:
             return None
         s = self.size
         if self.kind == "crop_pct":
-            edge = self._convnext_edge()
+            edge = self._crop_pct_edge()
             return _shortest_edge_size(height, width, edge) if self.inner_crop else (edge, edge)
         if "height" in s:
             return (s["height"], s["width"])
@@ -242,11 +242,11 @@ class Preprocess:
             return (edge, edge)
         return None
 
-    def _convnext_edge(self) -> int:
+    def _crop_pct_edge(self) -> int:
         """The edge ConvNeXt's processor resizes to: ``shortest_edge / crop_pct`` below 384 (the
         short side), else ``shortest_edge`` (both sides)."""
         edge = self.size["shortest_edge"]
-        return int(edge / (self.crop_pct or _CONVNEXT_CROP_PCT)) if edge < 384 else edge
+        return int(edge / (self.crop_pct or _DEFAULT_CROP_PCT)) if edge < 384 else edge
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -269,7 +269,7 @@ class Preprocess:
         if not self.do_resize:
             return None
         if self.kind == "crop_pct":
-            edge = self._convnext_edge()
+            edge = self._crop_pct_edge()
             return (edge, edge)
         if "height" in self.size:
             return (self.size["width"], self.size["height"])

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 import transformers as tf
-from bbx.nn.backbone import map_shapes
-from bbx.families.dinov2 import Dinov2Settings
 
 import bbx
-from bbx import hub, loading, registry
+from bbx import registry
 from bbx.errors import ModelError
+from bbx.families.dinov2 import Dinov2Settings
+from tests import parity
 from tests.cli import run
-from tests.util import hf_backbone, photo_batch, randomize_, rel_err, save_checkpoint
+from tests.util import hf_backbone, randomize_, rel_err, save_checkpoint
 
 TOL = 1e-5
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "patch_size": 14}
@@ -43,36 +43,26 @@ def _stage_names(folder) -> list[str]:
     return ["stem"] + [f"stage{i}" for i in range(1, layers + 1)]
 
 
-def _batch(size: int | tuple[int, int], n: int = 3) -> torch.Tensor:
-    h, w = (size, size) if isinstance(size, int) else size
-    return photo_batch(max(h, w), n)[:, :, :h, :w]
+def _raw_hidden_states(folder, x, names):
+    """transformers' raw hidden states (the layer outputs before any norm), reduced to the patch
+    tokens, as maps."""
+    ref = hf_backbone(folder, out_features=names)
+    with torch.no_grad():
+        out = ref(x, output_hidden_states=True)
+    skip = 1 + getattr(ref.config, "num_register_tokens", 0)
+    h, w = x.shape[2] // ref.config.patch_size, x.shape[3] // ref.config.patch_size
+    return [t[:, skip:].reshape(len(x), h, w, -1).permute(0, 3, 1, 2) for t in out.hidden_states]
 
 
 def _compare(folder, size: int | tuple[int, int], n: int = 3, *, stage_norm: str = "hf"):
     """Every stage of bbx against transformers' backbone; with stage_norm="none" against its raw
-    hidden states (the layer outputs before any norm), reduced to the patch tokens."""
-    names = _stage_names(folder)
-    ref = hf_backbone(folder, out_features=names)
-    ours = bbx.load_backbone(str(folder), out_features=names, stage_norm=stage_norm)
-    x = _batch(size, n)
-    with torch.no_grad():
-        out = ref(x, output_hidden_states=True)
-        got = ours(x)
-    if stage_norm == "none":
-        skip = 1 + getattr(ref.config, "num_register_tokens", 0)
-        h, w = x.shape[2] // ref.config.patch_size, x.shape[3] // ref.config.patch_size
-        want = [t[:, skip:].reshape(len(x), h, w, -1).permute(0, 3, 1, 2) for t in out.hidden_states]
-    else:
-        want = list(out.feature_maps)
-    assert len(got) == len(want) == len(names)
-    errors = {}
-    for name, a, b in zip(names, got, want):
-        assert a.shape == b.shape, (name, a.shape, b.shape)
-        errors[name] = rel_err(a, b)
-    assert max(errors.values()) <= TOL, errors
-    # the size arithmetic behind `inspect` agrees with the real maps
-    assert [tuple(m.shape[1:]) for m in got] == map_shapes(ours, tuple(x.shape[2:]))
-    return ours
+    hidden states."""
+    reference = _raw_hidden_states if stage_norm == "none" else None
+    return parity.compare(folder, size, n, names=_stage_names(folder), stage_norm=stage_norm, reference=reference)
+
+
+def _batch(size: int | tuple[int, int], n: int = 3) -> torch.Tensor:
+    return parity.photos(size, n)
 
 
 # image_size 518 (the public 37x37 grid) resamples down at 224; 56 (a 4x4 grid) resamples up.
@@ -182,35 +172,6 @@ def test_inspect_dinov2_small_json():
     assert [s["name"] for s in stages] == ["stem"] + [f"stage{i}" for i in range(1, 13)]
     assert all(s["channels"] == 384 and s["stride"] == 14 and s["shape"] == [384, 16, 16] for s in stages)
     assert data["default_selection"] == {"out_features": ["stage12"], "out_indices": [12]}
-
-
-@pytest.mark.parametrize(
-    ("alias", "channels", "stages"),
-    [
-        ("dinov2-base", 768, 13),
-        ("dinov2-large", 1024, 25),
-        ("dinov2-giant", 1536, 41),
-        ("dinov2-large-reg", 1024, 25),
-        ("dinov2-giant-reg", 1536, 41),
-    ],
-)
-def test_registry_rows_build(alias, channels, stages):
-    model = loading.build(hub.resolve(alias, weights=False), device="meta")
-    assert len(model.stage_specs) == stages and model.stage_names == list(registry.lookup(alias).stage_names)
-    assert {s.channels for s in model.stage_specs} == {channels}
-    assert map_shapes(model, (224, 224))[-1] == (channels, 16, 16)
-    assert map_shapes(model, (230, 300))[0] == (channels, 16, 21)
-
-
-def test_forward_stops_after_last_selected_layer():
-    model = bbx.load_backbone("dinov2-small", out_indices=[0, 3], pretrained=False)
-    ran = []
-    for i, block in enumerate(model.blocks):
-        block.register_forward_hook(lambda *_, i=i: ran.append(i))
-    with torch.no_grad():
-        stem, third = model(torch.zeros(1, 3, 56, 56))
-    assert ran == [0, 1, 2]
-    assert stem.shape == third.shape == (1, 384, 4, 4)
 
 
 def test_no_head_no_dropout():

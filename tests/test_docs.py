@@ -35,3 +35,21 @@ def test_every_command_has_help_with_an_example():
         r = run(name, "--help")
         assert r.exit_code == 0, name
         assert "Example" in r.stdout, f"`bbx {name} --help` has no example"
+
+
+def test_readme_model_tables_are_generated_from_the_catalog():
+    """README's model and stage-norm tables are `bbx models --markdown`; if this fails, run
+    `python -m bbx.catalog_docs README.md`."""
+    from bbx.catalog_docs import markdown, readme_block
+
+    block = readme_block((ROOT / "README.md").read_text())
+    assert block is not None, "README has no generated model tables"
+    assert block == markdown(), "README's model tables are stale"
+    assert run("models", "--markdown").stdout == markdown()
+
+
+def test_every_catalog_row_is_in_the_readme():
+    from bbx import registry
+
+    text = (ROOT / "README.md").read_text()
+    assert all(f"| {r.alias} | {r.repo_id} |" in text for r in registry.checkpoints())

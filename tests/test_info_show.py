@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bbx.formats import open_output
 from PIL import Image
 
+from bbx.formats import open_output
 from tests.cli import run
 from tests.conftest import make_photos
 from tests.util import checkpoint_fixture
@@ -116,9 +116,7 @@ def test_info_paths_listing(made):
 
 def _partial_writers(made, tmp_path):
     """Unfinished outputs as a killed run leaves them: one committed batch, never finished."""
-    from bbx.formats import open_output
-
-    from bbx.formats import StageLayout, open_writer
+    from bbx.formats import StageLayout, open_output, open_writer
 
     facts = open_output(made["h5"]).facts.with_(out_features=("stage4",))
     stage = StageLayout("stage4", (32, 7, 7), "float32")
@@ -194,9 +192,7 @@ def test_info_reads_metadata_not_maps(made, tmp_path, suffix):
     """A 16 MB output is reported with a small fraction of that in memory."""
     import tracemalloc
 
-    from bbx.formats import open_output
-
-    from bbx.formats import StageLayout, open_writer
+    from bbx.formats import StageLayout, open_output, open_writer
 
     facts = open_output(made["h5"]).facts.with_(out_features=("big",))
     big = StageLayout("big", (64, 32, 32), "float32")
@@ -337,9 +333,7 @@ def test_show_errors(made, tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_rows_decode_exactly(made, tmp_path, suffix, dtype):
     """Stored 16-bit rows come back as the float32 values they hold (bfloat16: raw bit patterns)."""
-    from bbx.formats import open_output
-
-    from bbx.formats import StageLayout, open_writer
+    from bbx.formats import StageLayout, open_output, open_writer
 
     facts = open_output(made["h5"]).facts.with_(out_features=("m",), store_dtype=dtype)
     values = (np.arange(3 * 4 * 2 * 2, dtype=np.float32).reshape(3, 4, 2, 2) - 20) / 4  # exact in both

@@ -62,9 +62,8 @@ def _env():
 
 
 def _start_and_signal(cmd: list[str], staging: Path, sig: int) -> subprocess.CompletedProcess:
-    from bbx.formats import open_output
-
     from bbx.errors import BbxError
+    from bbx.formats import open_output
 
     p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bbx.nn import layers
 from torch.nn import functional as F
 
+from bbx.nn import layers
 from tests.util import rel_err
 
 

@@ -43,6 +43,12 @@ def test_models_imports_nothing_heavy():
     assert _heavy(["bbx", "models", "--json"]) == []
 
 
+def test_inspect_answers_from_the_config_without_torch():
+    """Stage shapes of catalog models come from the families' torch-free size arithmetic."""
+    heavy, out = _probe(["bbx", "inspect", "swin-tiny", "--image-size", "200"])
+    assert heavy == [] and "[768, 7, 7]" in out
+
+
 def test_import_bbx_imports_nothing_heavy():
     p = subprocess.run(
         [sys.executable, "-c", "import bbx, sys; print('torch' in sys.modules)"],

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bbx.formats import open_output
-from bbx.formats.safetensors_ import read_journal
-from bbx.formats.safetensors_ import SafetensorsWriter
 from safetensors.numpy import load_file
 
 from bbx.errors import InputError
-from bbx.formats import RunFacts, StageLayout, open_writer
+from bbx.formats import RunFacts, StageLayout, open_output, open_writer
 from bbx.formats import safetensors_ as st
+from bbx.formats.safetensors_ import SafetensorsWriter, read_journal
 
 STAGES = [StageLayout("a", (2, 2, 2), "float32"), StageLayout("b", (3,), "float16")]
 FACTS = RunFacts(out_features=("a", "b"), store_dtype="float32", pool="none")

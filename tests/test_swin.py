@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
-from bbx.nn.backbone import map_shapes
 from safetensors.torch import load_file, save_file
 from transformers import (
     SwinBackbone,
@@ -23,8 +21,9 @@ import bbx
 from bbx import hub, registry
 from bbx.errors import ModelError
 from bbx.loading import build
+from tests import parity
 from tests.cli import run
-from tests.util import hf_backbone, photo, photo_batch, randomize_, rel_err, save_checkpoint
+from tests.util import photo_batch, randomize_, rel_err, save_checkpoint
 
 TOL = 1e-5
 NAMES = ["stem", "stage1", "stage2", "stage3", "stage4"]
@@ -45,14 +44,6 @@ def _checkpoint(tmp_path, config: dict, layout: str = "classification", seed: in
     return save_checkpoint(model, tmp_path / f"ckpt-{layout}", row.preprocessor_dict())
 
 
-def _photos(height: int, width: int, n: int = 2) -> torch.Tensor:
-    """Photo-like ``[n, 3, height, width]`` batch, ImageNet-normalised (photo_batch is square only)."""
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    imgs = [torch.from_numpy(np.asarray(photo(width, height, seed=i)).copy()) for i in range(n)]
-    return torch.stack([(t.permute(2, 0, 1).float() / 255 - mean) / std for t in imgs])
-
-
 def _check(got, want, what):
     assert len(got) == len(want), what
     for name, a, b in zip(NAMES, got, want):
@@ -62,17 +53,7 @@ def _check(got, want, what):
 
 def _compare(folder, size: int | tuple[int, int], n: int = 3, **hf_kwargs):
     """bbx (stage norm hf) vs transformers' SwinBackbone, every stage; returns bbx's model."""
-    ref = hf_backbone(folder, out_features=NAMES)
-    ours = bbx.load_backbone(str(folder), out_features=NAMES)
-    h, w = (size, size) if isinstance(size, int) else size
-    x = photo_batch(h, n) if h == w else _photos(h, w, n)
-    with torch.no_grad():
-        want = ref(x, **hf_kwargs).feature_maps
-        got = ours(x)
-    _check(got, want, f"{folder.name} at {h}x{w}")
-    # the size arithmetic behind `inspect` agrees with the real maps
-    assert [tuple(m.shape[1:]) for m in got] == map_shapes(ours, (h, w))
-    return ours
+    return parity.compare(folder, size, n, names=NAMES, **hf_kwargs)
 
 
 def _hf_model_maps(folder, x):
@@ -203,18 +184,8 @@ def test_window_12_config_matches_transformers(tmp_path):
     _compare(folder, 200, n=2)
 
 
-def test_forward_stops_after_last_selected_stage():
-    model = bbx.load_backbone("swin-tiny", out_features=["stage2"], pretrained=False)
-    ran = []
-    for i, stage in enumerate(model.stages):
-        stage.register_forward_hook(lambda *_, i=i: ran.append(i))
-    with torch.no_grad():
-        (m,) = model(torch.zeros(1, 3, 64, 64))
-    assert ran == [0, 1] and m.shape == (1, 192, 8, 8)
-
-
-def test_registry_rows_build():
-    rows = [r for r in registry.checkpoints() if r.model_type == "swin"]
+def test_catalog_windows_follow_the_input_size():
+    rows = registry.family_of("swin").catalog
     assert {r.alias for r in rows} >= {"swin-tiny", "swin-small", "swin-base", "swin-large"}
     assert {"swin-base-384", "swin-large-384"} <= {r.alias for r in rows}
     for row in rows:
@@ -225,12 +196,6 @@ def test_registry_rows_build():
         size = row.preprocessor["size"]
         assert row.config["window_size"] == (7 if size == 224 else 12)
         assert f"window{row.config['window_size']}-{size}" in row.repo_id
-
-
-def test_no_classification_head():
-    model = bbx.load_backbone("swin-tiny", pretrained=False)
-    assert not any(isinstance(m, torch.nn.Linear) and m.out_features == 1000 for m in model.modules())
-    assert not any("classifier" in name for name, _ in model.named_parameters())
 
 
 def test_inspect_swin_tiny_json():

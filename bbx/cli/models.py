@@ -31,6 +31,9 @@ def _rows() -> list[dict[str, object]]:
 @command("models")
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Print the README's model and stage-norm tables (Markdown) on stdout."
+    ),
 ) -> None:
     """List the model aliases: checkpoint, architecture, input size and stages.
 
@@ -38,6 +41,13 @@ def models(
 
     Example: bbx models --json | jq -r '.[].alias'
     """
+    if markdown:
+        import sys
+
+        from bbx.catalog_docs import markdown as tables
+
+        sys.stdout.write(tables())
+        return
     rows = _rows()
     if as_json:
         emit_json(rows)

@@ -1,0 +1,78 @@
+"""The one parity harness the family tests call: bbx against the oracle (transformers' backbone by
+default) on the same checkpoint folder, every stage, fp32, on a batch of photo-like images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import bbx
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD
+from bbx.nn.backbone import map_shapes
+from tests.util import hf_backbone, photo, randomize_, rel_err, save_checkpoint
+
+TOL = 1e-5
+
+#: (folder, x, stage names) -> the oracle's maps, one per stage, in order
+Reference = Callable[[Path, torch.Tensor, list[str]], Sequence[torch.Tensor]]
+
+
+def photos(size: int | tuple[int, int], n: int = 3, seed: int = 0) -> torch.Tensor:
+    """``n`` photo-like images, ``[n, 3, H, W]``, normalised with ImageNet's mean and std."""
+    h, w = (size, size) if isinstance(size, int) else size
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    imgs = [torch.from_numpy(np.asarray(photo(w, h, seed=seed + i)).copy()) for i in range(n)]
+    return torch.stack([(t.permute(2, 0, 1).float() / 255 - mean) / std for t in imgs])
+
+
+def checkpoint(folder: Path, model: torch.nn.Module, preprocessor: dict[str, Any] | None, seed: int = 0) -> Path:
+    """``model`` (a transformers model) with every weight and norm statistic randomised, saved
+    in the hub layout with ``preprocessor`` as its preprocessor_config.json."""
+    return save_checkpoint(randomize_(model.eval(), seed), folder, preprocessor)
+
+
+def backbone_maps(**hf_kwargs: Any) -> Reference:
+    """The oracle: transformers' backbone class for the folder's model_type, ``feature_maps``."""
+
+    def ref(folder: Path, x: torch.Tensor, names: list[str]) -> Sequence[torch.Tensor]:
+        with torch.no_grad():
+            return hf_backbone(folder, out_features=names)(x, **hf_kwargs).feature_maps
+
+    return ref
+
+
+def compare(
+    folder: Path,
+    size: int | tuple[int, int],
+    n: int = 3,
+    *,
+    names: list[str] | None = None,
+    stage_norm: str = "hf",
+    reference: Reference | None = None,
+    tol: float = TOL,
+    **hf_kwargs: Any,
+) -> torch.nn.Module:
+    """bbx's maps of ``names`` (default: every stage) against ``reference`` (default: transformers'
+    backbone) on ``n`` photos of ``size``; each stage within ``tol`` (relative error), and the
+    size arithmetic behind ``inspect`` equal to the real maps. Returns bbx's model."""
+    model = bbx.load_backbone(str(folder), stage_norm=stage_norm)
+    names = names or model.stage_names
+    model.select(out_features=names)
+    x = photos(size, n)
+    with torch.no_grad():
+        got = model(x)
+    want = (reference or backbone_maps(**hf_kwargs))(folder, x, names)
+    assert len(got) == len(want) == len(names)
+    errors = {}
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape, (name, tuple(a.shape), tuple(b.shape))
+        errors[name] = rel_err(a, b)
+    assert max(errors.values()) <= tol, errors
+    shapes = map_shapes(model, tuple(x.shape[2:]))
+    assert [tuple(m.shape[1:]) for m in got] == [shapes[model.stage_names.index(s)] for s in names]
+    return model

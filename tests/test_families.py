@@ -1,0 +1,116 @@
+"""One contract over every registered family and every catalog row (timm's tests/test_models.py
+runs one suite over every model): rows build, stage metadata matches a real forward, the forward
+stops after the last selected stage, loading is strict and names what does not fit, completion
+and inspect name the stages. Family test files keep only what is specific to the family."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bbx import registry, weights
+from bbx.checkpoints import recognise
+from bbx.cli._complete import stage_names_of_config, stage_names_of_model
+from bbx.errors import ModelError
+from bbx.family import STAGE_NORMS, map_shapes
+from bbx.inspection import inspect_model
+from bbx.preprocess import Preprocess
+
+FAMILIES = registry.families()
+ROWS = registry.checkpoints()
+TINY = [(fam, mt) for fam in FAMILIES for mt in fam.model_types]
+
+
+def _tiny_model(fam, model_type, **kw):
+    torch.manual_seed(0)
+    return fam.build(fam.tiny_config(model_type), **kw).eval()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.alias for r in ROWS])
+def test_catalog_rows_build_on_the_meta_device(row):
+    ck = recognise(row.config_dict(), row.preprocessor_dict())
+    settings = ck.settings()
+    assert ck.family.catalog and row in ck.family.catalog
+    with torch.device("meta"):
+        model = ck.family.build(ck.config)
+    assert model.stage_names == list(row.stage_names) == settings.stage_names()
+    assert [(s.channels, s.stride) for s in model.stage_specs] == [(s.channels, s.stride) for s in settings.stages()]
+    pre = Preprocess.from_checkpoint(ck)
+    assert pre.output_size is not None, "a public checkpoint's preprocessing gives one size"
+    shapes = map_shapes(settings, pre.output_size)
+    assert [s[0] for s in shapes] == [s.channels for s in settings.stages()]
+    # inspect and completion answer from the catalog alone
+    assert [s.name for s in inspect_model(row.alias).stages] == list(row.stage_names)
+    assert stage_names_of_model(row.alias) == list(row.stage_names)
+    assert stage_names_of_config(row.config_dict()) == list(row.stage_names)
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_stage_metadata_matches_a_real_forward(fam, model_type):
+    model = _tiny_model(fam, model_type)
+    model.select(out_indices=list(range(len(model.stage_names))))
+    settings = fam.parse(fam.tiny_config(model_type))
+    assert model.stage_names == settings.stage_names() == stage_names_of_config(fam.tiny_config(model_type))
+    for size in ((64, 64), (77, 101)):
+        with torch.no_grad():
+            maps = model(torch.randn(2, 3, *size))
+        assert [tuple(m.shape[1:]) for m in maps] == map_shapes(settings, size)
+        for m, spec in zip(maps, model.stage_specs):
+            assert m.shape[0] == 2 and m.shape[1] == spec.channels and m.is_contiguous()
+            # the stride is the reduction: the map covers the input once, up to padding
+            for side, n in zip(size, m.shape[2:]):
+                assert side // spec.stride <= n <= math.ceil(side / spec.stride), (spec, size, m.shape)
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_forward_stops_after_the_last_selected_stage(fam, model_type):
+    model = _tiny_model(fam, model_type)
+    ran: list[str] = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            module.register_forward_hook(lambda *_, name=name: ran.append(name))
+    counts = []
+    for last in range(len(model.stage_names)):
+        ran.clear()
+        model.select(out_indices=[last])
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+        counts.append(len(ran))
+    assert counts == sorted(counts) and counts[0] < counts[-1], counts
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_strict_loading_names_missing_and_unexpected_keys(fam, model_type):
+    model = _tiny_model(fam, model_type)
+    state = dict(model.state_dict())
+    required = [k for k in state if k not in model.optional_keys and not k.endswith("num_batches_tracked")]
+    gone = required[len(required) // 2]
+    target = _tiny_model(fam, model_type)
+    broken = {k: v for k, v in state.items() if k != gone} | {"not.a.weight": torch.zeros(2)}
+    with pytest.raises(ModelError) as e:
+        weights.load_strict(target, broken, source="test")
+    message = str(e.value)
+    assert gone in message and "not.a.weight" in message and "\n" not in message
+    weights.load_strict(target, state, source="test")  # the whole state loads
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_family_record_is_complete(fam):
+    assert fam.model_types and fam.title and fam.processor
+    assert set(STAGE_NORMS) <= set(fam.stage_norms)
+    assert fam.stage_norms["hf"], "say what the default stage norm does"
+    for mt in fam.model_types:
+        assert registry.family_of(mt) is fam
+        fam.parse(fam.tiny_config(mt))
+    assert all(r.model_type in fam.model_types for r in fam.catalog)
+    with torch.device("meta"):
+        model = fam.build(fam.tiny_config())
+    assert not any("classifier" in k or "head" in k.split(".")[0] for k in model.state_dict()), "no task heads"
+
+
+def test_names_are_unique_across_the_catalog():
+    names = [n for r in ROWS for n in {x.lower() for x in r.names}]
+    assert len(names) == len(set(names))
+    assert all(registry.lookup(n) is not None for n in names)

@@ -1,0 +1,101 @@
+"""The shape of the code: a family is one place.
+
+No module of bbx outside a family's own files (those whose path names it), and no test helper
+module (everything in tests/ that is not a ``test_*.py`` file), names a family in code:
+identifiers and string literals, case-insensitively. Comments and docstrings may. A transformers
+image-processor class name (``ConvNextImageProcessor``, which other families' checkpoints name
+too) is a preprocessing recipe, not the family.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from bbx import preprocess, registry
+from tests.cli import ROOT
+
+PROCESSOR_NAMES = re.compile(
+    r"^(%s)(%s)?$" % ("|".join(preprocess._CLASSES), "|".join(preprocess._SUFFIXES)),  # noqa: UP031
+)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = getattr(node, "body", [])
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def code_words(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every identifier and string literal of a Python file, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _docstrings(tree)
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            out.append((line, node.value))
+        elif isinstance(node, ast.Name):
+            out.append((line, node.id))
+        elif isinstance(node, ast.Attribute):
+            out.append((line, node.attr))
+        elif isinstance(node, ast.arg):
+            out.append((line, node.arg))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.append((line, node.name))
+        elif isinstance(node, ast.alias):
+            out.extend((line, part) for part in filter(None, (node.name, node.asname)))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((line, node.module))
+        elif isinstance(node, ast.keyword) and node.arg:
+            out.append((line, node.arg))
+    return out
+
+
+def _helpers() -> list[Path]:
+    bbx_files = sorted((ROOT / "bbx").rglob("*.py"))
+    test_helpers = [p for p in sorted((ROOT / "tests").rglob("*.py")) if not p.name.startswith("test_")]
+    return bbx_files + test_helpers
+
+
+def naming(family_name: str) -> list[str]:
+    """Where code outside the family's own files names ``family_name``."""
+    word = family_name.lower()
+    found = []
+    for path in _helpers():
+        rel = path.relative_to(ROOT)
+        if word in str(rel).lower():
+            continue  # the family's own files
+        for line, text in code_words(path):
+            for token in re.findall(r"[A-Za-z0-9_]+", text):
+                if word in token.lower() and not PROCESSOR_NAMES.match(token):
+                    found.append(f"{rel}:{line}: {text[:80]!r}")
+                    break
+    return found
+
+
+@pytest.mark.parametrize("family", [f.name for f in registry.families()])
+def test_no_code_outside_a_family_names_it(family):
+    assert naming(family) == []
+
+
+def test_the_checker_sees_names_in_code_and_not_in_docstrings(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""Mentions swin in a docstring."""\n# and swin in a comment\nx = "swin-tiny"\nswin_rows = 1\n')
+    words = [t for _, t in code_words(sample)]
+    assert "swin-tiny" in words and "swin_rows" in words
+    assert not any("docstring" in w for w in words)
+    assert PROCESSOR_NAMES.match("ConvNextImageProcessor") and not PROCESSOR_NAMES.match("ConvNextModel")
+
+
+def test_every_family_is_a_package_with_its_model():
+    for fam in registry.families():
+        folder = ROOT / "bbx" / "families" / fam.name
+        assert (folder / "__init__.py").is_file() and (folder / "model.py").is_file(), fam.name

@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from bbx import dtypes
 from bbx.errors import InputError, first_line
 from bbx.formats.base import (
     FORMAT_TAG,
@@ -310,7 +311,7 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
             for name in facts.out_features or list(f["features"]):
                 ds = f["features"][name]
                 dtype = text(ds.attrs.get("dtype", "float32"))
-                if len(ds) < rows or dtype not in ("float32", "float16", "bfloat16"):
+                if len(ds) < rows or dtype not in dtypes.DTYPES:
                     raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype")
                 stages.append(StageLayout(name, tuple(int(d) for d in ds.shape[1:]), dtype))
         except InputError:

@@ -50,6 +50,7 @@ from torch.nn import functional as F
 
 from bbx.families.convnext import ConvNextSettings
 from bbx.nn.backbone import Backbone
+from bbx.nn.keys import rename
 from bbx.nn.layers import Mlp, fold_scale_, in_row_slices
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
@@ -219,17 +220,7 @@ _RULES = [
 def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """transformers' ConvNeXt keys -> bbx's. The classification head is dropped; anything else
     unrecognised is kept under its own name, so the strict load reports it."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("classifier."):
-            continue
-        k = key.removeprefix("convnext.")
-        for pattern, repl in _RULES:
-            if pattern.match(k):
-                k = pattern.sub(repl, k, count=1)
-                break
-        out[k] = value
-    return out
+    return rename(state_dict, _RULES, drop=("classifier.",), strip=("convnext.",), first_match=True)
 
 
 def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> ConvNext:

@@ -22,6 +22,7 @@ from torch import nn
 
 from bbx.families.resnet import ResNetSettings
 from bbx.nn.backbone import Backbone
+from bbx.nn.keys import rename
 from bbx.nn.layers import activation, conv_act
 
 
@@ -147,15 +148,7 @@ _RULES = [
 def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """transformers' ResNet keys -> bbx's. The classification head is dropped; anything else
     unrecognised is kept under its own name, so the strict load reports it."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.startswith("classifier."):
-            continue
-        k = key.removeprefix("resnet.")
-        for pattern, repl in _RULES:
-            k = pattern.sub(repl, k)
-        out[k] = value
-    return out
+    return rename(state_dict, _RULES, drop=("classifier.",), strip=("resnet.",))
 
 
 def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> ResNet:

@@ -40,8 +40,9 @@ class Checkpoint:
     preprocessor: Mapping[str, Any] | None  # the preprocessing config (the file's, or the family's default)
     #: only tensors whose keys start with this belong to the backbone; it is stripped before the remap
     weight_prefix: str = ""
-    #: a rename of the stripped keys to what the family's remap expects (None: as they are)
-    rename: Callable[[str], str] | None = field(default=None, repr=False)
+    #: a rename of the stripped keys to what the family's remap expects, None for a key the
+    #: backbone does not need (it is never read); None: every key as it is
+    rename: Callable[[str], str | None] | None = field(default=None, repr=False)
     #: the task model around the backbone, for reports ("" for a plain backbone)
     task: str = ""
 
@@ -59,7 +60,9 @@ class Checkpoint:
             if not k.startswith(self.weight_prefix):
                 continue
             inner = k[len(self.weight_prefix) :]
-            out[k] = self.rename(inner) if self.rename is not None else inner
+            new = self.rename(inner) if self.rename is not None else inner
+            if new is not None:
+                out[k] = new
         return out
 
 
@@ -101,6 +104,11 @@ def _transformers(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | N
     fam = registry.family_of(model_type, where)
     if preprocessor is None:  # the family's public recipe rather than a processor class default nobody trained with
         preprocessor = registry.default_preprocessor(model_type)
+    if fam.unwrap is not None:  # a checkpoint that wraps the backbone (a vision tower in a two-tower model)
+        inner, prefix, rename = fam.unwrap(config)
+        return Checkpoint(
+            "transformers", fam, str(inner.get("model_type", model_type)), inner, preprocessor, prefix, rename
+        )
     return Checkpoint("transformers", fam, str(model_type), config, preprocessor)
 
 

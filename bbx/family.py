@@ -20,7 +20,7 @@ import importlib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar
@@ -307,6 +307,12 @@ class Family:
     tiny: Mapping[str, Any] = field(default_factory=dict)
     #: a paragraph for the README's model section (stage layout, tokens, input sizes)
     notes: str = ""
+    #: for checkpoints that wrap the backbone in a bigger model of one of the family's model types
+    #: (CLIP's vision tower in a CLIP checkpoint): config -> (the backbone's config, the weight-key
+    #: prefix of its tensors, a rename of the keys under it returning None for keys to skip, or None)
+    unwrap: Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], str, Callable[[str], str | None] | None]] | None = (
+        None
+    )
 
     def __post_init__(self) -> None:
         missing = [m for m in STAGE_NORMS if m not in self.stage_norms]

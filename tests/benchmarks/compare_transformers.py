@@ -45,13 +45,26 @@ class Case:
     out_features: tuple[str, ...] | None  # None: the last stage
     dtype: str  # compute dtype on both sides
     target: float  # bbx / transformers images/s the speed issue asks for
+    #: the transformers side: "backbone" (its backbone class, feature_maps of the stages) or
+    #: "model" (``hf_class``, default the model_type's AutoModel class, with output_hidden_states:
+    #: the hidden states of the stages, as the model returns them)
+    recipe: str = "backbone"
+    hf_class: str | None = None
 
 
 def _cases() -> list[Case]:
     """The cases, from cases.json beside this script (data: adding a case touches no code)."""
     data = json.loads((Path(__file__).with_name("cases.json")).read_text())
     return [
-        Case(c["name"], c["alias"], tuple(c["out_features"]) if c["out_features"] else None, c["dtype"], c["target"])
+        Case(
+            c["name"],
+            c["alias"],
+            tuple(c["out_features"]) if c["out_features"] else None,
+            c["dtype"],
+            c["target"],
+            c.get("recipe", "backbone"),
+            c.get("hf_class"),
+        )
         for c in data["cases"]
     ]
 
@@ -110,7 +123,29 @@ def make_checkpoint(workdir: Path, alias: str) -> Path:
 # the two recipes, each run in its own process
 
 
-def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | None, dtype: str) -> dict:
+def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str | None):
+    """(a callable pixels -> the maps to write, the stage names): the transformers side of a case."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    from bbx import hub
+    from tests.util import hf_backbone
+
+    if recipe == "backbone":
+        model = hf_backbone(ckpt, out_features=stages)
+        return (lambda x: model(x).feature_maps), list(model.out_features)
+    config = json.loads((ckpt / "config.json").read_text())
+    cls = getattr(transformers, hf_class or MODEL_MAPPING_NAMES[config["model_type"]])
+    model = cls.from_pretrained(ckpt).eval()
+    names = hub.resolve(str(ckpt), weights=False).spec.stage_names
+    chosen = stages or names[-1:]
+    index = [names.index(s) for s in chosen]
+    return (lambda x: [model(x, output_hidden_states=True).hidden_states[i] for i in index]), chosen
+
+
+def run_transformers(
+    ckpt: Path, listing: Path, out: Path, stages: list[str] | None, dtype: str, recipe: str, hf_class: str | None
+) -> dict:
     import contextlib
 
     import h5py
@@ -118,12 +153,9 @@ def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | N
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from tests.util import hf_backbone
-
     paths = [Path(p) for p in listing.read_text().splitlines() if p]
     processor = AutoImageProcessor.from_pretrained(ckpt)
-    model = hf_backbone(ckpt, out_features=stages)
-    names = list(model.out_features)
+    forward, names = _hf_model(ckpt, stages, recipe, hf_class)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     t0 = time.perf_counter()
     with h5py.File(out, "w") as f, torch.inference_mode(), ctx:
@@ -135,7 +167,7 @@ def run_transformers(ckpt: Path, listing: Path, out: Path, stages: list[str] | N
                 with Image.open(p) as im:
                     images.append(im.convert("RGB"))
             pixels = processor(images, return_tensors="pt")["pixel_values"]
-            maps = model(pixels).feature_maps
+            maps = forward(pixels)
             if datasets is None:
                 datasets = [
                     f.create_dataset(n, shape=(len(paths), *m.shape[1:]), dtype="f4", chunks=(1, *m.shape[1:]))
@@ -165,7 +197,9 @@ def measure(
 ) -> tuple[dict, float]:
     """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB)."""
     args = [sys.executable, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
-    args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads)]
+    args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads), "--recipe", case.recipe]
+    if case.hf_class:
+        args += ["--hf-class", case.hf_class]
     if case.out_features:
         args += ["--stages", ",".join(case.out_features)]
     if extra:
@@ -179,7 +213,9 @@ def child_main(ns: argparse.Namespace) -> None:
     torch.set_num_threads(ns.threads)
     stages = ns.stages.split(",") if ns.stages else None
     if ns._child == "hf":
-        result = run_transformers(Path(ns.ckpt), Path(ns.listing), Path(ns.out), stages, ns.dtype)
+        result = run_transformers(
+            Path(ns.ckpt), Path(ns.listing), Path(ns.out), stages, ns.dtype, ns.recipe, ns.hf_class
+        )
     else:
         from typer.testing import CliRunner
 
@@ -249,6 +285,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
     ap.add_argument("--stages", help=argparse.SUPPRESS)
+    ap.add_argument("--recipe", default="backbone", help=argparse.SUPPRESS)
+    ap.add_argument("--hf-class", default=None, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns._child:

@@ -107,6 +107,22 @@ class Backbone(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.forward_stages(pixel_values, self.out_indices))
 
+    # --- tokens (vision transformers) ------------------------------------------------------------
+    #: whether stages carry a class token (``--pool cls``); families with one override the two below
+    has_class_token: bool = False
+    #: whether the model defines its own image embedding (``--embedding``: CLIP's projected class
+    #: token, SigLIP's pooling head, ...), computed from the last stage's raw state
+    has_embedding: bool = False
+
+    def stage_class_token(self, index: int, raw: Any) -> torch.Tensor:
+        """The class token ``[N, C]`` of stage ``index``'s raw state, under the same stage-norm
+        policy as :meth:`stage_map` (registers and distillation tokens are never it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no class token")
+
+    def embedding(self, raw_last: Any) -> torch.Tensor:
+        """The model's own image embedding ``[N, D]`` from the last stage's raw state."""
+        raise NotImplementedError(f"{type(self).__name__} defines no image embedding")
+
     # --- weights ------------------------------------------------------------------------------
     def explain_missing(self, missing: Sequence[str]) -> str:
         """Why checkpoint keys this model needs are absent, in one clause for the load error

@@ -413,7 +413,9 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
     slices = []
 
     def spy(fn, x, *more, width):
-        return layers.in_row_slices(lambda *a: slices.append(a[0].shape[0]) or fn(*a), x, *more, width=width)
+        return layers.in_row_slices(
+            lambda *a: slices.append(a[0].shape[0]) or fn(*a), x, *more, width=width, force=True
+        )
 
     monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", 8)
     monkeypatch.setattr(family, "in_row_slices", spy)

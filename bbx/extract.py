@@ -157,13 +157,19 @@ def run(
     from bbx.runtime import compute_context
 
     t_start = time.perf_counter()
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device)  # (imports torch)
+    t_import = time.perf_counter()
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
     r = _Run(opts, inputs, device)
     writer, summary = r.writer, r.summary
+    t_resolved = time.perf_counter()
+    summary.startup = {"import_s": t_import - t_start, "resolve_s": t_resolved - t_import}
     status, stop = "complete", None
     t0 = time.perf_counter()
     try:
+        import bbx.loading  # noqa: F401  (the model code: timed apart from the weights)
+
+        summary.startup["import_s"] += time.perf_counter() - t0
         extractor = Extractor.from_plan(
             r.rp.model,
             device=device,
@@ -177,6 +183,7 @@ def run(
             channels_last=opts.channels_last,
             compile=opts.compile,
         )
+        summary.startup.update(getattr(extractor.model, "load_seconds", {}))
         if on_plan is not None:
             on_plan(r.rp.report)
         t0 = time.perf_counter()
@@ -232,13 +239,16 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     from bbx.dtypes import to_storage
 
     opts, writer, summary = r.opts, r.writer, r.summary
+    t_loop = time.perf_counter()
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
         maps = extractor.run(np.stack(arrays))
         writer.write([r.row(p) for p in batch], {name: to_storage(m) for name, m in maps.items()})
         summary.done += len(batch)
         if summary.first_batch_s is None:
-            summary.first_batch_s = time.perf_counter() - t_start
+            now = time.perf_counter()
+            summary.first_batch_s = now - t_start
+            summary.startup["first_batch_s"] = now - t_loop
 
     workers = default_workers(r.device) if opts.workers is None else opts.workers
     overlap = r.device != "cpu"

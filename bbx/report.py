@@ -108,6 +108,10 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
+    #: where the time before the first batch went: resolve_s (model lookup, configs, download), import_s
+    #: (torch and the model code), weights_s (build and load), prepare_s (inference rewrites, device),
+    #: first_batch_s (decoding, compute and writing of the first batch)
+    startup: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -124,6 +128,7 @@ class Summary:
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
+            "startup": {k: round(v, 3) for k, v in self.startup.items()},
             "interrupted": self.interrupted,
             "notes": self.notes,
         }

@@ -122,6 +122,8 @@ class Block(nn.Module):
 
 
 class Dinov2(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = Dinov2Settings.from_config(config)
         dim, p = s.hidden_size, s.patch_size

@@ -103,6 +103,8 @@ class Block(nn.Module):
 
 
 class ResNet(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ResNetSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)

@@ -265,6 +265,8 @@ class SwinStage(nn.Module):
 
 
 class Swin(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = SwinSettings.from_config(config)
         dims = s.dims

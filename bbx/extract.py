@@ -232,6 +232,17 @@ def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _timed(items: Iterator[Any], phases: dict[str, float]) -> Iterator[Any]:
+    """``items``, adding the time spent waiting for each to ``phases["decode_s"]``."""
+    while True:
+        t = time.perf_counter()
+        item = next(items, None)
+        phases["decode_s"] += time.perf_counter() - t
+        if item is None:
+            return
+        yield item
+
+
 def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, t_start: float) -> None:
     """Decode, batch, run the model, commit; every batch is in the output when the next starts."""
     import numpy as np
@@ -240,10 +251,16 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
 
     opts, writer, summary = r.opts, r.writer, r.summary
     t_loop = time.perf_counter()
+    phases = summary.phases
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
-        maps = extractor.run(np.stack(arrays))
+        t0 = time.perf_counter()
+        maps = extractor.run(np.stack(arrays))  # transfer, normalise, model, back to the host
+        t1 = time.perf_counter()
         writer.write([r.row(p) for p in batch], {name: to_storage(m) for name, m in maps.items()})
+        t2 = time.perf_counter()
+        phases["compute_s"] += t1 - t0
+        phases["write_s"] += t2 - t1
         summary.done += len(batch)
         if summary.first_batch_s is None:
             now = time.perf_counter()
@@ -257,7 +274,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     arrays: list[Any] = []
     total = len(r.todo)
     for handled, (path, pixels, reason) in enumerate(
-        decoded(r.todo, extractor.load, workers, window, overlap=overlap), 1
+        _timed(decoded(r.todo, extractor.load, workers, window, overlap=overlap), phases), 1
     ):
         if reason is not None:
             writer.fail(r.row(path), reason)

@@ -112,6 +112,9 @@ class Summary:
     #: (torch and the model code), weights_s (build and load), prepare_s (inference rewrites, device),
     #: first_batch_s (decoding, compute and writing of the first batch)
     startup: dict[str, float] = field(default_factory=dict)
+    #: where the loop's time went: waiting for decoded images, compute (to the device, the model,
+    #: back to the host), writing
+    phases: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0})
 
     @property
     def images_per_s(self) -> float:
@@ -129,6 +132,7 @@ class Summary:
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
             "startup": {k: round(v, 3) for k, v in self.startup.items()},
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "interrupted": self.interrupted,
             "notes": self.notes,
         }

@@ -123,7 +123,7 @@ def make_checkpoint(workdir: Path, alias: str) -> Path:
 # the two recipes, each run in its own process
 
 
-def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str | None):
+def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str | None, device: str = "cpu"):
     """(a callable pixels -> the maps to write, the stage names): the transformers side of a case."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
@@ -132,49 +132,80 @@ def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str |
     from tests.util import hf_backbone
 
     if recipe == "backbone":
-        model = hf_backbone(ckpt, out_features=stages)
+        model = hf_backbone(ckpt, out_features=stages).to(device)
         return (lambda x: model(x).feature_maps), list(model.out_features)
     config = json.loads((ckpt / "config.json").read_text())
     cls = getattr(transformers, hf_class or MODEL_MAPPING_NAMES[config["model_type"]])
-    model = cls.from_pretrained(ckpt).eval()
+    model = cls.from_pretrained(ckpt).eval().to(device)
     names = hub.resolve(str(ckpt), weights=False).spec.stage_names
     chosen = stages or names[-1:]
     index = [names.index(s) for s in chosen]
     return (lambda x: [model(x, output_hidden_states=True).hidden_states[i] for i in index]), chosen
 
 
+class _Batches:
+    """The transformers recipe's input pipeline: PIL decode + the image processor, batch by
+    batch (a torch Dataset of batches, so a DataLoader's workers can run it)."""
+
+    def __init__(self, paths: list[Path], processor: object) -> None:
+        self.paths, self.processor = paths, processor
+
+    def __len__(self) -> int:
+        return (len(self.paths) + BATCH - 1) // BATCH
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        images = []
+        for p in self.paths[i * BATCH : (i + 1) * BATCH]:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        return self.processor(images, return_tensors="pt")["pixel_values"]
+
+
 def run_transformers(
-    ckpt: Path, listing: Path, out: Path, stages: list[str] | None, dtype: str, recipe: str, hf_class: str | None
+    ckpt: Path,
+    listing: Path,
+    out: Path,
+    stages: list[str] | None,
+    dtype: str,
+    recipe: str,
+    hf_class: str | None,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> dict:
     import contextlib
 
     import h5py
     import torch
-    from PIL import Image
     from transformers import AutoImageProcessor
 
     paths = [Path(p) for p in listing.read_text().splitlines() if p]
     processor = AutoImageProcessor.from_pretrained(ckpt)
-    forward, names = _hf_model(ckpt, stages, recipe, hf_class)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    forward, names = _hf_model(ckpt, stages, recipe, hf_class, device)
+    kind = torch.device(device).type
+    ctx = torch.autocast(kind, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    batches = _Batches(paths, processor)
+    if workers:
+        batches = torch.utils.data.DataLoader(
+            batches, batch_size=None, num_workers=workers, pin_memory=kind == "cuda", prefetch_factor=4
+        )
     t0 = time.perf_counter()
     with h5py.File(out, "w") as f, torch.inference_mode(), ctx:
         datasets = None
-        for i in range(0, len(paths), BATCH):
-            batch = paths[i : i + BATCH]
-            images = []
-            for p in batch:
-                with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
-            pixels = processor(images, return_tensors="pt")["pixel_values"]
-            maps = forward(pixels)
+        done = 0
+        for pixels in batches:
+            maps = [m.float().cpu() for m in forward(pixels.to(device, non_blocking=True))]
             if datasets is None:
                 datasets = [
                     f.create_dataset(n, shape=(len(paths), *m.shape[1:]), dtype="f4", chunks=(1, *m.shape[1:]))
                     for n, m in zip(names, maps)
                 ]
             for ds, m in zip(datasets, maps):
-                ds[i : i + len(batch)] = m.float().numpy()
+                ds[done : done + len(m)] = m.numpy()
+            done += len(maps[0])
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "images": len(paths), "images_per_s": len(paths) / seconds}
 
@@ -193,11 +224,21 @@ def _child(args: list[str]) -> tuple[dict, float]:
 
 
 def measure(
-    side: str, ckpt: Path, listing: Path, out: Path, case: Case, threads: int, extra: list[str] | None = None
+    side: str,
+    ckpt: Path,
+    listing: Path,
+    out: Path,
+    case: Case,
+    threads: int,
+    extra: list[str] | None = None,
+    *,
+    device: str = "cpu",
+    hf_workers: int = 0,
 ) -> tuple[dict, float]:
     """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB)."""
     args = [sys.executable, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
     args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads), "--recipe", case.recipe]
+    args += ["--device", device, "--hf-workers", str(hf_workers)]
     if case.hf_class:
         args += ["--hf-class", case.hf_class]
     if case.out_features:
@@ -214,7 +255,15 @@ def child_main(ns: argparse.Namespace) -> None:
     stages = ns.stages.split(",") if ns.stages else None
     if ns._child == "hf":
         result = run_transformers(
-            Path(ns.ckpt), Path(ns.listing), Path(ns.out), stages, ns.dtype, ns.recipe, ns.hf_class
+            Path(ns.ckpt),
+            Path(ns.listing),
+            Path(ns.out),
+            stages,
+            ns.dtype,
+            ns.recipe,
+            ns.hf_class,
+            ns.device,
+            ns.hf_workers,
         )
     else:
         from typer.testing import CliRunner
@@ -232,6 +281,8 @@ def child_main(ns: argparse.Namespace) -> None:
             str(BATCH),
             "--dtype",
             ns.dtype,
+            "--device",
+            ns.device,
             "--json",
             "-q",
             "-0",
@@ -250,6 +301,8 @@ def child_main(ns: argparse.Namespace) -> None:
             "images": rep["done"],
             "images_per_s": rep["images_per_s"],
             "first_batch_s": rep["first_batch_s"],
+            "startup": rep.get("startup"),
+            "phases": rep.get("phases"),
         }
     result["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -285,6 +338,9 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
     ap.add_argument("--stages", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
+    ap.add_argument("--hf-workers", type=int, default=None, help="DataLoader workers of the transformers side")
+    ap.add_argument("--json-out", default=None, help="also write every measurement as JSON here")
     ap.add_argument("--recipe", default="backbone", help=argparse.SUPPRESS)
     ap.add_argument("--hf-class", default=None, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
@@ -311,12 +367,17 @@ def main() -> None:
         f"{'hf peak MB':>10} {'bbx peak MB':>11} {'bbx 1st batch s':>15}"
     )
     print(header)
+    hf_workers = (
+        ns.hf_workers if ns.hf_workers is not None else (0 if ns.device == "cpu" else min(8, os.cpu_count() or 1))
+    )
+    side = {"device": ns.device, "hf_workers": hf_workers}
+    records = []
     for case in chosen:
         ckpt = make_checkpoint(work, case.alias)
         hf_best, bx_best = None, None
         for _ in range(ns.repeat):
-            hf, hf_peak = measure("hf", ckpt, listing, work / "hf.h5", case, threads)
-            bx, bx_peak = measure("bbx", ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split())
+            hf, hf_peak = measure("hf", ckpt, listing, work / "hf.h5", case, threads, **side)
+            bx, bx_peak = measure("bbx", ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split(), **side)
             if hf_best is None or hf["images_per_s"] > hf_best[0]["images_per_s"]:
                 hf_best = (hf, hf_peak)
             if bx_best is None or bx["images_per_s"] > bx_best[0]["images_per_s"]:
@@ -329,6 +390,21 @@ def main() -> None:
             f">={case.target:<4} {ok:4} {hf_peak:10.0f} {bx_peak:11.0f} {bx['first_batch_s']:15.2f}",
             flush=True,
         )
+        records.append(
+            {
+                "case": case.name,
+                "dtype": case.dtype,
+                "device": ns.device,
+                "transformers": hf,
+                "bbx": bx,
+                "ratio": ratio,
+                "target": case.target,
+                "hf_peak_mb": hf_peak,
+                "bbx_peak_mb": bx_peak,
+            }
+        )
+        if ns.json_out:
+            Path(ns.json_out).write_text(json.dumps(records, indent=2))
     if ns.memory:
         case = CASES[0]
         ckpt = make_checkpoint(work, case.alias)

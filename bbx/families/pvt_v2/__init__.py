@@ -207,6 +207,7 @@ FAMILY = Family(
         "num_attention_heads": [1, 2, 3, 4],
     },
     notes="PVTv2 has no `stem`: `stage1`..`stage4` (strides 4 to 32) are the stage outputs after each stage's "
-    "LayerNorm, as `PvtV2Backbone` returns them. Any input size works from 29x29 up (32x32 with stride 4), as "
-    "long as every stage's grid covers its spatial reduction (8, 4, 2, 1: none for b2-li's linear attention).",
+    "LayerNorm, as `PvtV2Backbone` returns them. Any input size works whose every stage grid is at least as large as "
+    "that stage's spatial reduction (8, 4, 2, 1): 29x29 and up for the public checkpoints, any size for b2-linear, "
+    "whose linear attention pools to 7x7 instead.",
 )

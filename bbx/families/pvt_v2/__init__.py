@@ -36,9 +36,7 @@ def embed_size(n: int, kernel: int, stride: int) -> int:
 class PvtV2Settings(Settings):
     """The architecture fields of a PVT v2 ``config.json``, with transformers' defaults."""
 
-    pair_fields = ("image_size",)
-
-    image_size: tuple[int, int] = (224, 224)  # recorded only: no position embeddings depend on it
+    # (image_size is not read: no position embeddings depend on it, and transformers allows a dict there)
     num_channels: int = limit(3, 1, 64)
     num_encoder_blocks: int = limit(4, 1, 12)
     depths: tuple[int, ...] = limit((2, 2, 2, 2), 1, 4096)

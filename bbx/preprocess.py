@@ -1,6 +1,6 @@
 """What a checkpoint's ``preprocessor_config.json`` asks for, as one frozen value.
 
-bbx reproduces four of transformers' image processors, read the way transformers 5 reads the file:
+bbx reproduces five of transformers' image processors, read the way transformers 5 reads the file:
 the class named by ``image_processor_type`` (else ``feature_extractor_type``, whose legacy
 ``...FeatureExtractor`` spelling means the same processor; ``Fast``/``Pil`` suffixes name the same
 recipe), else the one transformers picks for the checkpoint's ``model_type``. A field the file
@@ -9,7 +9,8 @@ leaves out takes that class's default. A field set to ``null`` means what it mea
 crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
 cannot use) takes the class default.
 
-* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``) is the
+* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
+  ``PvtImageProcessor``) is the
   plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
   ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
   aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
@@ -17,7 +18,7 @@ cannot use) takes the class default.
   to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
   straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
 
-A legacy int ``size`` is a square for ViT/DeiT and a shortest edge for ConvNext/Bit (the classes'
+A legacy int ``size`` is a square for ViT/DeiT/Pvt and a shortest edge for ConvNext/Bit (the classes'
 ``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
 center crop larger than the image pads it with black, the extra row/column going after the image.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bbx.errors import ModelError
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD
 
 _STANDARD = (0.5, 0.5, 0.5)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -63,6 +65,9 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     "Bit": _ProcessorClass(
         "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
+    # transformers 5's class defaults (bicubic; transformers 4's class said bilinear, which the hub's
+    # files written by it spell out as resample 2)
+    "Pvt": _ProcessorClass("resize", 3, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
 }
 _DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
@@ -123,7 +128,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext)
+    kind: str  # "resize" (ViT, DeiT, Bit, Pvt: resize, then an optional crop) | "crop_pct" (ConvNext)
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -162,7 +167,7 @@ class Preprocess:
             base = _class_base(str(named))
             if base is None:
                 raise _bad(
-                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
+                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext, Bit and Pvt image processors"
                 )
         else:
             base = default if default is not None else _family_processor(model_type)

@@ -76,3 +76,24 @@ def compare(
     shapes = map_shapes(model, tuple(x.shape[2:]))
     assert [tuple(m.shape[1:]) for m in got] == [shapes[model.stage_names.index(s)] for s in names]
     return model
+
+
+#: how much larger than transformers' own bf16 error (against its fp32 maps) bbx's may be
+BF16_SLACK = 1.5
+
+
+def bf16_errors(
+    ours: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    oracle: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    x: torch.Tensor,
+) -> tuple[list[float], list[float]]:
+    """Relative errors, map by map, of ``ours`` and of ``oracle`` run under CPU bf16 autocast (as
+    ``bbx extract --dtype bfloat16`` runs), both against the oracle's fp32 maps: (bbx's, the
+    oracle's own)."""
+    with torch.no_grad():
+        exact = [m.float() for m in oracle(x)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs = [m.float() for m in oracle(x)]
+            mine = [m.float() for m in ours(x)]
+    assert len(mine) == len(theirs) == len(exact)
+    return [rel_err(a, e) for a, e in zip(mine, exact)], [rel_err(b, e) for b, e in zip(theirs, exact)]

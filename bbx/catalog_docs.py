@@ -14,7 +14,12 @@ END = "<!-- end of generated tables -->"
 def _stages(row: CatalogRow, fam: Family) -> str:
     stages = fam.stages(row.config)
     names = [s.name for s in stages]
-    listed = ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]}..{names[-1]}"
+    if len(names) <= 3:
+        listed = ", ".join(names)
+    elif names[0].rstrip("0123456789") == names[1].rstrip("0123456789"):  # no stem: stage1..stage4
+        listed = f"{names[0]}..{names[-1]}"
+    else:
+        listed = f"{names[0]}, {names[1]}..{names[-1]}"
     channels = {s.channels for s in stages}
     strides = {s.stride for s in stages}
     if len(channels) == 1 and len(strides) == 1:

@@ -7,7 +7,9 @@ A checkpoint comes in one of a few formats, each recognised here and nowhere els
   family's remap to drop).
 * **task**: a detection, segmentation or depth model that carries its backbone
   (``backbone_config`` nested in the config, or ``use_timm_backbone``); the backbone's weights sit
-  under a prefix of the task model's.
+  under a prefix of the task model's. The task modules (:mod:`bbx.task`, ``bbx/tasks/``) say where,
+  which stages the task taps and how its processor comes down to the backbone's preprocessing;
+  only the backbone's tensors are ever read.
 * **timm**: a timm hub repo (``architecture`` and ``pretrained_cfg``, no ``model_type``), or
   transformers' ``TimmBackbone`` wrapper (``model_type: timm_backbone``).
 
@@ -27,6 +29,7 @@ from typing import Any
 from bbx import registry
 from bbx.errors import ModelError
 from bbx.family import Family, Settings
+from bbx.preprocess import Preprocess
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +48,14 @@ class Checkpoint:
     rename: Callable[[str], str | None] | None = field(default=None, repr=False)
     #: the task model around the backbone, for reports ("" for a plain backbone)
     task: str = ""
+    #: the stages the task model taps (indices into the stage list), the default selection; None:
+    #: the last stage, as for any backbone
+    default_stages: tuple[int, ...] | None = None
+    #: the preprocessing, when the format seam translated it (a task processor); None: read
+    #: ``preprocessor`` as a backbone's ``preprocessor_config.json``
+    recipe: Preprocess | None = None
+    #: for a task checkpoint: whether it holds the backbone's stage norms, trained with the task
+    trained_norms: bool | None = None
 
     def settings(self) -> Settings:
         return self.family.parse(self.config)
@@ -70,7 +81,11 @@ class Checkpoint:
 
 
 def _is_task(config: Mapping[str, Any]) -> bool:
-    return isinstance(config.get("backbone_config"), Mapping) or bool(config.get("use_timm_backbone"))
+    return (
+        registry.is_task(config.get("model_type"))
+        or isinstance(config.get("backbone_config"), Mapping)
+        or bool(config.get("use_timm_backbone"))
+    )
 
 
 def _is_timm(config: Mapping[str, Any]) -> bool:
@@ -80,15 +95,55 @@ def _is_timm(config: Mapping[str, Any]) -> bool:
 
 
 def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
-    task = config.get("model_type") or "a task model"
-    inner = config.get("backbone_config")
-    what = f"timm backbone {config.get('backbone')!r}" if config.get("use_timm_backbone") else "its backbone"
-    if isinstance(inner, Mapping):
-        what = f"its {inner.get('model_type', 'nested')} backbone"
-    raise ModelError(
-        f"{where} is a {task} checkpoint; bbx does not yet read {what} from task checkpoints "
-        f"(it reads backbone checkpoints of: {', '.join(registry.supported_model_types())})"
+    model_type = config.get("model_type")
+    if not registry.is_task(model_type):
+        inner = config.get("backbone_config")
+        what = f"timm backbone {config.get('backbone')!r}" if config.get("use_timm_backbone") else "its backbone"
+        if isinstance(inner, Mapping):
+            what = f"its {inner.get('model_type', 'nested')} backbone"
+        raise ModelError(
+            f"{where} is a {model_type or 'task model'} checkpoint; bbx does not read {what} from it "
+            f"(it reads the backbones of {', '.join(registry.task_model_types())} checkpoints)"
+        )
+    task = registry.task_of(model_type)
+    nested = task.read(config, preprocessor, where)
+    inner_type = nested.backbone["model_type"]
+    at = f"{where}, the {task.title} backbone_config"
+    fam = registry.family_for(inner_type, str(model_type), at)
+    backbone = dict(nested.backbone)
+    if inner_type not in fam.model_types:  # a family reading this backbone in the task's own variant
+        backbone["model_type"] = fam.model_types[0]
+    names = fam.parse(backbone, at).stage_names()
+    return Checkpoint(
+        "task",
+        fam,
+        str(backbone["model_type"]),
+        backbone,
+        preprocessor,
+        nested.prefix,
+        task=str(model_type),
+        default_stages=_taps(nested.taps, names, at),
+        recipe=nested.recipe,
+        trained_norms=task.trained_norms,
     )
+
+
+def _taps(taps: tuple[str, ...] | tuple[int, ...] | None, names: list[str], where: str) -> tuple[int, ...] | None:
+    """The stages a task taps, as indices into the backbone's stage list (names, or indices with
+    transformers' negative ones), in stage order; ModelError for a stage the backbone lacks."""
+    if taps is None:
+        return None
+    out = []
+    for t in taps:
+        if isinstance(t, str):
+            if t not in names:
+                raise ModelError(f"{where} taps stage {t!r}, which this backbone lacks (it has {', '.join(names)})")
+            out.append(names.index(t))
+        else:
+            if not -len(names) <= t < len(names):
+                raise ModelError(f"{where} taps stage index {t}, out of range for {len(names)} stages")
+            out.append(t % len(names))
+    return tuple(sorted(set(out)))
 
 
 def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:

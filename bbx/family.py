@@ -260,6 +260,9 @@ class CatalogRow:
     preprocessor: Mapping[str, Any]
     description: str = ""
     extra_aliases: tuple[str, ...] = ()
+    #: the hub revision the row stands for (None: the repo's default branch); a row at another
+    #: revision does not answer to the bare repo id, which names the default branch
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", frozen(self.config))
@@ -267,11 +270,14 @@ class CatalogRow:
 
     @property
     def model_type(self) -> str:
+        """The config's model_type (for a task checkpoint, the task model's)."""
         return str(self.config["model_type"])
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every name the row answers to: its alias, other aliases and hub id."""
+        if self.revision is not None:
+            return (self.alias, *self.extra_aliases)
         return (self.alias, *self.extra_aliases, self.repo_id)
 
     def config_dict(self) -> dict[str, Any]:
@@ -283,9 +289,13 @@ class CatalogRow:
 
     @property
     def stage_names(self) -> tuple[str, ...]:
-        from bbx import registry
+        return tuple(self.checkpoint().stage_names)
 
-        return tuple(registry.family_of(self.model_type).stage_names(self.config))
+    def checkpoint(self) -> Any:
+        """What the embedded config is (:class:`bbx.checkpoints.Checkpoint`), through the format seam."""
+        from bbx.checkpoints import recognise
+
+        return recognise(self.config_dict(), self.preprocessor_dict(), f"{self.alias}'s embedded config")
 
 
 # --- the family record ----------------------------------------------------------------------------
@@ -313,6 +323,10 @@ class Family:
     unwrap: Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], str, Callable[[str], str | None] | None]] | None = (
         None
     )
+    #: backbones nested in task checkpoints that this family reads in place of another family:
+    #: {task model_type: (nested backbone model_types, ...)} (MaskFormer turns a nested ``swin``
+    #: config into its own Swin copy, ``maskformer-swin``)
+    nested: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [m for m in STAGE_NORMS if m not in self.stage_norms]

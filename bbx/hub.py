@@ -67,6 +67,11 @@ class ModelRef:
             return self.repo_id
         return str(self.folder)
 
+    @property
+    def architecture(self) -> str:
+        """How reports name what runs: the backbone's model_type, and the task model around it."""
+        return f"{self.model_type} in {self.spec.task}" if self.spec.task else self.model_type
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.given,
@@ -122,12 +127,15 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
             return ModelRef(
                 given=name,
                 source="alias",
-                spec=recognise(row.config_dict(), row.preprocessor_dict(), f"{row.alias}'s embedded config"),
+                spec=row.checkpoint(),
                 repo_id=row.repo_id,
-                revision=revision,
+                revision=row.revision,
                 alias=row.alias,
             )
-        return _from_hub(name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress)
+        # a row may stand for a revision of its repo (DETR's no_timm); an asked-for revision wins
+        return _from_hub(
+            name, row.repo_id, revision or row.revision, weights=weights, alias=row.alias, progress=progress
+        )
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")

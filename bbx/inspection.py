@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bbx import hub
-from bbx.plan import check_stage_norm, model_plan
+from bbx import hub, registry
+from bbx.plan import ImageSize, check_stage_norm, model_plan, recipe
+from bbx.stages import select_stages
 
 
 @dataclass(frozen=True)
@@ -15,8 +16,23 @@ class StageRow:
     name: str
     channels: int
     stride: int
-    shape: tuple[int, int, int]  # [C, H, W] at the report's input size
+    shape: tuple[int, int, int] | None  # [C, H, W] at the report's input size (None: the size varies)
     default: bool
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Where a task checkpoint's backbone comes from."""
+
+    model_type: str  # the task model's ("mask2former")
+    title: str
+    kind: str
+    checkpoint: str
+    weight_prefix: str
+    stage_norms: str  # trained with the task, or not in the checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -26,13 +42,14 @@ class ModelReport:
     source: str
     revision: str | None
     architecture: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None  # None: the checkpoint's size varies per image (pass --image-size)
     stage_norm: str
     stage_norm_means: str  # what the stage-norm mode does for this family
     default_selection: tuple[str, ...]
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    task: TaskInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,7 +58,7 @@ class ModelReport:
             "source": self.source,
             "revision": self.revision,
             "architecture": self.architecture,
-            "input_size": list(self.input_size),
+            "input_size": list(self.input_size) if self.input_size else None,
             "stage_norm": self.stage_norm,
             "stage_norm_means": self.stage_norm_means,
             "default_selection": {
@@ -54,21 +71,42 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "task": self.task.to_json() if self.task else None,
         }
 
 
+def _task_info(ref: hub.ModelRef) -> TaskInfo | None:
+    if not ref.spec.task:
+        return None
+    task = registry.task_of(ref.spec.task)
+    norms = f"trained with {task.title} (in the checkpoint)" if ref.spec.trained_norms else "none in the checkpoint"
+    return TaskInfo(ref.spec.task, task.title, task.kind, ref.checkpoint, ref.spec.weight_prefix, norms)
+
+
 def inspect_model(
-    name: str, *, revision: str | None = None, image_size: int | None = None, stage_norm: str = "hf"
+    name: str, *, revision: str | None = None, image_size: ImageSize | None = None, stage_norm: str = "hf"
 ) -> ModelReport:
     """Stage table of MODEL at its input size (or ``image_size``), from its config alone: no
-    torch, no weights, nothing downloaded for an alias or a folder."""
+    torch, no weights, nothing downloaded for an alias or a folder. A checkpoint whose own
+    preprocessing sizes every image differently (a task processor) and no ``image_size``: the
+    stages without map shapes."""
     check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    mp = model_plan(ref, image_size=image_size)
-    default = set(mp.selection.out_indices)
+    pre = recipe(ref, image_size)
+    if pre.output_size is None and pre.size_required:
+        settings = ref.spec.settings()
+        stages = settings.stages()
+        selection = select_stages([s.name for s in stages], None, None, ref.spec.default_stages)
+        shapes: list[tuple[int, int, int] | None] = [None] * len(stages)
+        size = None
+    else:
+        mp = model_plan(ref, image_size=image_size)
+        stages, selection, pre, size = list(mp.stages), mp.selection, mp.preprocess, mp.input_size
+        shapes = list(mp.shapes)
+    default = set(selection.out_indices)
     rows = tuple(
         StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
-        for i, (spec, shape) in enumerate(zip(mp.stages, mp.shapes))
+        for i, (spec, shape) in enumerate(zip(stages, shapes))
     )
     info = ref.describe()
     return ModelReport(
@@ -77,11 +115,12 @@ def inspect_model(
         source=ref.source,
         revision=info["revision"],
         architecture=ref.model_type,
-        input_size=mp.input_size,
+        input_size=size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
-        default_selection=tuple(mp.selection.out_features),
-        default_indices=tuple(mp.selection.out_indices),
+        default_selection=tuple(selection.out_features),
+        default_indices=tuple(selection.out_indices),
         stages=rows,
-        preprocessing=mp.preprocess.describe(),
+        preprocessing=pre.describe(),
+        task=_task_info(ref),
     )

@@ -51,6 +51,8 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    #: for a task checkpoint: the prefix of the backbone's tensors in it (nothing else is read)
+    weight_prefix: str = ""
 
     @property
     def bytes_per_image(self) -> int:
@@ -93,7 +95,7 @@ class Plan:
             "format": self.format,
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
-        }
+        } | ({"weight_prefix": self.weight_prefix} if self.weight_prefix else {})
 
 
 @dataclass

@@ -30,21 +30,23 @@ def inspect(
     from bbx.cli._render import table as make_table
 
     out = console()
-    h, w = report.input_size
-    out.print(
-        f"[bold]{report.model}[/bold]  {report.checkpoint}  ({report.architecture}, input {h}x{w}, "
-        f"stage norm {report.stage_norm})"
-    )
+    size = f"input {report.input_size[0]}x{report.input_size[1]}" if report.input_size else "input varies"
+    arch = f"{report.architecture} in {report.task.model_type}" if report.task else report.architecture
+    at = f"@{report.revision[:12]}" if report.revision else ""
+    out.print(f"[bold]{report.model}[/bold]  {report.checkpoint}{at}  ({arch}, {size}, stage norm {report.stage_norm})")
+    if report.task:
+        t = report.task
+        out.print(f"{t.title} backbone ({t.kind}): weights under {t.weight_prefix}*, stage norms {t.stage_norms}")
     table = make_table("", ">index", "name", ">channels", ">stride", "shape [C, H, W]")
     for s in report.stages:
-        table.add_row(
-            "*" if s.default else "",
-            str(s.index),
-            s.name,
-            str(s.channels),
-            str(s.stride),
-            f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]",
+        shape = (
+            f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]" if s.shape else f"[{s.channels}, H/{s.stride}, W/{s.stride}]"
         )
+        table.add_row("*" if s.default else "", str(s.index), s.name, str(s.channels), str(s.stride), shape)
     out.print(table)
+    if report.input_size is None:
+        why = report.preprocessing.get("size_required", "the size varies")
+        out.print(f"input: {why}; extraction needs --image-size N")
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
-    out.print("* default selection (the last stage); choose others with --out-indices or --out-features")
+    which = f"the stages {report.task.title} taps" if report.task else "the last stage"
+    out.print(f"* default selection ({which}); choose others with --out-indices or --out-features")

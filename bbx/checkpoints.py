@@ -22,8 +22,9 @@ refused in one line that says what the checkpoint is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bbx import registry
@@ -113,7 +114,12 @@ def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
     backbone = dict(nested.backbone)
     if inner_type not in fam.model_types:  # a family reading this backbone in the task's own variant
         backbone["model_type"] = fam.model_types[0]
-    names = fam.parse(backbone, at).stage_names()
+    settings = fam.parse(backbone, at)
+    names = settings.stage_names()
+    recipe = nested.recipe
+    strides = {st.stride for st in settings.stages()}
+    if len(strides) == 1 and min(strides) > 1:  # a patch backbone (one stride): other sizes lose pixels
+        recipe = replace(recipe, multiple_of=math.lcm(recipe.multiple_of, strides.pop()))
     return Checkpoint(
         "task",
         fam,
@@ -123,7 +129,7 @@ def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         nested.prefix,
         task=str(model_type),
         default_stages=_taps(nested.taps, names, at),
-        recipe=nested.recipe,
+        recipe=recipe,
         trained_norms=task.trained_norms,
     )
 

@@ -122,8 +122,8 @@ def recipe(ref: hub.ModelRef, image_size: ImageSize | None = None) -> Preprocess
     m = pre.multiple_of
     if m > 1 and (h % m or w % m):
         raise UsageError(
-            f"--image-size {_size_text(h, w)} is not a multiple of {m}, which {ref.checkpoint}'s {pre.processor} "
-            f"needs (the task model sees only such sizes); try {_size_text(*_nearest(h, w, m))}"
+            f"--image-size {_size_text(h, w)} is not a multiple of {m}, as {ref.checkpoint} needs (its task model "
+            f"sees only such sizes: its processor's and its backbone's patches); try {_size_text(*_nearest(h, w, m))}"
         )
     if h == w:
         return pre.with_image_size(h)

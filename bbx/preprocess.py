@@ -145,7 +145,7 @@ class Preprocess:
     #: then a run needs an explicit size (``--image-size``), which :meth:`with_image_size` gives
     size_required: str = ""
     #: the multiple of which both sides must be (a task processor's ``ensure_multiple_of`` or
-    #: padding divisor), 1 for any size
+    #: padding divisor, a patch backbone's patch size inside a task model), 1 for any size
     multiple_of: int = 1
 
     @classmethod

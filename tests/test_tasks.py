@@ -575,3 +575,14 @@ def test_public_backbone_configs_match_transformers(tmp_path, task, alias, size)
     row = registry.lookup(alias).checkpoint()
     assert bbx.load_backbone(str(folder)).out_features == names == [row.stage_names[i] for i in row.default_stages]
     parity.compare(folder, size, 1, names=names, reference=_reference(task, model))
+
+
+def test_completion_offers_the_task_aliases_and_their_stages():
+    from bbx.cli._complete import complete_model
+
+    offered = {v for v, _ in complete_model("")}
+    assert {r.alias for r in ROWS} <= offered
+    assert [v for v, _ in complete_model("mask2former-")] == [
+        r.alias for r in ROWS if r.alias.startswith("mask2former-")
+    ]
+    assert stage_names_of_model("maskformer-swin-tiny-coco") == ["stage1", "stage2", "stage3", "stage4"]

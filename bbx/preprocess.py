@@ -23,7 +23,16 @@ center crop larger than the image pads it with black, the extra row/column going
 
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
 happen on 8-bit pixels, as in transformers' PIL backend, so bbx ships uint8 to the device and
-normalises there. This module is the torch-free description; :mod:`bbx.images` does the pixels.
+normalises there.
+
+* kind ``float_resize`` (``DINOv3ViTImageProcessor``, which transformers has in its torchvision
+  backend only): rescale first, then resize the *float* image (torchvision's tensor resize:
+  antialiased bilinear or bicubic, or nearest-exact), then the optional center crop (padding, where
+  the crop is larger, puts the extra row/column after the image), then normalise. The resized
+  values are not 8-bit, so these images reach the model as float32 rescaled pixels, built on the
+  decoding threads, and are normalised on the device.
+
+This module is the torch-free description; :mod:`bbx.images` does the pixels.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from typing import Any
 from bbx.errors import ModelError
 
 _STANDARD = (0.5, 0.5, 0.5)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -63,7 +74,11 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     "Bit": _ProcessorClass(
         "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
+    # transformers' torchvision backend only: rescale, resize the float image, normalise
+    "DINOv3ViT": _ProcessorClass("float_resize", 2, _IMAGENET_MEAN, _IMAGENET_STD, {"height": 224, "width": 224}, True),
 }
+#: the resample filters torchvision's tensor resize has (PIL number -> what it runs)
+FLOAT_RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
 #: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
@@ -123,7 +138,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext)
+    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext) | "float_resize"
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -161,9 +176,7 @@ class Preprocess:
         if named:
             base = _class_base(str(named))
             if base is None:
-                raise _bad(
-                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
-                )
+                raise _bad(f"names the processor {named!r}; bbx reproduces {', '.join(_CLASSES)} image processors")
         else:
             base = default if default is not None else _family_processor(model_type)
             if base not in _CLASSES:
@@ -195,6 +208,14 @@ class Preprocess:
         resample = get("resample", defaults.resample)
         if isinstance(resample, bool) or not isinstance(resample, int) or resample not in RESAMPLE_NAMES:
             raise _bad(f"unknown resample filter {resample!r}")
+        if kind == "float_resize" and not flag("do_rescale", True):
+            # the processor would resize and normalise uint8 tensors, which torchvision refuses
+            raise _bad(f"{base}ImageProcessor needs do_rescale (it resizes the rescaled float image)")
+        if kind == "float_resize" and do_resize and resample not in FLOAT_RESAMPLE:
+            raise _bad(
+                f"resample {RESAMPLE_NAMES[resample]} has no float-image resize in {base}ImageProcessor's torchvision "
+                "backend that bbx reproduces (nearest, bilinear or bicubic)"
+            )
         crop_pct = None
         if kind == "crop_pct":
             crop_pct = _number(get("crop_pct", _DEFAULT_CROP_PCT), "crop_pct")
@@ -215,6 +236,12 @@ class Preprocess:
             mean=_triple(get("image_mean", defaults.mean), "image_mean"),
             std=_triple(get("image_std", defaults.std), "image_std"),
         )
+
+    @property
+    def float_pixels(self) -> bool:
+        """Whether preprocessed images are float32 rescaled pixels (kind ``float_resize``) rather
+        than uint8 ones; either way :func:`bbx.images.normalize` finishes them on the device."""
+        return self.kind == "float_resize"
 
     # -- sizes -----------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ leaves out takes that class's default. A field set to ``null`` means what it mea
 crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
 cannot use) takes the class default.
 
-* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``) is the
+* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
+  ``BeitImageProcessor``, whose ``do_reduce_labels`` only concerns segmentation maps) is the
   plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
   ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
   aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
@@ -73,6 +74,9 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     "ConvNext": _ProcessorClass("crop_pct", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
     "Bit": _ProcessorClass(
         "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+    ),
+    "Beit": _ProcessorClass(
+        "resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True, False, {"height": 224, "width": 224}
     ),
     # transformers' torchvision backend only: rescale, resize the float image, normalise
     "DINOv3ViT": _ProcessorClass("float_resize", 2, _IMAGENET_MEAN, _IMAGENET_STD, {"height": 224, "width": 224}, True),

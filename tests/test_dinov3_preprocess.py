@@ -31,6 +31,7 @@ import bbx
 from bbx import images, registry
 from bbx.errors import ModelError, UsageError
 from bbx.preprocess import Preprocess
+from tests.cli import run
 from tests.oracles.torchvision_pixels import digest
 from tests.util import photo, tiny_checkpoint
 
@@ -157,19 +158,25 @@ def test_refuses_what_the_processor_cannot_do(cfg, words):
         Preprocess.from_config(cfg, "dinov3_vit")
 
 
-def test_extractor_takes_float_batches_and_equals_extract(tmp_path):
-    """Extractor.load gives the float32 pixels Extractor.run takes; a uint8 batch is refused."""
-    folder = tiny_checkpoint(tmp_path / "ckpt", "dinov3_vit", seed=3)
-    ex = bbx.Extractor(str(folder), out_indices=[-1], device="cpu")
-    files = []
-    for i, (w, h) in enumerate([(300, 200), (97, 131)]):
-        files.append(tmp_path / f"{i}.png")
-        photo(w, h, seed=i).save(files[-1])
-    pixels = ex.load(files[0])
+@pytest.mark.parametrize("model_type", ["dinov3_vit", "dinov3_convnext"])
+def test_extractor_takes_float_batches_and_equals_extract(tmp_path, photos, model_type):
+    """Extractor.load gives the float32 pixels Extractor.run takes (a uint8 batch is refused), and
+    what it computes is what bbx extract writes, to the bit (channels-last input for the ConvNeXt)."""
+    folder = tiny_checkpoint(tmp_path / "ckpt", model_type, seed=3)
+    _, paths = photos
+    out = tmp_path / "f.h5"
+    r = run("extract", "-m", folder, "--out-indices", "0,-1", "-b", "4", "-o", out, *map(str, paths))
+    assert r.exit_code == 0, r.stderr
+    ex = bbx.Extractor(str(folder), out_indices=[0, -1], device="cpu")
+    pixels = ex.load(paths[0])
     assert pixels.dtype == np.float32 and pixels.shape == (224, 224, 3)
-    maps = ex(files)
-    again = ex.run(np.stack([ex.load(p) for p in files]))
-    assert torch.equal(maps["stage3"], again["stage3"])
+    with bbx.open(out) as f:
+        for start in range(0, len(paths), 4):  # the same batches as the run
+            maps = ex(paths[start : start + 4])
+            again = ex.run(np.stack([ex.load(p) for p in paths[start : start + 4]]))
+            for name in ex.stages:
+                assert np.array_equal(maps[name].numpy(), f[name].raw[start : start + 4]), (name, start)
+                assert torch.equal(maps[name], again[name])
     with pytest.raises(UsageError, match="float32"):
         ex.run(np.zeros((1, 224, 224, 3), np.uint8))
 

@@ -10,7 +10,8 @@ crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transforme
 cannot use) takes the class default.
 
 * kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
-  ``PvtImageProcessor``) is the
+  ``PvtImageProcessor``, ``BeitImageProcessor``, whose ``do_reduce_labels`` only concerns
+  segmentation maps) is the
   plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
   ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
   aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
@@ -24,7 +25,16 @@ center crop larger than the image pads it with black, the extra row/column going
 
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
 happen on 8-bit pixels, as in transformers' PIL backend, so bbx ships uint8 to the device and
-normalises there. This module is the torch-free description; :mod:`bbx.images` does the pixels.
+normalises there.
+
+* kind ``float_resize`` (``DINOv3ViTImageProcessor``, which transformers has in its torchvision
+  backend only): rescale first, then resize the *float* image (torchvision's tensor resize:
+  antialiased bilinear or bicubic, or nearest-exact), then the optional center crop (padding, where
+  the crop is larger, puts the extra row/column after the image), then normalise. The resized
+  values are not 8-bit, so these images reach the model as float32 rescaled pixels, built on the
+  decoding threads, and are normalised on the device.
+
+This module is the torch-free description; :mod:`bbx.images` does the pixels.
 """
 
 from __future__ import annotations
@@ -68,7 +78,14 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     # transformers 5's class defaults (bicubic; transformers 4's class said bilinear, which the hub's
     # files written by it spell out as resample 2)
     "Pvt": _ProcessorClass("resize", 3, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
+    "Beit": _ProcessorClass(
+        "resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True, False, {"height": 224, "width": 224}
+    ),
+    # transformers' torchvision backend only: rescale, resize the float image, normalise
+    "DINOv3ViT": _ProcessorClass("float_resize", 2, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
 }
+#: the resample filters torchvision's tensor resize has (PIL number -> what it runs)
+FLOAT_RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
 #: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
@@ -128,7 +145,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "resize" (ViT, DeiT, Bit, Pvt: resize, then an optional crop) | "crop_pct" (ConvNext)
+    kind: str  # "resize" (resize, then an optional crop) | "crop_pct" (ConvNext) | "float_resize" (DINOv3ViT)
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -166,9 +183,7 @@ class Preprocess:
         if named:
             base = _class_base(str(named))
             if base is None:
-                raise _bad(
-                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext, Bit and Pvt image processors"
-                )
+                raise _bad(f"names the processor {named!r}; bbx reproduces {', '.join(_CLASSES)} image processors")
         else:
             base = default if default is not None else _family_processor(model_type)
             if base not in _CLASSES:
@@ -200,6 +215,14 @@ class Preprocess:
         resample = get("resample", defaults.resample)
         if isinstance(resample, bool) or not isinstance(resample, int) or resample not in RESAMPLE_NAMES:
             raise _bad(f"unknown resample filter {resample!r}")
+        if kind == "float_resize" and not flag("do_rescale", True):
+            # the processor would resize and normalise uint8 tensors, which torchvision refuses
+            raise _bad(f"{base}ImageProcessor needs do_rescale (it resizes the rescaled float image)")
+        if kind == "float_resize" and do_resize and resample not in FLOAT_RESAMPLE:
+            raise _bad(
+                f"resample {RESAMPLE_NAMES[resample]} has no float-image resize in {base}ImageProcessor's torchvision "
+                "backend that bbx reproduces (nearest, bilinear or bicubic)"
+            )
         crop_pct = None
         if kind == "crop_pct":
             crop_pct = _number(get("crop_pct", _DEFAULT_CROP_PCT), "crop_pct")
@@ -220,6 +243,12 @@ class Preprocess:
             mean=_triple(get("image_mean", defaults.mean), "image_mean"),
             std=_triple(get("image_std", defaults.std), "image_std"),
         )
+
+    @property
+    def float_pixels(self) -> bool:
+        """Whether preprocessed images are float32 rescaled pixels (kind ``float_resize``) rather
+        than uint8 ones; either way :func:`bbx.images.normalize` finishes them on the device."""
+        return self.kind == "float_resize"
 
     # -- sizes -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -50,6 +51,10 @@ class Case:
     #: the hidden states of the stages, as the model returns them)
     recipe: str = "backbone"
     hf_class: str | None = None
+    #: the environment variable naming the Python (a command line) the transformers side runs in,
+    #: when this one cannot run it: a processor that exists only in transformers' torchvision
+    #: backend (DINOv3's) needs torchvision, which does not import beside the torch bbx tests pin
+    hf_python: str | None = None
 
 
 def _cases() -> list[Case]:
@@ -64,6 +69,7 @@ def _cases() -> list[Case]:
             c["target"],
             c.get("recipe", "backbone"),
             c.get("hf_class"),
+            c.get("hf_python"),
         )
         for c in data["cases"]
     ]
@@ -236,7 +242,16 @@ def measure(
     hf_workers: int = 0,
 ) -> tuple[dict, float]:
     """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB)."""
-    args = [sys.executable, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
+    python = [sys.executable]
+    if side == "hf" and case.hf_python:
+        spec = os.environ.get(case.hf_python)
+        if not spec:
+            raise SystemExit(
+                f"case {case.name}: its transformers side needs torchvision; set {case.hf_python} to a Python "
+                "(a command line) with torch, torchvision, transformers and h5py"
+            )
+        python = shlex.split(spec)
+    args = [*python, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
     args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads), "--recipe", case.recipe]
     args += ["--device", device, "--hf-workers", str(hf_workers)]
     if case.hf_class:

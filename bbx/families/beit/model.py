@@ -156,6 +156,7 @@ class Block(nn.Module):
 
 
 class Beit(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
     has_class_token = True
 
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):

@@ -59,6 +59,7 @@ class Stage(nn.Module):
 
 
 class Dinov3ConvNext(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
     #: the network runs channels-last; weights too, for the convs
     prefers_channels_last = True
 

@@ -151,6 +151,7 @@ class Block(nn.Module):
 
 
 class Dinov3Vit(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
     has_class_token = True
     has_embedding = True
 

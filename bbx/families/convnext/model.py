@@ -46,50 +46,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.convnext import ConvNextSettings
 from bbx.nn.backbone import Backbone
+from bbx.nn.blocks import ChannelNorm, NormDownsample, PatchifyStem
 from bbx.nn.keys import rename
 from bbx.nn.layers import Mlp, fold_scale_, in_row_slices
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
 INNER_EPS = 1e-6
-
-
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of an ``[N, C, H, W]`` map (permute, normalise the last
-    dimension, permute back: the same arithmetic as transformers' channels-first LayerNorm).
-    On a channels-last tensor both permutes are free views."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
-
-
-class Stem(nn.Module):
-    """Patchify: a ``p`` x ``p`` conv with stride ``p``, then a channel LayerNorm."""
-
-    def __init__(self, cin: int, cout: int, patch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size=patch, stride=patch)
-        self.norm = ChannelNorm(cout, eps=INNER_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
-class Downsample(nn.Module):
-    """Between stages: a channel LayerNorm, then a 2x2 conv with stride 2."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.norm = ChannelNorm(cin, eps=INNER_EPS)
-        self.conv = nn.Conv2d(cin, cout, kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
 
 
 class Block(nn.Module):
@@ -133,7 +99,7 @@ class Stage(nn.Module):
 
     def __init__(self, cin: int, cout: int, depth: int, downsample: bool, s: ConvNextSettings):
         super().__init__()
-        self.down = Downsample(cin, cout) if downsample else nn.Identity()
+        self.down = NormDownsample(cin, cout, eps=INNER_EPS) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[Block(cout, s) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +119,7 @@ class ConvNext(Backbone):
             stages.append(Stage(cin, cout, depth, i > 0, s))
             cin = cout
         specs = self.stage_specs
-        self.stem = Stem(s.num_channels, widths[0], s.patch_size)
+        self.stem = PatchifyStem(s.num_channels, widths[0], s.patch_size, eps=INNER_EPS)
         self.stages = nn.ModuleList(stages)
         # ConvNextBackbone's per-stage norms, one per stage (only the selected ones are applied)
         self.stage_norms = nn.ModuleDict({spec.name: ChannelNorm(spec.channels, eps=INNER_EPS) for spec in specs})

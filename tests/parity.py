@@ -76,3 +76,33 @@ def compare(
     shapes = map_shapes(model, tuple(x.shape[2:]))
     assert [tuple(m.shape[1:]) for m in got] == [shapes[model.stage_names.index(s)] for s in names]
     return model
+
+
+def compare_to_float64(
+    folder: Path,
+    size: int | tuple[int, int],
+    n: int = 2,
+    *,
+    names: list[str] | None = None,
+    model: torch.nn.Module | None = None,
+    factor: float = 2.0,
+    floor: float = TOL / 10,
+    channels_last: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """For networks whose fp32 result is ill-conditioned (deep GroupNorm stacks, saturated
+    attention scales), where two correct fp32 implementations differ by more than ``TOL``: bbx's
+    fp32 maps (``model``, default the loaded backbone) are within ``factor`` times transformers' own
+    fp32 error of a float64 run of transformers' backbone, stage by stage (errors below ``floor``
+    always pass). Returns ``{stage: (bbx's error, transformers' error)}``."""
+    ours = model if model is not None else bbx.load_backbone(str(folder))
+    names = names or ours.stage_names
+    ours.select(out_features=names)
+    ref = hf_backbone(folder, out_features=names)
+    x = photos(size, n)
+    with torch.no_grad():
+        theirs = ref(x).feature_maps
+        exact = ref.double()(x.double()).feature_maps
+        got = ours(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    errors = {name: (rel_err(a, e), rel_err(t, e)) for name, a, t, e in zip(names, got, theirs, exact)}
+    assert all(a <= max(factor * t, floor) for a, t in errors.values()), errors
+    return errors

@@ -40,7 +40,7 @@ Stage norms (``stage_norm``):
 
 Inference (``optimize_for_inference``): each block's attention bias (position bias and, in shifted
 blocks, the mask) is computed once per padded grid size, the MLP runs in fused oneDNN kernels over
-row slices that stay in cache.
+row slices that stay in cache, and so do the query/key/value and output projections.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from torch.nn import functional as F
 
 from bbx.families.swinv2 import CPB_HIDDEN, Swinv2Settings
 from bbx.nn.backbone import Backbone
-from bbx.nn.layers import Mlp, in_row_slices
+from bbx.nn.layers import Mlp, in_row_slices, linear_act
 from bbx.nn.windows import relative_position_index, shifted_window_mask, window_order
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps: the
@@ -64,6 +64,8 @@ from bbx.nn.windows import relative_position_index, shifted_window_mask, window_
 _DEFAULT_EPS = 1e-5
 #: the largest attention scale exp(logit_scale) may reach
 _MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+#: F.normalize's floor on a norm (a zero key, from a padded token, stays zero)
+_NORM_EPS = 1e-12
 
 
 def relative_coords_table(window: int, pretrained: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -115,6 +117,7 @@ class CosineWindowAttention(nn.Module):
         # computed on the CPU even when the model is built on the meta device (see Swinv2.__init__)
         self.register_buffer("coords", relative_coords_table(window, pretrained_window, "cpu"), persistent=False)
         self.register_buffer("index", relative_position_index(window, "cpu"), persistent=False)
+        self.fused = False  # qkv and proj in oneDNN kernels (frozen CPU inference)
 
     def init_computed_buffers(self, device: torch.device) -> None:
         self.coords = relative_coords_table(self.window, self.pretrained_window, device)
@@ -138,19 +141,20 @@ class CosineWindowAttention(nn.Module):
         b, nw, n, c = windows.shape
         h = self.heads
         d = c // h
-        qkv = self.qkv(windows).view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, h, N, d
-        q, k, v = qkv.unbind(0)
-        scale = torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp().to(q.dtype)  # h, 1, 1
-        # cosine similarity times the scale: both unit vectors, the scale on the queries
-        q = F.normalize(q, dim=-1) * scale
-        k = F.normalize(k, dim=-1)
+        qkv = linear_act(windows, self.qkv, fused=self.fused)
+        q, k, v = qkv.view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # each B, nW, h, N, d
+        # cosine similarity times the scale: unit queries and keys (as F.normalize: x / max(|x|,
+        # 1e-12)), the scale folded into the queries' factor; one pass each
+        scale = torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()  # h, 1, 1
+        q = q * (scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(_NORM_EPS)).to(q.dtype)
+        k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(_NORM_EPS)
         if attn_bias.shape[1] == h:  # one bias for every window: windows x batch is the batch
             q, k, v = (t.reshape(b * nw, h, n, d) for t in (q, k, v))
         else:  # a bias per window: windows x heads are the heads, shared over the batch
             q, k, v = (t.reshape(b, nw * h, n, d) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype), scale=1.0)
         out = out.view(b, nw, h, n, d).transpose(2, 3).reshape(b, nw, n, c)
-        return self.proj(out)
+        return linear_act(out, self.proj, fused=self.fused)
 
 
 class Swinv2Block(nn.Module):
@@ -275,6 +279,7 @@ class Swinv2(Backbone):
             for block in stage.blocks:
                 block.bias_cache = {}
                 block.mlp.fused = fuse_kernels
+                block.attn.fused = fuse_kernels
 
     def init_computed_buffers(self) -> None:
         device = self.patch_embed.proj.weight.device

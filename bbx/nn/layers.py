@@ -105,7 +105,7 @@ def onednn_fusion_available() -> bool:
         return False
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a linear/conv computes in: autocast's on CPU when it is on, else the input's."""
     if torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
@@ -143,7 +143,7 @@ def onednn_bf16_available() -> bool:
 def _fusable(x: torch.Tensor, act: str | None) -> bool:
     if x.device.type != "cpu" or torch.is_grad_enabled() or (act is not None and act not in _ONEDNN_ACTS):
         return False
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     if dt == torch.float32:
         return onednn_fusion_available()
     return dt == torch.bfloat16 and onednn_bf16_available()
@@ -162,7 +162,7 @@ def linear_act(
     dtype is added after the fused product, as autocast's type promotion does (a bf16 product
     added to an fp32 residual stream stays fp32)."""
     if fused and _fusable(x, act) and (add is None or act is None):
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         if add is not None and add.dtype != dt:
             return add + linear_act(x, linear, fused=True)
         w, b = _cast_params(linear, dt)
@@ -195,9 +195,9 @@ def conv_act(
         and _fusable(x, act)
         and isinstance(conv.padding, tuple)
         and conv.padding_mode == "zeros"
-        and (add is None or add.dtype == _compute_dtype(x))
+        and (add is None or add.dtype == compute_dtype(x))
     ):
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         w, b = _cast_params(conv, dt)
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         name, algo = _ONEDNN_ACTS[act] if act is not None else ("none", "")
@@ -241,7 +241,7 @@ def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch
     rows of 192: 50 -> 40 ms. Tensors whose intermediate fits in a few caches gain nothing, and
     are left whole."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    row_bytes = width * (2 if _compute_dtype(x) in (torch.bfloat16, torch.float16) else 4)
+    row_bytes = width * (2 if compute_dtype(x) in (torch.bfloat16, torch.float16) else 4)
     budget = SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads())
     if x.device.type != "cpu" or rows * row_bytes <= 8 * budget or not all(t.is_contiguous() for t in (x, *more)):
         return fn(x, *more)

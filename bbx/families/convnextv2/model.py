@@ -48,7 +48,7 @@ from bbx.families.convnextv2 import ConvNextV2Settings
 from bbx.nn.backbone import Backbone
 from bbx.nn.blocks import ChannelNorm, NormDownsample, PatchifyStem
 from bbx.nn.keys import rename
-from bbx.nn.layers import activation, in_row_slices, linear_act
+from bbx.nn.layers import SLICE_BYTES_PER_THREAD, activation, compute_dtype, linear_act
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: the backbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
@@ -97,24 +97,49 @@ class Block(nn.Module):
         if not self.frozen:
             h = self.grn(self.act(self.fc1(self.norm(y))))
             return (rows + self.fc2(h)).permute(0, 3, 1, 2)
-        if self.fused:
-            h = in_row_slices(self._expand, y, width=self.fc1.out_features)
-        else:
-            h = self._expand(y)
-        return self._project(h, rows).permute(0, 3, 1, 2)
+        h, norms = self._expand(y)
+        return self._project(h, norms, rows).permute(0, 3, 1, 2)
 
-    def _expand(self, y: torch.Tensor) -> torch.Tensor:
-        return linear_act(self.norm(y), self.fc1, self.act_name, fused=self.fused)
+    def _expand(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h = act(fc1(norm(y)))`` and its GRN factors ``n`` (``[N, 1, 1, 4C]``, fp32). Where ``h``
+        would stream through memory, it is computed image by image in slices of rows that stay
+        in cache, each slice's sums of squares taken while it is there: one pass over ``h`` fewer
+        than a separate norm."""
+        n, height, width, dim = y.shape
+        hidden, positions = self.fc1.out_features, height * width
+        row_bytes = hidden * (2 if compute_dtype(y) in (torch.bfloat16, torch.float16) else 4)
+        budget = SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads())
+        if not self.fused or y.device.type != "cpu" or n * positions * row_bytes <= 8 * budget or not y.is_contiguous():
+            h = linear_act(self.norm(y), self.fc1, self.act_name, fused=self.fused)
+            return h, self.grn.norms(h).float()
+        step = max(256, budget // row_bytes)
+        flat = y.view(n, positions, dim)
+        h: torch.Tensor | None = None
+        squares = torch.empty((n, hidden), dtype=torch.float32, device=y.device)
+        for i in range(n):
+            for start in range(0, positions, step):
+                part = linear_act(self.norm(flat[i, start : start + step]), self.fc1, self.act_name, fused=True)
+                if h is None:
+                    h = part.new_empty((n, positions, hidden))
+                h[i, start : start + step] = part
+                total = part.float().square().sum(0)
+                if start == 0:
+                    squares[i] = total
+                else:
+                    squares[i] += total
+        assert h is not None
+        gx = squares.sqrt().view(n, 1, 1, hidden)
+        return h.view(n, height, width, hidden), gx / (gx.mean(dim=-1, keepdim=True) + GRN_EPS)
 
-    def _project(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _project(self, h: torch.Tensor, norms: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``rows + fc2(h * s)`` for the GRN scale ``s = 1 + w n`` (its bias already in fc2's)."""
-        scale = torch.addcmul(torch.ones_like(self.grn.weight), self.grn.weight, self.grn.norms(h))  # N, 1, 1, 4C
+        scale = torch.addcmul(torch.ones_like(self.grn.weight), self.grn.weight, norms)  # N, 1, 1, 4C
         n, height, width, hidden = h.shape
         dim = self.fc2.out_features
         if height * width < dim or h.dtype != rows.dtype or not h.is_contiguous():
-            return linear_act(h * scale, self.fc2, add=rows, fused=self.fused)
+            return linear_act(h * scale.to(h.dtype), self.fc2, add=rows, fused=self.fused)
         # fc2 with the scale on its weight's columns, one weight per image: one batched matmul
-        weights = (self.fc2.weight.to(h.dtype) * scale.view(n, 1, hidden)).transpose(1, 2)  # N, 4C, C
+        weights = (self.fc2.weight.to(h.dtype) * scale.view(n, 1, hidden).to(h.dtype)).transpose(1, 2)  # N, 4C, C
         base = (rows + self.fc2.bias.to(rows.dtype)).reshape(n, height * width, dim)
         return torch.baddbmm(base, h.view(n, height * width, hidden), weights).view(n, height, width, dim)
 

@@ -106,3 +106,42 @@ def compare_to_float64(
     errors = {name: (rel_err(a, e), rel_err(t, e)) for name, a, t, e in zip(names, got, theirs, exact)}
     assert all(a <= max(factor * t, floor) for a, t in errors.values()), errors
     return errors
+
+
+def recipe_maps(folder: Path, paths: Sequence[Path], names: list[str]) -> dict[str, list[torch.Tensor]]:
+    """The transformers recipe, image by image: ``AutoImageProcessor`` of the folder, then its
+    backbone class, the maps of ``names``."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = hf_backbone(folder, out_features=names)
+    out: dict[str, list[torch.Tensor]] = {s: [] for s in names}
+    for p in paths:
+        with Image.open(p) as im:
+            pixels = processor(im.convert("RGB"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            maps = model(pixels).feature_maps
+        for s, m in zip(names, maps):
+            out[s].append(m[0])
+    return out
+
+
+def extract_matches_recipe(folder: Path, images: tuple[Path, list[Path]], out: Path, *args: str) -> None:
+    """``bbx extract`` of ``folder`` on the ``photos`` fixture's images (its ``--json`` stages, in
+    batches of 4, ``args`` added) gives the transformers recipe's maps image by image."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.cli import run
+
+    image_folder, paths = images
+    r = run("extract", "-m", folder, "-o", out, "-b", "4", *args, str(image_folder), "--json")
+    assert r.exit_code == 0, r.stderr
+    names = [s["name"] for s in json.loads(r.stdout)["stages"]]
+    want = recipe_maps(folder, paths, names)
+    got = load_file(str(out))
+    for s in names:
+        for i, p in enumerate(paths):
+            assert rel_err(got[s][i], want[s][i]) <= TOL, (s, p, rel_err(got[s][i], want[s][i]))

@@ -212,3 +212,13 @@ def test_configs_that_cannot_run_are_one_line(change, words):
     with pytest.raises(ModelError, match=words) as e:
         fam.parse({**fam.tiny_config(), **change})
     assert "\n" not in str(e.value)
+
+
+def test_extract_equals_the_transformers_recipe(tmp_path, photos):
+    """`bbx extract` (bilinear shortest edge and crop at --image-size 160, standardised kernels)
+    against AutoImageProcessor and BitBackbone, image by image."""
+    folder = _checkpoint(tmp_path, SMALL, seed=6)
+    pre = registry.lookup("bit-50").preprocessor_dict()
+    pre.update(size={"shortest_edge": 160}, crop_size={"height": 160, "width": 160})
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    parity.extract_matches_recipe(folder, photos, tmp_path / "f.safetensors", "--out-indices", "0,2,-1")

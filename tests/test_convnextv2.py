@@ -291,3 +291,10 @@ def test_a_checkpoint_folder_without_preprocessing_gets_the_public_recipe(tmp_pa
     r = run("inspect", str(folder), "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["input_size"] == [224, 224]
+
+
+def test_extract_equals_the_transformers_recipe(tmp_path, photos):
+    """`bbx extract` (preprocessing, inference rewrites, writer) against AutoImageProcessor and
+    ConvNextV2Backbone, image by image."""
+    folder, _ = _checkpoint(tmp_path, SMALL, seed=6)
+    parity.extract_matches_recipe(folder, photos, tmp_path / "f.safetensors", "--out-indices", "0,2,-1")

@@ -318,3 +318,10 @@ def test_training_after_an_inference_run_can_backpropagate():
     model.train()
     model(x)[-1].sum().backward()
     assert model.patch_embed.proj.weight.grad is not None
+
+
+def test_extract_equals_the_transformers_recipe(tmp_path, photos):
+    """`bbx extract` (preprocessing to 256, windows padded from the config's 64, cached biases)
+    against AutoImageProcessor and Swinv2Backbone, image by image."""
+    folder = _checkpoint(tmp_path, SMALL, seed=6)
+    parity.extract_matches_recipe(folder, photos, tmp_path / "f.safetensors", "--out-indices", "0,2,-1")

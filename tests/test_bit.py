@@ -214,6 +214,21 @@ def test_configs_that_cannot_run_are_one_line(change, words):
     assert "\n" not in str(e.value)
 
 
+def test_the_unpadded_stem_pool_needs_a_few_pixels():
+    fam = registry.family_of("bit")
+    config = {**fam.tiny_config(), "global_padding": "SAME"}
+    settings = fam.parse(config)
+    model = fam.build(config).select(out_indices=[0, 1, 2, 3, 4])
+    for size in ((5, 9), (37, 50)):
+        with torch.no_grad():
+            maps = model(torch.randn(1, 3, *size))
+        assert [tuple(m.shape[2:]) for m in maps] == settings.map_sizes(size)
+    assert settings.map_sizes((5, 9))[0] == (1, 2)
+    with pytest.raises(ValueError, match="too small"):
+        settings.map_sizes((4, 9))
+    assert fam.parse(fam.tiny_config()).map_sizes((1, 1)) == [(1, 1)] * 5
+
+
 def test_extract_equals_the_transformers_recipe(tmp_path, photos):
     """`bbx extract` (bilinear shortest edge and crop at --image-size 160, standardised kernels)
     against AutoImageProcessor and BitBackbone, image by image."""

@@ -275,14 +275,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _deep_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float greys, rescaled (not clamped) to 8 bits."""
     values = np.asarray(image)
-    grey = _float_to_8bit(values) if image.mode == "F" else _int_to_8bit(values)
+    grey = _float_to_uint8(values) if image.mode == "F" else _int_to_uint8(values)
     transparency = image.info.get("transparency")
     if isinstance(transparency, int) and not isinstance(transparency, bool) and image.mode != "F":
         grey[values == transparency] = 255  # a transparent grey level, composited onto white
     return Image.fromarray(grey, "L").convert("RGB")
 
 
-def _int_to_8bit(values: np.ndarray) -> np.ndarray:
+def _int_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.int64)
     lo, hi = int(v.min()), int(v.max())
     if lo >= 0 and hi <= 65535:
@@ -291,7 +291,7 @@ def _int_to_8bit(values: np.ndarray) -> np.ndarray:
     return (((v - lo) * 510 + span) // (2 * span)).astype(np.uint8)
 
 
-def _float_to_8bit(values: np.ndarray) -> np.ndarray:
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.float64)
     finite = v[np.isfinite(v)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

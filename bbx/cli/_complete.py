@@ -40,8 +40,8 @@ DEVICES = choices(
     ("mps", "Apple Metal"),
 )
 DTYPES = choices(
-    ("float32", "32-bit float"),
-    ("float16", "16-bit float"),
+    ("float32", "single-precision float"),
+    ("float16", "half-precision float"),
     ("bfloat16", "bfloat16"),
 )
 FORMATS = choices(("hdf5", ".h5 file"), ("safetensors", ".safetensors file or shards"))

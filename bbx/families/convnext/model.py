@@ -49,36 +49,12 @@ from torch import nn
 
 from bbx.families.convnext import ConvNextSettings
 from bbx.nn.backbone import Backbone
-from bbx.nn.dwconv import ChannelNorm, DwConvBlock
+from bbx.nn.blocks import ChannelNorm, DwConvBlock, NormDownsample, PatchifyStem
 from bbx.nn.keys import rename
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
 INNER_EPS = 1e-6
-
-
-class Stem(nn.Module):
-    """Patchify: a ``p`` x ``p`` conv with stride ``p``, then a channel LayerNorm."""
-
-    def __init__(self, cin: int, cout: int, patch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size=patch, stride=patch)
-        self.norm = ChannelNorm(cout, eps=INNER_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
-class Downsample(nn.Module):
-    """Between stages: a channel LayerNorm, then a 2x2 conv with stride 2."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.norm = ChannelNorm(cin, eps=INNER_EPS)
-        self.conv = nn.Conv2d(cin, cout, kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
 
 
 def Block(dim: int, s: ConvNextSettings) -> DwConvBlock:
@@ -93,7 +69,7 @@ class Stage(nn.Module):
 
     def __init__(self, cin: int, cout: int, depth: int, downsample: bool, s: ConvNextSettings):
         super().__init__()
-        self.down = Downsample(cin, cout) if downsample else nn.Identity()
+        self.down = NormDownsample(cin, cout, eps=INNER_EPS) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[Block(cout, s) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +91,7 @@ class ConvNext(Backbone):
             stages.append(Stage(cin, cout, depth, i > 0, s))
             cin = cout
         specs = self.stage_specs
-        self.stem = Stem(s.num_channels, widths[0], s.patch_size)
+        self.stem = PatchifyStem(s.num_channels, widths[0], s.patch_size, eps=INNER_EPS)
         self.stages = nn.ModuleList(stages)
         # ConvNextBackbone's per-stage norms, one per stage (only the selected ones are applied)
         self.stage_norms = nn.ModuleDict({spec.name: ChannelNorm(spec.channels, eps=INNER_EPS) for spec in specs})

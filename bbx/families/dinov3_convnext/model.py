@@ -36,7 +36,7 @@ from torch import nn
 
 from bbx.families.dinov3_convnext import Dinov3ConvNextSettings
 from bbx.nn.backbone import Backbone
-from bbx.nn.dwconv import ChannelNorm, DwConvBlock
+from bbx.nn.blocks import ChannelNorm, DwConvBlock
 from bbx.nn.keys import rename
 
 

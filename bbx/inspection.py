@@ -76,7 +76,7 @@ def inspect_model(
         checkpoint=info["checkpoint"],
         source=ref.source,
         revision=info["revision"],
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         input_size=mp.input_size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],

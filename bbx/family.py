@@ -29,6 +29,10 @@ from bbx.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's IMAGENET_INCEPTION_MEAN / _STD and OPENAI_CLIP_MEAN / _STD
+INCEPTION = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 STAGE_NORMS = ("hf", "none", "final")
 #: the ``hidden_act`` names bbx implements, with transformers' numerics (bbx.nn.layers has them)
 ACTIVATIONS = (

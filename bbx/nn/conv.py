@@ -41,12 +41,13 @@ class ConvBn(nn.Module):
         same: bool = False,
     ):
         super().__init__()
-        pad = 0 if same else (kernel // 2 if padding is None else padding)
+        # 'SAME' with stride 1 and an odd kernel is the symmetric padding (timm pads it statically)
+        self.same = same and (stride > 1 or kernel % 2 == 0)
+        pad = 0 if self.same else (kernel // 2 if padding is None else padding)
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=eps)
         self.act = activation(act) if act is not None else nn.Identity()
         self.act_name = act
-        self.same = same and (stride > 1 or kernel % 2 == 0)
         self.fused = False
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:

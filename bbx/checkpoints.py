@@ -201,7 +201,13 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
             raise ModelError(f"{where}: model_args {key}={value!r} changes {arch_name} in a way bbx does not implement")
     if "global_pool" in config and "global_pool" in fields:
         family_config["global_pool"] = config["global_pool"]
-    data = timm_data_config(pretrained_cfg if pretrained_cfg is not None else arch.data)
+    cfg = pretrained_cfg if pretrained_cfg is not None else arch.data
+    size = cfg.get("input_size")
+    if cfg.get("fixed_input_size") and "img_size" in fields and "img_size" not in model_args:
+        # timm builds a fixed-size model for its pretrained_cfg's input_size (build_model_with_cfg)
+        if isinstance(size, (list, tuple)) and len(size) == 3:
+            family_config["img_size"] = list(size[1:])
+    data = timm_data_config(cfg)
     return Checkpoint("timm", fam, fam.model_types[0], family_config, data, prefix, rename)
 
 

@@ -325,10 +325,13 @@ def timm_data(
     crop_mode: str = "center",
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    fixed_input_size: bool = False,
 ) -> dict[str, Any]:
-    """A timm ``pretrained_cfg``'s preprocessing fields (for the families' architecture tables)."""
+    """A timm ``pretrained_cfg``'s preprocessing fields (for the families' architecture tables),
+    and ``fixed_input_size`` (timm then builds the model for ``input_size``: ``img_size``)."""
     h, w = (size, size) if isinstance(size, int) else size
     return {
+        "fixed_input_size": fixed_input_size,
         "input_size": [3, h, w],
         "interpolation": interpolation,
         "crop_pct": crop_pct,

@@ -96,9 +96,8 @@ def features(req: dict) -> dict:
             maps = list(model(x).feature_maps)
         elif req.get("norm"):
             model = timm.create_model(f"local-dir:{req['folder']}", pretrained=True, **kwargs).eval()
+            # (NCHW whatever the model's own layout: output_fmt defaults to it)
             maps = model.forward_intermediates(x, indices=indices, norm=True, intermediates_only=True)
-            if getattr(model, "output_fmt", "NCHW") == "NHWC":
-                maps = [m.permute(0, 3, 1, 2) for m in maps]
         else:
             if indices is not None:
                 kwargs["out_indices"] = indices

@@ -89,9 +89,18 @@ def _is_task(config: Mapping[str, Any]) -> bool:
     return isinstance(config.get("backbone_config"), Mapping) or bool(config.get("use_timm_backbone"))
 
 
+def _is_timm_family_config(config: Mapping[str, Any]) -> bool:
+    """A config in the family layout of a family of timm-layout networks (its own model_type, the
+    architecture and its arguments: what :func:`recognise` makes of a timm checkpoint)."""
+    mt = config.get("model_type")
+    return registry.is_supported(mt) and registry.family_of(mt).timm is not None
+
+
 def _is_timm(config: Mapping[str, Any]) -> bool:
-    return config.get("model_type") in ("timm_backbone", "timm_wrapper") or (
-        "model_type" not in config and "architecture" in config and "pretrained_cfg" in config
+    return (
+        config.get("model_type") in ("timm_backbone", "timm_wrapper")
+        or ("model_type" not in config and "architecture" in config and "pretrained_cfg" in config)
+        or _is_timm_family_config(config)
     )
 
 
@@ -177,6 +186,12 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         if config.get("num_channels", 3) != 3:
             model_args = {"in_chans": config.get("num_channels")}
         pretrained_cfg = None
+    elif _is_timm_family_config(config):
+        arch_name, prefix, rename = config.get("architecture"), "", None
+        model_args = {k: v for k, v in config.items() if k not in ("model_type", "architecture")}
+        pretrained_cfg = None
+        if registry.timm_arch(arch_name) is not None and registry.timm_arch(arch_name)[0].model_types[0] != kind:
+            raise ModelError(f"{where}: architecture {arch_name!r} is not a {kind} network")
     else:
         arch_name, prefix, rename = config.get("architecture"), "timm_model." if kind == "timm_wrapper" else "", None
         model_args = config.get("model_args") or {}
@@ -213,10 +228,6 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
 
 def _transformers(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
     model_type = config.get("model_type")
-    if registry.is_supported(model_type) and registry.family_of(model_type).timm is not None:
-        # a family of timm-layout networks: its model_type is bbx's own, never a transformers config's
-        supported = ", ".join(registry.supported_model_types())
-        raise ModelError(f"unsupported model_type {model_type!r} ({where}); bbx supports: {supported}")
     fam = registry.family_of(model_type, where)
     if preprocessor is None:  # the family's public recipe rather than a processor class default nobody trained with
         preprocessor = registry.default_preprocessor(model_type)

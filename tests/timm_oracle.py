@@ -90,9 +90,15 @@ def features(req: dict) -> dict:
     info: dict = {}
     with torch.no_grad():
         if req.get("timm_backbone"):
-            from transformers import TimmBackbone
+            from safetensors.torch import load_file
+            from transformers import TimmBackbone, TimmBackboneConfig
 
-            model = TimmBackbone.from_pretrained(req["folder"]).eval()
+            # (TimmBackbone.from_pretrained takes its argument for a timm model name)
+            cfg = TimmBackboneConfig.from_pretrained(req["folder"])
+            if indices is not None:
+                cfg.out_indices = indices
+            model = TimmBackbone(cfg).eval()
+            model.load_state_dict(load_file(str(Path(req["folder"]) / "model.safetensors")))
             maps = list(model(x).feature_maps)
         elif req.get("norm"):
             model = timm.create_model(f"local-dir:{req['folder']}", pretrained=True, **kwargs).eval()
@@ -137,7 +143,8 @@ def transform(req: dict) -> dict:
 def info(req: dict) -> dict:
     import timm
 
-    model = timm.create_model(req["arch"], pretrained=False, **(req.get("model_args") or {}))
+    with torch.device("meta"):  # shapes only: the giants cost nothing
+        model = timm.create_model(req["arch"], pretrained=False, **(req.get("model_args") or {}))
     cfg = dict(model.pretrained_cfg)
     fi = [{"module": f["module"], "channels": f["num_chs"], "reduction": f["reduction"]} for f in model.feature_info]
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}

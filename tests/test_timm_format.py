@@ -95,7 +95,9 @@ def test_timm_backbone_folders_load(tmp_path):
 def test_timm_backbone_layouts_of_other_families(tmp_path, arch):
     """FeatureListNet's flattened names (stages_0) and FeatureGetterNet's model. prefix."""
     folder = oracle.make(tmp_path / "ckpt", arch, layout="timm_backbone", seed=3)
-    oracle.compare(folder, 224, tmp_path / "a", timm_backbone=True, names=[bbx.load_backbone(str(folder)).stage_names[-1]])
+    oracle.compare(
+        folder, 224, tmp_path / "a", timm_backbone=True, names=[bbx.load_backbone(str(folder)).stage_names[-1]]
+    )
 
 
 def test_bare_timm_names_resolve_to_the_default_tag_offline():
@@ -145,8 +147,17 @@ def test_a_timm_repo_from_the_hub_downloads_caches_and_runs_offline(hub_server, 
     assert asked == {"config.json", "model.safetensors"}
     hub_server.clear_log()
     dest = tmp_path / "feats.h5"
-    p = bbx_proc("extract", "-m", "timm/resnet18.a1_in1k", "-o", dest, "--out-indices", "0,-1", *images,
-                 env=hub_server.env(offline=True))
+    p = bbx_proc(
+        "extract",
+        "-m",
+        "timm/resnet18.a1_in1k",
+        "-o",
+        dest,
+        "--out-indices",
+        "0,-1",
+        *images,
+        env=hub_server.env(offline=True),
+    )
     assert p.returncode == 0, p.stderr
     assert hub_server.requests == []
     with bbx.open(dest) as f:
@@ -167,7 +178,10 @@ def test_embedded_tables_are_timms():
             assert info["pretrained_cfg"]["tag"] == arch.tag, arch.name
             for key, value in arch.data.items():
                 if key != "fixed_input_size":
-                    assert info["pretrained_cfg"][key] == (list(value) if isinstance(value, tuple) else value), (arch.name, key)
+                    assert info["pretrained_cfg"][key] == (list(value) if isinstance(value, tuple) else value), (
+                        arch.name,
+                        key,
+                    )
             ck = recognise(timm_default(arch.name, arch.name)[1])
             stages = ck.settings().stages()
             assert [s.name for s in stages] == [f["module"] for f in info["feature_info"]], arch.name

@@ -61,7 +61,7 @@ class Checkpoint:
     @property
     def architecture(self) -> str:
         """What the checkpoint is, for reports: the model_type, or ``timm:<architecture>``."""
-        if self.format == "timm":
+        if self.family.timm is not None:
             return f"timm:{self.config['architecture']}"
         return self.model_type
 
@@ -198,6 +198,34 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         pretrained_cfg = config.get("pretrained_cfg")
         if not isinstance(pretrained_cfg, Mapping):
             raise ModelError(f"{where}: pretrained_cfg must be a JSON object, got {pretrained_cfg!r}")
+    return timm_checkpoint(
+        arch_name,
+        where,
+        model_args=model_args,
+        pretrained_cfg=pretrained_cfg,
+        prefix=prefix,
+        rename=rename,
+        global_pool=config.get("global_pool"),
+    )
+
+
+def timm_checkpoint(
+    arch_name: Any,
+    where: str,
+    *,
+    model_args: Any = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
+    prefix: str = "",
+    rename: Callable[[str], str | None] | None = None,
+    global_pool: Any = None,
+    format: str = "timm",
+    task: str = "",
+) -> Checkpoint:
+    """The :class:`Checkpoint` of a timm network named ``arch_name`` (with timm's ``model_args``;
+    ``pretrained_cfg`` None: timm's default tag's) whose tensors sit under ``prefix`` in timm's own
+    names (after ``rename``): what the timm readers here build, and what a task checkpoint that
+    carries a timm backbone (``use_timm_backbone``) builds with its own prefix and ``format="task"``."""
+    model_args = {} if model_args is None else model_args
     if not isinstance(arch_name, str) or not arch_name:
         raise ModelError(f"{where}: a timm checkpoint names its architecture, got {arch_name!r}")
     found = registry.timm_arch(arch_name)
@@ -214,8 +242,8 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
             family_config[key] = value
         elif key not in fam.timm.accepts:
             raise ModelError(f"{where}: model_args {key}={value!r} changes {arch_name} in a way bbx does not implement")
-    if "global_pool" in config and "global_pool" in fields:
-        family_config["global_pool"] = config["global_pool"]
+    if global_pool is not None and "global_pool" in fields:
+        family_config["global_pool"] = global_pool
     cfg = pretrained_cfg if pretrained_cfg is not None else arch.data
     size = cfg.get("input_size")
     if cfg.get("fixed_input_size") and "img_size" in fields and "img_size" not in model_args:
@@ -223,7 +251,7 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         if isinstance(size, (list, tuple)) and len(size) == 3:
             family_config["img_size"] = list(size[1:])
     data = timm_data_config(cfg)
-    return Checkpoint("timm", fam, fam.model_types[0], family_config, data, prefix, rename)
+    return Checkpoint(format, fam, fam.model_types[0], family_config, data, prefix, rename, task)
 
 
 def _transformers(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:

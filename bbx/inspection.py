@@ -76,7 +76,7 @@ def inspect_model(
     mp = model_plan(ref, image_size=image_size)
     default = set(mp.selection.out_indices)
     layout, counterpart = None, None
-    if ref.spec.format == "timm":
+    if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
         fam = registry.timm_counterpart(str(ref.config.get("architecture")))
         if fam is not None and fam.timm_counterpart is not None:
             layout, counterpart = fam.title, fam.timm_counterpart.stage_of

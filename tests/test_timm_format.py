@@ -194,3 +194,47 @@ def test_embedded_tables_are_timms():
             mine = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
             theirs = {k: tuple(v.shape) for k, v in remapped.items() if not k.endswith("num_batches_tracked")}
             assert mine == theirs, (arch.name, set(mine) ^ set(theirs))
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("timm") / "vit"
+    args = {"embed_dim": 32, "depth": 3, "num_heads": 2, "img_size": 64}
+    return oracle.make(folder, "vit_small_patch16_224", model_args=args, seed=8)
+
+
+def test_files_end_to_end_match_timm(tmp_path, vit, images):
+    """Image files of several sizes and modes through bbx.Extractor against timm's eval transform
+    and features_only model on the same files: the whole job, not the model alone."""
+    from tests.util import rel_err
+
+    pixels = oracle.timm_pixels(vit, images, tmp_path / "px")
+    want, _ = oracle.timm_maps(vit, pixels, tmp_path / "maps", out_indices=[0, 2])
+    got = bbx.Extractor(str(vit), out_indices=[0, -1], device="cpu")(images)
+    assert list(got) == ["blocks.0", "blocks.2"]
+    for a, b in zip(got.values(), want):
+        assert a.shape == b.shape and rel_err(a, b) <= oracle.TOL
+
+
+@pytest.mark.parametrize("fmt", ["h5", "safetensors", "sharded"])
+def test_dotted_stage_names_in_every_output(tmp_path, vit, images, fmt):
+    out = tmp_path / ("feats.h5" if fmt == "h5" else "feats.safetensors")
+    extra = ["--shard-size", "20kB"] if fmt == "sharded" else []
+    p = bbx_proc("extract", "-m", vit, "--out-features", "blocks.0,blocks.2", "-o", out, "-b", "2", *extra, *images)
+    assert p.returncode == 0, p.stderr
+    with bbx.open(out) as f:
+        assert f.stages == ["blocks.0", "blocks.2"] and f["blocks.2"].shape == (len(images), 32, 4, 4)
+    info = bbx_proc("info", out, "--json")
+    assert info.returncode == 0 and [s["name"] for s in json.loads(info.stdout)["stages"]] == ["blocks.0", "blocks.2"]
+    show = bbx_proc("show", out, "--stage", "blocks.0", "-o", tmp_path / "map.png")
+    assert show.returncode == 0, show.stderr
+
+
+def test_completion_knows_timm_names_and_their_stages():
+    from bbx.cli._complete import complete_model, stage_names_of_model
+
+    offered = [item[0] if isinstance(item, tuple) else item for item in complete_model("timm:resnet5")]
+    assert "timm:resnet50" in offered and "timm:resnet50d" in offered
+    assert not any(str(o).startswith("timm:") for o in complete_model(""))
+    assert stage_names_of_model("timm:convnext_tiny") == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert stage_names_of_model("timm:nope") == []

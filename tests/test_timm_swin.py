@@ -37,3 +37,10 @@ def test_a_stage_smaller_than_the_window_is_refused(tmp_path):
         model_plan(hub.resolve(str(folder), weights=False), image_size=160)
     assert bbx.load_backbone(str(folder)).stage_names == ["layers.0", "layers.1", "layers.2", "layers.3"]
     assert ExtractOptions(model=str(folder)).model == str(folder)
+
+
+@pytest.mark.slow
+def test_public_config_matches_timm(tmp_path):
+    folder = oracle.make(tmp_path / "ckpt", "swin_tiny_patch4_window7_224", seed=10)
+    _compare(folder, 224, tmp_path / "a")
+    _compare(folder, 256, tmp_path / "b", stage_norm="final")

@@ -34,3 +34,12 @@ def test_small_configs_match_timm(tmp_path, arch, args):
     _compare(folder, size, tmp_path / "a")
     _compare(folder, 160, tmp_path / "b", stage_norm="final")
     _compare(folder, (112, 144), tmp_path / "c", inference=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["vit_base_patch16_224", "vit_small_patch14_reg4_dinov2"])
+def test_public_configs_match_timm(tmp_path, arch):
+    folder = oracle.make(tmp_path / "ckpt", arch, seed=9)
+    size = 224 if "224" in arch else 518
+    _compare(folder, size, tmp_path / "a", names=["blocks.0", "blocks.5", "blocks.11"])
+    _compare(folder, 256 if size == 224 else 224, tmp_path / "b", stage_norm="final", names=["blocks.11"])

@@ -55,7 +55,6 @@ class TimmVit(Backbone):
         self.blocks = nn.ModuleList(Block(**block) for _ in range(s.depth))
         self.norm = nn.LayerNorm(d, eps=s.norm_eps) if s.has_norm else None
         self._apply_norm = stage_norm == "final" and self.norm is not None
-        self.has_class_token = s.class_token
         if stage_norm != "final" and self.norm is not None:
             self.optional_keys = {"norm.weight": 1.0, "norm.bias": 0.0}  # unused then
 
@@ -100,15 +99,6 @@ class TimmVit(Backbone):
             assert self.norm is not None
             patches = self.norm(patches)
         return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
-
-    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        if self.cls_token is None:
-            raise NotImplementedError(f"{self.settings.architecture} has no class token")
-        token = raw[0][:, 0]
-        if self._apply_norm:
-            assert self.norm is not None
-            token = self.norm(token)
-        return token
 
 
 _RULES = [

@@ -196,7 +196,9 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         arch_name, prefix, rename = config.get("architecture"), "timm_model." if kind == "timm_wrapper" else "", None
         model_args = config.get("model_args") or {}
         pretrained_cfg = config.get("pretrained_cfg")
-        if not isinstance(pretrained_cfg, Mapping):
+        if kind == "timm_wrapper" and not pretrained_cfg:
+            pretrained_cfg = None  # TimmWrapper saves none of its own: timm's default tag's applies
+        elif not isinstance(pretrained_cfg, Mapping):
             raise ModelError(f"{where}: pretrained_cfg must be a JSON object, got {pretrained_cfg!r}")
     return timm_checkpoint(
         arch_name,

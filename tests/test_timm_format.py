@@ -90,6 +90,13 @@ def test_timm_backbone_folders_load(tmp_path):
     assert Preprocess.from_checkpoint(ref.spec).crop_pct == 0.95  # resnet18.a1_in1k's
 
 
+def test_timm_wrapper_folders_load(tmp_path):
+    """transformers' TimmWrapper (weights under timm_model., no pretrained_cfg of its own)."""
+    folder = oracle.make(tmp_path / "ckpt", "resnet18", layout="timm_wrapper", model_args={"layers": [1, 1, 1, 1]})
+    oracle.compare(folder, 128, tmp_path / "a", timm_wrapper=True)
+    assert Preprocess.from_checkpoint(bbx.load_backbone(str(folder)).ref.spec).crop_pct == 0.95
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["convnext_atto", "vit_small_patch16_224"])
 def test_timm_backbone_layouts_of_other_families(tmp_path, arch):

@@ -54,6 +54,13 @@ def make(req: dict) -> dict:
         _randomize(model, req.get("seed", 0))
         model.save_pretrained(folder)
         return {"keys": len(model.state_dict())}
+    if req.get("layout") == "timm_wrapper":
+        from transformers import TimmWrapperConfig, TimmWrapperModel
+
+        model = TimmWrapperModel(TimmWrapperConfig(architecture=req["arch"], model_args=args or None))
+        _randomize(model, req.get("seed", 0))
+        model.save_pretrained(folder)
+        return {"keys": len(model.state_dict())}
     from timm.models import save_for_hf
 
     model = timm.create_model(req["arch"], pretrained=False, **args)
@@ -100,6 +107,14 @@ def features(req: dict) -> dict:
             model = TimmBackbone(cfg).eval()
             model.load_state_dict(load_file(str(Path(req["folder"]) / "model.safetensors")))
             maps = list(model(x).feature_maps)
+        elif req.get("timm_wrapper"):  # timm's network with TimmWrapper's weights, its own intermediates
+            from safetensors.torch import load_file
+
+            config = json.loads((Path(req["folder"]) / "config.json").read_text())
+            model = timm.create_model(config["architecture"], pretrained=False, **(config.get("model_args") or {}))
+            state = load_file(str(Path(req["folder"]) / "model.safetensors"))
+            model.load_state_dict({k.removeprefix("timm_model."): v for k, v in state.items()}, strict=False)
+            maps = model.eval().forward_intermediates(x, indices=indices, intermediates_only=True)
         elif req.get("norm"):
             model = timm.create_model(f"local-dir:{req['folder']}", pretrained=True, **kwargs).eval()
             # (NCHW whatever the model's own layout: output_fmt defaults to it)

@@ -8,7 +8,9 @@ import pytest
 from tests import oracle
 
 
-@pytest.mark.parametrize("arch", ["efficientnet_b0", "tf_efficientnet_b0", "tf_efficientnet_b3"])
+@pytest.mark.parametrize(
+    "arch", ["efficientnet_b0", "tf_efficientnet_b0", pytest.param("tf_efficientnet_b3", marks=pytest.mark.slow)]
+)
 def test_configs_match_timm(tmp_path, arch):
     folder = oracle.make(tmp_path / "ckpt", arch, seed=2)
     oracle.compare(folder, 96, tmp_path / "a")

@@ -106,6 +106,12 @@ class TimmSwin(Backbone):
             )
         return ""
 
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
+        """Frozen weights: the MLPs' linear layers (with the residual sum) as fused oneDNN kernels."""
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.mlp.fused = fuse_kernels
+
     def init_computed_buffers(self) -> None:
         self.rel_index = relative_position_index(self.settings.window_size, self.patch_embed.proj.weight.device)
 

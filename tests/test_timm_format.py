@@ -245,3 +245,25 @@ def test_completion_knows_timm_names_and_their_stages():
     assert not any(str(o).startswith("timm:") for o in complete_model(""))
     assert stage_names_of_model("timm:convnext_tiny") == ["stages.0", "stages.1", "stages.2", "stages.3"]
     assert stage_names_of_model("timm:nope") == []
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vit_small_patch16_224", "convnext_atto"])
+def test_bfloat16_errs_as_timms_own(tmp_path, arch):
+    """bbx in bf16 (autocast, as extract runs it) is as close to timm's fp32 maps as timm's own bf16 is."""
+    from tests.parity import photos
+    from tests.util import rel_err
+
+    args = {"resnet50": {"layers": [1, 1, 1, 1]}, "convnext_atto": {"depths": [1, 1, 2, 1]}}.get(
+        arch, {"embed_dim": 64, "depth": 3, "num_heads": 2}
+    )
+    folder = oracle.make(tmp_path / "ckpt", arch, model_args=args, seed=12)
+    model = bbx.load_backbone(str(folder))
+    x = photos(224, 2)
+    fp32, _ = oracle.timm_maps(folder, x, tmp_path / "a", out_indices=[model.out_indices[0]])
+    bf16, _ = oracle.timm_maps(
+        folder, x.bfloat16(), tmp_path / "b", out_indices=[model.out_indices[0]], dtype="bfloat16"
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        (ours,) = model(x)
+    theirs = rel_err(bf16[0], fp32[0])
+    assert 0 < rel_err(ours.float(), fp32[0]) <= max(2 * theirs, 1e-2), (rel_err(ours.float(), fp32[0]), theirs)

@@ -18,7 +18,8 @@ plugin that runs an external program, such as EPS):
   one-line reason; the pixels are fully decoded inside :func:`decode`, so nothing fails later.
 
 :func:`prepare` then resizes and crops as transformers' PIL-backend processors do (same Pillow
-resize, same sizes, same crop offsets), giving the very same uint8 pixels, and :func:`normalize`
+resize, same sizes, same crop offsets), or for timm checkpoints as timm's eval transform does
+(torchvision's resize and crop on the PIL image), giving the very same uint8 pixels, and :func:`normalize`
 rescales and normalises a uint8 batch on its own device with the processor's float32 arithmetic.
 For a ``float_resize`` recipe (DINOv3's torchvision-backend processor) :func:`prepare` rescales the
 uint8 pixels to float32 and resizes and crops those, with torchvision's tensor arithmetic (torch's
@@ -330,6 +331,10 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
     if target is not None:
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
+    if pre.kind == "timm":
+        assert pre.crop_size is not None
+        pixels = center_crop_or_pad(pixels, pre.crop_size, pre.pad_fill)
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if pre.inner_crop is not None:
         pixels = center_crop(pixels, pre.inner_crop)
     if pre.do_center_crop and pre.crop_size is not None:
@@ -377,6 +382,24 @@ def _float_center_crop(x: Any, size: tuple[int, int]) -> Any:
         x, (h, w) = padded, (max(h, ch), max(w, cw))
     top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
     return x[:, top : top + ch, left : left + cw]
+
+
+def center_crop_or_pad(pixels: np.ndarray, size: tuple[int, int], fill: tuple[int, int, int]) -> np.ndarray:
+    """torchvision's (and timm's) centre crop of ``size`` = (height, width): an image smaller than
+    the crop is first padded with ``fill``, ``(crop - side) // 2`` before it and the rest after;
+    then the offsets are ``round((side - crop) / 2)``, half to even (Python's round), where
+    transformers floors them."""
+    height, width = pixels.shape[:2]
+    ch, cw = size
+    if ch > height or cw > width:
+        top, left = max(0, (ch - height) // 2), max(0, (cw - width) // 2)
+        out = np.empty((max(ch, height), max(cw, width), *pixels.shape[2:]), dtype=pixels.dtype)
+        out[...] = np.asarray(fill, dtype=pixels.dtype)
+        out[top : top + height, left : left + width] = pixels
+        pixels = out
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+    return pixels[top : top + ch, left : left + cw]
 
 
 def center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bbx import hub
+from bbx import hub, registry
 from bbx.plan import check_stage_norm, model_plan
 
 
@@ -17,6 +17,8 @@ class StageRow:
     stride: int
     shape: tuple[int, int, int]  # [C, H, W] at the report's input size
     default: bool
+    #: for a timm checkpoint whose network bbx also has in transformers' layout: that stage's name
+    transformers_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
+    transformers_layout: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,12 +53,17 @@ class ModelReport:
                 "out_indices": list(self.default_indices),
             },
             "stages": [
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k != "default"}
+                {
+                    k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in asdict(s).items()
+                    if k not in ("default", "transformers_stage")
+                }
                 | {"default": s.default}
+                | ({"transformers_stage": s.transformers_stage} if self.transformers_layout else {})
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
-        }
+        } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
 def inspect_model(
@@ -66,8 +75,13 @@ def inspect_model(
     ref = hub.resolve(name, revision=revision, weights=False)
     mp = model_plan(ref, image_size=image_size)
     default = set(mp.selection.out_indices)
+    layout, counterpart = None, None
+    if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
+        fam = registry.timm_counterpart(str(ref.config.get("architecture")))
+        if fam is not None and fam.timm_counterpart is not None:
+            layout, counterpart = fam.title, fam.timm_counterpart.stage_of
     rows = tuple(
-        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
+        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default, counterpart and counterpart(spec.name))
         for i, (spec, shape) in enumerate(zip(mp.stages, mp.shapes))
     )
     info = ref.describe()
@@ -76,7 +90,7 @@ def inspect_model(
         checkpoint=info["checkpoint"],
         source=ref.source,
         revision=info["revision"],
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         input_size=mp.input_size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
@@ -84,4 +98,5 @@ def inspect_model(
         default_indices=tuple(mp.selection.out_indices),
         stages=rows,
         preprocessing=mp.preprocess.describe(),
+        transformers_layout=layout,
     )

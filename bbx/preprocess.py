@@ -23,6 +23,17 @@ A legacy int ``size`` is a square for ViT/DeiT/Pvt and a shortest edge for ConvN
 ``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
 center crop larger than the image pads it with black, the extra row/column going after the image.
 
+* kind ``timm`` (timm checkpoints: :func:`bbx.checkpoints.timm_data_config`'s
+  ``timm_data_config``): timm's eval transform, ``resolve_data_config`` + ``create_transform``
+  on a PIL image. With ``scale = floor(input_size / crop_pct)`` per side: ``center`` resizes the
+  shorter side to ``scale`` (torchvision's ``Resize(int)``: long side ``int(scale * long / short)``;
+  for a non-square input size, ``ResizeKeepRatio``: both sides ``round(side / ratio)`` by the
+  smaller ratio), ``squash`` resizes to ``scale`` exactly, ``border`` scales the longer side to
+  fit ``scale`` (both sides ``round(side / ratio)`` by the larger ratio); then a centre crop of
+  ``input_size`` with torchvision's offsets (``round((H - h) / 2)``, half to even), padding an
+  image smaller than the crop (black, or for ``border`` the mean colour ``round(255 * mean)``),
+  ``(crop - side) // 2`` before it and the rest after.
+
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
 happen on 8-bit pixels, as in transformers' PIL backend, so bbx ships uint8 to the device and
 normalises there.
@@ -39,6 +50,7 @@ This module is the torch-free description; :mod:`bbx.images` does the pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -92,6 +104,11 @@ _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "Ima
 _RESIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+#: timm's interpolation names (torchvision's InterpolationMode, which maps each onto this PIL filter)
+_TIMM_INTERPOLATIONS = {name: number for number, name in RESAMPLE_NAMES.items()}
+TIMM_CROP_MODES = ("center", "squash", "border")
+#: the largest input side a timm config may ask for (its resize would be refused long before)
+_TIMM_MAX_SIDE = 1 << 16
 
 
 def _class_base(name: str) -> str | None:
@@ -158,6 +175,7 @@ class Preprocess:
     do_normalize: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_mode: str | None = None  # timm only: "center" | "squash" | "border"
 
     @classmethod
     def from_checkpoint(cls, ck: Any) -> Preprocess:
@@ -170,6 +188,8 @@ class Preprocess:
         processor class (``"ViT"``, ``"ConvNext"``, ...) transformers picks for the checkpoint when the
         file names none; by default the one the family of ``model_type`` declares."""
         pre = dict(pre or {})
+        if "timm_data_config" in pre:
+            return cls._from_timm(pre["timm_data_config"])
 
         def get(key: str, default: Any) -> Any:
             value = pre.get(key)
@@ -250,6 +270,77 @@ class Preprocess:
         than uint8 ones; either way :func:`bbx.images.normalize` finishes them on the device."""
         return self.kind == "float_resize"
 
+    @classmethod
+    def _from_timm(cls, data: Any) -> Preprocess:
+        """timm's resolved data config (see the module docstring)."""
+        if not isinstance(data, Mapping):
+            raise _bad(f"timm_data_config must be an object, got {data!r}")
+        size = data.get("input_size")
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _TIMM_MAX_SIDE for v in size)
+        ):
+            raise ModelError(f"pretrained_cfg input_size must be [channels, height, width] in pixels, got {size!r}")
+        if size[0] != 3:
+            raise ModelError(f"pretrained_cfg input_size has {size[0]} channels; bbx feeds RGB images (3)")
+        interpolation = data.get("interpolation")
+        if interpolation not in _TIMM_INTERPOLATIONS:
+            raise ModelError(
+                f"pretrained_cfg interpolation must be one of {', '.join(_TIMM_INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        crop_mode = data.get("crop_mode")
+        if crop_mode not in TIMM_CROP_MODES:
+            raise ModelError(f"pretrained_cfg crop_mode must be one of {', '.join(TIMM_CROP_MODES)}, got {crop_mode!r}")
+        crop_pct = data.get("crop_pct")
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.01 <= crop_pct <= 100:
+            raise ModelError(f"pretrained_cfg crop_pct must be a number between 0.01 and 100, got {crop_pct!r}")
+        try:
+            mean, std = _triple(data.get("mean"), "mean"), _triple(data.get("std"), "std")
+        except ModelError as e:
+            raise ModelError(str(e).replace("preprocessor_config.json", "pretrained_cfg")) from None
+        h, w = size[1], size[2]
+        return cls(
+            kind="timm",
+            processor="timm eval transform",
+            do_resize=True,
+            size={"height": h, "width": w},
+            resample=_TIMM_INTERPOLATIONS[interpolation],
+            crop_pct=float(crop_pct),
+            do_center_crop=True,
+            crop_size=(h, w),
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            mean=mean,
+            std=std,
+            crop_mode=crop_mode,
+        )
+
+    def _timm_scale(self) -> tuple[int, int]:
+        """timm's ``scale_size``: ``floor(side / crop_pct)`` of the input size."""
+        assert self.crop_pct is not None
+        return (math.floor(self.size["height"] / self.crop_pct), math.floor(self.size["width"] / self.crop_pct))
+
+    def _timm_resize(self, height: int, width: int) -> tuple[int, int]:
+        sh, sw = self._timm_scale()
+        if self.crop_mode == "squash":
+            return (sh, sw)
+        if self.crop_mode == "center" and sh == sw:
+            return _shortest_edge_size(height, width, sh)
+        # ResizeKeepRatio: the larger ratio (border, longest=1) or the smaller (center, longest=0)
+        rh, rw = height / sh, width / sw
+        ratio = max(rh, rw) if self.crop_mode == "border" else min(rh, rw)
+        return (round(height / ratio), round(width / ratio))
+
+    @property
+    def pad_fill(self) -> tuple[int, int, int]:
+        """The colour a crop larger than the image pads with: black, or timm's ``border`` mode's
+        mean colour."""
+        if self.crop_mode == "border":
+            return (round(255 * self.mean[0]), round(255 * self.mean[1]), round(255 * self.mean[2]))
+        return (0, 0, 0)
+
     # -- sizes -----------------------------------------------------------------------------------
 
     def resize_size(self, height: int, width: int) -> tuple[int, int] | None:
@@ -258,6 +349,8 @@ class Preprocess:
         if not self.do_resize:
             return None
         s = self.size
+        if self.kind == "timm":
+            return self._timm_resize(height, width)
         if self.kind == "crop_pct":
             edge = self._crop_pct_edge()
             return _shortest_edge_size(height, width, edge) if self.inner_crop else (edge, edge)
@@ -302,6 +395,9 @@ class Preprocess:
         image's displayed orientation; None when nothing is resized (the image size then matters)."""
         if not self.do_resize:
             return None
+        if self.kind == "timm":
+            edge = max(self._timm_scale())
+            return (edge, edge)
         if self.kind == "crop_pct":
             edge = self._crop_pct_edge()
             return (edge, edge)
@@ -322,6 +418,8 @@ class Preprocess:
         """
         if n < 1:
             raise ValueError("image size must be positive")
+        if self.kind == "timm":  # timm's input_size override: (3, n, n), crop_pct and mode kept
+            return replace(self, size={"height": n, "width": n}, crop_size=(n, n))
         if self.kind == "crop_pct":
             crop = (n, n) if self.do_center_crop else None
             return replace(self, do_resize=True, size={"shortest_edge": n}, crop_size=crop)
@@ -340,7 +438,8 @@ class Preprocess:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the recipe (stored in outputs)."""
-        return {
+        extra = {"crop_mode": self.crop_mode} if self.kind == "timm" else {}
+        return extra | {
             "kind": self.kind,
             "processor": self.processor,
             "do_resize": self.do_resize,

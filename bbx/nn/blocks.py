@@ -1,7 +1,8 @@
 """Convolutional blocks that more than one family builds: the channel LayerNorm, the patchify stem,
-the norm-then-conv downsampling and the depthwise-conv block of ConvNeXt-style networks (ConvNeXt,
-ConvNeXt V2, DINOv3's ConvNeXt). Attribute names are part of the checkpoint-key contract of the
-families that use them (``conv``, ``norm``, ``dwconv``, ``mlp``, ``gamma``)."""
+the norm-then-conv downsampling and the depthwise-conv block of ConvNeXt-style networks (ConvNeXt in
+transformers' and timm's layouts, ConvNeXt V2, DINOv3's ConvNeXt). Attribute names are part of the
+checkpoint-key contract of the families that use them (``conv``, ``norm``, ``dwconv``, ``mlp``,
+``gamma``)."""
 
 from __future__ import annotations
 
@@ -47,19 +48,23 @@ class NormDownsample(nn.Module):
 
 
 class DwConvBlock(nn.Module):
-    """``x + gamma * mlp(norm(dwconv7x7(x)))``, the MLP (``fc2(act(fc1(.)))``, 4x wide) on
-    ``[N, H, W, C]`` rows. ``layer_scale`` None: no ``gamma`` at all (not even a parameter).
+    """``x + gamma * mlp(norm(dwconv(x)))``, a ``kernel`` x ``kernel`` depthwise conv (7 in every
+    public ConvNeXt) and the MLP (``fc2(act(fc1(.)))``, ``mlp_ratio`` wide) on ``[N, H, W, C]``
+    rows. ``layer_scale`` None or 0: no ``gamma`` at all (not even a parameter).
 
     Memory layout: on a channels-last input the depthwise-conv output permutes to ``[N, H, W, C]``
     as a free view, the LayerNorm and the two Linears work on contiguous rows, and the permute back
     is free too."""
 
-    def __init__(self, dim: int, act: str, layer_scale: float | None, eps: float):
+    def __init__(
+        self, dim: int, act: str, layer_scale: float | None, eps: float, kernel: int = 7, mlp_ratio: float = 4
+    ):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, 4 * dim, act)
-        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act)
+        scale = float(layer_scale or 0)  # no layer scale (None or 0): no gamma, not even a parameter
+        self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)

@@ -57,7 +57,7 @@ from bbx.errors import ModelError
 from bbx.families.swin import SwinSettings
 from bbx.nn.backbone import Backbone
 from bbx.nn.layers import Mlp, in_row_slices
-from bbx.nn.windows import relative_position_index, shifted_window_mask, window_order
+from bbx.nn.windows import PatchMerging, WindowAttention, relative_position_index, shifted_window_mask, window_order
 
 # transformers builds these norms with nn.LayerNorm's default eps, not config.layer_norm_eps:
 # the patch embedding's, patch merging's and the backbone's stage norms.
@@ -81,41 +81,6 @@ class PatchEmbed(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
-
-
-class WindowAttention(nn.Module):
-    """Multi-head self-attention within each window, with a learned bias per relative offset."""
-
-    def __init__(self, dim: int, heads: int, window: int, qkv_bias: bool):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # query, key and value projections, stacked
-        self.proj = nn.Linear(dim, dim)
-        self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
-
-    def attention_bias(self, index: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The additive attention bias: the relative-position bias ``[1, h, N, N]``, or with the
-        shifted-window mask ``[1, nW * h, N, N]`` (windows x heads as heads, shared over the batch)."""
-        n = int(index.numel() ** 0.5)
-        bias = self.bias_table[index].view(n, n, self.heads).permute(2, 0, 1)  # h, N, N
-        if mask is None:
-            return bias.unsqueeze(0)
-        return (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, -1, n, n)
-
-    def forward(self, windows: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        """``windows``: ``[B, nW, N, C]`` tokens of each window; ``attn_bias`` from
-        :meth:`attention_bias`."""
-        b, nw, n, c = windows.shape
-        h = self.heads
-        d = c // h
-        qkv = self.qkv(windows).view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, h, N, d
-        if attn_bias.shape[1] == h:  # one bias for every window: windows x batch is the batch
-            q, k, v = qkv.reshape(3, b * nw, h, n, d).unbind(0)
-        else:  # a bias per window: windows x heads are the heads, shared over the batch
-            q, k, v = qkv.reshape(3, b, nw * h, n, d).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype))
-        out = out.view(b, nw, h, n, d).transpose(2, 3).reshape(b, nw, n, c)
-        return self.proj(out)
 
 
 class SwinBlock(nn.Module):
@@ -161,23 +126,6 @@ class SwinBlock(nn.Module):
         if key not in self.bias_cache:
             self.bias_cache[key] = self.attn.attention_bias(index, mask)
         return self.bias_cache[key]
-
-
-class PatchMerging(nn.Module):
-    """Each 2x2 neighbourhood -> one token of twice the width (an odd grid is zero-padded)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, eps=_DEFAULT_EPS)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1], x.shape[2]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        # channel order: (even row, even col), (odd, even), (even, odd), (odd, odd)
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
 
 
 class SwinStage(nn.Module):

@@ -62,6 +62,20 @@ def markdown() -> str:
     notes = [f"**{fam.title}.** {fam.notes}" for fam in registry.families() if fam.notes]
     if notes:
         lines += ["", *"\n\n".join(notes).split("\n")]
+    timm = [fam for fam in registry.families() if fam.timm is not None]
+    if timm:
+        lines += [
+            "",
+            "timm architectures (`timm:<name>` is the hub repo of timm's default pretrained tag, `timm/<name>.<tag>`):",
+            "",
+            "| family | timm's | architectures |",
+            "| --- | --- | --- |",
+        ]
+        for fam in timm:
+            assert fam.timm is not None
+            names = ", ".join(a.name for a in fam.timm.architectures)
+            patterns = ", ".join(f"`{p}`" for p in fam.timm.patterns)
+            lines.append(f"| {fam.title} | {patterns} | {names} |")
     lines += [
         "",
         "Backbones inside task checkpoints (only the backbone's weights are read; the default stages are the ones "

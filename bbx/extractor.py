@@ -115,7 +115,8 @@ class Extractor:
     # -- images -> uint8 pixels -------------------------------------------------------------------
     def load(self, image: str | Path | Any) -> np.ndarray:
         """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
-        ``[H, W, 3]``; :class:`bbx.images.ImageError` when it cannot be used."""
+        ``[H, W, 3]`` (float32 rescaled pixels for a recipe that resizes floats, DINOv3's);
+        :class:`bbx.images.ImageError` when it cannot be used."""
         from bbx import images
 
         if isinstance(image, (str, Path)):
@@ -156,15 +157,18 @@ class Extractor:
             return self.model(x)
 
     def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels), normalised
+        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels; float32 for a
+        recipe that resizes floats: what :meth:`load` returns, stacked), normalised
         on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order."""
         import torch
 
         from bbx import images
 
         host = torch.as_tensor(batch)
-        if host.dtype != torch.uint8 or host.dim() != 4 or host.shape[3] != 3:
-            raise UsageError(f"a preprocessed batch is uint8 [N, H, W, 3], got {host.dtype} {list(host.shape)}")
+        want = torch.float32 if self.preprocess.float_pixels else torch.uint8
+        if host.dtype != want or host.dim() != 4 or host.shape[3] != 3:
+            kind = str(want).removeprefix("torch.")
+            raise UsageError(f"a preprocessed batch is {kind} [N, H, W, 3], got {host.dtype} {list(host.shape)}")
         if tuple(host.shape[1:3]) != self.input_size:
             h, w = self.input_size
             raise UsageError(f"a batch of {host.shape[1]}x{host.shape[2]} images; this model takes {h}x{w}")

@@ -18,8 +18,12 @@ plugin that runs an external program, such as EPS):
   one-line reason; the pixels are fully decoded inside :func:`decode`, so nothing fails later.
 
 :func:`prepare` then resizes and crops as transformers' PIL-backend processors do (same Pillow
-resize, same sizes, same crop offsets), giving the very same uint8 pixels, and :func:`normalize`
+resize, same sizes, same crop offsets), or for timm checkpoints as timm's eval transform does
+(torchvision's resize and crop on the PIL image), giving the very same uint8 pixels, and :func:`normalize`
 rescales and normalises a uint8 batch on its own device with the processor's float32 arithmetic.
+For a ``float_resize`` recipe (DINOv3's torchvision-backend processor) :func:`prepare` rescales the
+uint8 pixels to float32 and resizes and crops those, with torchvision's tensor arithmetic (torch's
+own ``interpolate``, which torchvision calls), and :func:`normalize` normalises the float batch.
 
 Everything here is safe to call from several threads at once.
 """
@@ -272,14 +276,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _deep_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float greys, rescaled (not clamped) to 8 bits."""
     values = np.asarray(image)
-    grey = _float_to_8bit(values) if image.mode == "F" else _int_to_8bit(values)
+    grey = _float_to_uint8(values) if image.mode == "F" else _int_to_uint8(values)
     transparency = image.info.get("transparency")
     if isinstance(transparency, int) and not isinstance(transparency, bool) and image.mode != "F":
         grey[values == transparency] = 255  # a transparent grey level, composited onto white
     return Image.fromarray(grey, "L").convert("RGB")
 
 
-def _int_to_8bit(values: np.ndarray) -> np.ndarray:
+def _int_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.int64)
     lo, hi = int(v.min()), int(v.max())
     if lo >= 0 and hi <= 65535:
@@ -288,7 +292,7 @@ def _int_to_8bit(values: np.ndarray) -> np.ndarray:
     return (((v - lo) * 510 + span) // (2 * span)).astype(np.uint8)
 
 
-def _float_to_8bit(values: np.ndarray) -> np.ndarray:
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.float64)
     finite = v[np.isfinite(v)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -306,7 +310,8 @@ def _float_to_8bit(values: np.ndarray) -> np.ndarray:
 
 
 def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable).
+    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable),
+    or for a ``float_resize`` recipe float32 ``[H, W, 3]``, the rescaled pixels (not normalised).
 
     Raises :class:`ImageError` when the resize would exceed Pillow's pixel limit (an extreme aspect
     ratio under a shortest-edge recipe) rather than allocate it.
@@ -321,13 +326,80 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
             raise ImageError(
                 f"resizing {image.width}x{image.height} would make {target[1]}x{target[0]} pixels (> limit of {limit})"
             )
+    if pre.float_pixels:
+        return _prepare_float(np.asarray(image), pre, target)
+    if target is not None:
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
+    if pre.kind == "timm":
+        assert pre.crop_size is not None
+        pixels = center_crop_or_pad(pixels, pre.crop_size, pre.pad_fill)
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if pre.inner_crop is not None:
         pixels = center_crop(pixels, pre.inner_crop)
     if pre.do_center_crop and pre.crop_size is not None:
         pixels = center_crop(pixels, pre.crop_size)
     return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+
+
+def _prepare_float(pixels: np.ndarray, pre: Preprocess, target: tuple[int, int] | None) -> np.ndarray:
+    """The torchvision-backend recipe: the uint8 image as a ``[3, H, W]`` tensor (contiguous, as
+    the processor lays it out), times ``rescale_factor`` in float32, resized by torch's
+    ``interpolate`` as torchvision's tensor resize calls it (antialiased bilinear/bicubic,
+    ``align_corners=False``; nearest-exact; skipped at the same size), center-cropped with
+    torchvision's offsets; returned as float32 ``[H, W, 3]``."""
+    import torch
+    from torch.nn import functional as F
+
+    from bbx.preprocess import FLOAT_RESAMPLE
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
+        x = x * pre.rescale_factor  # a float32 tensor, as the processor's rescale
+        if target is not None and tuple(target) != tuple(x.shape[1:]):
+            mode = FLOAT_RESAMPLE[pre.resample]
+            smooth = mode != "nearest-exact"
+            x = F.interpolate(
+                x[None], size=list(target), mode=mode, align_corners=False if smooth else None, antialias=smooth
+            )[0]
+        if pre.do_center_crop and pre.crop_size is not None:
+            x = _float_center_crop(x, pre.crop_size)
+        return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
+
+
+def _float_center_crop(x: Any, size: tuple[int, int]) -> Any:
+    """torchvision's center crop of a ``[C, H, W]`` tensor as transformers' torchvision backend
+    calls it: zero padding where the crop is larger (the extra row/column after the image), then
+    the offsets ``int((H - h) / 2)``."""
+    import torch
+
+    ch, cw = size
+    h, w = x.shape[1:]
+    if ch > h or cw > w:
+        left, top = max(0, (cw - w) // 2), max(0, (ch - h) // 2)
+        padded = torch.zeros((x.shape[0], max(h, ch), max(w, cw)), dtype=x.dtype)
+        padded[:, top : top + h, left : left + w] = x
+        x, (h, w) = padded, (max(h, ch), max(w, cw))
+    top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+    return x[:, top : top + ch, left : left + cw]
+
+
+def center_crop_or_pad(pixels: np.ndarray, size: tuple[int, int], fill: tuple[int, int, int]) -> np.ndarray:
+    """torchvision's (and timm's) centre crop of ``size`` = (height, width): an image smaller than
+    the crop is first padded with ``fill``, ``(crop - side) // 2`` before it and the rest after;
+    then the offsets are ``round((side - crop) / 2)``, half to even (Python's round), where
+    transformers floors them."""
+    height, width = pixels.shape[:2]
+    ch, cw = size
+    if ch > height or cw > width:
+        top, left = max(0, (ch - height) // 2), max(0, (cw - width) // 2)
+        out = np.empty((max(ch, height), max(cw, width), *pixels.shape[2:]), dtype=pixels.dtype)
+        out[...] = np.asarray(fill, dtype=pixels.dtype)
+        out[top : top + height, left : left + width] = pixels
+        pixels = out
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+    return pixels[top : top + ch, left : left + cw]
 
 
 def center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -379,17 +451,31 @@ def normalize(
     ``(x - mean) / std``), and the batch looks its pixels up on its own device. ``dtype`` defaults
     to float32. ``memory_format=torch.channels_last`` is free for a channels-last (NHWC) batch. A
     batch whose dims 1 and 3 are both 3 is read as NHWC (bbx's layout).
+
+    A ``float_resize`` recipe's batch is float32 (the rescaled, resized pixels :func:`prepare`
+    gives): it is normalised as torchvision does it, ``(x - mean) / std`` in float32 (IEEE
+    subtraction and division, the same on every device).
     """
     import torch
 
-    if batch.dtype != torch.uint8:
-        raise TypeError(f"normalize takes a uint8 batch, got {batch.dtype}")
     if batch.dim() != 4 or 3 not in (batch.shape[1], batch.shape[3]):
         raise ValueError(f"normalize takes [N, H, W, 3] or [N, 3, H, W], got {list(batch.shape)}")
     nhwc = batch.shape[3] == 3
     channels_last = memory_format == torch.channels_last
     if memory_format not in (None, torch.contiguous_format, torch.channels_last):
         raise ValueError(f"normalize returns contiguous or channels_last tensors, not {memory_format}")
+    if pre.float_pixels:
+        if batch.dtype != torch.float32:
+            raise TypeError(f"normalize takes a float32 batch for a {pre.kind} recipe, got {batch.dtype}")
+        x = batch.permute(0, 3, 1, 2) if nhwc else batch
+        if pre.do_normalize:
+            mean = torch.tensor(pre.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+            std = torch.tensor(pre.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return x if dtype in (None, torch.float32) else x.to(dtype)
+    if batch.dtype != torch.uint8:
+        raise TypeError(f"normalize takes a uint8 batch, got {batch.dtype}")
     table = _table(
         pre.do_rescale, pre.rescale_factor, pre.do_normalize, pre.mean, pre.std, batch.device, dtype or torch.float32
     )

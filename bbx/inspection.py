@@ -18,6 +18,8 @@ class StageRow:
     stride: int
     shape: tuple[int, int, int] | None  # [C, H, W] at the report's input size (None: the size varies)
     default: bool
+    #: for a timm checkpoint whose network bbx also has in transformers' layout: that stage's name
+    transformers_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
+    transformers_layout: str | None = None
     task: TaskInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -66,13 +70,18 @@ class ModelReport:
                 "out_indices": list(self.default_indices),
             },
             "stages": [
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k != "default"}
+                {
+                    k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in asdict(s).items()
+                    if k not in ("default", "transformers_stage")
+                }
                 | {"default": s.default}
+                | ({"transformers_stage": s.transformers_stage} if self.transformers_layout else {})
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
             "task": self.task.to_json() if self.task else None,
-        }
+        } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
 def _task_info(ref: hub.ModelRef) -> TaskInfo | None:
@@ -104,8 +113,13 @@ def inspect_model(
         stages, selection, pre, size = list(mp.stages), mp.selection, mp.preprocess, mp.input_size
         shapes = list(mp.shapes)
     default = set(selection.out_indices)
+    layout, counterpart = None, None
+    if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
+        fam = registry.timm_counterpart(str(ref.config.get("architecture")))
+        if fam is not None and fam.timm_counterpart is not None:
+            layout, counterpart = fam.title, fam.timm_counterpart.stage_of
     rows = tuple(
-        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
+        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default, counterpart and counterpart(spec.name))
         for i, (spec, shape) in enumerate(zip(stages, shapes))
     )
     info = ref.describe()
@@ -114,7 +128,7 @@ def inspect_model(
         checkpoint=info["checkpoint"],
         source=ref.source,
         revision=info["revision"],
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         input_size=size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
@@ -122,5 +136,6 @@ def inspect_model(
         default_indices=tuple(selection.out_indices),
         stages=rows,
         preprocessing=pre.describe(),
+        transformers_layout=layout,
         task=_task_info(ref),
     )

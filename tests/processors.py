@@ -76,3 +76,22 @@ def hf_pixels(proc: Any, images: list[Image.Image | np.ndarray], **kwargs: Any) 
     images = [Image.fromarray(i) if isinstance(i, np.ndarray) else i for i in images]
     assert all(i.mode == "RGB" for i in images)
     return proc(images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
+def assert_same_pixels(
+    folder: Path, pre: dict[str, Any], model_type: str | None = None, sizes: tuple[tuple[int, int], ...] = ()
+) -> None:
+    """bbx's preprocessing of ``pre`` gives AutoImageProcessor's ``pixel_values`` bit for bit, on
+    photos of ``sizes`` ((width, height); default: a portrait, a landscape and a small one)."""
+    from bbx import images
+    from bbx.preprocess import Preprocess
+    from tests.util import photo
+
+    proc = hf_processor(folder, pre, model_type)
+    recipe = Preprocess.from_config(pre, model_type or "")
+    for i, (w, h) in enumerate(sizes or ((300, 451), (640, 427), (97, 61))):
+        img = photo(w, h, seed=i)
+        want = hf_pixels(proc, [img])
+        got = images.normalize(torch.from_numpy(images.prepare(img, recipe))[None], recipe)
+        assert got.shape == want.shape, (w, h, tuple(got.shape), tuple(want.shape))
+        assert torch.equal(got, want), (w, h, float((got - want).abs().max()))

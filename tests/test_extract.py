@@ -409,8 +409,8 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
 
     from bbx.nn import layers
 
-    # Swin's blocks are the shared shifted-window ones
-    family = importlib.import_module("bbx.nn.windows" if kind == "swin" else f"bbx.families.{kind}.model")
+    # where the block calls it: the shared shifted-window block (Swin), ConvNeXt's shared block
+    family = importlib.import_module({"swin": "bbx.nn.windows", "convnext": "bbx.nn.blocks"}[kind])
     slices = []
 
     def spy(fn, x, *more, width):
@@ -419,6 +419,10 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
         )
 
     monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", 8)
-    monkeypatch.setattr(family, "in_row_slices", spy)
+    from bbx.nn import blocks
+
+    for module in (family, blocks):  # wherever the family's blocks live (ConvNeXt's: bbx.nn.blocks)
+        if hasattr(module, "in_row_slices"):
+            monkeypatch.setattr(module, "in_row_slices", spy)
     _assert_extract_equals_the_recipe(kind, photos, tmp_path)
     assert len(slices) > 4 * len(photos[1]) and min(slices) < 4 * 56 * 56  # it did slice

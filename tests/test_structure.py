@@ -4,7 +4,9 @@ No module of bbx outside a family's own files (those whose path names it), and n
 module (everything in tests/ that is not a ``test_*.py`` file), names a family in code:
 identifiers and string literals, case-insensitively. Comments and docstrings may. A transformers
 image-processor class name (``ConvNextImageProcessor``, which other families' checkpoints name
-too) is a preprocessing recipe, not the family.
+too) is a preprocessing recipe, not the family; a timm architecture name that the file's own
+family declares (``vit_small_patch14_dinov2`` in the timm ViT family's table) is timm's name for a
+network, not a bbx family.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def _helpers() -> list[Path]:
     return bbx_files + test_helpers
 
 
+def timm_names(rel: Path) -> set[str]:
+    """The timm architecture names declared by the family whose files ``rel`` is among."""
+    for fam in registry.families():
+        if fam.timm is not None and rel.parts[:3] == ("bbx", "families", fam.name):
+            return {a.name.lower() for a in fam.timm.architectures}
+    return set()
+
+
 def naming(family_name: str) -> list[str]:
     """Where code outside the family's own files names ``family_name``."""
     word = family_name.lower()
@@ -73,8 +83,11 @@ def naming(family_name: str) -> list[str]:
         rel = path.relative_to(ROOT)
         if word in str(rel).lower():
             continue  # the family's own files
+        timm = timm_names(rel)
         for line, text in code_words(path):
             for token in re.findall(r"[A-Za-z0-9_]+", text):
+                if token.lower() in timm:
+                    continue
                 if word in token.lower() and not PROCESSOR_NAMES.match(token):
                     found.append(f"{rel}:{line}: {text[:80]!r}")
                     break
@@ -93,6 +106,15 @@ def test_the_checker_sees_names_in_code_and_not_in_docstrings(tmp_path):
     assert "swin-tiny" in words and "swin_rows" in words
     assert not any("docstring" in w for w in words)
     assert PROCESSOR_NAMES.match("ConvNextImageProcessor") and not PROCESSOR_NAMES.match("ConvNextModel")
+
+
+def test_only_a_familys_own_timm_architectures_are_exempt():
+    timm_families = [f for f in registry.families() if f.timm is not None]
+    assert timm_families
+    for fam in timm_families:
+        own = timm_names(Path("bbx", "families", fam.name, "__init__.py"))
+        assert own == {a.name for a in fam.timm.architectures}
+    assert timm_names(Path("bbx", "checkpoints.py")) == set()  # the seam names no architecture
 
 
 def test_every_family_is_a_package_with_its_model():

@@ -31,18 +31,24 @@ def inspect(
 
     out = console()
     size = f"input {report.input_size[0]}x{report.input_size[1]}" if report.input_size else "input varies"
-    arch = f"{report.architecture} in {report.task.model_type}" if report.task else report.architecture
-    at = f"@{report.revision[:12]}" if report.revision else ""
-    out.print(f"[bold]{report.model}[/bold]  {report.checkpoint}{at}  ({arch}, {size}, stage norm {report.stage_norm})")
+    at = f"@{report.revision[:12]}" if report.revision and report.task else ""
+    out.print(
+        f"[bold]{report.model}[/bold]  {report.checkpoint}{at}  ({report.architecture}, {size}, "
+        f"stage norm {report.stage_norm})"
+    )
     if report.task:
         t = report.task
         out.print(f"{t.title} backbone ({t.kind}): weights under {t.weight_prefix}*, stage norms {t.stage_norms}")
-    table = make_table("", ">index", "name", ">channels", ">stride", "shape [C, H, W]")
+    columns = ["", ">index", "name", ">channels", ">stride", "shape [C, H, W]"]
+    if report.transformers_layout:
+        columns.append(f"{report.transformers_layout} (transformers)")
+    table = make_table(*columns)
     for s in report.stages:
-        shape = (
-            f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]" if s.shape else f"[{s.channels}, H/{s.stride}, W/{s.stride}]"
-        )
-        table.add_row("*" if s.default else "", str(s.index), s.name, str(s.channels), str(s.stride), shape)
+        c, h, w = s.shape if s.shape else (s.channels, f"H/{s.stride}", f"W/{s.stride}")
+        cells = ["*" if s.default else "", str(s.index), s.name, str(s.channels), str(s.stride), f"[{c}, {h}, {w}]"]
+        if report.transformers_layout:
+            cells.append(s.transformers_stage or "-")
+        table.add_row(*cells)
     out.print(table)
     if report.input_size is None:
         why = report.preprocessing.get("size_required", "the size varies")

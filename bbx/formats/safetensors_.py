@@ -731,13 +731,23 @@ def _meta(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stage_of(key: str, names: Sequence[str] | None) -> str:
+    """The stage a tensor holds: ``stage`` or ``stage.00001`` (a shard's rows). Stage names may have
+    dots themselves (timm's ``blocks.11``): the known names are matched first."""
+    for name in names or ():
+        if key == name or (key.startswith(name + ".") and key[len(name) + 1 :].isdigit()):
+            return name
+    head, dot, tail = key.rpartition(".")
+    return head if dot and tail.isdigit() and len(tail) == 5 else key
+
+
 def _tensor_stages(path: Path, header: dict[str, Any], order: Sequence[str] | None) -> tuple[list[StageLayout], dict]:
     """Stage layouts and tensor names of one file (tensors are ``stage`` or ``stage.00001``)."""
     found: dict[str, tuple[StageLayout, str, int]] = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        stage = key.split(".")[0]
+        stage = _stage_of(key, order)
         dt = dtypes.BY_SAFETENSORS.get(info.get("dtype"))
         if dt is None:
             raise InputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which bbx does not write")

@@ -1,38 +1,74 @@
-"""Convolutional blocks more than one family builds: conv -> BatchNorm -> activation, with the
-BatchNorm folded into the conv for frozen inference and the fused oneDNN kernel after that."""
+"""Convolution + BatchNorm + activation, the unit of the convolutional families (ResNet in
+transformers' and timm's layouts, RegNet, EfficientNet, ...), with the BatchNorm folded into the
+convolution for frozen inference."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from bbx.nn.layers import activation, conv_act
 
 
-class ConvNormAct(nn.Module):
-    """Conv (no bias, 'same' padding ``kernel // 2``, optionally grouped) -> BatchNorm -> optional
-    activation. Parameters are ``conv.weight`` and ``bn.*``."""
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding of one axis (timm's ``Conv2dSame``): the output is
+    ``ceil(size / stride)``, the padding split with the odd pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, act: str | None = "relu", *, groups: int = 1):
+
+class ConvNormAct(nn.Module):
+    """Conv (no bias) -> BatchNorm -> optional activation (a bbx activation name).
+
+    ``padding`` is symmetric (default ``kernel // 2``) unless ``same`` (TensorFlow's, computed from
+    the input: timm's ``tf_`` networks with stride 2). Once :meth:`fold_batchnorm` has run, the
+    BatchNorm lives in the conv's weight and bias, and with ``fused`` the conv, its activation and
+    a residual sum run as one oneDNN kernel (:func:`bbx.nn.layers.conv_act`)."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        act: str | None = "relu",
+        eps: float = 1e-5,
+        padding: int | None = None,
+        same: bool = False,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        # 'SAME' with stride 1 and an odd kernel is the symmetric padding (timm pads it statically)
+        self.same = same and (stride > 1 or kernel % 2 == 0)
+        pad = 0 if self.same else (kernel // 2 if padding is None else padding)
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
         self.act = activation(act) if act is not None else nn.Identity()
         self.act_name = act
-        self.fused = False  # conv + activation (+ residual) in one oneDNN kernel, once BN is folded
+        self.fused = False
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``act(bn(conv(x)))``; with ``add`` (the last conv of a block, which has no activation of
-        its own): ``bn(conv(x)) + add``."""
+        """``act(bn(conv(x)))``; with ``add`` (a block's last conv): ``act(bn(conv(x)) + add)``."""
+        if self.same:
+            k, s = self.conv.kernel_size[0], self.conv.stride[0]
+            top, bottom = same_padding(x.shape[2], k, s)
+            left, right = same_padding(x.shape[3], k, s)
+            if top or bottom or left or right:
+                x = F.pad(x, (left, right, top, bottom))
         if self.fused:
             return conv_act(x, self.conv, self.act_name, add=add, fused=True)
-        y = self.act(self.bn(self.conv(x)))
-        return y if add is None else y + add
+        y = self.bn(self.conv(x))
+        if add is not None:
+            y = y + add
+        return self.act(y)
 
     @torch.no_grad()
     def fold_batchnorm(self) -> None:
-        """Fold the (frozen) BatchNorm into the conv's weight and a bias: one pass over the
-        activations instead of two. Exact up to fp32 rounding (relative error ~1e-7)."""
+        """Fold the frozen BatchNorm into the conv's weight and a bias (exact to fp32 rounding)."""
         if isinstance(self.bn, nn.Identity):
             return
         bn, conv = self.bn, self.conv
@@ -56,3 +92,10 @@ class ConvNormAct(nn.Module):
         """Frozen inference: fold the BatchNorm; ``kernels``: run the fused oneDNN kernel."""
         self.fold_batchnorm()
         self.fused = kernels
+
+
+def fold_all(module: nn.Module, *, fuse_kernels: bool) -> None:
+    """Fold every :class:`ConvNormAct`'s BatchNorm under ``module``; ``fuse_kernels``: fused kernels."""
+    for m in module.modules():
+        if isinstance(m, ConvNormAct):
+            m.fuse(kernels=fuse_kernels)

@@ -105,7 +105,7 @@ def onednn_fusion_available() -> bool:
         return False
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a linear/conv computes in: autocast's on CPU when it is on, else the input's."""
     if torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
@@ -147,7 +147,7 @@ def _mode(x: torch.Tensor, kind: str, act: str | None) -> str:
     always ``eager`` off the CPU, with autograd, or for activations oneDNN does not fuse."""
     if x.device.type != "cpu" or torch.is_grad_enabled():
         return "eager"
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     if dt not in (torch.float32, torch.bfloat16):
         return "eager"
     from bbx.nn import kernels
@@ -183,7 +183,7 @@ def linear_act(
             y = y.to(torch.bfloat16)
         return y + add if add is not None else y
     if mode == "fused" and (add is None or act is None):
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         if add is not None and add.dtype != dt:
             return add + linear_act(x, linear, fused=True)
         w, b = _cast_params(linear, dt)
@@ -223,9 +223,9 @@ def conv_act(
         mode == "fused"
         and isinstance(conv.padding, tuple)
         and conv.padding_mode == "zeros"
-        and (add is None or add.dtype == _compute_dtype(x))
+        and (add is None or add.dtype == compute_dtype(x))
     ):
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         w, b = _cast_params(conv, dt)
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         name, algo = _ONEDNN_ACTS[act] if act is not None else ("none", "")
@@ -272,7 +272,7 @@ def in_row_slices(
     are left whole, and so is everything where this machine's kernel choice turns row slices off
     (:mod:`bbx.nn.kernels`); ``force`` slices whatever the size and the choice (the probe times it)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     row_bytes = width * (2 if dt in (torch.bfloat16, torch.float16) else 4)
     budget = SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads())
     small = rows * row_bytes <= 8 * budget

@@ -11,10 +11,15 @@ the token grid is zero-padded on the right and bottom to a multiple of the windo
 block's first norm), the input image to a multiple of the patch size, and an odd grid by one
 row/column before patch merging.
 
-The families using these blocks give them their settings (any object with ``window_size``,
-``layer_norm_eps``, ``qkv_bias``, ``mlp_ratio`` and ``hidden_act``), keep their own stage list,
-stage norms and checkpoint layout, and turn the block keys of transformers' checkpoints into
-these modules' names with :func:`remap_keys`.
+The pieces (the relative-position index of a window, the additive mask of a cyclically shifted
+grid, the token order that partitions a grid into shifted windows, window attention with its
+learned relative-position bias, patch merging) serve every shifted-window family, timm's layout and
+Swin V2 included, where they differ elsewhere (how a shifted grid is padded, when windows shrink).
+The whole blocks and stages serve the families in transformers' numerics (Swin, MaskFormer's
+Swin): they give them their settings (any object with ``window_size``, ``layer_norm_eps``,
+``qkv_bias``, ``mlp_ratio`` and ``hidden_act``), keep their own stage list, stage norms and
+checkpoint layout, and turn the block keys of transformers' checkpoints into these modules' names
+with :func:`remap_keys`. The tables are pure functions of their arguments, cached.
 """
 
 from __future__ import annotations
@@ -203,9 +208,9 @@ class WindowBlock(nn.Module):
 class PatchMerging(nn.Module):
     """Each 2x2 neighbourhood -> one token of twice the width (an odd grid is zero-padded)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float = DEFAULT_EPS):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, eps=DEFAULT_EPS)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

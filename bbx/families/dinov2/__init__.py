@@ -21,6 +21,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
 )
 
@@ -173,6 +174,11 @@ def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
     )
 
 
+def _timm_stage(name: str) -> str | None:
+    """timm's stage ``blocks.i`` of the same network -> this family's ``stage<i+1>``."""
+    return f"stage{int(name[7:]) + 1}" if name.startswith("blocks.") else None
+
+
 FAMILY = Family(
     name="dinov2",
     title="DINOv2",
@@ -204,4 +210,5 @@ FAMILY = Family(
     notes="DINOv2 maps hold the patch tokens only (class and register tokens dropped), `[C, H/14, W/14]`; `stem` "
     "is the embedding output. Any input size of at least 14 works: the position embeddings are resampled as "
     "transformers resamples them.",
+    timm_counterpart=TimmCounterpart(patterns=("vit_*_dinov2",), stage_of=_timm_stage),
 )

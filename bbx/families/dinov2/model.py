@@ -55,71 +55,7 @@ from torch.nn import functional as F
 
 from bbx.families.dinov2 import Dinov2Settings
 from bbx.nn.backbone import Backbone
-from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused q/k/v projection."""
-
-    def __init__(self, dim: int, heads: int, qkv_bias: bool):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention output, plus ``add`` (the residual) when given."""
-        n, t, c = x.shape
-        qkv = linear_act(x, self.qkv, fused=fused)
-        q, k, v = qkv.view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = (attention(q, k, v) if fused else F.scaled_dot_product_attention(q, k, v)).transpose(1, 2).reshape(n, t, c)
-        return linear_act(y, self.proj, add=add, fused=fused)
-
-
-class SwiGLU(nn.Module):
-    """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.fused = False
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = linear_act(x, self.fc1, fused=self.fused).chunk(2, dim=-1)
-        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=self.fused)
-
-
-class Block(nn.Module):
-    """A pre-norm transformer block with layer scale on both residual branches."""
-
-    def __init__(self, s: Dinov2Settings):
-        super().__init__()
-        dim = s.hidden_size
-        self.norm1 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self.attn = Attention(dim, s.num_attention_heads, s.qkv_bias)
-        self.scale1 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
-        self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self.mlp = SwiGLU(dim, s.mlp_hidden) if s.use_swiglu_ffn else Mlp(dim, s.mlp_hidden, s.hidden_act)
-        self.scale2 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
-        self.fused = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:  # layer scales folded into proj / fc2; residual sums inside their kernels
-            x = self.attn(self.norm1(x), fused=True, add=x)
-            return self.mlp(self.norm2(x), add=x)
-        # x + branch * scale in one kernel
-        x = torch.addcmul(x, self.attn(self.norm1(x)), self.scale1)
-        return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
-
-    @torch.no_grad()
-    def fuse(self, *, kernels: bool = True) -> None:
-        """Frozen inference: fold each layer scale into the projection before it (the scales become
-        1); ``kernels``: use the fused oneDNN kernels."""
-        for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
-            fold_scale_(linear, scale)
-            scale.fill_(1.0)
-        self.fused = self.mlp.fused = kernels
+from bbx.nn.transformer import Block
 
 
 class Dinov2(Backbone):
@@ -138,7 +74,17 @@ class Dinov2(Backbone):
         else:
             self.register_tokens = None
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + s.grid * s.grid, dim), std=0.02))
-        self.blocks = nn.ModuleList(Block(s) for _ in range(s.num_hidden_layers))
+        block = {
+            "dim": s.hidden_size,
+            "heads": s.num_attention_heads,
+            "qkv_bias": s.qkv_bias,
+            "hidden": s.mlp_hidden,
+            "act": s.hidden_act,
+            "eps": s.layer_norm_eps,
+            "layer_scale": float(s.layerscale_value),
+            "swiglu": s.use_swiglu_ffn,
+        }
+        self.blocks = nn.ModuleList(Block(**block) for _ in range(s.num_hidden_layers))
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self._apply_norm = stage_norm == "final" or (stage_norm == "hf" and s.apply_layernorm)
         self._antialias = s.model_type == "dinov2_with_registers"

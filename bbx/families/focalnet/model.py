@@ -179,6 +179,8 @@ class Stage(nn.Module):
 
 
 class FocalNet(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = FocalNetSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)

@@ -148,6 +148,9 @@ class Stage(nn.Module):
 
 
 class PvtV2(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 0]
+    stage_module_offset = 0
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = PvtV2Settings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)

@@ -47,7 +47,7 @@ def _task_row(row: CatalogRow) -> str:
     at = f" @ `{row.revision}`" if row.revision else ""
     norms = "trained" if ck.trained_norms else "-"
     return (
-        f"| {row.alias} | {row.repo_id}{at} | {registry.task_of(ck.task).title} | {ck.model_type} "
+        f"| {row.alias} | {row.repo_id}{at} | {registry.task_of(ck.task).title} | {ck.network} "
         f"| {', '.join(taps)} | {norms} | `{ck.weight_prefix}` | {size_text} |"
     )
 

@@ -75,8 +75,12 @@ class Checkpoint:
     def architecture(self) -> str:
         """What the checkpoint is, for reports: the model_type, or ``timm:<architecture>``; for a
         task checkpoint, with the task model around it (``swin in mask2former``)."""
-        base = f"timm:{self.config['architecture']}" if self.family.timm is not None else self.model_type
-        return f"{base} in {self.task}" if self.task else base
+        return f"{self.network} in {self.task}" if self.task else self.network
+
+    @property
+    def network(self) -> str:
+        """The backbone network alone: its model_type, or ``timm:<architecture>``."""
+        return f"timm:{self.config['architecture']}" if self.family.timm is not None else self.model_type
 
     @property
     def stage_names(self) -> list[str]:
@@ -136,6 +140,8 @@ def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
     nested = task.read(config, preprocessor, where)
     inner_type = nested.backbone["model_type"]
     at = f"{where}, the {task.title} backbone_config"
+    if inner_type == "timm_backbone":  # a timm network under the task's prefix (DETR's use_timm_backbone)
+        return _task_timm(nested, task.trained_norms, str(model_type), preprocessor, at)
     fam = registry.family_for(inner_type, str(model_type), at)
     backbone = dict(nested.backbone)
     if inner_type not in fam.model_types:  # a family reading this backbone in the task's own variant
@@ -157,6 +163,36 @@ def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
         default_stages=_taps(nested.taps, names, at),
         recipe=recipe,
         trained_norms=task.trained_norms,
+    )
+
+
+def _task_timm(
+    nested: Any, trained_norms: bool, task: str, preprocessor: Mapping[str, Any] | None, at: str
+) -> Checkpoint:
+    """A task checkpoint's nested timm backbone (``model_type: timm_backbone``, as transformers 5
+    writes DETR's): the timm network under the task's prefix, with the task's taps and preprocessing."""
+    inner = nested.backbone
+    if inner.get("output_stride") not in (None, 32):
+        raise ModelError(
+            f"{at}: output_stride {inner.get('output_stride')!r} (a dilated last stage, DETR's DC5) is not supported"
+        )
+    channels = inner.get("num_channels", 3)
+    ck = timm_checkpoint(
+        inner.get("backbone"),
+        at,
+        model_args={"in_chans": channels} if channels != 3 else {},
+        prefix=nested.prefix,
+        rename=_feature_net_key,
+        format="task",
+        task=task,
+    )
+    names = ck.stage_names
+    return dataclasses.replace(
+        ck,
+        preprocessor=preprocessor,
+        default_stages=_taps(nested.taps, names, at),
+        recipe=nested.recipe,
+        trained_norms=trained_norms,
     )
 
 

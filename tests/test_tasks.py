@@ -422,7 +422,7 @@ def test_cli_lists_inspects_and_plans_every_task_row_offline(tmp_path):
     for row in ROWS:
         entry = by_alias[row.alias]
         ck = row.checkpoint()
-        assert entry["task"] == ck.task and entry["architecture"] == ck.model_type
+        assert entry["task"] == ck.task and entry["architecture"] == ck.network
         assert entry["default_stages"] == [ck.stage_names[i] for i in ck.default_stages]
         r = run("inspect", row.alias, "--json", env=env)
         assert r.exit_code == 0, r.stderr
@@ -434,7 +434,7 @@ def test_cli_lists_inspects_and_plans_every_task_row_offline(tmp_path):
         assert r.exit_code == 0, (row.alias, r.stderr)
         plan = json.loads(r.stdout)
         assert [s["name"] for s in plan["stages"]] == entry["default_stages"]
-        assert plan["weight_prefix"] == ck.weight_prefix and plan["architecture"] == f"{ck.model_type} in {ck.task}"
+        assert plan["weight_prefix"] == ck.weight_prefix and plan["architecture"] == f"{ck.network} in {ck.task}"
 
 
 def test_inspect_says_where_the_weights_come_from():
@@ -479,8 +479,9 @@ def _task_config(**over: Any) -> dict:
 @pytest.mark.parametrize(
     "config,words",
     [
-        ({"model_type": "detr", "use_timm_backbone": True, "backbone": "resnet50"}, "no_timm"),
-        ({"model_type": "detr", "backbone_config": {"model_type": "timm_backbone", "backbone": "x"}}, "timm"),
+        ({"model_type": "detr", "use_timm_backbone": True, "backbone": "nonesuch"}, "timm architecture 'nonesuch'"),
+        ({"model_type": "detr", "backbone_config": {"model_type": "timm_backbone", "backbone": "x"}}, "'x'"),
+        ({"model_type": "detr", "use_timm_backbone": True, "backbone": "resnet50", "dilation": True}, "DC5"),
         ({"model_type": "dpt"}, "no backbone_config"),
         ({"model_type": "dpt", "is_hybrid": True, "backbone_config": {"model_type": "bit"}}, "hybrid"),
         (_task_config(backbone_config={"model_type": "dinat"}), "'dinat'"),
@@ -492,6 +493,7 @@ def _task_config(**over: Any) -> dict:
     ids=[
         "detr-timm",
         "detr-timm-nested",
+        "detr-dc5",
         "dpt-own",
         "dpt-hybrid",
         "unknown-backbone",
@@ -547,8 +549,59 @@ def test_the_no_timm_row_downloads_that_revision(hub_server, tmp_path):
     assert p.returncode == 0, p.stderr
     with bbx.open(out) as f:
         assert f.facts.revision == sha and f.stages == ["stage4"] and f.facts.architecture == "resnet in detr"
-    p = bbx_proc("inspect", "facebook/detr-resnet-50", env=hub_server.env())
-    assert p.returncode == 4 and "no_timm" in p.stderr and "\n" not in p.stderr.strip()
+    p = bbx_proc("inspect", "facebook/detr-resnet-50", "--revision", "main", env=hub_server.env())
+    assert p.returncode == 4 and "timm architecture 'x'" in p.stderr and "\n" not in p.stderr.strip()
+
+
+# --- DETR's timm backbone (the public repos' main revision) -------------------------------------
+
+DETR_HEADS = {
+    "d_model": 16,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 16,
+    "decoder_ffn_dim": 16,
+    "num_queries": 4,
+    "num_labels": 3,
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
+def test_detr_with_a_timm_backbone_matches_transformers(tmp_path, arch):
+    """transformers' DetrForObjectDetection with use_timm_backbone (built by the timm oracle: timm
+    is not beside bbx's torch), saved in the hub layout: bbx reads the timm network under DETR's
+    prefix, taps layers 1-4 and matches DETR's conv encoder (frozen BatchNorms)."""
+    from tests import oracle as timm_oracle
+
+    folder = tmp_path / "detr"
+    config = {"use_timm_backbone": True, "backbone": arch, "use_pretrained_backbone": False, **DETR_HEADS}
+    timm_oracle.oracle().ask("task_make", cls="DetrForObjectDetection", config=config, folder=str(folder), seed=7)
+    (folder / "preprocessor_config.json").write_text(json.dumps(registry.lookup("detr-resnet-50").preprocessor_dict()))
+    ours = bbx.load_backbone(str(folder))
+    assert ours.out_features == ["layer1", "layer2", "layer3", "layer4"] and ours.ref.spec.task == "detr"
+    assert ours.ref.architecture == f"timm:{arch} in detr"
+
+    def reference(folder: Path, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        src, out = tmp_path / "x.safetensors", tmp_path / "maps.safetensors"
+        save_file({"x": x.contiguous()}, str(src))
+        timm_oracle.oracle().ask(
+            "task_features",
+            cls="DetrForObjectDetection",
+            module="model.backbone",
+            folder=str(folder),
+            input=str(src),
+            out=str(out),
+        )
+        maps = load_file(str(out))
+        return [maps[str(i)] for i in range(len(maps))]
+
+    names = ours.out_features
+    parity.compare(folder, (128, 128), 2, names=names, reference=reference)
+    parity.compare(folder, (150, 211), 2, names=names, reference=reference)
 
 
 # --- full-size public backbone configs ------------------------------------------------------------

@@ -21,7 +21,7 @@ def _rows() -> list[dict[str, object]]:
                 "alias": row.alias,
                 "checkpoint": row.repo_id,
                 "revision": row.revision,
-                "architecture": ck.model_type,
+                "architecture": ck.network if ck.task else row.model_type,
                 "task": ck.task or None,
                 "input_size": list(size) if size else None,
                 "stages": list(names),

@@ -3,12 +3,14 @@ encoder-decoder on the last stage of a convolutional backbone.
 
 transformers' ``DetrForObjectDetection`` builds its backbone (``model.backbone.conv_encoder.model``)
 either from timm (``use_timm_backbone``, the public repos' main revision: ``backbone`` names the
-timm model) or with ``load_backbone`` from a nested ``backbone_config`` (the repos' ``no_timm``
-revision). Its BatchNorms are frozen (the same statistics applied as a scale and shift, which a
-BatchNorm in eval computes too). Default stages: the nested ``out_features`` (the last stage,
-which DETR's encoder reads). Preprocessing: ``DetrImageProcessor`` (bilinear, ImageNet statistics,
-the shortest edge resized to 800 and the batch padded): the size follows the image, so a run
-names one (``--image-size``).
+timm model, whose ``features_only`` network's layers 1-4 DETR keeps, dilated last with ``dilation``)
+or with ``load_backbone`` from a nested ``backbone_config`` (the repos' ``no_timm`` revision). A
+timm backbone is read as a timm checkpoint under DETR's prefix (timm's own module names). Its
+BatchNorms are frozen (the same statistics applied as a scale and shift, which a BatchNorm in eval
+computes too). Default stages: the timm network's layers 1-4 (what DETR's conv encoder returns),
+or the nested ``out_features`` (the last stage, which DETR's encoder reads). Preprocessing:
+``DetrImageProcessor`` (bilinear, ImageNet statistics, the shortest edge resized to 800 and the
+batch padded): the size follows the image, so a run names one (``--image-size``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bbx.errors import ModelError
 from bbx.task import IMAGENET, ProcessorClass, Task, load_catalog, nested_backbone_config
 
 #: DetrImageProcessor's class defaults
@@ -32,19 +33,26 @@ PROCESSOR = ProcessorClass(
 
 def _backbone(config: Mapping[str, Any], where: str, title: str) -> Mapping[str, Any]:
     inner = config.get("backbone_config")
-    timm = (
-        inner.get("model_type") == "timm_backbone"
-        if isinstance(inner, Mapping)
-        else config.get("use_timm_backbone", True)
-    )
-    if timm:
-        name = (inner or {}).get("backbone") if isinstance(inner, Mapping) else config.get("backbone")
-        named = f" ({name})" if isinstance(name, str) else ""
-        raise ModelError(
-            f"{where} is a DETR checkpoint with a timm backbone{named}, which bbx does not read yet; "
-            "the hub repos' no_timm revision nests a transformers backbone bbx reads (--revision no_timm)"
-        )
-    return nested_backbone_config(config, where, title)
+    if isinstance(inner, Mapping):  # transformers 5 writes a timm backbone as a nested timm_backbone config
+        timm = inner.get("model_type") == "timm_backbone"
+    else:  # DetrConfig reads a missing use_timm_backbone as true
+        timm = config.get("use_timm_backbone", True)
+    if not timm:
+        return nested_backbone_config(config, where, title)
+    if isinstance(inner, Mapping):
+        return inner
+    # the timm backbone DetrConfig builds: the named architecture's features_only network, its
+    # layers 1-4 (backbone_kwargs may say otherwise), output stride 16 with dilation (DC5)
+    kwargs = config.get("backbone_kwargs") if isinstance(config.get("backbone_kwargs"), Mapping) else {}
+    nested: dict[str, Any] = {
+        "model_type": "timm_backbone",
+        "backbone": config.get("backbone"),
+        "num_channels": kwargs.get("num_channels", config.get("num_channels", 3)),
+        "out_indices": list(kwargs.get("out_indices", [1, 2, 3, 4])),
+    }
+    if config.get("dilation"):
+        nested["output_stride"] = kwargs.get("output_stride", 16)
+    return nested
 
 
 TASK = Task(
@@ -61,7 +69,8 @@ TASK = Task(
     trained_norms=False,
     catalog=load_catalog(__file__),
     backbone=_backbone,
-    notes="DETR's backbone (the `no_timm` revision of the public repos, which nests a transformers backbone; the "
-    "main revision's timm backbone is not read yet): the last stage (the default), which DETR's encoder reads. Its "
-    "processor resizes each image's shortest edge to 800, so extraction needs `--image-size`.",
+    notes="DETR's backbone: in the public repos' main revision a timm network (its stages as timm names them, the "
+    "default `layer1`..`layer4`, which DETR's conv encoder returns), in their `no_timm` revision a transformers one "
+    "(the default its last stage, which DETR's encoder reads). Its processor resizes each image's shortest edge to "
+    "800, so extraction needs `--image-size`.",
 )

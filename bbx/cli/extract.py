@@ -93,6 +93,11 @@ def extract(
         help="skip: skip bad images and report them; stop: stop.",
         autocompletion=_complete.ON_ERROR,
     ),
+    shard: Optional[str] = typer.Option(
+        None,
+        "--shard",
+        help="K/N: extract shard K (0-based) of N contiguous slices of the inputs; auto: from Slurm or torchrun.",
+    ),
     compile_model: Compile = False,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -108,9 +113,10 @@ def extract(
       bbx extract -m dinov2-small --pool avg --store-dtype float16 -o vecs.safetensors photos/
     """
     from bbx import inputs as inputs_mod
+    from bbx import shards as shards_mod
     from bbx.cli._progress import progress_for
     from bbx.cli._render import render_plan, render_summary
-    from bbx.extract import ExtractOptions, plan, run
+    from bbx.extract import ExtractOptions, device_of, plan, run
     from bbx.runtime import resolve_device
 
     opts = ExtractOptions(
@@ -138,13 +144,14 @@ def extract(
         on_error=on_error,
         progress=False if (quiet or as_json) else None,
         compile=compile_model,
+        shard=None if shard is None else shards_mod.parse(shard),
     )
     opts.validate()
     stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None
     files = inputs_mod.discover(inputs or [], stdin=stdin, null=null)
     err = console(stderr=True)
     if dry_run:
-        the_plan = plan(opts, files, device=resolve_device(device))
+        the_plan = plan(opts, files, device=resolve_device(device_of(opts)))
         if as_json:
             emit_json(the_plan.to_json())
         elif not quiet:

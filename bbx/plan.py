@@ -186,14 +186,21 @@ class Inputs:
 def select_inputs(shard: Shard | None, units: Sequence[Item]) -> Inputs:
     """This run's inputs: the shard's contiguous slice of ``units`` (a tar is one unit), tars
     expanded into their samples."""
+    if shard is not None and shard.whole is not None:  # handed its slice already
+        count, whole_digest = shard.whole
+        return Inputs(*_expanded(list(units)), count, whole_digest)
     names = [str(u) for u in units]
     chosen = list(units) if shard is None else shard.take(list(units))
+    return Inputs(*_expanded(chosen), len(names), digest(names) if shard is not None else None)
+
+
+def _expanded(chosen: list[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Tars listed into their samples (a caller may pass samples already: kept as they are)."""
     paths = [u for u in chosen if isinstance(u, Path)]
     if len(paths) == len(chosen):
         items, unreadable = expand_tars(paths)
-    else:  # already expanded (a caller passing samples)
-        items, unreadable = list(chosen), []
-    return Inputs(items, unreadable, len(names), digest(names) if shard is not None else None)
+        return list(items), unreadable
+    return list(chosen), []
 
 
 def facts_for(

@@ -42,6 +42,9 @@ class Shard:
     count: int
     source: str = "--shard"
     local_rank: int | None = None
+    #: (input count, digest) of the whole ordered list, when a run is handed its slice already
+    #: (the engines' workers get only their unit's inputs)
+    whole: tuple[int, str] | None = None
 
     def bounds(self, n: int) -> tuple[int, int]:
         """The slice ``[start, stop)`` of ``n`` ordered inputs this shard takes."""

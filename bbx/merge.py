@@ -96,9 +96,9 @@ def shards_in(folder: Path) -> list[Path]:
     bases = sorted({b for b in map(_shard_base, names) if b is not None})
     if not bases:
         raise InputError(f"{folder} holds no shard outputs (named like feats.shard-00000-of-00004.h5)")
-    runs = sorted({(SHARD_NAME.match(b).group("base"), SHARD_NAME.match(b).group("suffix")) for b in bases})  # type: ignore[union-attr]
+    runs = sorted({SHARD_NAME.match(b).group("base") for b in bases})  # type: ignore[union-attr]
     if len(runs) > 1:
-        listed = ", ".join(a + s for a, s in runs[:4])
+        listed = ", ".join(runs[:4])
         raise InputError(f"{folder} holds the shards of more than one run ({listed}); name the shards to merge")
     return [folder / b for b in bases]
 

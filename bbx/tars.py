@@ -37,9 +37,10 @@ def is_tar(path: str | Path) -> bool:
 def expand_braces(pattern: str) -> list[str]:
     """``data/{00000..00002}.tar`` -> the three names; ``{a,b}`` lists too; nested and several
     groups expand left to right. A pattern without braces is itself."""
-    m = _RANGE.search(pattern) or _LIST.search(pattern)
-    if m is None:
+    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m is not None]
+    if not found:
         return [pattern]
+    m = min(found, key=lambda x: x.start())  # the leftmost group varies slowest
     head, tail = pattern[: m.start()], pattern[m.end() :]
     if m.re is _RANGE:
         lo, hi = m.group(1), m.group(2)
@@ -110,7 +111,7 @@ def members(tar: str) -> tuple[list[TarMember], str | None]:
                 try:
                     info = archive.next()
                 except tarfile.ReadError as e:
-                    problem = f"damaged tar after {len(found)} samples ({e})"
+                    problem = f"truncated or damaged tar: listing stopped after {len(found)} samples ({e})"
                     break
                 if info is None:
                     break

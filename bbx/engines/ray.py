@@ -20,10 +20,12 @@ given a token for this run in the environment instead (or the ``RAY_AUTH_MODE`` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -237,8 +239,13 @@ def run(
     prep: Prepared = prepare(opts, units, count=count, source="--engine ray")
     ray = _import_ray(local=address is None)
     started = False
+    # Ray's driver prints its cluster's notices (a restarted actor, a retried task) on stdout,
+    # which is bbx's data stream (--json): they go to stderr with the rest of the report
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr)
+    quiet_stdout.__enter__()
     try:
         if not ray.is_initialized():
+            handlers = _signal_handlers()
             try:
                 if address is None:
                     ray.init(
@@ -254,6 +261,8 @@ def run(
                 raise UsageError(
                     f"--engine ray: cannot start or reach the Ray cluster ({type(e).__name__}: {e})"
                 ) from None
+            finally:
+                _restore(handlers)  # Ray's core installs its own SIGTERM handler, which just exits
             started = True
         res = _resources(ray, actors, opts.device)
         prep.rp.report.device = f"ray: {res.actors} actors x ({res.cpus:g} CPU, {res.gpus:g} GPU)"
@@ -261,8 +270,11 @@ def run(
             on_plan(prep.rp.report)
         results = _run_units(ray, prep, opts, res, progress)
     finally:
-        if started:
-            ray.shutdown()
+        try:
+            if started:
+                ray.shutdown()
+        finally:
+            quiet_stdout.__exit__(None, None, None)
     seconds = time.perf_counter() - t0
     errors = [(k, e) for k, e in results.items() if isinstance(e, tuple)]
     if errors:
@@ -272,6 +284,25 @@ def run(
     if any(s.interrupted for s in summaries):  # type: ignore[union-attr]
         raise WorkerError("a unit was interrupted; run the same command again to continue", 1)
     return finish(prep, opts, summaries, seconds)  # type: ignore[arg-type]
+
+
+def _signal_handlers() -> dict[int, Any]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    """bbx's handlers again: SIGTERM and Ctrl-C stop the driver cleanly (units keep what they
+    committed, the cluster is shut down, the command says so and exits 143 / 130)."""
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _resources(ray: Any, actors: int | None, device: str) -> Resources:

@@ -100,16 +100,27 @@ def test_an_actor_killed_mid_unit_is_restarted_and_its_unit_resumes(tiny_resnet,
     env.pop("RAY_AUTH_MODE", None)  # bbx's own handling of Ray's token authentication
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def a_unit_is_half_done() -> bool:
+    def half_done() -> list[Path]:
         units = _units(out)
-        return units.is_dir() and any(
-            f.name.endswith(".partial") and open_output(f).images >= 1 for f in units.iterdir()
-        )
+        if not units.is_dir():
+            return []
+        return [f for f in units.iterdir() if f.name.endswith(".partial") and open_output(f).images >= 1]
 
-    assert _wait(p, a_unit_is_half_done), p.communicate()[1]
-    victims = _actors()
-    assert len(victims) == 1
-    os.kill(victims[0], signal.SIGKILL)
+    def stopped_mid_unit() -> bool:
+        """The actor, paused (SIGSTOP) while a unit of its has committed rows and is not finished."""
+        if not half_done():
+            return False
+        victims = _actors()
+        assert len(victims) == 1
+        os.kill(victims[0], signal.SIGSTOP)
+        if half_done():  # still mid-unit now that it cannot move on
+            stopped_mid_unit.pid = victims[0]
+            return True
+        os.kill(victims[0], signal.SIGCONT)  # it had just finished that unit: wait for the next one
+        return False
+
+    assert _wait(p, stopped_mid_unit), p.communicate()[1]
+    os.kill(stopped_mid_unit.pid, signal.SIGKILL)  # once
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == 10, stderr
     assert "Traceback" not in stderr

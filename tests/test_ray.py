@@ -43,10 +43,9 @@ def test_actors_leave_a_cpu_to_the_pipeline_but_use_every_core():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_resnet):
-    """Camera-sized photos (a unit lasts long enough for a signal to land in it), a bad file, and
-    the single run's output to compare with."""
+    """Photos, a bad file, and the single run's output to compare with."""
     folder = tmp_path_factory.mktemp("raycorpus")
-    seeds = make_photos(tmp_path_factory.mktemp("seeds"), [(1024, 768), (768, 1024)] * 2, "jpg")
+    seeds = make_photos(tmp_path_factory.mktemp("seeds"), [(640, 480), (480, 640)] * 2, "jpg")
     for i in range(N_IMAGES):
         os.link(seeds[i % len(seeds)], folder / f"img{i:03d}.jpg")
     (folder / "img005b.jpg").write_bytes(b"\xff\xd8\xff not really")
@@ -149,8 +148,15 @@ def test_a_driver_stopped_after_two_units_reruns_only_the_rest(tiny_resnet, corp
             if f.name.endswith(".safetensors") and not f.with_name(f.name + ".partial").exists()
         ]
 
-    assert _wait(p, lambda: len(finished()) >= 2), p.communicate()[1]
-    p.send_signal(signal.SIGTERM)
+    def paused_after_two() -> bool:
+        if len(finished()) < 2:
+            return False
+        for pid in _actors():  # no further unit may finish before the driver is stopped
+            os.kill(pid, signal.SIGSTOP)
+        return True
+
+    assert _wait(p, paused_after_two), p.communicate()[1]
+    p.send_signal(signal.SIGTERM)  # the driver shuts its cluster down, the paused actor with it
     _, stderr = p.communicate(timeout=120)
     assert p.returncode == 143, stderr
     assert not out.exists()

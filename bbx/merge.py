@@ -26,7 +26,7 @@ from bbx.formats.base import SHARD_KEYS
 from bbx.shards import SHARD_NAME
 
 #: rows are copied this many bytes (all stages together) at a time, at least one row
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 16 << 20
 #: the suffixes of shard outputs a folder is searched for
 _SUFFIXES = (".h5", ".hdf5", ".safetensors")
 

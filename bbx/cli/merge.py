@@ -41,9 +41,7 @@ def merge(
 ) -> None:
     """Merge the shards of one bbx extract --shard run into one output, in shard order.
 
-    Rows are copied as stored (bfloat16 stays bfloat16), chunk by chunk; HDF5 and safetensors
-    shards merge into either format. Shards of different runs, missing or unfinished shards and
-    repeated paths are refused before anything is written.
+    Rows are copied as stored, chunk by chunk, HDF5 or safetensors; bad shard sets are refused first.
 
     Examples:
 

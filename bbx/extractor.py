@@ -113,14 +113,16 @@ class Extractor:
         return self.plan.preprocess
 
     # -- images -> uint8 pixels -------------------------------------------------------------------
-    def load(self, image: str | Path | Any) -> np.ndarray:
-        """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
-        ``[H, W, 3]`` (float32 rescaled pixels for a recipe that resizes floats, DINOv3's);
-        :class:`bbx.images.ImageError` when it cannot be used."""
+    def load(self, image: str | Path | bytes | Any) -> np.ndarray:
+        """One image (a path, an image file's bytes or a binary file object, or a PIL image taken
+        as it is) -> its preprocessed uint8 pixels ``[H, W, 3]`` (float32 rescaled pixels for a
+        recipe that resizes floats, DINOv3's); :class:`bbx.images.ImageError` when it cannot be used."""
         from bbx import images
 
         if isinstance(image, (str, Path)):
             pixels = images.load(Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels = images.load(image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
         else:
             pixels = images.prepare(image, self.preprocess)
         h, w = self.input_size

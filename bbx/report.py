@@ -51,6 +51,7 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
     @property
     def bytes_per_image(self) -> int:
@@ -93,6 +94,7 @@ class Plan:
             "format": self.format,
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
+            "shard": self.shard,
         }
 
 

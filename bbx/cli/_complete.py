@@ -53,6 +53,7 @@ STAGE_NORMS = choices(
 )
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
+ENGINES = choices(("local", "this process (or --devices)"), ("ray", "a Ray cluster's actors"))
 
 
 def _looks_like_path(text: str) -> bool:

@@ -29,6 +29,8 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")
     )
+    if plan.shard:
+        console.print(plan.shard)
     listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
     for s in plan.stages:
         listing.add_row(

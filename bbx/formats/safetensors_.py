@@ -668,7 +668,10 @@ class SafetensorsOutput(Output):
             lo, hi = max(start, first), min(stop, first + count)
             if lo >= hi:
                 continue
-            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first)
+            cache = self.__dict__.setdefault("_headers", {})
+            if file not in cache:  # a header can hold megabytes of paths: parse it once
+                cache[file] = read_header(file)
+            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first, cache[file])
             at += hi - lo
         if at != len(out):  # pragma: no cover - rows are checked against the paths first
             raise InputError(f"{self.path}: rows {start}..{stop - 1} are not all in its files")
@@ -879,9 +882,12 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     )
 
 
-def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read."""
-    header, data_start = read_header(file)
+def _st_rows(
+    file: Path, tensor: str, stage: StageLayout, start: int, stop: int, parsed: tuple[dict, int] | None = None
+) -> Any:
+    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read
+    (``parsed``: the file's :func:`read_header`, when the caller has it)."""
+    header, data_start = parsed or read_header(file)
     begin = data_start + int(header[tensor]["data_offsets"][0]) + start * stage.row_bytes
     want = (stop - start) * stage.row_bytes
     with open(file, "rb") as f:

@@ -89,6 +89,33 @@ def _units(out: Path) -> Path:
     return out.with_name(out.name + ".units")
 
 
+class _Stepper:
+    """Runs the actors in short slices once their units have begun, each check made while they are
+    paused: a tiny model finishes a unit faster than a poll, so a free-running actor can slip past
+    the moment a test waits for (caught on an idle CI machine)."""
+
+    def __init__(self, out: Path, slice_s: float = 0.003):
+        self.out, self.slice_s, self.paused = out, slice_s, []
+
+    def pause(self) -> list[int]:
+        """The actors, paused (once their units folder exists; [] before)."""
+        if not _units(self.out).is_dir():
+            return []
+        if self.paused:
+            for pid in self.paused:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(self.slice_s)
+        self.paused = _actors()
+        for pid in self.paused:
+            os.kill(pid, signal.SIGSTOP)
+        return self.paused
+
+    def resume(self) -> None:
+        for pid in self.paused:
+            os.kill(pid, signal.SIGCONT)
+        self.paused = []
+
+
 @needs_ray
 def test_an_actor_killed_mid_unit_is_restarted_and_its_unit_resumes(tiny_resnet, corpus, tmp_path):
     folder, want = corpus
@@ -105,20 +132,24 @@ def test_an_actor_killed_mid_unit_is_restarted_and_its_unit_resumes(tiny_resnet,
             return []
         return [f for f in units.iterdir() if f.name.endswith(".partial") and open_output(f).images >= 1]
 
+    stepper = _Stepper(out)
+
     def stopped_mid_unit() -> bool:
         """The actor, paused (SIGSTOP) while a unit of its has committed rows and is not finished."""
-        if not half_done():
+        victims = stepper.pause()
+        if not victims:
             return False
-        victims = _actors()
         assert len(victims) == 1
-        os.kill(victims[0], signal.SIGSTOP)
-        if half_done():  # still mid-unit now that it cannot move on
+        if half_done():
             stopped_mid_unit.pid = victims[0]
             return True
-        os.kill(victims[0], signal.SIGCONT)  # it had just finished that unit: wait for the next one
         return False
 
-    assert _wait(p, stopped_mid_unit), p.communicate()[1]
+    try:
+        assert _wait(p, stopped_mid_unit), p.communicate()[1]
+    except BaseException:
+        stepper.resume()
+        raise
     os.kill(stopped_mid_unit.pid, signal.SIGKILL)  # once
     stdout, stderr = p.communicate(timeout=240)
     assert p.returncode == 10, stderr
@@ -148,14 +179,17 @@ def test_a_driver_stopped_after_two_units_reruns_only_the_rest(tiny_resnet, corp
             if f.name.endswith(".safetensors") and not f.with_name(f.name + ".partial").exists()
         ]
 
-    def paused_after_two() -> bool:
-        if len(finished()) < 2:
-            return False
-        for pid in _actors():  # no further unit may finish before the driver is stopped
-            os.kill(pid, signal.SIGSTOP)
-        return True
+    stepper = _Stepper(out)
 
-    assert _wait(p, paused_after_two), p.communicate()[1]
+    def paused_after_two() -> bool:
+        # checked while the actors are paused: no further unit may finish before the driver is stopped
+        return bool(stepper.pause()) and len(finished()) >= 2
+
+    try:
+        assert _wait(p, paused_after_two), p.communicate()[1]
+    except BaseException:
+        stepper.resume()
+        raise
     p.send_signal(signal.SIGTERM)  # the driver shuts its cluster down, the paused actor with it
     _, stderr = p.communicate(timeout=120)
     assert p.returncode == 143, stderr

@@ -33,6 +33,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    class_token: bool = False  # stages carry a class token (--pool cls)
+    embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "class_token": self.class_token,
+            "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
         }
 
 
@@ -84,4 +88,6 @@ def inspect_model(
         default_indices=tuple(mp.selection.out_indices),
         stages=rows,
         preprocessing=mp.preprocess.describe(),
+        class_token=mp.settings.class_token,
+        embedding_dim=mp.settings.embedding_dim,
     )

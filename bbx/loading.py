@@ -75,16 +75,24 @@ def load_for_inference(
     device: str | torch.device,
     channels_last: bool | None = None,
     compile: bool = False,
+    cls: bool = False,
+    embedding: bool = False,
 ) -> tuple[Backbone, bool]:
     """``ref``'s backbone as ``bbx extract`` and ``bbx bench`` run it: its weights (or, without
     ``pretrained``, the family's random initialisation seeded with :data:`RANDOM_SEED`), the
-    stages selected, then :func:`prepare_for_inference`."""
+    stages selected and what it reads out of them (``cls``: class tokens instead of maps;
+    ``embedding``: the image embedding after them, see :meth:`Backbone.readout`), then
+    :func:`prepare_for_inference`."""
     if pretrained:
         model = load_pretrained(ref, stage_norm=stage_norm)
     else:
         torch.manual_seed(RANDOM_SEED)
         model = build(ref, stage_norm=stage_norm)
     model.select(out_indices, out_features)
+    try:
+        model.readout(cls=cls, embedding=embedding)
+    except ValueError as e:  # the plan refuses these first; a caller without one gets one line too
+        raise UsageError(f"{ref.checkpoint}: {e}") from None
     return prepare_for_inference(model, device, channels_last, compile=compile)
 
 

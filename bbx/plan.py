@@ -15,12 +15,23 @@ from pathlib import Path
 from bbx import __version__, dtypes, hub
 from bbx.errors import BbxError, InputError, UsageError, first_line
 from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
-from bbx.formats import RunFacts, StageLayout, format_for, leftovers, open_output, refuse_to_replace, suffix_of
+from bbx.formats import (
+    EMBEDDING_NAME,
+    RunFacts,
+    StageLayout,
+    format_for,
+    leftovers,
+    open_output,
+    refuse_to_replace,
+    suffix_of,
+)
 from bbx.preprocess import Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
 from bbx.stages import Selection, select_stages
 
-POOLS = ("none", "avg", "max")
+POOLS = ("none", "avg", "max", "cls")
+#: the name of the image-embedding dataset (``--embedding``) beside the stages
+EMBEDDING = EMBEDDING_NAME
 ON_ERROR = ("skip", "stop")
 #: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
 RANDOM_SEED = 0
@@ -41,6 +52,7 @@ class ExtractOptions:
     dtype: str = "float32"
     store_dtype: str = "float32"
     pool: str = "none"
+    embedding: bool = False  # also store the model's own image embedding
     workers: int | None = None
     overwrite: bool = False
     resume: bool = False
@@ -70,6 +82,21 @@ class ExtractOptions:
             raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume exclude each other")
+
+
+def check_readout(mp: ModelPlan, *, pool: str, embedding: bool) -> None:
+    """Refuse, before any weights are loaded, a class token or an image embedding the model does not
+    have (the settings know, torch-free)."""
+    title = mp.ref.family.title
+    if pool == "cls" and not mp.settings.class_token:
+        raise UsageError(
+            f"--pool cls: {mp.ref.checkpoint} ({title}) has no class token; pool its maps with --pool avg instead"
+        )
+    if embedding and mp.settings.embedding_dim is None:
+        raise UsageError(
+            f"--embedding: {mp.ref.checkpoint} ({title}) defines no image embedding of its own; "
+            "pool a stage with --pool avg (or --pool cls) instead"
+        )
 
 
 def check_stage_norm(stage_norm: str) -> None:
@@ -179,6 +206,7 @@ def facts_for(opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan]) 
         compute_dtype=opts.dtype,
         store_dtype=opts.store_dtype,
         pool=opts.pool,
+        embedding=opts.embedding,
         exif=opts.exif,
         fast_decode=opts.fast_decode,
         preprocessing=mp.preprocess.describe(),
@@ -203,6 +231,7 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     opts.validate()
     ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
     mp = model_plan(ref, image_size=opts.image_size, out_indices=opts.out_indices, out_features=opts.out_features)
+    check_readout(mp, pool=opts.pool, embedding=opts.embedding)
     itemsize = dtypes.DTYPES[opts.store_dtype].itemsize
     stages = []
     for i in mp.selection.out_indices:
@@ -212,6 +241,10 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         for d in shape:
             nbytes *= d
         stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
+    embedding = None
+    if opts.embedding:
+        dim = mp.settings.embedding_dim or 0
+        embedding = StagePlan(None, EMBEDDING, dim, None, (dim,), opts.store_dtype, dim * itemsize)
     output = opts.output or default_output(opts.model, [s.name for s in stages], opts.format)
     fmt = format_for(output, opts.format)
     if opts.shard_bytes is not None and fmt != "safetensors":
@@ -232,6 +265,7 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         stage_norm=opts.stage_norm,
         input_size=mp.input_size,
         stages=stages,
+        embedding=embedding,
         inputs=len(inputs),
         todo=len(inputs),
         output=str(output),
@@ -240,6 +274,8 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         preprocessing=mp.preprocess.describe(),
     )
     layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]
+    if embedding is not None:
+        layouts.append(StageLayout(EMBEDDING, embedding.shape, opts.store_dtype))
     return RunPlan(report, mp, output, fmt, layouts, facts)
 
 

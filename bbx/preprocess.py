@@ -9,16 +9,17 @@ leaves out takes that class's default. A field set to ``null`` means what it mea
 crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
 cannot use) takes the class default.
 
-* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``) is the
-  plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
-  ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
-  aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
+* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
+  ``CLIPImageProcessor``, ``SiglipImageProcessor``) is the plain recipe: resize to ``size``, then
+  (``do_center_crop``) center-crop ``crop_size``. ``size`` is ``{height, width}`` (a fixed size),
+  ``{shortest_edge}`` (keep the aspect ratio; the long edge is ``int(edge * long / short)``) or
+  ``{shortest_edge, longest_edge}``.
 * kind ``crop_pct`` (``ConvNextImageProcessor``): below 384, resize the shortest edge
   to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
   straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
 
-A legacy int ``size`` is a square for ViT/DeiT and a shortest edge for ConvNext/Bit (the classes'
-``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
+A legacy int ``size`` is a square for ViT/DeiT and a shortest edge for ConvNext/Bit/CLIP/Siglip
+(the classes' ``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
 center crop larger than the image pads it with black, the extra row/column going after the image.
 
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
@@ -35,8 +36,9 @@ from typing import Any
 from bbx.errors import ModelError
 
 _STANDARD = (0.5, 0.5, 0.5)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,12 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     ),
     "ConvNext": _ProcessorClass("crop_pct", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
     "Bit": _ProcessorClass(
-        "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+        "resize", 3, _OPENAI_MEAN, _OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
+    "CLIP": _ProcessorClass(
+        "resize", 3, _OPENAI_MEAN, _OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+    ),
+    "Siglip": _ProcessorClass("resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, False),
 }
 _DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
@@ -123,7 +129,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext)
+    kind: str  # "resize" (ViT, DeiT, Bit, CLIP, Siglip: resize, then an optional crop) | "crop_pct" (ConvNext)
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -161,9 +167,7 @@ class Preprocess:
         if named:
             base = _class_base(str(named))
             if base is None:
-                raise _bad(
-                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
-                )
+                raise _bad(f"names the processor {named!r}; bbx reproduces the {', '.join(_CLASSES)} image processors")
         else:
             base = default if default is not None else _family_processor(model_type)
             if base not in _CLASSES:

@@ -4,7 +4,9 @@ No module of bbx outside a family's own files (those whose path names it), and n
 module (everything in tests/ that is not a ``test_*.py`` file), names a family in code:
 identifiers and string literals, case-insensitively. Comments and docstrings may. A transformers
 image-processor class name (``ConvNextImageProcessor``, which other families' checkpoints name
-too) is a preprocessing recipe, not the family.
+too) is a preprocessing recipe, not the family, a library's own function (``np.clip``) is the
+library's name, and a family's catalog rows spell their checkpoints' names as the hub does
+(``openai/clip-vit-base-patch32`` is a CLIP checkpoint, ``facebook/deit-base-patch16-224`` a ViT one).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import pytest
 from bbx import preprocess, registry
 from tests.cli import ROOT
 
+#: modules whose attributes are the library's names, not bbx's (``np.clip``, ``torch.clip``)
+LIBRARIES = frozenset({"np", "numpy", "torch", "F", "nn"})
 PROCESSOR_NAMES = re.compile(
     r"^(%s)(%s)?$" % ("|".join(preprocess._CLASSES), "|".join(preprocess._SUFFIXES)),  # noqa: UP031
 )
@@ -45,7 +49,8 @@ def code_words(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Name):
             out.append((line, node.id))
         elif isinstance(node, ast.Attribute):
-            out.append((line, node.attr))
+            if not (isinstance(node.value, ast.Name) and node.value.id in LIBRARIES):
+                out.append((line, node.attr))
         elif isinstance(node, ast.arg):
             out.append((line, node.arg))
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -65,6 +70,17 @@ def _helpers() -> list[Path]:
     return bbx_files + test_helpers
 
 
+def _row_names(rel: Path) -> set[str]:
+    """The checkpoint names (aliases, hub ids) of the catalog of the family whose package holds ``rel``."""
+    parts = rel.parts
+    if len(parts) < 3 or parts[:2] != ("bbx", "families"):
+        return set()
+    for fam in registry.families():
+        if fam.name == parts[2]:
+            return {n.lower() for row in fam.catalog for n in row.names}
+    return set()
+
+
 def naming(family_name: str) -> list[str]:
     """Where code outside the family's own files names ``family_name``."""
     word = family_name.lower()
@@ -73,7 +89,10 @@ def naming(family_name: str) -> list[str]:
         rel = path.relative_to(ROOT)
         if word in str(rel).lower():
             continue  # the family's own files
+        own_rows = _row_names(rel)
         for line, text in code_words(path):
+            if text.lower() in own_rows:
+                continue
             for token in re.findall(r"[A-Za-z0-9_]+", text):
                 if word in token.lower() and not PROCESSOR_NAMES.match(token):
                     found.append(f"{rel}:{line}: {text[:80]!r}")
@@ -88,9 +107,12 @@ def test_no_code_outside_a_family_names_it(family):
 
 def test_the_checker_sees_names_in_code_and_not_in_docstrings(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text('"""Mentions swin in a docstring."""\n# and swin in a comment\nx = "swin-tiny"\nswin_rows = 1\n')
+    sample.write_text(
+        '"""Mentions swin in a docstring."""\n# and swin in a comment\nx = "swin-tiny"\nswin_rows = 1\n'
+        "y = np.clip(x, 0, 1) + rows.swin_layer\n"
+    )
     words = [t for _, t in code_words(sample)]
-    assert "swin-tiny" in words and "swin_rows" in words
+    assert "swin-tiny" in words and "swin_rows" in words and "swin_layer" in words and "clip" not in words
     assert not any("docstring" in w for w in words)
     assert PROCESSOR_NAMES.match("ConvNextImageProcessor") and not PROCESSOR_NAMES.match("ConvNextModel")
 

@@ -90,29 +90,62 @@ class Backbone(nn.Module):
 
     def forward_stages(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
         """Maps of the stages ``indices`` (non-negative, increasing); computes nothing past the last."""
+        return self.forward_outputs(x, indices)[0]
+
+    def forward_outputs(
+        self, x: torch.Tensor, indices: Sequence[int], *, cls: bool = False, embedding: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(the maps of the stages ``indices``, or with ``cls`` their class tokens ``[N, C]``; the
+        image embedding ``[N, D]`` with ``embedding``, else None). Computes nothing past the last
+        stage asked for, which with ``embedding`` is the last stage of the model."""
         wanted = list(indices)
-        if not wanted:
-            return []
-        last = wanted[-1]
+        last = len(self.stage_specs) - 1 if embedding else (wanted[-1] if wanted else -1)
         out: list[torch.Tensor] = []
+        emb = None
+        if last < 0:
+            return out, emb
         stages = self.iter_stages(x)
         for i, raw in enumerate(stages):
             if i in wanted:
-                out.append(self.stage_map(i, raw))
+                out.append(self.stage_class_token(i, raw) if cls else self.stage_map(i, raw))
             if i == last:
+                if embedding:
+                    emb = self.embedding(raw)
                 break
         stages.close()
-        return out
+        return out, emb
+
+    def readout(self, *, cls: bool = False, embedding: bool = False) -> Backbone:
+        """What ``forward`` returns for each selected stage (its map, or with ``cls`` its class
+        token) and whether the image embedding follows them (``embedding``); returns ``self``.
+        ValueError when the model has no class token or no embedding."""
+        if cls and not self.has_class_token:
+            raise ValueError(f"{type(self).__name__} has no class token")
+        if embedding and not self.has_embedding:
+            raise ValueError(f"{type(self).__name__} defines no image embedding")
+        self._cls, self._embedding = cls, embedding
+        return self
+
+    _cls = False
+    _embedding = False
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_stages(pixel_values, self.out_indices))
+        """The selected stages' maps (or class tokens, see :meth:`readout`) in stage order, then
+        the image embedding when asked for."""
+        maps, emb = self.forward_outputs(pixel_values, self.out_indices, cls=self._cls, embedding=self._embedding)
+        return (*maps, emb) if emb is not None else tuple(maps)
 
     # --- tokens (vision transformers) ------------------------------------------------------------
-    #: whether stages carry a class token (``--pool cls``); families with one override the two below
-    has_class_token: bool = False
-    #: whether the model defines its own image embedding (``--embedding``: CLIP's projected class
-    #: token, SigLIP's pooling head, ...), computed from the last stage's raw state
-    has_embedding: bool = False
+    @property
+    def has_class_token(self) -> bool:
+        """Whether stages carry a class token (``--pool cls``): the settings say, torch-free."""
+        return self.settings.class_token
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the model defines its own image embedding (``--embedding``: CLIP's projected
+        class token, SigLIP's pooling head, ...), computed from the last stage's raw state."""
+        return self.settings.embedding_dim is not None
 
     def stage_class_token(self, index: int, raw: Any) -> torch.Tensor:
         """The class token ``[N, C]`` of stage ``index``'s raw state, under the same stage-norm

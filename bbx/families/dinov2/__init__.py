@@ -94,6 +94,15 @@ class Dinov2Settings(Settings):
         """Tokens before the patches: the class token and the registers."""
         return 1 + self.num_register_tokens
 
+    @property
+    def class_token(self) -> bool:
+        return True
+
+    @property
+    def embedding_dim(self) -> int:
+        """The normed class token (``Dinov2Model``'s ``pooler_output``)."""
+        return self.hidden_size
+
     def stages(self) -> list[StageInfo]:
         names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         return [StageInfo(name, self.hidden_size, self.patch_size) for name in names]
@@ -144,7 +153,7 @@ _SIZES = {
 
 def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
     registers = "with-registers" in repo_id
-    hidden, layers, heads, vit = _SIZES[size]
+    hidden, layers, heads, arch = _SIZES[size]
     config: dict[str, Any] = {
         "model_type": "dinov2_with_registers" if registers else "dinov2",
         "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
@@ -168,7 +177,7 @@ def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
         repo_id=repo_id,
         config=config,
         preprocessor=PREPROCESSOR,
-        description=f"DINOv2 {vit}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
+        description=f"DINOv2 {arch}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
         extra_aliases=extra,
     )
 

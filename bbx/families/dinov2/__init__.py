@@ -212,5 +212,6 @@ FAMILY = Family(
     },
     notes="DINOv2 maps hold the patch tokens only (class and register tokens dropped), `[C, H/14, W/14]`; `stem` "
     "is the embedding output. Any input size of at least 14 works: the position embeddings are resampled as "
-    "transformers resamples them.",
+    "transformers resamples them. `--pool cls` gives the class token (never a register), under the same stage "
+    "norm; `--embedding` the normed class token (`pooler_output`).",
 )

@@ -67,9 +67,7 @@ def reference(layout: str = "clip", stage_norm: str = "hf"):
         norm = tower.post_layernorm if stage_norm == "final" else None
 
         def embedding(out):
-            if layout == "clip":
-                return model.get_image_features(x, interpolate_pos_encoding=True).pooler_output
-            if layout == "projection":
+            if layout in ("clip", "projection"):  # get_image_features, without a second pass (see below)
                 return model.visual_projection(out.pooler_output)
             return out.pooler_output
 
@@ -89,6 +87,19 @@ def test_small_configs_match_transformers(tmp_path, layout):
     parity.compare_readouts(folder, 100, n=2, reference=reference(layout))  # not a multiple of the patch
     emb = registry.family_of("clip").parse(json.loads((folder / "config.json").read_text())).embedding_dim
     assert emb == (32 if layout in ("vision", "classifier") else 24)  # projected where the checkpoint projects
+
+
+def test_embedding_is_get_image_features(tmp_path):
+    folder = _checkpoint(tmp_path, "clip")
+    model = tf.CLIPModel.from_pretrained(folder).eval()
+    ours = bbx.load_backbone(str(folder)).readout(embedding=True)
+    for size in (64, (48, 80)):
+        x = parity.photos(size, 2)
+        with torch.no_grad():
+            want = model.get_image_features(x, interpolate_pos_encoding=True).pooler_output
+            *_, got = ours(x)
+        assert got.shape == (2, 24) and parity.rel_err(got, want) <= parity.TOL
+        assert float(got.norm(dim=-1).sub(1).abs().max()) > 0.01  # not L2-normalised
 
 
 def test_gelu_tower_and_stem_after_pre_layrnorm(tmp_path):

@@ -10,8 +10,15 @@ and implements two small methods:
 * ``stage_map(index, raw)`` turns a raw state into the ``[N, C, H, W]`` feature map of that stage
   (stage norm, token reshape, ...). Only selected stages pay for it.
 
+Vision transformers also implement ``stage_class_token(index, raw)`` (the class token ``[N, C]``,
+under the same stage norm) and, where the model defines one, ``embedding(raw_last)`` (its own
+image embedding ``[N, D]``); whether a model has them is its settings' (torch-free)
+``class_token`` / ``embedding_dim``.
+
 Selection (``out_indices`` / ``out_features``) follows :mod:`bbx.stages`; ``forward`` returns the
-selected maps as a tuple in stage order. No classification head exists in any bbx backbone.
+selected maps (or, after ``readout(cls=True)``, class tokens) as a tuple in stage order, followed
+by the embedding after ``readout(embedding=True)``. No classification head exists in any bbx
+backbone.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class Backbone(nn.Module):
         self.config = dict(config)
         self.stage_norm = stage_norm
         self._selection = select_stages(self.stage_names)
+        self._cls = False  # readout(): class tokens instead of maps
+        self._embedding = False  # readout(): the image embedding after the stages
 
     # --- metadata -------------------------------------------------------------------------
     @property
@@ -125,9 +134,6 @@ class Backbone(nn.Module):
             raise ValueError(f"{type(self).__name__} defines no image embedding")
         self._cls, self._embedding = cls, embedding
         return self
-
-    _cls = False
-    _embedding = False
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The selected stages' maps (or class tokens, see :meth:`readout`) in stage order, then

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbx import dtypes, hub
 from bbx.errors import InputError, UsageError
-from bbx.plan import EMBEDDING, POOLS, ModelPlan, check_readout, check_stage_norm, model_plan
+from bbx.plan import EMBEDDING, POOLS, ModelPlan, check_readout, check_stage_norm, model_plan, readout_check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,9 +74,10 @@ class Extractor:
         self.device = resolve_device(device)
         self._autocast = compute_context(self.device, self.dtype)
         if _plan is None:
-            ref = hub.resolve(model, revision=revision, weights=pretrained)
+            require = readout_check(model, pool=pool, embedding=embedding)
+            ref = hub.resolve(model, revision=revision, weights=pretrained, require=require)
             _plan = model_plan(ref, image_size=image_size, out_indices=out_indices, out_features=out_features)
-        check_readout(_plan, pool=pool, embedding=embedding)  # before any weights are loaded
+        check_readout(_plan.ref.spec, model, pool=pool, embedding=embedding)  # before any weights are loaded
         self.plan = _plan
         self.pool = pool
         self.embedding = embedding

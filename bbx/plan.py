@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bbx import __version__, dtypes, hub
+from bbx.checkpoints import Checkpoint
 from bbx.errors import BbxError, InputError, UsageError, first_line
 from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
 from bbx.formats import (
@@ -84,19 +85,23 @@ class ExtractOptions:
             raise UsageError("--overwrite and --resume exclude each other")
 
 
-def check_readout(mp: ModelPlan, *, pool: str, embedding: bool) -> None:
-    """Refuse, before any weights are loaded, a class token or an image embedding the model does not
-    have (the settings know, torch-free)."""
-    title = mp.ref.family.title
-    if pool == "cls" and not mp.settings.class_token:
+def check_readout(spec: Checkpoint, model: str, *, pool: str, embedding: bool) -> None:
+    """Refuse a class token or an image embedding the model does not have, from its config alone
+    (the settings know, torch-free): run before any weights are fetched or loaded."""
+    settings = spec.settings()
+    title = spec.family.title
+    if pool == "cls" and not settings.class_token:
+        raise UsageError(f"--pool cls: {model} ({title}) has no class token; pool its maps with --pool avg instead")
+    if embedding and settings.embedding_dim is None:
         raise UsageError(
-            f"--pool cls: {mp.ref.checkpoint} ({title}) has no class token; pool its maps with --pool avg instead"
-        )
-    if embedding and mp.settings.embedding_dim is None:
-        raise UsageError(
-            f"--embedding: {mp.ref.checkpoint} ({title}) defines no image embedding of its own; "
+            f"--embedding: {model} ({title}) defines no image embedding of its own; "
             "pool a stage with --pool avg (or --pool cls) instead"
         )
+
+
+def readout_check(model: str, *, pool: str, embedding: bool) -> Callable[[Checkpoint], None]:
+    """:func:`check_readout` as ``hub.resolve``'s ``require``."""
+    return lambda spec: check_readout(spec, model, pool=pool, embedding=embedding)
 
 
 def check_stage_norm(stage_norm: str) -> None:
@@ -229,9 +234,9 @@ class RunPlan:
 def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, weights: bool) -> RunPlan:
     """Resolve the model (``weights``: fetch its weights too) and plan the run's output."""
     opts.validate()
-    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
+    require = readout_check(opts.model, pool=opts.pool, embedding=opts.embedding)
+    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress, require=require)
     mp = model_plan(ref, image_size=opts.image_size, out_indices=opts.out_indices, out_features=opts.out_features)
-    check_readout(mp, pool=opts.pool, embedding=opts.embedding)
     itemsize = dtypes.DTYPES[opts.store_dtype].itemsize
     stages = []
     for i in mp.selection.out_indices:

@@ -109,6 +109,9 @@ def test_no_class_token(tmp_path):
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "x.h5.partial").exists()
     r = run("inspect", "siglip-base-patch16-224")
     assert r.exit_code == 0 and "--pool cls" not in r.stdout and "--embedding" in r.stdout
+    # an alias is refused from its embedded config: nothing is downloaded (there is no network here)
+    r = run("extract", "-m", "siglip-base-patch16-224", "--pool", "cls", str(tmp_path / "a.png"))
+    assert r.exit_code == 2 and "siglip-base-patch16-224 (SigLIP) has no class token" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("alias", [r.alias for r in registry.family_of("siglip").catalog])
@@ -122,3 +125,14 @@ def test_config_reading():
     assert s.hidden_act == "gelu_pytorch_tanh" and s.layer_norm_eps == 1e-6 and not s.class_token
     base = SiglipSettings.from_config(registry.lookup("siglip-base-patch16-224").config_dict())
     assert (base.hidden_size, base.num_hidden_layers, base.image_size, base.embedding_dim) == (768, 12, 224, 768)
+
+
+def test_a_hub_checkpoint_is_refused_before_its_weights_are_fetched(hub_server, tmp_path):
+    from tests.cli import bbx_proc
+
+    folder = _checkpoint(tmp_path, "siglip")
+    hub_server.add_repo("org/siglip", folder)
+    photo(64, 64).save(tmp_path / "a.png")
+    p = bbx_proc("extract", "-m", "org/siglip", "--pool", "cls", str(tmp_path / "a.png"), env=hub_server.env())
+    assert p.returncode == 2 and "org/siglip (SigLIP) has no class token" in p.stderr, p.stderr
+    assert hub_server.transfers("model.safetensors") == []

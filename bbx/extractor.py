@@ -128,13 +128,16 @@ class Extractor:
         return self.plan.preprocess
 
     # -- images -> uint8 pixels -------------------------------------------------------------------
-    def load(self, image: str | Path | Any) -> np.ndarray:
-        """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
-        ``[H, W, 3]``; :class:`bbx.images.ImageError` when it cannot be used."""
+    def load(self, image: str | Path | bytes | Any) -> np.ndarray:
+        """One image (a path, an image file's bytes or a binary file object, or a PIL image taken
+        as it is) -> its preprocessed uint8 pixels ``[H, W, 3]`` (float32 rescaled pixels for a
+        recipe that resizes floats, DINOv3's); :class:`bbx.images.ImageError` when it cannot be used."""
         from bbx import images
 
         if isinstance(image, (str, Path)):
             pixels = images.load(Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels = images.load(image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
         else:
             pixels = images.prepare(image, self.preprocess)
         h, w = self.input_size
@@ -172,7 +175,8 @@ class Extractor:
             return self.model(x)
 
     def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels), normalised
+        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels; float32 for a
+        recipe that resizes floats: what :meth:`load` returns, stacked), normalised
         on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order,
         then ``{"embedding": [N, D]}`` when asked for."""
         import torch
@@ -180,8 +184,10 @@ class Extractor:
         from bbx import images
 
         host = torch.as_tensor(batch)
-        if host.dtype != torch.uint8 or host.dim() != 4 or host.shape[3] != 3:
-            raise UsageError(f"a preprocessed batch is uint8 [N, H, W, 3], got {host.dtype} {list(host.shape)}")
+        want = torch.float32 if self.preprocess.float_pixels else torch.uint8
+        if host.dtype != want or host.dim() != 4 or host.shape[3] != 3:
+            kind = str(want).removeprefix("torch.")
+            raise UsageError(f"a preprocessed batch is {kind} [N, H, W, 3], got {host.dtype} {list(host.shape)}")
         if tuple(host.shape[1:3]) != self.input_size:
             h, w = self.input_size
             raise UsageError(f"a batch of {host.shape[1]}x{host.shape[2]} images; this model takes {h}x{w}")

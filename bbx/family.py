@@ -29,6 +29,10 @@ from bbx.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's IMAGENET_INCEPTION_MEAN / _STD and OPENAI_CLIP_MEAN / _STD (transformers' too)
+INCEPTION = (0.5, 0.5, 0.5)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 STAGE_NORMS = ("hf", "none", "final")
 #: the ``hidden_act`` names bbx implements, with transformers' numerics (bbx.nn.layers has them)
 ACTIVATIONS = (
@@ -352,6 +356,97 @@ class CatalogRow:
         return tuple(recognise(self.config).stage_names)
 
 
+# --- timm checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TimmArch:
+    """One timm architecture a family implements: what timm's model entrypoint of that name builds
+    (its ``model_args``, under the family's Settings field names) and timm's default pretrained
+    tag for it with that tag's eval preprocessing (``pretrained_cfg``: ``input_size``,
+    ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``)."""
+
+    name: str
+    args: Mapping[str, Any]
+    tag: str
+    data: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", frozen(self.args))
+        object.__setattr__(self, "data", frozen(self.data))
+
+    @property
+    def repo_id(self) -> str:
+        """The hub repo of timm's default pretrained weights for the architecture."""
+        return f"timm/{self.name}.{self.tag}"
+
+
+def timm_data(
+    size: int | tuple[int, int],
+    crop_pct: float,
+    *,
+    interpolation: str = "bicubic",
+    crop_mode: str = "center",
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    fixed_input_size: bool = False,
+) -> dict[str, Any]:
+    """A timm ``pretrained_cfg``'s preprocessing fields (for the families' architecture tables),
+    and ``fixed_input_size`` (timm then builds the model for ``input_size``: ``img_size``)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return {
+        "fixed_input_size": fixed_input_size,
+        "input_size": [3, h, w],
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class TimmLayout:
+    """How a family reads timm checkpoints (a timm hub repo, or transformers' TimmBackbone).
+
+    ``patterns`` (fnmatch) name the architecture names the family is for, ``architectures`` the
+    ones it implements, each exactly as timm defines it. A timm ``config.json``'s ``architecture``
+    (plus its ``model_args`` and ``global_pool``) becomes the family's config: ``model_type`` the
+    family's first, ``architecture``, then the entrypoint's arguments, then the file's
+    ``model_args`` (only the argument names in ``accepts``, or Settings fields, are allowed; any
+    other is refused, never ignored). The format seam in :mod:`bbx.checkpoints` reads this; no table
+    there names a family."""
+
+    patterns: tuple[str, ...]
+    architectures: tuple[TimmArch, ...]
+    #: model_args that change nothing bbx computes (training-only settings, head size)
+    accepts: tuple[str, ...] = ("drop_rate", "drop_path_rate", "num_classes", "global_pool", "pretrained_cfg_overlay")
+
+    def arch(self, name: str) -> TimmArch | None:
+        return next((a for a in self.architectures if a.name == name), None)
+
+    def claims(self, name: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+
+@dataclass(frozen=True, eq=False)
+class TimmCounterpart:
+    """For a transformers-layout family: the timm architectures that are the same network in
+    timm's layout (``patterns``, fnmatch), and which of the family's stages each timm stage name is
+    (``stage_of``: timm stage name -> the family's, or None where it has no such stage). ``bbx
+    inspect`` shows it next to a timm checkpoint's stages."""
+
+    patterns: tuple[str, ...]
+    stage_of: Callable[[str], str | None]
+
+    def claims(self, name: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+
 # --- the family record ----------------------------------------------------------------------------
 
 
@@ -377,6 +472,10 @@ class Family:
     unwrap: Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], str, Callable[[str], str | None] | None]] | None = (
         None
     )
+    #: the timm architectures the family implements (a family of timm-layout networks), or None
+    timm: TimmLayout | None = None
+    #: the timm architectures that are this (transformers-layout) family's network, for ``inspect``
+    timm_counterpart: TimmCounterpart | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in STAGE_NORMS if m not in self.stage_norms]

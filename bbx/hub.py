@@ -5,7 +5,9 @@ Resolution order (documented in the README):
 1. an existing folder (a local checkpoint: ``config.json`` plus weights) always wins;
 2. a registry alias (``resnet-50``) or an aliased hub id: the embedded config answers questions
    about the architecture without any download; weights come from the alias's hub repo;
-   with ``--revision``, the config too comes from that revision of the repo;
+   with ``--revision``, the config too comes from that revision of the repo; ``timm:<name>``, a
+   timm architecture bbx implements, is the alias of the hub repo of timm's default pretrained
+   tag for it (``timm:resnet50`` -> ``timm/resnet50.a1_in1k``);
 3. a hub repo id (``org/name``), optionally at ``--revision`` (branch, tag or commit sha).
 
 Hub downloads go through huggingface_hub into its standard cache and fetch only the files bbx
@@ -21,10 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from bbx import registry
-from bbx.checkpoints import Checkpoint, recognise
+from bbx.checkpoints import Checkpoint, recognise, timm_default
 from bbx.download import CONFIG, PREPROCESSOR, Snapshot
 from bbx.errors import InputError, ModelError, UsageError
 from bbx.family import Family
+
+#: how a bare timm model name is written: ``timm:resnet50`` (a hub id always has a slash)
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +66,11 @@ class ModelRef:
         return self.spec.model_type
 
     @property
+    def architecture(self) -> str:
+        """For reports: the model_type, or ``timm:<architecture>`` for a timm checkpoint."""
+        return self.spec.architecture
+
+    @property
     def checkpoint(self) -> str:
         """What was resolved: the hub repo id, or the folder path."""
         if self.repo_id:
@@ -73,7 +83,7 @@ class ModelRef:
             "checkpoint": self.checkpoint,
             "source": self.source,
             "revision": self.commit or self.revision,
-            "architecture": self.model_type,
+            "architecture": self.architecture,
         }
 
 
@@ -127,6 +137,13 @@ def resolve(
         return ModelRef(given=name, source="folder", spec=spec, folder=path.resolve())
     if path.exists():
         raise InputError(f"{name} is a file, not a checkpoint folder")
+
+    if name.startswith(TIMM_PREFIX):
+        repo_id, config = timm_default(name[len(TIMM_PREFIX) :], name)
+        if not weights and revision is None:
+            spec = recognise(config, None, f"{name}'s embedded config")
+            return ModelRef(given=name, source="alias", spec=spec, repo_id=repo_id, alias=name)
+        return _from_hub(name, repo_id, revision, weights=weights, alias=name, progress=progress)
 
     row = registry.lookup(name)
     if row is not None:

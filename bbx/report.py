@@ -52,6 +52,7 @@ class Plan:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
     embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
+    shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
     @property
     def bytes_per_image(self) -> int:
@@ -84,6 +85,7 @@ class Plan:
             "format": self.format,
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
+            "shard": self.shard,
         }
 
 
@@ -111,6 +113,13 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
+    #: where the time before the first batch went: resolve_s (model lookup, configs, download), import_s
+    #: (torch and the model code), weights_s (build and load), prepare_s (inference rewrites, device),
+    #: first_batch_s (decoding, compute and writing of the first batch)
+    startup: dict[str, float] = field(default_factory=dict)
+    #: where the loop's time went: waiting for decoded images, compute (to the device, the model,
+    #: back to the host), writing
+    phases: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0})
 
     @property
     def images_per_s(self) -> float:
@@ -127,6 +136,8 @@ class Summary:
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
+            "startup": {k: round(v, 3) for k, v in self.startup.items()},
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "interrupted": self.interrupted,
             "notes": self.notes,
         }

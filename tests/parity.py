@@ -181,3 +181,93 @@ def bf16_within_own_error(
     assert theirs > 1e-4, "bf16 did not run"
     assert ours <= 1.5 * theirs + 1e-3, (ours, theirs, errors)
     return ours, theirs
+
+
+#: how much larger than transformers' own bf16 error (against its fp32 maps) bbx's may be
+BF16_SLACK = 1.5
+
+
+def bf16_errors(
+    ours: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    oracle: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    x: torch.Tensor,
+) -> tuple[list[float], list[float]]:
+    """Relative errors, map by map, of ``ours`` and of ``oracle`` run under CPU bf16 autocast (as
+    ``bbx extract --dtype bfloat16`` runs), both against the oracle's fp32 maps: (bbx's, the
+    oracle's own)."""
+    with torch.no_grad():
+        exact = [m.float() for m in oracle(x)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            theirs = [m.float() for m in oracle(x)]
+            mine = [m.float() for m in ours(x)]
+    assert len(mine) == len(theirs) == len(exact)
+    return [rel_err(a, e) for a, e in zip(mine, exact)], [rel_err(b, e) for b, e in zip(theirs, exact)]
+
+
+def compare_to_float64(
+    folder: Path,
+    size: int | tuple[int, int],
+    n: int = 2,
+    *,
+    names: list[str] | None = None,
+    model: torch.nn.Module | None = None,
+    factor: float = 2.0,
+    floor: float = TOL / 10,
+    channels_last: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """For networks whose fp32 result is ill-conditioned (deep GroupNorm stacks, saturated
+    attention scales), where two correct fp32 implementations differ by more than ``TOL``: bbx's
+    fp32 maps (``model``, default the loaded backbone) are within ``factor`` times transformers' own
+    fp32 error of a float64 run of transformers' backbone, stage by stage (errors below ``floor``
+    always pass). Returns ``{stage: (bbx's error, transformers' error)}``."""
+    ours = model if model is not None else bbx.load_backbone(str(folder))
+    names = names or ours.stage_names
+    ours.select(out_features=names)
+    ref = hf_backbone(folder, out_features=names)
+    x = photos(size, n)
+    with torch.no_grad():
+        theirs = ref(x).feature_maps
+        exact = ref.double()(x.double()).feature_maps
+        got = ours(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    errors = {name: (rel_err(a, e), rel_err(t, e)) for name, a, t, e in zip(names, got, theirs, exact)}
+    assert all(a <= max(factor * t, floor) for a, t in errors.values()), errors
+    return errors
+
+
+def recipe_maps(folder: Path, paths: Sequence[Path], names: list[str]) -> dict[str, list[torch.Tensor]]:
+    """The transformers recipe, image by image: ``AutoImageProcessor`` of the folder, then its
+    backbone class, the maps of ``names``."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = hf_backbone(folder, out_features=names)
+    out: dict[str, list[torch.Tensor]] = {s: [] for s in names}
+    for p in paths:
+        with Image.open(p) as im:
+            pixels = processor(im.convert("RGB"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            maps = model(pixels).feature_maps
+        for s, m in zip(names, maps):
+            out[s].append(m[0])
+    return out
+
+
+def extract_matches_recipe(folder: Path, images: tuple[Path, list[Path]], out: Path, *args: str) -> None:
+    """``bbx extract`` of ``folder`` on the ``photos`` fixture's images (its ``--json`` stages, in
+    batches of 4, ``args`` added) gives the transformers recipe's maps image by image."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.cli import run
+
+    image_folder, paths = images
+    r = run("extract", "-m", folder, "-o", out, "-b", "4", *args, str(image_folder), "--json")
+    assert r.exit_code == 0, r.stderr
+    names = [s["name"] for s in json.loads(r.stdout)["stages"]]
+    want = recipe_maps(folder, paths, names)
+    got = load_file(str(out))
+    for s in names:
+        for i, p in enumerate(paths):
+            assert rel_err(got[s][i], want[s][i]) <= TOL, (s, p, rel_err(got[s][i], want[s][i]))

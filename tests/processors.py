@@ -102,21 +102,25 @@ def mode_images(width: int = 300, height: int = 200, seed: int = 1) -> dict[str,
     }
 
 
-def assert_same_pixels(folder: Path, pre_config: dict[str, Any], model_type: str) -> None:
-    """bbx's preprocessing of ``pre_config`` equals the PIL-backend processor's to the bit, on
-    photos of several sizes and aspect ratios and (for processors that convert to RGB themselves)
-    in every 8-bit pixel mode."""
+def assert_same_pixels(
+    folder: Path, pre: dict[str, Any], model_type: str | None = None, sizes: tuple[tuple[int, int], ...] = ()
+) -> None:
+    """bbx's preprocessing of ``pre`` gives AutoImageProcessor's (PIL backend) ``pixel_values`` bit
+    for bit, on photos of ``sizes`` ((width, height); default: portraits, landscapes, a square,
+    small and extreme aspect ratios) and (for processors that convert to RGB themselves) in every
+    8-bit pixel mode."""
     from bbx import images
     from bbx.preprocess import Preprocess
     from tests.util import photo
 
-    proc = hf_processor(folder, pre_config, model_type)
-    pre = Preprocess.from_config(pre_config, model_type)
-    shots = [photo(w, h, seed=i) for i, (w, h) in enumerate([(37, 53), (300, 200), (224, 224), (640, 97), (500, 333)])]
+    proc = hf_processor(folder, pre, model_type)
+    recipe = Preprocess.from_config(pre, model_type or "")
+    default = ((300, 451), (640, 427), (97, 61), (37, 53), (300, 200), (224, 224), (640, 97), (500, 333))
+    shots = [photo(w, h, seed=i) for i, (w, h) in enumerate(sizes or default)]
     if getattr(proc, "do_convert_rgb", False):
         shots += list(mode_images().values())
     for img in shots:
         want = proc([img], return_tensors="pt")["pixel_values"]
-        got = images.normalize(torch.from_numpy(images.prepare(img, pre))[None], pre)
-        assert got.shape == want.shape, (img.mode, img.size)
+        got = images.normalize(torch.from_numpy(images.prepare(img, recipe))[None], recipe)
+        assert got.shape == want.shape, (img.mode, img.size, tuple(got.shape), tuple(want.shape))
         assert torch.equal(got, want), (img.mode, img.size, float((got - want).abs().max()))

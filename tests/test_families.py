@@ -114,3 +114,40 @@ def test_names_are_unique_across_the_catalog():
     names = [n for r in ROWS for n in {x.lower() for x in r.names}]
     assert len(names) == len(set(names))
     assert all(registry.lookup(n) is not None for n in names)
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_truncated_models_give_the_same_maps_and_still_check_the_whole_checkpoint(fam, model_type, tmp_path):
+    """extract and bench build and load only the layers up to the last selected stage."""
+    import numpy as np
+    from transformers import CONFIG_MAPPING
+
+    from bbx.extractor import Extractor
+    from tests.util import tiny_checkpoint
+
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"{model_type}: not a transformers model type (its own tests cover its checkpoints)")
+    folder = tiny_checkpoint(tmp_path / "ckpt", model_type, seed=1)
+    whole = Extractor(str(folder), out_indices=[1, -1])
+    early = Extractor(str(folder), out_indices=[1])
+    from tests.util import photo
+
+    batch = np.stack([early.load(photo(300, 200, seed=i)) for i in range(2)])
+    assert torch.equal(early(batch)[early.stages[0]], whole(batch)[early.stages[0]])
+    model = early.model
+    if model.stage_modules is not None:
+        kept = len(getattr(model, model.stage_modules))
+        assert kept == max(0, 1 - model.stage_module_offset + 1) < len(getattr(whole.model, model.stage_modules))
+        with pytest.raises(ValueError, match="truncated"):
+            model.select(out_indices=[-1])
+    # strictness covers the dropped layers: a key they need, missing from the checkpoint, is named
+    full = _tiny_model(fam, model_type)
+    state = dict(full.state_dict())
+    part = _tiny_model(fam, model_type)
+    part.truncate(1)
+    dropped = [k for k in state if k not in part.state_dict() and k not in full.optional_keys]
+    dropped = [k for k in dropped if not k.endswith("num_batches_tracked")]
+    if dropped:
+        with pytest.raises(ModelError, match=dropped[-1].replace(".", r"\.")):
+            weights.load_strict(part, {k: v for k, v in state.items() if k != dropped[-1]}, source="t", expected=state)
+    weights.load_strict(part, state, source="t", expected=full.state_dict(keep_vars=True))

@@ -101,6 +101,16 @@ CONFIGS = [
     ("bit-no-resize", {"image_processor_type": BIT, "do_resize": False, "crop_size": 150}, None),
     ("bit-no-normalize", {"image_processor_type": BIT, "do_normalize": False}, None),
     ("bit-crop-null", {"image_processor_type": BIT, "do_center_crop": None}, None),
+    (
+        "pvt-hub",
+        {"image_processor_type": "PvtImageProcessor", "size": {"height": 224, "width": 224}, "resample": 2, **IMAGENET},
+        None,
+    ),
+    ("pvt-defaults", {"image_processor_type": "PvtImageProcessor"}, None),
+    ("pvt-int-size", {"image_processor_type": "PvtImageProcessorPil", "size": 200}, None),
+    ("model-type-pvt-v2", {}, "pvt_v2"),
+    ("model-type-regnet", {}, "regnet"),
+    ("model-type-focalnet", {}, "focalnet"),
     ("model-type-resnet", {}, "resnet"),
     ("model-type-swin", {}, "swin"),
     ("model-type-dinov2", {}, "dinov2"),
@@ -111,6 +121,7 @@ _HF_KIND = {
     "DeiTImageProcessorPil": "resize",
     "ConvNextImageProcessorPil": "crop_pct",
     "BitImageProcessorPil": "resize",
+    "PvtImageProcessorPil": "resize",
 }
 SIZES = [(37, 53), (300, 200), (224, 224), (13, 7), (640, 97)]  # (width, height)
 

@@ -29,6 +29,8 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")
     )
+    if plan.shard:
+        console.print(plan.shard)
     listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
     for s in [*plan.stages, *([plan.embedding] if plan.embedding is not None else [])]:
         listing.add_row(
@@ -59,6 +61,11 @@ def render_summary(summary: Summary, console: Any) -> None:
             console.print(f"  {path}: {reason}")
         if len(summary.failed) > 20:
             console.print(f"  ... and {len(summary.failed) - 20} more (all listed in the output)")
+    if summary.startup:
+        parts = {"import_s": "imports", "resolve_s": "model lookup", "weights_s": "weights", "prepare_s": "set-up"}
+        said = ", ".join(f"{label} {summary.startup[k]:.1f} s" for k, label in parts.items() if k in summary.startup)
+        first = summary.startup.get("first_batch_s")
+        console.print(f"start-up: {said}" + (f"; first batch {first:.1f} s" if first is not None else ""))
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""
     console.print(

@@ -82,6 +82,12 @@ class RunFacts:
     cwd: str = ""
     bbx_version: str = ""
     format: str = FORMAT_TAG
+    #: a shard of a bigger run (``bbx extract --shard K/N``): its index and count, how many inputs
+    #: the whole run's ordered list has and its digest (:func:`bbx.shards.digest`); None otherwise
+    shard_index: int | None = None
+    shard_count: int | None = None
+    input_count: int | None = None
+    input_digest: str | None = None
     #: metadata this bbx does not know (written by another version), kept as read
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -140,10 +146,21 @@ class RunFacts:
     def with_(self, **changes: Any) -> RunFacts:
         return replace(self, **changes)
 
+    def shard_text(self) -> str:
+        """``shard 3/16 of 1000 inputs (sha256:...)``, or ``no shard``."""
+        if self.shard_index is None:
+            return "no shard"
+        return f"shard {self.shard_index}/{self.shard_count} of {self.input_count} inputs ({self.input_digest})"
+
     def check_resumable(self, new: RunFacts, path: Path) -> None:
         """Refuse to resume an output written with other settings (its rows would not mix)."""
         for key in RESUME_KEYS:
             old_v, new_v = _jsonable(getattr(self, key)), _jsonable(getattr(new, key))
+            if old_v != new_v and key in SHARD_KEYS:
+                raise UsageError(
+                    f"cannot resume {path}: it was written as {self.shard_text()}, this run is {new.shard_text()} "
+                    "(give the same inputs in the same order and the same --shard)"
+                )
             if old_v != new_v:
                 raise UsageError(
                     f"cannot resume {path}: it was written with {key}={_short(old_v)}, this run has "
@@ -167,7 +184,13 @@ RESUME_KEYS = (
     "preprocessing",
     "exif",
     "fast_decode",
+    "shard_index",
+    "shard_count",
+    "input_count",
+    "input_digest",
 )
+#: the facts of a shard (compared by :mod:`bbx.merge`, dropped from the merged output)
+SHARD_KEYS = ("shard_index", "shard_count", "input_count", "input_digest")
 #: metadata keys that describe a file's state, not the run
 STATE_KEYS = frozenset({"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images"})
 
@@ -319,6 +342,14 @@ class Output:
             "bytes_on_disk": self.bytes_on_disk,
             "bbx_version": f.bbx_version,
             "preprocessing": _jsonable(f.preprocessing),
+            "shard": None
+            if f.shard_index is None
+            else {
+                "index": f.shard_index,
+                "count": f.shard_count,
+                "input_count": f.input_count,
+                "input_digest": f.input_digest,
+            },
         }
 
 

@@ -669,7 +669,10 @@ class SafetensorsOutput(Output):
             lo, hi = max(start, first), min(stop, first + count)
             if lo >= hi:
                 continue
-            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first)
+            cache = self.__dict__.setdefault("_headers", {})
+            if file not in cache:  # a header can hold megabytes of paths: parse it once
+                cache[file] = read_header(file)
+            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first, cache[file])
             at += hi - lo
         if at != len(out):  # pragma: no cover - rows are checked against the paths first
             raise InputError(f"{self.path}: rows {start}..{stop - 1} are not all in its files")
@@ -732,13 +735,23 @@ def _meta(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stage_of(key: str, names: Sequence[str] | None) -> str:
+    """The stage a tensor holds: ``stage`` or ``stage.00001`` (a shard's rows). Stage names may have
+    dots themselves (timm's ``blocks.11``): the known names are matched first."""
+    for name in names or ():
+        if key == name or (key.startswith(name + ".") and key[len(name) + 1 :].isdigit()):
+            return name
+    head, dot, tail = key.rpartition(".")
+    return head if dot and tail.isdigit() and len(tail) == 5 else key
+
+
 def _tensor_stages(path: Path, header: dict[str, Any], order: Sequence[str] | None) -> tuple[list[StageLayout], dict]:
     """Stage layouts and tensor names of one file (tensors are ``stage`` or ``stage.00001``)."""
     found: dict[str, tuple[StageLayout, str, int]] = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        stage = key.split(".")[0]
+        stage = _stage_of(key, order)
         dt = dtypes.BY_SAFETENSORS.get(info.get("dtype"))
         if dt is None:
             raise InputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which bbx does not write")
@@ -870,9 +883,12 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     )
 
 
-def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read."""
-    header, data_start = read_header(file)
+def _st_rows(
+    file: Path, tensor: str, stage: StageLayout, start: int, stop: int, parsed: tuple[dict, int] | None = None
+) -> Any:
+    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read
+    (``parsed``: the file's :func:`read_header`, when the caller has it)."""
+    header, data_start = parsed or read_header(file)
     begin = data_start + int(header[tensor]["data_offsets"][0]) + start * stage.row_bytes
     want = (stop - start) * stage.row_bytes
     with open(file, "rb") as f:

@@ -79,8 +79,28 @@ class Backbone(nn.Module):
 
     def select(self, out_indices: Sequence[int] | None = None, out_features: Sequence[str] | None = None) -> Backbone:
         """Choose the stages ``forward`` returns (transformers' rules); returns ``self``."""
-        self._selection = select_stages(self.stage_names, out_indices, out_features)
+        selection = select_stages(self.stage_names, out_indices, out_features)
+        kept = getattr(self, "_kept_through", None)
+        if kept is not None and selection.out_indices[-1] > kept:
+            raise ValueError(f"this model was truncated after stage {self.stage_names[kept]}")
+        self._selection = selection
         return self
+
+    #: the ModuleList attribute whose entry ``k`` computes stage ``k + stage_module_offset``
+    #: (``stages``, ``blocks``), so that :meth:`truncate` can drop what later stages need
+    stage_modules: str | None = None
+    stage_module_offset: int = 1
+
+    def truncate(self, last: int) -> None:
+        """Drop the layers that only stages after ``last`` need (frozen inference for a fixed
+        selection: their weights are never loaded, their memory never taken)."""
+        if self.stage_modules is None:
+            return
+        mods = getattr(self, self.stage_modules)
+        keep = max(0, last - self.stage_module_offset + 1)
+        if keep < len(mods):
+            setattr(self, self.stage_modules, nn.ModuleList(list(mods)[:keep]))
+        self._kept_through = last
 
     @property
     def selection(self) -> Selection:
@@ -132,6 +152,12 @@ class Backbone(nn.Module):
             raise ValueError(f"{type(self).__name__} has no class token")
         if embedding and not self.has_embedding:
             raise ValueError(f"{type(self).__name__} defines no image embedding")
+        kept = getattr(self, "_kept_through", None)
+        if embedding and kept is not None and kept < len(self.stage_names) - 1:
+            raise ValueError(
+                f"the image embedding needs the last block, but this model was truncated after stage "
+                f"{self.stage_names[kept]}"
+            )
         self._cls, self._embedding = cls, embedding
         return self
 

@@ -1,10 +1,11 @@
 """What plain vision transformers share (Dosovitskiy et al., "An Image is Worth 16x16 Words",
-2021, and the models built like it): the pre-norm encoder block with one fused q/k/v projection,
-learned absolute position embeddings resampled to the input's grid, and patch tokens laid out as
-maps.
+2021, and the models built like it: ViT, DeiT, CLIP's and SigLIP's image towers and DINOv2 in
+transformers' layout, timm's ViTs): the pre-norm encoder block with one fused q/k/v projection,
+a GELU-style or SwiGLU MLP and optional layer scales, learned absolute position embeddings
+resampled to the input's grid, and patch tokens laid out as maps.
 
 The block is ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, optionally with per-channel layer
-scales on both branches (DINOv2's ``x + scale * branch``). Frozen inference
+scales on both branches (DINOv2's and timm's ``x + scale * branch``). Frozen inference
 (:meth:`Block.fuse`) folds the scales into the projection before them and runs each projection
 with its residual sum as one oneDNN kernel (:func:`bbx.nn.layers.linear_act`). Parameter names:
 ``norm1``, ``attn.qkv``, ``attn.proj``, ``scale1``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``,
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bbx.nn.layers import attention, fold_scale_, linear_act
+from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
 
 
 class Attention(nn.Module):
@@ -42,26 +43,43 @@ class Attention(nn.Module):
         return linear_act(y, self.proj, add=add, fused=fused)
 
 
+class SwiGLU(nn.Module):
+    """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.fused = False
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        gate, up = linear_act(x, self.fc1, fused=self.fused).chunk(2, dim=-1)
+        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=self.fused)
+
+
 class Block(nn.Module):
-    """A pre-norm transformer block; ``mlp`` is called as ``mlp(h, add=residual)`` (a
-    :class:`bbx.nn.layers.Mlp` or any module with that signature and a ``fused`` flag);
-    ``layer_scale``: the initial value of per-channel scales on both branches (None: none)."""
+    """A pre-norm transformer block, ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, with an
+    MLP of ``hidden`` units: GELU-style (``act``, :class:`bbx.nn.layers.Mlp`) or, with ``swiglu``,
+    :class:`SwiGLU`; ``layer_scale``: the initial value of per-channel scales on both branches
+    (``x + scale * branch``; None: no scales)."""
 
     def __init__(
         self,
         dim: int,
         heads: int,
-        mlp: nn.Module,
         *,
+        hidden: int,
         eps: float,
+        act: str = "gelu",
         qkv_bias: bool = True,
         layer_scale: float | None = None,
+        swiglu: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = mlp
+        self.mlp: Mlp | SwiGLU = SwiGLU(dim, hidden) if swiglu else Mlp(dim, hidden, act)
         if layer_scale is None:
             self.scale1 = self.scale2 = None
         else:
@@ -88,28 +106,38 @@ class Block(nn.Module):
             for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
                 fold_scale_(linear, scale)
                 scale.fill_(1.0)
-        self.fused = kernels
-        self.mlp.fused = kernels
+        self.fused = self.mlp.fused = kernels
 
 
 def resize_positions(
-    table: torch.Tensor, grid: int, size: tuple[int, int], *, antialias: bool = False, upcast: bool = False
+    table: torch.Tensor,
+    grid: int | tuple[int, int],
+    size: tuple[int, int],
+    *,
+    antialias: bool = False,
+    upcast: bool = False,
 ) -> torch.Tensor:
     """Position embeddings of the patch tokens for a ``size`` = (rows, columns) grid, ``[1, rows *
-    columns, C]``, from ``table`` (``[grid * grid, C]`` or ``[1, grid * grid, C]``, the trained
-    square grid in row-major order): the table as it is at its own grid, else resized with bicubic
-    interpolation (``align_corners=False``) straight to ``size``, as transformers 5 does
-    (``interpolate_pos_encoding``): no scale factor, no offset; ``antialias`` as the model asks;
-    ``upcast``: in float32, then cast back (DINOv2), else in the table's dtype (ViT, CLIP, SigLIP).
-    At the trained grid a resize would be an exact identity (transformers runs one for non-square
-    inputs of that grid), so the table is returned as is."""
+    columns, C]``, from ``table`` (``[rows0 * columns0, C]`` or ``[1, rows0 * columns0, C]``, the
+    trained ``grid`` = (rows0, columns0), or its side when square, in row-major order): the table as
+    it is at its own grid, else resized with bicubic interpolation (``align_corners=False``)
+    straight to ``size``, as transformers 5 (``interpolate_pos_encoding``) and timm
+    (``resample_abs_pos_embed``) do: no scale factor, no offset; ``antialias`` as the model asks;
+    ``upcast``: in float32, then cast back (DINOv2, timm), else in the table's dtype (ViT, CLIP,
+    SigLIP). At the trained grid a resize would be an exact identity (transformers runs one for
+    non-square inputs of that grid), so the table is returned as is."""
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
     c = table.shape[-1]
-    table = table.reshape(1, grid * grid, c)
-    if tuple(size) == (grid, grid):
+    table = table.reshape(1, rows * cols, c)
+    if tuple(size) == (rows, cols):
         return table
-    square = table.reshape(1, grid, grid, c).permute(0, 3, 1, 2)
+    trained = table.reshape(1, rows, cols, c).permute(0, 3, 1, 2)
     resized = F.interpolate(
-        square.float() if upcast else square, size=tuple(size), mode="bicubic", align_corners=False, antialias=antialias
+        trained.float() if upcast else trained,
+        size=tuple(size),
+        mode="bicubic",
+        align_corners=False,
+        antialias=antialias,
     ).to(table.dtype)
     return resized.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], c)
 

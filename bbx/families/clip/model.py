@@ -37,11 +37,12 @@ from torch import nn
 from bbx.families.clip import ClipSettings
 from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
-from bbx.nn.layers import Mlp
 from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 
 class Clip(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ClipSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -51,7 +52,7 @@ class Clip(Backbone):
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1 + s.grid * s.grid, dim), std=0.02))
         self.pre_norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self.blocks = nn.ModuleList(
-            Block(dim, s.num_attention_heads, Mlp(dim, s.intermediate_size, s.hidden_act), eps=s.layer_norm_eps)
+            Block(dim, s.num_attention_heads, hidden=s.intermediate_size, act=s.hidden_act, eps=s.layer_norm_eps)
             for _ in range(s.num_hidden_layers)
         )
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)

@@ -108,6 +108,8 @@ FAMILY = Family(
     },
     tiny={
         "model_type": "deit",
+        # as the public configs: transformers' auto classes pick the distilled model by it
+        "architectures": ["DeiTForImageClassificationWithTeacher"],
         "hidden_size": 32,
         "num_hidden_layers": 3,
         "num_attention_heads": 2,

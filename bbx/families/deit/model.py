@@ -32,13 +32,14 @@ from torch import nn
 from bbx.families.deit import DeitSettings
 from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
-from bbx.nn.layers import Mlp
 from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 PREFIX = 2  # the class token, then the distillation token
 
 
 class Deit(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = DeitSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -51,7 +52,8 @@ class Deit(Backbone):
             Block(
                 dim,
                 s.num_attention_heads,
-                Mlp(dim, s.intermediate_size, s.hidden_act),
+                hidden=s.intermediate_size,
+                act=s.hidden_act,
                 eps=s.layer_norm_eps,
                 qkv_bias=s.qkv_bias,
             )

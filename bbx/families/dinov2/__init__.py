@@ -21,6 +21,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
 )
 
@@ -182,6 +183,11 @@ def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
     )
 
 
+def _timm_stage(name: str) -> str | None:
+    """timm's stage ``blocks.i`` of the same network -> this family's ``stage<i+1>``."""
+    return f"stage{int(name[7:]) + 1}" if name.startswith("blocks.") else None
+
+
 FAMILY = Family(
     name="dinov2",
     title="DINOv2",
@@ -214,4 +220,5 @@ FAMILY = Family(
     "is the embedding output. Any input size of at least 14 works: the position embeddings are resampled as "
     "transformers resamples them. `--pool cls` gives the class token (never a register), under the same stage "
     "norm; `--embedding` the normed class token (`pooler_output`).",
+    timm_counterpart=TimmCounterpart(patterns=("vit_*_dinov2",), stage_of=_timm_stage),
 )

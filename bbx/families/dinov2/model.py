@@ -50,38 +50,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.dinov2 import Dinov2Settings
 from bbx.nn.backbone import Backbone
-from bbx.nn.layers import Mlp, linear_act
-from bbx.nn.transformer import Block, patch_map, resize_positions
-
-
-class SwiGLU(nn.Module):
-    """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.fused = False
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = linear_act(x, self.fc1, fused=self.fused).chunk(2, dim=-1)
-        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=self.fused)
-
-
-def _block(s: Dinov2Settings) -> Block:
-    """A pre-norm block with layer scale on both residual branches (bbx.nn.transformer)."""
-    dim = s.hidden_size
-    mlp = SwiGLU(dim, s.mlp_hidden) if s.use_swiglu_ffn else Mlp(dim, s.mlp_hidden, s.hidden_act)
-    return Block(
-        dim, s.num_attention_heads, mlp, eps=s.layer_norm_eps, qkv_bias=s.qkv_bias, layer_scale=s.layerscale_value
-    )
+from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 
 class Dinov2(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = Dinov2Settings.from_config(config)
         dim, p = s.hidden_size, s.patch_size
@@ -95,7 +72,17 @@ class Dinov2(Backbone):
         else:
             self.register_tokens = None
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + s.grid * s.grid, dim), std=0.02))
-        self.blocks = nn.ModuleList(_block(s) for _ in range(s.num_hidden_layers))
+        block = {
+            "dim": s.hidden_size,
+            "heads": s.num_attention_heads,
+            "qkv_bias": s.qkv_bias,
+            "hidden": s.mlp_hidden,
+            "act": s.hidden_act,
+            "eps": s.layer_norm_eps,
+            "layer_scale": float(s.layerscale_value),
+            "swiglu": s.use_swiglu_ffn,
+        }
+        self.blocks = nn.ModuleList(Block(**block) for _ in range(s.num_hidden_layers))
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self._apply_norm = stage_norm == "final" or (stage_norm == "hf" and s.apply_layernorm)
         self._antialias = s.model_type == "dinov2_with_registers"
@@ -170,8 +157,8 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
     concatenates q/k/v (and SwiGLU gate/up, when stored apart) into bbx's fused projections.
     Anything unrecognised, or a fused projection with parts missing, is kept under its own
     name, so the strict load reports it."""
-    out: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}  # bbx key -> the checkpoint's, for the parts of an incomplete set
     for key, value in state_dict.items():
         if key.startswith("classifier."):
             continue
@@ -184,20 +171,18 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
             continue
         for pattern, repl in _RULES:
             k = pattern.sub(repl, k)
-        m = _FUSED.match(k)
-        if m is None:
-            out[k] = value
-            continue
-        attention = m["m"] is None
-        fused = f"{m['block']}.{'attn.qkv' if attention else 'mlp.fc1'}.{m['leaf']}"
-        parts.setdefault(fused, {})[_PART[m["a"] or m["b"] or m["m"]]] = (key, value)
-    for fused, got in parts.items():
-        wanted = 3 if ".attn." in fused else 2
-        if sorted(got) == list(range(wanted)):
-            out[fused] = torch.cat([got[i][1] for i in range(wanted)], dim=0)
-        else:
-            out.update(dict(got.values()))
-    return out
+        renamed[k], origin[k] = value, key
+    return fuse_parts(renamed, _fused_part, origin=origin)
+
+
+def _fused_part(key: str) -> tuple[str, int, int] | None:
+    """Where a q/k/v (or SwiGLU gate/up) tensor stored apart goes in bbx's fused projection."""
+    m = _FUSED.match(key)
+    if m is None:
+        return None
+    if m["m"] is None:
+        return f"{m['block']}.attn.qkv.{m['leaf']}", _PART[m["a"] or m["b"]], 3
+    return f"{m['block']}.mlp.fc1.{m['leaf']}", _PART[m["m"]], 2
 
 
 def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> Dinov2:

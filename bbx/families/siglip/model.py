@@ -67,6 +67,8 @@ class AttentionPool(nn.Module):
 
 
 class Siglip(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = SiglipSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -74,7 +76,7 @@ class Siglip(Backbone):
         self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(s.grid * s.grid, dim), std=0.02))
         self.blocks = nn.ModuleList(
-            Block(dim, s.num_attention_heads, Mlp(dim, s.intermediate_size, s.hidden_act), eps=s.layer_norm_eps)
+            Block(dim, s.num_attention_heads, hidden=s.intermediate_size, act=s.hidden_act, eps=s.layer_norm_eps)
             for _ in range(s.num_hidden_layers)
         )
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)

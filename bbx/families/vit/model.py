@@ -35,11 +35,12 @@ from torch import nn
 from bbx.families.vit import VitSettings
 from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
-from bbx.nn.layers import Mlp
 from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 
 class Vit(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = VitSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -51,7 +52,8 @@ class Vit(Backbone):
             Block(
                 dim,
                 s.num_attention_heads,
-                Mlp(dim, s.intermediate_size, s.hidden_act),
+                hidden=s.intermediate_size,
+                act=s.hidden_act,
                 eps=s.layer_norm_eps,
                 qkv_bias=s.qkv_bias,
             )

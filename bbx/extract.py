@@ -196,6 +196,7 @@ def run(
             dtype=opts.dtype,
             stage_norm=opts.stage_norm,
             pool=opts.pool,
+            embedding=opts.embedding,
             output_dtype=opts.store_dtype,
             pretrained=opts.pretrained,
             exif=opts.exif,

@@ -35,6 +35,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    class_token: bool = False  # stages carry a class token (--pool cls)
+    embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
     #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
     transformers_layout: str | None = None
 
@@ -63,6 +65,8 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "class_token": self.class_token,
+            "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
         } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
@@ -98,5 +102,7 @@ def inspect_model(
         default_indices=tuple(mp.selection.out_indices),
         stages=rows,
         preprocessing=mp.preprocess.describe(),
+        class_token=mp.settings.class_token,
+        embedding_dim=mp.settings.embedding_dim,
         transformers_layout=layout,
     )

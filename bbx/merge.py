@@ -37,6 +37,7 @@ _AGREE = (
     ("stage norm", ("stage_norm",)),
     ("input size", ("input_size",)),
     ("pooling", ("pool",)),
+    ("image embedding", ("embedding",)),
     ("preprocessing", ("preprocessing", "exif", "fast_decode")),
     ("compute dtype", ("compute_dtype",)),
     ("store dtype", ("store_dtype",)),

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bbx import __version__, dtypes, hub
+from bbx.checkpoints import Checkpoint
 from bbx.errors import BbxError, InputError, UsageError, first_line
 from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
-from bbx.formats import RunFacts, StageLayout, format_for, leftovers, open_output, refuse_to_replace, suffix_of
+from bbx.formats import (
+    EMBEDDING_NAME,
+    RunFacts,
+    StageLayout,
+    format_for,
+    leftovers,
+    open_output,
+    refuse_to_replace,
+    suffix_of,
+)
 from bbx.preprocess import Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
 from bbx.shards import Shard, digest
@@ -23,7 +33,9 @@ from bbx.stages import Selection, select_stages
 from bbx.tars import TarMember
 from bbx.tars import expand as expand_tars
 
-POOLS = ("none", "avg", "max")
+POOLS = ("none", "avg", "max", "cls")
+#: the name of the image-embedding dataset (``--embedding``) beside the stages
+EMBEDDING = EMBEDDING_NAME
 ON_ERROR = ("skip", "stop")
 #: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
 RANDOM_SEED = 0
@@ -44,6 +56,7 @@ class ExtractOptions:
     dtype: str = "float32"
     store_dtype: str = "float32"
     pool: str = "none"
+    embedding: bool = False  # also store the model's own image embedding
     workers: int | None = None
     overwrite: bool = False
     resume: bool = False
@@ -74,6 +87,25 @@ class ExtractOptions:
             raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume exclude each other")
+
+
+def check_readout(spec: Checkpoint, model: str, *, pool: str, embedding: bool) -> None:
+    """Refuse a class token or an image embedding the model does not have, from its config alone
+    (the settings know, torch-free): run before any weights are fetched or loaded."""
+    settings = spec.settings()
+    title = spec.family.title
+    if pool == "cls" and not settings.class_token:
+        raise UsageError(f"--pool cls: {model} ({title}) has no class token; pool its maps with --pool avg instead")
+    if embedding and settings.embedding_dim is None:
+        raise UsageError(
+            f"--embedding: {model} ({title}) defines no image embedding of its own; "
+            "pool a stage with --pool avg (or --pool cls) instead"
+        )
+
+
+def readout_check(model: str, *, pool: str, embedding: bool) -> Callable[[Checkpoint], None]:
+    """:func:`check_readout` as ``hub.resolve``'s ``require``."""
+    return lambda spec: check_readout(spec, model, pool=pool, embedding=embedding)
 
 
 def check_stage_norm(stage_norm: str) -> None:
@@ -222,6 +254,7 @@ def facts_for(
         compute_dtype=opts.dtype,
         store_dtype=opts.store_dtype,
         pool=opts.pool,
+        embedding=opts.embedding,
         exif=opts.exif,
         fast_decode=opts.fast_decode,
         preprocessing=mp.preprocess.describe(),
@@ -252,7 +285,8 @@ def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None,
     ordered ``units`` (files and tars, as discovered; a shard takes its slice)."""
     opts.validate()
     inputs = select_inputs(opts.shard, units)
-    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
+    require = readout_check(opts.model, pool=opts.pool, embedding=opts.embedding)
+    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress, require=require)
     mp = model_plan(ref, image_size=opts.image_size, out_indices=opts.out_indices, out_features=opts.out_features)
     itemsize = dtypes.DTYPES[opts.store_dtype].itemsize
     stages = []
@@ -263,6 +297,10 @@ def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None,
         for d in shape:
             nbytes *= d
         stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
+    embedding = None
+    if opts.embedding:
+        dim = mp.settings.embedding_dim or 0
+        embedding = StagePlan(None, EMBEDDING, dim, None, (dim,), opts.store_dtype, dim * itemsize)
     output = opts.output or default_output(opts.model, [s.name for s in stages], opts.format)
     fmt = format_for(output, opts.format)
     if opts.shard is not None:
@@ -285,6 +323,7 @@ def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None,
         stage_norm=opts.stage_norm,
         input_size=mp.input_size,
         stages=stages,
+        embedding=embedding,
         inputs=len(inputs.items),
         todo=len(inputs.items),
         output=str(output),
@@ -294,6 +333,8 @@ def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None,
         shard=None if opts.shard is None else opts.shard.describe(),
     )
     layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]
+    if embedding is not None:
+        layouts.append(StageLayout(EMBEDDING, embedding.shape, opts.store_dtype))
     return RunPlan(report, mp, output, fmt, layouts, facts, inputs)
 
 

@@ -21,10 +21,10 @@ def human_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class StagePlan:
-    index: int
+    index: int | None  # None: not a stage (the image embedding)
     name: str
     channels: int
-    stride: int
+    stride: int | None
     shape: tuple[int, ...]  # what is stored per image: (C, H, W) or (C,) pooled
     dtype: str
     bytes_per_image: int
@@ -51,11 +51,12 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
     shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
     @property
     def bytes_per_image(self) -> int:
-        return sum(s.bytes_per_image for s in self.stages)
+        return sum(s.bytes_per_image for s in self.stages) + (self.embedding.bytes_per_image if self.embedding else 0)
 
     @property
     def projected_bytes(self) -> int:
@@ -74,18 +75,8 @@ class Plan:
             "pool": self.pool,
             "stage_norm": self.stage_norm,
             "input_size": list(self.input_size),
-            "stages": [
-                {
-                    "index": s.index,
-                    "name": s.name,
-                    "channels": s.channels,
-                    "stride": s.stride,
-                    "shape": list(s.shape),
-                    "dtype": s.dtype,
-                    "bytes_per_image": s.bytes_per_image,
-                }
-                for s in self.stages
-            ],
+            "stages": [_stage_json(s) for s in self.stages],
+            "embedding": _stage_json(self.embedding) if self.embedding is not None else None,
             "inputs": self.inputs,
             "todo": self.todo,
             "bytes_per_image": self.bytes_per_image,
@@ -96,6 +87,18 @@ class Plan:
             "warnings": self.warnings,
             "shard": self.shard,
         }
+
+
+def _stage_json(s: StagePlan) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "name": s.name,
+        "channels": s.channels,
+        "stride": s.stride,
+        "shape": list(s.shape),
+        "dtype": s.dtype,
+        "bytes_per_image": s.bytes_per_image,
+    }
 
 
 @dataclass

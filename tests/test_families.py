@@ -120,7 +120,6 @@ def test_names_are_unique_across_the_catalog():
 def test_truncated_models_give_the_same_maps_and_still_check_the_whole_checkpoint(fam, model_type, tmp_path):
     """extract and bench build and load only the layers up to the last selected stage."""
     import numpy as np
-
     from transformers import CONFIG_MAPPING
 
     from bbx.extractor import Extractor

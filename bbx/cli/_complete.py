@@ -45,7 +45,12 @@ DTYPES = choices(
     ("bfloat16", "bfloat16"),
 )
 FORMATS = choices(("hdf5", ".h5 file"), ("safetensors", ".safetensors file or shards"))
-POOLS = choices(("none", "maps [N, C, H, W]"), ("avg", "mean over H, W: [N, C]"), ("max", "max over H, W: [N, C]"))
+POOLS = choices(
+    ("none", "maps [N, C, H, W]"),
+    ("avg", "mean over H, W: [N, C]"),
+    ("max", "max over H, W: [N, C]"),
+    ("cls", "the class token: [N, C]"),
+)
 STAGE_NORMS = choices(
     ("hf", "as transformers' backbone returns"),
     ("none", "raw stage outputs"),

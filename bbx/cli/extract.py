@@ -63,8 +63,13 @@ def extract(
     pool: str = typer.Option(
         "none",
         "--pool",
-        help="none (maps [N,C,H,W]), avg or max (vectors [N,C]).",
+        help="none (maps [N,C,H,W]), avg or max (vectors [N,C]), cls (each stage's class token [N,C]).",
         autocompletion=_complete.POOLS,
+    ),
+    embedding: bool = typer.Option(
+        False,
+        "--embedding",
+        help="Also store the model's own image embedding [N,D] as 'embedding' (bbx inspect says if it has one).",
     ),
     workers: Optional[int] = typer.Option(
         None,
@@ -129,6 +134,8 @@ def extract(
       find photos -name '*.jpg' -print0 | bbx extract -0 --model resnet-50 -o feats.h5 -
 
       bbx extract -m dinov2-small --pool avg --store-dtype float16 -o vecs.safetensors photos/
+
+      bbx extract -m clip-vit-base-patch32 --out-indices -1 --pool cls --embedding -o clip.h5 photos/
     """
     from bbx import inputs as inputs_mod
     from bbx import shards as shards_mod
@@ -150,6 +157,7 @@ def extract(
         dtype=dtype,
         store_dtype=store_dtype,
         pool=pool,
+        embedding=embedding,
         workers=workers,
         overwrite=overwrite,
         resume=resume,

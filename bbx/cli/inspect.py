@@ -53,4 +53,8 @@ def inspect(
         table.add_row(*cells)
     out.print(table)
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
+    if report.class_token:
+        out.print("--pool cls: the class token of each stage, [C] per image")
+    if report.embedding_dim is not None:
+        out.print(f"--embedding: the model's own image embedding, [{report.embedding_dim}] per image")
     out.print("* default selection (the last stage); choose others with --out-indices or --out-features")

@@ -14,6 +14,8 @@ from bbx import dtypes
 from bbx.errors import InputError, UsageError
 
 FORMAT_TAG = "bbx-features"
+#: the dataset holding the model's own image embedding ``[N, D]`` beside the stages (``--embedding``)
+EMBEDDING_NAME = "embedding"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RunFacts:
     compute_dtype: str = "float32"
     store_dtype: str = "float32"
     pool: str = "none"
+    embedding: bool = False  # the image embedding is stored beside the stages (as EMBEDDING_NAME)
     exif: bool = True
     fast_decode: bool = False
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
@@ -125,10 +128,15 @@ class RunFacts:
         for k in ("out_features", "out_indices", "input_size"):
             if isinstance(values.get(k), list):
                 values[k] = tuple(values[k])
-        for k in ("exif", "fast_decode"):
+        for k in ("exif", "fast_decode", "embedding"):
             if k in values and not isinstance(values[k], bool):
                 values[k] = values[k] in (True, 1, "true", "True", "1")
         return cls(**values, extra=extra)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """What the output stores per image, in order: the stages, then the image embedding."""
+        return (*self.out_features, EMBEDDING_NAME) if self.embedding else tuple(self.out_features)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
@@ -171,6 +179,7 @@ RESUME_KEYS = (
     "input_size",
     "store_dtype",
     "pool",
+    "embedding",
     "compute_dtype",
     "preprocessing",
     "exif",
@@ -249,11 +258,12 @@ class Output:
         return "unfinished" if self.unfinished else self.status
 
     def stage(self, name: str | None) -> StageLayout:
-        """The stage called ``name`` (the last stored one if None); UsageError listing them if unknown."""
+        """The stage called ``name`` (the last stored stage if None); UsageError listing them if unknown."""
         if not self.stages:
             raise InputError(f"{self.path} holds no stages")
         if name is None:
-            return self.stages[-1]
+            maps = [s for s in self.stages if s.name != EMBEDDING_NAME]
+            return (maps or self.stages)[-1]
         for s in self.stages:
             if s.name == name:
                 return s
@@ -323,6 +333,7 @@ class Output:
             "compute_dtype": f.compute_dtype,
             "store_dtype": f.store_dtype,
             "pool": f.pool,
+            "embedding": f.embedding,
             "stage_norm": f.stage_norm,
             "stages": [s.to_json() for s in self.stages],
             "images": self.images,

@@ -1,7 +1,8 @@
 """safetensors output, single file or hub-style shards: layout, writer and reader.
 
 A single file ``feats.safetensors`` holds one tensor per stage, named by the stage (``stage1``:
-``[N, C, H, W]``, or ``[N, C]`` pooled), and string metadata: ``paths`` (JSON list; row i belongs
+``[N, C, H, W]``, or ``[N, C]`` pooled; with ``--embedding`` also ``embedding``: ``[N, D]``), and
+string metadata: ``paths`` (JSON list; row i belongs
 to ``paths[i]``), ``failed`` (JSON list of ``[path, reason]``) and the run's facts (model,
 checkpoint, revision, stages, sizes, dtypes, preprocessing, status), JSON-encoded where not a
 string. ``safetensors.torch.load_file`` alone reads it.
@@ -770,7 +771,7 @@ def _open_single(path: Path) -> SafetensorsOutput:
         raise not_bbx(path, "its metadata has no bbx format tag")
     facts = RunFacts.from_metadata(meta)
     paths = [str(p) for p in meta.get("paths", [])]
-    stages, tensors = _tensor_stages(path, header, facts.out_features)
+    stages, tensors = _tensor_stages(path, header, facts.datasets)
     for name, (_, rows) in tensors.items():
         if rows != len(paths):
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
@@ -801,7 +802,7 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
     for shard in shards:
         file = index.parent / str(shard["file"])
         header, _ = read_header(file)
-        shard_stages, tensors = _tensor_stages(file, header, facts.out_features)
+        shard_stages, tensors = _tensor_stages(file, header, facts.datasets)
         if not stages:
             stages = shard_stages
         shard_paths = [str(p) for p in _meta(header).get("paths", [])]

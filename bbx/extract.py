@@ -41,8 +41,20 @@ def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = N
     """The shape report of a run, without weights (``--dry-run``), with what the real run would
     refuse in its ``warnings``."""
     rp = plan_run(opts, inputs, device=device, weights=False)
-    rp.report.warnings = dry_run_refusals(opts, rp, inputs)
+    rp.report.warnings = dry_run_refusals(opts, rp)
     return rp.report
+
+
+def device_of(opts: ExtractOptions) -> str:
+    """``--device``, except that ``auto`` under a launcher that gives a local rank (torchrun,
+    srun) on a node with GPUs is that rank's GPU."""
+    if opts.shard is None or opts.shard.local_rank is None or opts.device.lower() != "auto":
+        return opts.device
+    import torch
+
+    from bbx.shards import device_for
+
+    return device_for(opts.shard, opts.device, cuda_count=torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def decoded(
@@ -120,6 +132,7 @@ class _Run:
             resume=opts.resume,
             shard_bytes=opts.shard_bytes,
         )
+        inputs = self.rp.inputs.items  # this shard's, tars listed
         self.todo = list(inputs)
         self.done_before = 0
         self.resumed = False  # the output held rows from an earlier run
@@ -131,10 +144,14 @@ class _Run:
             self.done_before = len(self.writer.existing_paths)
             self.resumed = True
             self.absolute_rows = begun_elsewhere(existing)
-            self.writer.forget_failed({self.row(p) for p in self.todo})
+            retried = {self.row(p) for p in self.todo} | {name for name, _ in self.rp.inputs.unreadable}
+            self.writer.forget_failed(retried)
         self.rp.report.todo = len(self.todo)
         self.summary = Summary(plan=self.rp.report, already=len(inputs) - len(self.todo))
         self.summary.notes.extend(getattr(self.writer, "notes", []))
+        for name, reason in self.rp.inputs.unreadable:  # tars that could not be read, or not wholly
+            self.writer.fail(name, reason)
+            self.summary.failed.append((name, reason))
 
     def row(self, path: Path) -> str:
         return row_name(path, self.absolute_rows)
@@ -146,9 +163,12 @@ def run(
     *,
     progress: Callable[[int, int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    extractor: Any = None,
 ) -> Summary:
-    """Extract ``inputs`` as ``opts`` says. ``on_plan`` sees the shape report before any image
-    is decoded (after the output is opened and the weights loaded).
+    """Extract ``inputs`` (the ordered files and tars; ``opts.shard`` takes its slice) as
+    ``opts`` says. ``on_plan`` sees the shape report before any image is decoded (after the
+    output is opened and the weights loaded). ``extractor``: a :class:`bbx.Extractor` built
+    for these options already (a worker that runs many shards loads its model once).
 
     Once the output is open, every way out keeps what was committed: an interruption (Ctrl-C,
     SIGTERM, ``--on-error stop``) closes it as ``interrupted``; an unexpected failure leaves the
@@ -157,7 +177,7 @@ def run(
     from bbx.runtime import compute_context
 
     t_start = time.perf_counter()
-    device = resolve_device(opts.device)  # (imports torch)
+    device = extractor.device if extractor is not None else resolve_device(device_of(opts))  # (imports torch)
     t_import = time.perf_counter()
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
     r = _Run(opts, inputs, device)
@@ -170,12 +190,13 @@ def run(
         import bbx.loading  # noqa: F401  (the model code: timed apart from the weights)
 
         summary.startup["import_s"] += time.perf_counter() - t0
-        extractor = Extractor.from_plan(
+        extractor = extractor or Extractor.from_plan(
             r.rp.model,
             device=device,
             dtype=opts.dtype,
             stage_norm=opts.stage_norm,
             pool=opts.pool,
+            embedding=opts.embedding,
             output_dtype=opts.store_dtype,
             pretrained=opts.pretrained,
             exif=opts.exif,
@@ -248,10 +269,14 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     import numpy as np
 
     from bbx.dtypes import to_storage
+    from bbx.tars import TarMember
 
     opts, writer, summary = r.opts, r.writer, r.summary
     t_loop = time.perf_counter()
     phases = summary.phases
+
+    def load(item: Any) -> Any:
+        return extractor.load(item.read() if isinstance(item, TarMember) else item)
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -274,7 +299,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     arrays: list[Any] = []
     total = len(r.todo)
     for handled, (path, pixels, reason) in enumerate(
-        _timed(decoded(r.todo, extractor.load, workers, window, overlap=overlap), phases), 1
+        _timed(decoded(r.todo, load, workers, window, overlap=overlap), phases), 1
     ):
         if reason is not None:
             writer.fail(r.row(path), reason)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbx import dtypes, hub
 from bbx.errors import InputError, UsageError
-from bbx.plan import POOLS, ModelPlan, check_stage_norm, model_plan
+from bbx.plan import EMBEDDING, POOLS, ModelPlan, check_readout, check_stage_norm, model_plan, readout_check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +32,11 @@ class Extractor:
     ``out_indices`` / ``out_features``: the stages (transformers' rules; default the last).
     ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
     bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
-    instead of the checkpoint's. ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``).
+    instead of the checkpoint's. ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``),
+    cls (each stage's class token, ``[N, C]``, for vision transformers that have one).
+    ``embedding``: also return the model's own image embedding ``[N, D]`` as ``"embedding"``
+    (CLIP's projected class token, SigLIP's pooling head, ...; the forward then runs to the last
+    block).
     ``output_dtype``: the dtype of the returned tensors (float32 by default; what ``bbx extract``
     stores with ``--store-dtype``). ``pretrained=False``: random weights (seed 0), offline.
     ``exif`` / ``fast_decode``: how image files are decoded, as in ``bbx extract``.
@@ -49,6 +53,7 @@ class Extractor:
         stage_norm: str = "hf",
         image_size: int | None = None,
         pool: str = "none",
+        embedding: bool = False,
         output_dtype: str = "float32",
         pretrained: bool = True,
         revision: str | None = None,
@@ -69,10 +74,13 @@ class Extractor:
         self.device = resolve_device(device)
         self._autocast = compute_context(self.device, self.dtype)
         if _plan is None:
-            ref = hub.resolve(model, revision=revision, weights=pretrained)
+            require = readout_check(model, pool=pool, embedding=embedding)
+            ref = hub.resolve(model, revision=revision, weights=pretrained, require=require)
             _plan = model_plan(ref, image_size=image_size, out_indices=out_indices, out_features=out_features)
+        check_readout(_plan.ref.spec, model, pool=pool, embedding=embedding)  # before any weights are loaded
         self.plan = _plan
         self.pool = pool
+        self.embedding = embedding
         self.stage_norm = stage_norm
         self.exif = exif
         self.fast_decode = fast_decode
@@ -85,6 +93,8 @@ class Extractor:
             device=self.device,
             channels_last=channels_last,
             compile=compile,
+            cls=pool == "cls",
+            embedding=embedding,
         )
 
     @classmethod
@@ -103,6 +113,11 @@ class Extractor:
         return list(self.plan.selection.out_features)
 
     @property
+    def outputs(self) -> list[str]:
+        """The names of the returned tensors, in order: the stages, then ``"embedding"`` when asked for."""
+        return self.stages + ([EMBEDDING] if self.embedding else [])
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) of every preprocessed image."""
         return self.plan.input_size
@@ -113,14 +128,16 @@ class Extractor:
         return self.plan.preprocess
 
     # -- images -> uint8 pixels -------------------------------------------------------------------
-    def load(self, image: str | Path | Any) -> np.ndarray:
-        """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
-        ``[H, W, 3]`` (float32 rescaled pixels for a recipe that resizes floats, DINOv3's);
-        :class:`bbx.images.ImageError` when it cannot be used."""
+    def load(self, image: str | Path | bytes | Any) -> np.ndarray:
+        """One image (a path, an image file's bytes or a binary file object, or a PIL image taken
+        as it is) -> its preprocessed uint8 pixels ``[H, W, 3]`` (float32 rescaled pixels for a
+        recipe that resizes floats, DINOv3's); :class:`bbx.images.ImageError` when it cannot be used."""
         from bbx import images
 
         if isinstance(image, (str, Path)):
             pixels = images.load(Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels = images.load(image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
         else:
             pixels = images.prepare(image, self.preprocess)
         h, w = self.input_size
@@ -150,7 +167,8 @@ class Extractor:
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The model alone on a normalised float batch ``[N, 3, H, W]`` on the device (in the
-        model's memory format), under the compute dtype: the selected stages' maps as computed."""
+        model's memory format), under the compute dtype: the selected stages' maps (class tokens
+        with ``pool="cls"``), then the embedding if asked for, as computed."""
         import torch
 
         with torch.inference_mode(), self._autocast():
@@ -159,7 +177,8 @@ class Extractor:
     def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels; float32 for a
         recipe that resizes floats: what :meth:`load` returns, stacked), normalised
-        on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order."""
+        on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order,
+        then ``{"embedding": [N, D]}`` when asked for."""
         import torch
 
         from bbx import images
@@ -182,8 +201,10 @@ class Extractor:
         store = dtypes.DTYPES[self.output_dtype].torch()
         out: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            for name, m in zip(self.stages, maps):
-                if self.pool == "avg":
+            for name, m in zip(self.outputs, maps):
+                if name == EMBEDDING or self.pool == "cls":
+                    pass  # already [N, D] / [N, C]
+                elif self.pool == "avg":
                     m = m.float().mean(dim=(2, 3))
                 elif self.pool == "max":
                     m = m.amax(dim=(2, 3))

@@ -29,10 +29,10 @@ from bbx.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: timm's IMAGENET_INCEPTION_MEAN / _STD and OPENAI_CLIP_MEAN / _STD
+#: timm's IMAGENET_INCEPTION_MEAN / _STD and OPENAI_CLIP_MEAN / _STD (transformers' too)
 INCEPTION = (0.5, 0.5, 0.5)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 STAGE_NORMS = ("hf", "none", "final")
 #: the ``hidden_act`` names bbx implements, with transformers' numerics (bbx.nn.layers has them)
 ACTIVATIONS = (
@@ -199,6 +199,69 @@ class Settings:
     def parameter_count(self) -> int:
         """About how many weights the network has (for refusing absurd configs); 0 if unknown."""
         return 0
+
+    # what a run may read out besides the stage maps (torch-free, so that plans, ``--dry-run`` and
+    # ``inspect`` know before any weights are loaded)
+    @property
+    def class_token(self) -> bool:
+        """Whether every stage carries a class token (``--pool cls``)."""
+        return False
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """The width of the model's own image embedding (``--embedding``), None when it defines none."""
+        return None
+
+
+@dataclass(frozen=True)
+class PatchTransformerSettings(Settings):
+    """The fields and stage arithmetic plain vision transformers share (a square patch
+    convolution, learned positions on a square grid, ``num_hidden_layers`` blocks of one width):
+    ``stem`` is the token embeddings and ``stageK`` the output of block K, every stage at stride
+    ``patch_size``. Families subclass it with their own defaults and checks."""
+
+    square_fields = ("image_size", "patch_size")
+
+    hidden_size: int = limit(768, 1, MAX_SIZE)
+    num_hidden_layers: int = limit(12, 1, 4096)
+    num_attention_heads: int = limit(12, 1, 4096)
+    intermediate_size: int = limit(3072, 1, MAX_SIZE)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = limit(1e-12, 0, 1)
+    image_size: int = limit(224, 1, MAX_SIZE)
+    patch_size: int = limit(16, 1, 4096)
+    num_channels: int = limit(3, 1, 64)
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the position-embedding grid the checkpoint was trained with."""
+        return self.image_size // self.patch_size
+
+    def stages(self) -> list[StageInfo]:
+        names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        return [StageInfo(name, self.hidden_size, self.patch_size) for name in names]
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        p = self.patch_size
+        if h < p or w < p:
+            raise ValueError(f"input must be at least {p}x{p} (the patch size)")
+        return [(h // p, w // p)] * (self.num_hidden_layers + 1)
+
+    def parameter_count(self) -> int:
+        d = self.hidden_size
+        block = 4 * d * d + 2 * d * self.intermediate_size
+        return self.num_hidden_layers * block + self.grid**2 * d + self.num_channels * d * self.patch_size**2
 
 
 def map_shapes(settings: Settings, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:

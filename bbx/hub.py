@@ -17,7 +17,7 @@ needs (see :func:`bbx.download.fetch`, which also covers offline use and the hub
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,16 +113,28 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def resolve(name: str, *, revision: str | None = None, weights: bool = True, progress: bool | None = None) -> ModelRef:
+def resolve(
+    name: str,
+    *,
+    revision: str | None = None,
+    weights: bool = True,
+    progress: bool | None = None,
+    require: Callable[[Checkpoint], object] | None = None,
+) -> ModelRef:
     """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
     from the cache); without, an alias answers from its embedded config, offline (unless a
     ``revision`` is asked for: then that revision's config is fetched), and a hub id fetches only
-    its configs. ``progress``: download bars on stderr (default: when stderr is a terminal)."""
+    its configs. ``progress``: download bars on stderr (default: when stderr is a terminal).
+    ``require(checkpoint)`` runs as soon as the config is known, before any weights are fetched
+    (an alias's embedded config answers first), to refuse what the run cannot do."""
     path = Path(name).expanduser()
     if path.is_dir():
         if revision is not None:
             raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")
-        return ModelRef(given=name, source="folder", spec=read_folder(path), folder=path.resolve())
+        spec = read_folder(path)
+        if require is not None:
+            require(spec)
+        return ModelRef(given=name, source="folder", spec=spec, folder=path.resolve())
     if path.exists():
         raise InputError(f"{name} is a file, not a checkpoint folder")
 
@@ -135,24 +147,33 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
 
     row = registry.lookup(name)
     if row is not None:
+        spec = row.checkpoint()
+        if require is not None and revision is None:
+            require(spec)
         if not weights and revision is None:
             return ModelRef(
                 given=name,
                 source="alias",
-                spec=row.checkpoint(),
+                spec=spec,
                 repo_id=row.repo_id,
                 revision=row.revision,
                 alias=row.alias,
             )
         # a row may stand for a revision of its repo (DETR's no_timm); an asked-for revision wins
         return _from_hub(
-            name, row.repo_id, revision or row.revision, weights=weights, alias=row.alias, progress=progress
+            name,
+            row.repo_id,
+            revision or row.revision,
+            weights=weights,
+            alias=row.alias,
+            progress=progress,
+            require=require,
         )
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")
     if "/" in name:
-        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress)
+        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress, require=require)
     close = registry.suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
@@ -161,7 +182,14 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
 
 
 def _from_hub(
-    given: str, repo_id: str, revision: str | None, *, weights: bool, alias: str | None, progress: bool | None
+    given: str,
+    repo_id: str,
+    revision: str | None,
+    *,
+    weights: bool,
+    alias: str | None,
+    progress: bool | None,
+    require: Callable[[Checkpoint], object] | None = None,
 ) -> ModelRef:
     from bbx import download
 
@@ -172,6 +200,8 @@ def _from_hub(
 
     def check(folder: Path) -> None:  # read (and refuse an unsupported model) before the weights
         read[folder] = read_folder(folder, where(folder))
+        if require is not None:
+            require(read[folder])
 
     snap = download.fetch(repo_id, revision=revision, weights=weights, progress=progress, check=check)
     spec = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))

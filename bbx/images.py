@@ -31,10 +31,11 @@ Everything here is safe to call from several threads at once.
 from __future__ import annotations
 
 import functools
+import io
 import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 from PIL import Image
@@ -92,6 +93,11 @@ _SIGNATURES = (
 )
 
 
+#: what :func:`decode` reads: a file's path, or an image file's bytes (a webdataset member), or a
+#: binary file object positioned at its start
+Source = Union[str, Path, bytes, bytearray, memoryview, IO[bytes]]
+
+
 class ImageError(Exception):
     """One file bbx cannot use: it is skipped and reported with :attr:`reason`."""
 
@@ -116,15 +122,19 @@ def _ensure_plugins() -> None:
                 _plugins_ready = True
 
 
-def decode(path: Path, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
+def decode(path: Source, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
     """The first frame of an image file as an 8-bit RGB image (see the module docstring).
+    ``path`` may also be the file's bytes or a binary file object (read from its position).
 
     ``draft`` = (width, height), in the displayed orientation: let a JPEG decoder skip detail,
     decoding at 1/2, 1/4 or 1/8 scale while staying at least that large. It changes pixels; other
     formats ignore it. Raises :class:`ImageError` for any file it cannot decode.
     """
     _ensure_plugins()
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        path = io.BytesIO(path)
+    elif isinstance(path, str):
+        path = Path(path)
     try:
         im = Image.open(path, formats=FORMATS)
     except Exception as e:
@@ -174,7 +184,20 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _open_failure(path: Path, e: Exception) -> str:
+def _head(source: Any, n: int = 64) -> bytes:
+    """The first ``n`` bytes of a file (by path) or of a file object (its position kept)."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            return f.read(n)
+    at = source.tell()
+    try:
+        source.seek(0)
+        return source.read(n)
+    finally:
+        source.seek(at)
+
+
+def _open_failure(path: Any, e: Exception) -> str:
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return _bomb_reason(e)
     if isinstance(e, FileNotFoundError):
@@ -185,8 +208,7 @@ def _open_failure(path: Path, e: Exception) -> str:
         return "permission denied"
     if isinstance(e, Image.UnidentifiedImageError):
         try:
-            with path.open("rb") as f:
-                head = f.read(64)
+            head = _head(path)
         except OSError as err:
             return f"cannot read file ({err.strerror or err})"
         if not head:
@@ -203,8 +225,7 @@ def _open_failure(path: Path, e: Exception) -> str:
         return f"cannot read file ({e.strerror or _message(e)})"
     # a decoder giving up on the header
     try:
-        with path.open("rb") as f:
-            known = _identify(f.read(64))
+        known = _identify(_head(path))
     except OSError:
         known = None
     return _decode_failure(known or "image", e)
@@ -424,8 +445,9 @@ def _span(have: int, want: int) -> tuple[int, int, int]:
     return 0, (want - have + 1) // 2, have
 
 
-def load(path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False) -> np.ndarray:
-    """:func:`decode` then :func:`prepare`; raises :class:`ImageError` for a file it cannot use.
+def load(path: Source, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False) -> np.ndarray:
+    """:func:`decode` then :func:`prepare` (``path``: a file, or its bytes or a file object);
+    raises :class:`ImageError` for an image it cannot use.
 
     ``fast_decode``: decode JPEGs at reduced size (never below what the resize needs). It changes
     the pixels slightly, so it is off unless asked for.

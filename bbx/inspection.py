@@ -51,6 +51,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    class_token: bool = False  # stages carry a class token (--pool cls)
+    embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
     #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
     transformers_layout: str | None = None
     task: TaskInfo | None = None
@@ -81,6 +83,8 @@ class ModelReport:
             ],
             "preprocessing": self.preprocessing,
             "task": self.task.to_json() if self.task else None,
+            "class_token": self.class_token,
+            "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
         } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
@@ -111,6 +115,7 @@ def inspect_model(
     else:
         mp = model_plan(ref, image_size=image_size)
         stages, selection, pre, size = list(mp.stages), mp.selection, mp.preprocess, mp.input_size
+        settings = mp.settings
         shapes = list(mp.shapes)
     default = set(selection.out_indices)
     layout, counterpart = None, None
@@ -136,6 +141,8 @@ def inspect_model(
         default_indices=tuple(selection.out_indices),
         stages=rows,
         preprocessing=pre.describe(),
+        class_token=settings.class_token,
+        embedding_dim=settings.embedding_dim,
         transformers_layout=layout,
         task=_task_info(ref),
     )

@@ -85,19 +85,24 @@ def load_for_inference(
     device: str | torch.device,
     channels_last: bool | None = None,
     compile: bool = False,
+    cls: bool = False,
+    embedding: bool = False,
     truncate: bool = True,
 ) -> tuple[Backbone, bool]:
     """``ref``'s backbone as ``bbx extract`` and ``bbx bench`` run it: its weights (or, without
     ``pretrained``, the family's random initialisation seeded with :data:`RANDOM_SEED`), the
-    stages selected, then :func:`prepare_for_inference`. ``truncate``: the layers after the last
-    selected stage are neither built nor loaded (their weights are still checked)."""
+    stages selected and what it reads out of them (``cls``: class tokens instead of maps;
+    ``embedding``: the image embedding after them, see :meth:`Backbone.readout`), then
+    :func:`prepare_for_inference`. ``truncate``: the layers after the last selected stage are
+    neither built nor loaded (their weights are still checked); never with ``embedding``, which
+    the last block computes."""
     import time
 
     from bbx.stages import select_stages
 
     t0 = time.perf_counter()
     selection = select_stages(ref.spec.stage_names, out_indices, out_features, ref.spec.default_stages)
-    last = selection.out_indices[-1] if truncate else None
+    last = selection.out_indices[-1] if truncate and not embedding else None
     if pretrained:
         model = load_pretrained(ref, stage_norm=stage_norm, keep_through=last)
     else:
@@ -106,6 +111,10 @@ def load_for_inference(
         if last is not None:
             model.truncate(last)
     model.select(selection.out_indices)
+    try:
+        model.readout(cls=cls, embedding=embedding)
+    except ValueError as e:  # the plan refuses these first; a caller without one gets one line too
+        raise UsageError(f"{ref.checkpoint}: {e}") from None
     t1 = time.perf_counter()
     model, cl = prepare_for_inference(model, device, channels_last, compile=compile)
     #: where the loading time went (bbx extract reports it)

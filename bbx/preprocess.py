@@ -1,6 +1,6 @@
 """What a checkpoint's ``preprocessor_config.json`` asks for, as one frozen value.
 
-bbx reproduces five of transformers' image processors, read the way transformers 5 reads the file:
+bbx reproduces nine of transformers' image processors, read the way transformers 5 reads the file:
 the class named by ``image_processor_type`` (else ``feature_extractor_type``, whose legacy
 ``...FeatureExtractor`` spelling means the same processor; ``Fast``/``Pil`` suffixes name the same
 recipe), else the one transformers picks for the checkpoint's ``model_type``. A field the file
@@ -10,17 +10,17 @@ crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transforme
 cannot use) takes the class default.
 
 * kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
-  ``PvtImageProcessor``, ``BeitImageProcessor``, whose ``do_reduce_labels`` only concerns
-  segmentation maps) is the
-  plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
-  ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
-  aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
+  ``CLIPImageProcessor``, ``SiglipImageProcessor``, ``PvtImageProcessor``, ``BeitImageProcessor``,
+  whose ``do_reduce_labels`` only concerns segmentation maps) is the plain recipe: resize to
+  ``size``, then (``do_center_crop``) center-crop ``crop_size``. ``size`` is ``{height, width}``
+  (a fixed size), ``{shortest_edge}`` (keep the aspect ratio; the long edge is
+  ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
 * kind ``crop_pct`` (``ConvNextImageProcessor``): below 384, resize the shortest edge
   to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
   straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
 
-A legacy int ``size`` is a square for ViT/DeiT/Pvt and a shortest edge for ConvNext/Bit (the classes'
-``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
+A legacy int ``size`` is a square for ViT/DeiT/Pvt and a shortest edge for ConvNext/Bit/CLIP/Siglip
+(the classes' ``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
 center crop larger than the image pads it with black, the extra row/column going after the image.
 
 * kind ``timm`` (timm checkpoints: :func:`bbx.checkpoints.timm_data_config`'s
@@ -56,11 +56,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bbx.errors import ModelError
-from bbx.family import IMAGENET_MEAN, IMAGENET_STD
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD
 
 _STANDARD = (0.5, 0.5, 0.5)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,12 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     ),
     "ConvNext": _ProcessorClass("crop_pct", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
     "Bit": _ProcessorClass(
-        "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+        "resize", 3, OPENAI_MEAN, OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
+    "CLIP": _ProcessorClass(
+        "resize", 3, OPENAI_MEAN, OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+    ),
+    "Siglip": _ProcessorClass("resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, False),
     # transformers 5's class defaults (bicubic; transformers 4's class said bilinear, which the hub's
     # files written by it spell out as resample 2)
     "Pvt": _ProcessorClass("resize", 3, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
@@ -254,7 +256,7 @@ class Preprocess:
         if named:
             base = _class_base(str(named))
             if base is None:
-                raise _bad(f"names the processor {named!r}; bbx reproduces {', '.join(_CLASSES)} image processors")
+                raise _bad(f"names the processor {named!r}; bbx reproduces the {', '.join(_CLASSES)} image processors")
         else:
             base = default if default is not None else _family_processor(model_type)
             if base not in _CLASSES:

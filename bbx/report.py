@@ -21,10 +21,10 @@ def human_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class StagePlan:
-    index: int
+    index: int | None  # None: not a stage (the image embedding)
     name: str
     channels: int
-    stride: int
+    stride: int | None
     shape: tuple[int, ...]  # what is stored per image: (C, H, W) or (C,) pooled
     dtype: str
     bytes_per_image: int
@@ -53,10 +53,12 @@ class Plan:
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
     #: for a task checkpoint: the prefix of the backbone's tensors in it (nothing else is read)
     weight_prefix: str = ""
+    embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
+    shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
     @property
     def bytes_per_image(self) -> int:
-        return sum(s.bytes_per_image for s in self.stages)
+        return sum(s.bytes_per_image for s in self.stages) + (self.embedding.bytes_per_image if self.embedding else 0)
 
     @property
     def projected_bytes(self) -> int:
@@ -75,18 +77,8 @@ class Plan:
             "pool": self.pool,
             "stage_norm": self.stage_norm,
             "input_size": list(self.input_size),
-            "stages": [
-                {
-                    "index": s.index,
-                    "name": s.name,
-                    "channels": s.channels,
-                    "stride": s.stride,
-                    "shape": list(s.shape),
-                    "dtype": s.dtype,
-                    "bytes_per_image": s.bytes_per_image,
-                }
-                for s in self.stages
-            ],
+            "stages": [_stage_json(s) for s in self.stages],
+            "embedding": _stage_json(self.embedding) if self.embedding is not None else None,
             "inputs": self.inputs,
             "todo": self.todo,
             "bytes_per_image": self.bytes_per_image,
@@ -95,7 +87,20 @@ class Plan:
             "format": self.format,
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
+            "shard": self.shard,
         } | ({"weight_prefix": self.weight_prefix} if self.weight_prefix else {})
+
+
+def _stage_json(s: StagePlan) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "name": s.name,
+        "channels": s.channels,
+        "stride": s.stride,
+        "shape": list(s.shape),
+        "dtype": s.dtype,
+        "bytes_per_image": s.bytes_per_image,
+    }
 
 
 @dataclass

@@ -73,6 +73,8 @@ def test_low_precision_attention_on_cpu_matches_sdpa(monkeypatch, budget):
     with torch.inference_mode(), kernels.override("bfloat16", attention="sliced"):
         got = layers.attention(q, k, v)
         fused_kernel = F.scaled_dot_product_attention(q, k, v)
+    with torch.inference_mode(), kernels.override("bfloat16", attention="sdpa"):
+        assert torch.equal(layers.attention(q, k, v), fused_kernel)  # the other choice keeps SDPA
     assert got.dtype == torch.bfloat16 and got.shape == exact.shape
     assert not torch.equal(got, fused_kernel)  # the matmul path ran, not SDPA
     assert rel_err(got.double(), exact) <= 1e-2

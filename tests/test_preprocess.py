@@ -190,7 +190,7 @@ def test_legacy_spellings_mean_the_same(old, new):
 @pytest.mark.parametrize(
     "cfg,model_type,words",
     [
-        ({"image_processor_type": "CLIPImageProcessor"}, "dinov2", "CLIPImageProcessor"),
+        ({"image_processor_type": "DonutImageProcessor"}, "dinov2", "DonutImageProcessor"),
         ({}, "vit_mae", "names no image processor"),
         ({"image_processor_type": VIT, "size": {"max_height": 10, "max_width": 10}}, "", "unsupported size"),
         ({"image_processor_type": VIT, "size": {"height": 10}}, "", "unsupported size"),

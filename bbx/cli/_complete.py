@@ -45,7 +45,12 @@ DTYPES = choices(
     ("bfloat16", "bfloat16"),
 )
 FORMATS = choices(("hdf5", ".h5 file"), ("safetensors", ".safetensors file or shards"))
-POOLS = choices(("none", "maps [N, C, H, W]"), ("avg", "mean over H, W: [N, C]"), ("max", "max over H, W: [N, C]"))
+POOLS = choices(
+    ("none", "maps [N, C, H, W]"),
+    ("avg", "mean over H, W: [N, C]"),
+    ("max", "max over H, W: [N, C]"),
+    ("cls", "the class token: [N, C]"),
+)
 STAGE_NORMS = choices(
     ("hf", "as transformers' backbone returns"),
     ("none", "raw stage outputs"),
@@ -53,6 +58,7 @@ STAGE_NORMS = choices(
 )
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
+ENGINES = choices(("local", "this process (or --devices)"), ("ray", "a Ray cluster's actors"))
 
 
 def _looks_like_path(text: str) -> bool:

@@ -33,13 +33,15 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")
     )
+    if plan.shard:
+        console.print(plan.shard)
     listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
-    for s in plan.stages:
+    for s in [*plan.stages, *([plan.embedding] if plan.embedding is not None else [])]:
         listing.add_row(
-            str(s.index),
+            "-" if s.index is None else str(s.index),
             s.name,
             str(s.channels),
-            str(s.stride),
+            "-" if s.stride is None else str(s.stride),
             f"{list(s.shape)} {s.dtype}",
             human_bytes(s.bytes_per_image),
         )

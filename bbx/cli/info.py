@@ -89,6 +89,11 @@ def info(
         ("architecture", f"{f.get('architecture')}, {f.get('weights', '?')} weights"),
         ("input", f"{size_text}, stage norm {f.get('stage_norm', '?')}"),
         ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
+        *(
+            [("shard", f"{f['shard_index']} of {f['shard_count']}, of {f['input_count']} inputs ({f['input_digest']})")]
+            if f.get("shard_index") is not None
+            else []
+        ),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
     table = make_table("stage", "per image", "dtype", ">bytes/image")

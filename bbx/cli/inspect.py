@@ -54,5 +54,9 @@ def inspect(
         why = report.preprocessing.get("size_required", "the size varies")
         out.print(f"input: {why}; extraction needs --image-size N")
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
+    if report.class_token:
+        out.print("--pool cls: the class token of each stage, [C] per image")
+    if report.embedding_dim is not None:
+        out.print(f"--embedding: the model's own image embedding, [{report.embedding_dim}] per image")
     which = f"the stages {report.task.title} taps" if report.task else "the last stage"
     out.print(f"* default selection ({which}); choose others with --out-indices or --out-features")

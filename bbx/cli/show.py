@@ -27,7 +27,7 @@ def show(
         None,
         "--stage",
         "-s",
-        help="Stage to show (default: the last one stored).",
+        help="Stage to show (default: the last stage stored).",
         autocompletion=_complete.complete_stored_stage,
     ),
     index: Optional[list[int]] = typer.Option(

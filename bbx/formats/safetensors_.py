@@ -1,7 +1,8 @@
 """safetensors output, single file or hub-style shards: layout, writer and reader.
 
 A single file ``feats.safetensors`` holds one tensor per stage, named by the stage (``stage1``:
-``[N, C, H, W]``, or ``[N, C]`` pooled), and string metadata: ``paths`` (JSON list; row i belongs
+``[N, C, H, W]``, or ``[N, C]`` pooled; with ``--embedding`` also ``embedding``: ``[N, D]``), and
+string metadata: ``paths`` (JSON list; row i belongs
 to ``paths[i]``), ``failed`` (JSON list of ``[path, reason]``) and the run's facts (model,
 checkpoint, revision, stages, sizes, dtypes, preprocessing, status), JSON-encoded where not a
 string. ``safetensors.torch.load_file`` alone reads it.
@@ -668,7 +669,10 @@ class SafetensorsOutput(Output):
             lo, hi = max(start, first), min(stop, first + count)
             if lo >= hi:
                 continue
-            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first)
+            cache = self.__dict__.setdefault("_headers", {})
+            if file not in cache:  # a header can hold megabytes of paths: parse it once
+                cache[file] = read_header(file)
+            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first, cache[file])
             at += hi - lo
         if at != len(out):  # pragma: no cover - rows are checked against the paths first
             raise InputError(f"{self.path}: rows {start}..{stop - 1} are not all in its files")
@@ -767,7 +771,7 @@ def _open_single(path: Path) -> SafetensorsOutput:
         raise not_bbx(path, "its metadata has no bbx format tag")
     facts = RunFacts.from_metadata(meta)
     paths = [str(p) for p in meta.get("paths", [])]
-    stages, tensors = _tensor_stages(path, header, facts.out_features)
+    stages, tensors = _tensor_stages(path, header, facts.datasets)
     for name, (_, rows) in tensors.items():
         if rows != len(paths):
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
@@ -798,7 +802,7 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
     for shard in shards:
         file = index.parent / str(shard["file"])
         header, _ = read_header(file)
-        shard_stages, tensors = _tensor_stages(file, header, facts.out_features)
+        shard_stages, tensors = _tensor_stages(file, header, facts.datasets)
         if not stages:
             stages = shard_stages
         shard_paths = [str(p) for p in _meta(header).get("paths", [])]
@@ -879,9 +883,12 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     )
 
 
-def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read."""
-    header, data_start = read_header(file)
+def _st_rows(
+    file: Path, tensor: str, stage: StageLayout, start: int, stop: int, parsed: tuple[dict, int] | None = None
+) -> Any:
+    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read
+    (``parsed``: the file's :func:`read_header`, when the caller has it)."""
+    header, data_start = parsed or read_header(file)
     begin = data_start + int(header[tensor]["data_offsets"][0]) + start * stage.row_bytes
     want = (stop - start) * stage.row_bytes
     with open(file, "rb") as f:

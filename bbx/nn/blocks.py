@@ -50,7 +50,7 @@ class NormDownsample(nn.Module):
 class DwConvBlock(nn.Module):
     """``x + gamma * mlp(norm(dwconv(x)))``, a ``kernel`` x ``kernel`` depthwise conv (7 in every
     public ConvNeXt) and the MLP (``fc2(act(fc1(.)))``, ``mlp_ratio`` wide) on ``[N, H, W, C]``
-    rows. ``layer_scale`` None or 0: no ``gamma`` at all (not even a parameter).
+    rows. ``layer_scale`` None: no ``gamma`` at all (not even a parameter).
 
     Memory layout: on a channels-last input the depthwise-conv output permutes to ``[N, H, W, C]``
     as a free view, the LayerNorm and the two Linears work on contiguous rows, and the permute back
@@ -63,8 +63,8 @@ class DwConvBlock(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(mlp_ratio * dim), act)
-        scale = float(layer_scale or 0)  # no layer scale (None or 0): no gamma, not even a parameter
-        self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
+        # no layer scale (None): no gamma, not even a parameter; any value (0 too) makes one
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)

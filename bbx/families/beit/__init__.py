@@ -73,6 +73,17 @@ class BeitSettings(Settings):
         """(rows, columns) of the patch grid the checkpoint was trained with (its position tables')."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
+    @property
+    def class_token(self) -> bool:
+        return True
+
+    @property
+    def embedding_dim(self) -> int:
+        """``BeitModel``'s ``pooler_output``: the averaged patch tokens under the pooler's norm
+        (``use_mean_pooling``), else the class token under the final norm; a checkpoint without
+        that norm is refused when its weights are read."""
+        return self.hidden_size
+
     def stages(self) -> list[StageInfo]:
         names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         return [StageInfo(name, self.hidden_size, self.patch_size) for name in names]
@@ -118,7 +129,7 @@ _SIZES = {"base": (768, 3072, 12, 12, "ViT-B/16"), "large": (1024, 4096, 24, 16,
 
 
 def _row(alias: str, repo_id: str, size: str) -> CatalogRow:
-    hidden, mlp, layers, heads, vit = _SIZES[size]
+    hidden, mlp, layers, heads, arch = _SIZES[size]
     finetuned = repo_id.endswith("-ft22k")
     config: dict[str, Any] = {
         "model_type": "beit",
@@ -150,7 +161,7 @@ def _row(alias: str, repo_id: str, size: str) -> CatalogRow:
         repo_id=repo_id,
         config=config,
         preprocessor=PREPROCESSOR,
-        description=f"BEiT {vit} ({what})",
+        description=f"BEiT {arch} ({what})",
         extra_aliases=(repo_id.split("/")[1],),
     )
 

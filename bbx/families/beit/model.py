@@ -157,7 +157,6 @@ class Block(nn.Module):
 
 class Beit(Backbone):
     stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
-    has_class_token = True
 
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = BeitSettings.from_config(config)
@@ -186,7 +185,7 @@ class Beit(Backbone):
         return w.is_meta or not bool(torch.isnan(w.detach()[:1]).any())
 
     @property
-    def has_embedding(self) -> bool:  # type: ignore[override]
+    def has_embedding(self) -> bool:
         """Whether the checkpoint has the norm its pooled output needs."""
         return self._loaded(self.pool_norm if self.settings.use_mean_pooling else self.final_norm)
 

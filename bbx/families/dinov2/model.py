@@ -51,11 +51,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.dinov2 import Dinov2Settings
 from bbx.nn.backbone import Backbone
-from bbx.nn.transformer import Block
+from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 
 class Dinov2(Backbone):
@@ -91,16 +90,9 @@ class Dinov2(Backbone):
 
     def _patch_positions(self, gh: int, gw: int) -> torch.Tensor:
         """Position embeddings of the patch tokens for a ``gh`` x ``gw`` grid: ``[1, gh * gw, C]``."""
-        table = self.pos_embed[:, 1:]
-        g = self.settings.grid
-        if (gh, gw) == (g, g):
-            return table
-        c = table.shape[-1]
-        square = table.reshape(1, g, g, c).permute(0, 3, 1, 2)
-        resized = F.interpolate(
-            square.float(), size=(gh, gw), mode="bicubic", align_corners=False, antialias=self._antialias
-        ).to(table.dtype)
-        return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, c)
+        return resize_positions(
+            self.pos_embed[:, 1:], self.settings.grid, (gh, gw), antialias=self._antialias, upcast=True
+        )
 
     def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for block in self.blocks:
@@ -120,12 +112,22 @@ class Dinov2(Backbone):
             x = block(x)
             yield x, grid
 
+    def _patches(self, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        return raw[0][:, self.settings.prefix_tokens :]
+
     def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        tokens, (gh, gw) = raw
-        patches = tokens[:, 1 + self.settings.num_register_tokens :]
+        patches = self._patches(raw)
         if self._apply_norm:
             patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
-        return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+        return patch_map(patches, raw[1])
+
+    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        cls = raw[0][:, 0]  # the registers follow it
+        return self.norm(cls) if self._apply_norm else cls
+
+    def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        """The normed class token: ``Dinov2Model``'s ``pooler_output``."""
+        return self.norm(raw_last[0][:, 0])
 
 
 # Checkpoint key -> bbx key, applied in order where they match (after the head prefix is removed).
@@ -156,8 +158,8 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
     concatenates q/k/v (and SwiGLU gate/up, when stored apart) into bbx's fused projections.
     Anything unrecognised, or a fused projection with parts missing, is kept under its own
     name, so the strict load reports it."""
-    out: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}  # bbx key -> the checkpoint's, for the parts of an incomplete set
     for key, value in state_dict.items():
         if key.startswith("classifier."):
             continue
@@ -170,20 +172,18 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
             continue
         for pattern, repl in _RULES:
             k = pattern.sub(repl, k)
-        m = _FUSED.match(k)
-        if m is None:
-            out[k] = value
-            continue
-        attention = m["m"] is None
-        fused = f"{m['block']}.{'attn.qkv' if attention else 'mlp.fc1'}.{m['leaf']}"
-        parts.setdefault(fused, {})[_PART[m["a"] or m["b"] or m["m"]]] = (key, value)
-    for fused, got in parts.items():
-        wanted = 3 if ".attn." in fused else 2
-        if sorted(got) == list(range(wanted)):
-            out[fused] = torch.cat([got[i][1] for i in range(wanted)], dim=0)
-        else:
-            out.update(dict(got.values()))
-    return out
+        renamed[k], origin[k] = value, key
+    return fuse_parts(renamed, _fused_part, origin=origin)
+
+
+def _fused_part(key: str) -> tuple[str, int, int] | None:
+    """Where a q/k/v (or SwiGLU gate/up) tensor stored apart goes in bbx's fused projection."""
+    m = _FUSED.match(key)
+    if m is None:
+        return None
+    if m["m"] is None:
+        return f"{m['block']}.attn.qkv.{m['leaf']}", _PART[m["a"] or m["b"]], 3
+    return f"{m['block']}.mlp.fc1.{m['leaf']}", _PART[m["m"]], 2
 
 
 def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> Dinov2:

@@ -52,6 +52,13 @@ class Dinov3ConvNextSettings(Settings):
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
 
+    @property
+    def embedding_dim(self) -> int:
+        """The average over positions of the last stage under the final norm (``DINOv3ConvNextModel``'s
+        ``pooler_output``); a checkpoint without the norm (a backbone's) is refused when its weights
+        are read."""
+        return self.hidden_sizes[-1]
+
     def stages(self) -> list[StageInfo]:
         out = [StageInfo("stem", self.num_channels, 1)]
         for i, width in enumerate(self.hidden_sizes):
@@ -164,5 +171,5 @@ FAMILY = Family(
     },
     notes="DINOv3 ConvNeXt's `stem` is the input itself (the normalised pixels, 3 channels, stride 1); `stage1` to "
     "`stage4` have strides 4 to 32. `--embedding` gives the model's own image embedding (transformers' "
-    "`pooler_output`: the final norm of the averaged last map). Preprocessing as DINOv3's ViTs.",
+    "`pooler_output`: the final norm of the averaged last map). Preprocessing as DINOv3's transformer checkpoints.",
 )

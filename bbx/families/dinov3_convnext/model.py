@@ -77,7 +77,7 @@ class Dinov3ConvNext(Backbone):
             self.optional_keys = {"final_norm.weight": float("nan"), "final_norm.bias": float("nan")}
 
     @property
-    def has_embedding(self) -> bool:  # type: ignore[override]
+    def has_embedding(self) -> bool:
         """Whether the checkpoint has the final norm the embedding needs."""
         w = self.final_norm.weight
         return w.is_meta or not bool(torch.isnan(w.detach()[:1]).any())

@@ -78,6 +78,15 @@ class Dinov3VitSettings(Settings):
         """Tokens before the patches: the class token and the registers."""
         return 1 + self.num_register_tokens
 
+    @property
+    def class_token(self) -> bool:
+        return True
+
+    @property
+    def embedding_dim(self) -> int:
+        """The normed class token (``DINOv3ViTModel``'s ``pooler_output``)."""
+        return self.hidden_size
+
     def stages(self) -> list[StageInfo]:
         names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         return [StageInfo(name, self.hidden_size, self.patch_size) for name in names]

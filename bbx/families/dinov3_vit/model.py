@@ -152,8 +152,6 @@ class Block(nn.Module):
 
 class Dinov3Vit(Backbone):
     stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
-    has_class_token = True
-    has_embedding = True
 
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = Dinov3VitSettings.from_config(config)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bbx.family import (
-    CLIP_MEAN,
-    CLIP_STD,
     MAX_SIZE,
+    OPENAI_MEAN,
+    OPENAI_STD,
     Family,
     Settings,
     StageInfo,
@@ -131,7 +131,7 @@ ARCHITECTURES = (
         "convnext_xxlarge",
         {"depths": [3, 4, 30, 3], "dims": [384, 768, 1536, 3072], "norm_eps": 1e-05},
         "clip_laion2b_soup_ft_in1k",
-        timm_data(256, 1.0, mean=CLIP_MEAN, std=CLIP_STD),
+        timm_data(256, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD),
     ),
 )
 

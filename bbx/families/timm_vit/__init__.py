@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bbx.family import (
-    CLIP_MEAN,
-    CLIP_STD,
     INCEPTION,
     MAX_SIZE,
+    OPENAI_MEAN,
+    OPENAI_STD,
     Family,
     Settings,
     StageInfo,
@@ -85,10 +85,22 @@ class TimmVitSettings(Settings):
         return int(self.class_token) + self.reg_tokens
 
     @property
+    def use_fc_norm(self) -> bool:
+        """Whether timm normalises the pooled features (``fc_norm``) instead of the tokens."""
+        return self.global_pool in ("avg", "avgmax", "max") if self.fc_norm is None else bool(self.fc_norm)
+
+    @property
     def has_norm(self) -> bool:
         """Whether the model has its final norm (timm: not when it pools with ``fc_norm``)."""
-        use_fc_norm = self.global_pool in ("avg", "avgmax", "max") if self.fc_norm is None else self.fc_norm
-        return self.final_norm and not use_fc_norm
+        return self.final_norm and not self.use_fc_norm
+
+    # ``class_token`` (a field: whether the model has one) is also what ``--pool cls`` asks
+    @property
+    def embedding_dim(self) -> int | None:
+        """timm's pre-logits features for class-token pooling (``global_pool='token'``): the class
+        token under the final norm. Models that pool otherwise (SigLIP's attention pool, averages
+        under ``fc_norm``) have heads bbx does not load: no embedding."""
+        return self.embed_dim if self.global_pool == "token" and not self.use_fc_norm else None
 
     @property
     def mlp_hidden(self) -> int:
@@ -223,67 +235,67 @@ ARCHITECTURES = (
         "vit_xsmall_patch16_clip_224",
         {"embed_dim": 256, "depth": 10, "num_heads": 4, "pre_norm": True, "norm_eps": 1e-05},
         "tinyclip_yfcc15m",
-        timm_data(224, 0.9, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.9, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_medium_patch32_clip_224",
         {"patch_size": 32, "embed_dim": 512, "depth": 12, "num_heads": 8, "pre_norm": True, "norm_eps": 1e-05},
         "tinyclip_laion400m",
-        timm_data(224, 0.9, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.9, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_medium_patch16_clip_224",
         {"embed_dim": 512, "depth": 12, "num_heads": 8, "pre_norm": True, "norm_eps": 1e-05},
         "tinyclip_yfcc15m",
-        timm_data(224, 0.9, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.9, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_betwixt_patch32_clip_224",
         {"patch_size": 32, "embed_dim": 640, "depth": 12, "num_heads": 10, "pre_norm": True, "norm_eps": 1e-05},
         "tinyclip_laion400m",
-        timm_data(224, 0.9, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.9, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch32_clip_224",
         {"patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(224, 0.9, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.9, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch32_clip_256",
         {"patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "datacompxl",
-        timm_data(256, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(256, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch32_clip_384",
         {"patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(384, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(384, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch32_clip_448",
         {"patch_size": 32, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(448, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(448, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch16_clip_224",
         {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(224, 0.95, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 0.95, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch16_clip_384",
         {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(384, 1.0, crop_mode="squash", mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(384, 1.0, crop_mode="squash", mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_base_patch16_plus_clip_240",
         {"patch_size": 16, "embed_dim": 896, "depth": 12, "num_heads": 14, "pre_norm": True, "norm_eps": 1e-05},
         "laion400m_e32",
-        timm_data(240, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(240, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_large_patch14_clip_224",
@@ -301,19 +313,19 @@ ARCHITECTURES = (
         "vit_huge_patch14_clip_224",
         {"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(224, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_huge_patch14_clip_336",
         {"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, "pre_norm": True, "norm_eps": 1e-05},
         "laion2b_ft_in12k_in1k",
-        timm_data(336, 1.0, crop_mode="squash", mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(336, 1.0, crop_mode="squash", mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_huge_patch14_clip_378",
         {"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, "pre_norm": True, "norm_eps": 1e-05},
         "dfn5b",
-        timm_data(378, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(378, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_giant_patch14_clip_224",
@@ -327,7 +339,7 @@ ARCHITECTURES = (
             "norm_eps": 1e-05,
         },
         "laion2b",
-        timm_data(224, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_gigantic_patch14_clip_224",
@@ -341,7 +353,7 @@ ARCHITECTURES = (
             "norm_eps": 1e-05,
         },
         "laion2b",
-        timm_data(224, 1.0, mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(224, 1.0, mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_gigantic_patch14_clip_378",
@@ -355,7 +367,7 @@ ARCHITECTURES = (
             "norm_eps": 1e-05,
         },
         "metaclip2_worldwide",
-        timm_data(378, 1.0, crop_mode="squash", mean=CLIP_MEAN, std=CLIP_STD, fixed_input_size=True),
+        timm_data(378, 1.0, crop_mode="squash", mean=OPENAI_MEAN, std=OPENAI_STD, fixed_input_size=True),
     ),
     TimmArch(
         "vit_small_patch14_dinov2",

@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.timm_vit import ACTS, TimmVitSettings
 from bbx.nn.backbone import Backbone
-from bbx.nn.transformer import Block
+from bbx.nn.transformer import Block, patch_map, resize_positions
 
 
 class TimmVit(Backbone):
@@ -56,7 +55,8 @@ class TimmVit(Backbone):
         self.norm = nn.LayerNorm(d, eps=s.norm_eps) if s.has_norm else None
         self._apply_norm = stage_norm == "final" and self.norm is not None
         if stage_norm != "final" and self.norm is not None:
-            self.optional_keys = {"norm.weight": 1.0, "norm.bias": 0.0}  # unused then
+            # unused by the stages then (TimmBackbone checkpoints lack it); NaN marks it absent (no embedding)
+            self.optional_keys = {"norm.weight": float("nan"), "norm.bias": float("nan")}
 
     def _positions(self, gh: int, gw: int) -> torch.Tensor:
         """The position embeddings for a ``gh`` x ``gw`` grid (timm's resample_abs_pos_embed)."""
@@ -65,10 +65,7 @@ class TimmVit(Backbone):
             return table
         prefix = 0 if self.settings.no_embed_class else self.settings.prefix_tokens
         head, grid = table[:, :prefix], table[:, prefix:]
-        og, ow = self.settings.grid
-        square = grid.float().reshape(1, og, ow, -1).permute(0, 3, 1, 2)
-        resized = F.interpolate(square, size=(gh, gw), mode="bicubic", align_corners=False, antialias=True)
-        resized = resized.permute(0, 2, 3, 1).reshape(1, gh * gw, -1).to(table.dtype)
+        resized = resize_positions(grid, self.settings.grid, (gh, gw), antialias=True, upcast=True)
         return torch.cat([head, resized], dim=1) if prefix else resized
 
     def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
@@ -93,12 +90,35 @@ class TimmVit(Backbone):
             yield x, grid
 
     def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        tokens, (gh, gw) = raw
-        patches = tokens[:, self.settings.prefix_tokens :]
+        patches = raw[0][:, self.settings.prefix_tokens :]
         if self._apply_norm:
             assert self.norm is not None
             patches = self.norm(patches)
-        return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+        return patch_map(patches, raw[1])
+
+    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        cls = raw[0][:, 0]  # the registers follow it
+        if self._apply_norm:
+            assert self.norm is not None
+            cls = self.norm(cls)
+        return cls.contiguous()
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the model pools its class token (``global_pool='token'``) and the checkpoint has
+        the final norm before it (a ``TimmBackbone``'s, timm's ``features_only`` model's, lacks it)."""
+        if self.settings.embedding_dim is None:
+            return False
+        w = self.norm.weight if self.norm is not None else None
+        return w is None or w.is_meta or not bool(torch.isnan(w.detach()[:1]).any())
+
+    def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        """timm's pre-logits features, ``forward_head(forward_features(x), pre_logits=True)``, for
+        class-token pooling: the class token of the last block under the final norm."""
+        if not self.has_embedding:
+            raise ValueError("this checkpoint has no final norm (a features-only one), so no image embedding")
+        cls = raw_last[0][:, 0]
+        return (self.norm(cls) if self.norm is not None else cls).contiguous()
 
 
 _RULES = [

@@ -172,15 +172,14 @@ def _task_timm(
     """A task checkpoint's nested timm backbone (``model_type: timm_backbone``, as transformers 5
     writes DETR's): the timm network under the task's prefix, with the task's taps and preprocessing."""
     inner = nested.backbone
-    if inner.get("output_stride") not in (None, 32):
-        raise ModelError(
-            f"{at}: output_stride {inner.get('output_stride')!r} (a dilated last stage, DETR's DC5) is not supported"
-        )
     channels = inner.get("num_channels", 3)
+    model_args = {"in_chans": channels} if channels != 3 else {}
+    if inner.get("output_stride") not in (None, 32):  # dilated later stages (DETR-DC5's 16), timm's model arg
+        model_args["output_stride"] = inner.get("output_stride")
     ck = timm_checkpoint(
         inner.get("backbone"),
         at,
-        model_args={"in_chans": channels} if channels != 3 else {},
+        model_args=model_args,
         prefix=nested.prefix,
         rename=_feature_net_key,
         format="task",
@@ -277,12 +276,10 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
     if kind == "timm_backbone":
         arch_name, prefix, rename = config.get("backbone"), "_backbone.", _feature_net_key
         model_args: Any = {}
-        if config.get("output_stride") not in (None, 32):
-            raise ModelError(
-                f"{where}: output_stride {config.get('output_stride')!r} (dilated stages) is not supported"
-            )
         if config.get("num_channels", 3) != 3:
-            model_args = {"in_chans": config.get("num_channels")}
+            model_args["in_chans"] = config.get("num_channels")
+        if config.get("output_stride") not in (None, 32):  # dilated later stages: timm's model arg
+            model_args["output_stride"] = config.get("output_stride")
         pretrained_cfg = None
     elif _is_timm_family_config(config):
         arch_name, prefix, rename = config.get("architecture"), "", None

@@ -481,7 +481,10 @@ def _task_config(**over: Any) -> dict:
     [
         ({"model_type": "detr", "use_timm_backbone": True, "backbone": "nonesuch"}, "timm architecture 'nonesuch'"),
         ({"model_type": "detr", "backbone_config": {"model_type": "timm_backbone", "backbone": "x"}}, "'x'"),
-        ({"model_type": "detr", "use_timm_backbone": True, "backbone": "resnet50", "dilation": True}, "DC5"),
+        (
+            {"model_type": "detr", "use_timm_backbone": True, "backbone": "convnext_tiny", "dilation": True},
+            "output_stride=16",
+        ),
         ({"model_type": "dpt"}, "no backbone_config"),
         ({"model_type": "dpt", "is_hybrid": True, "backbone_config": {"model_type": "bit"}}, "hybrid"),
         (_task_config(backbone_config={"model_type": "dinat"}), "'dinat'"),
@@ -568,20 +571,32 @@ DETR_HEADS = {
 }
 
 
-@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
-def test_detr_with_a_timm_backbone_matches_transformers(tmp_path, arch):
+@pytest.mark.parametrize(
+    ("arch", "dilation"),
+    [
+        ("resnet18", False),
+        ("resnet18", True),
+        pytest.param("resnet50", False, marks=pytest.mark.slow),
+        pytest.param("resnet50", True, marks=pytest.mark.slow),
+    ],
+    ids=["resnet18", "resnet18-dc5", "resnet50", "resnet50-dc5"],
+)
+def test_detr_with_a_timm_backbone_matches_transformers(tmp_path, arch, dilation):
     """transformers' DetrForObjectDetection with use_timm_backbone (built by the timm oracle: timm
     is not beside bbx's torch), saved in the hub layout: bbx reads the timm network under DETR's
-    prefix, taps layers 1-4 and matches DETR's conv encoder (frozen BatchNorms)."""
+    prefix, taps layers 1-4 and matches DETR's conv encoder (frozen BatchNorms); with ``dilation``
+    (DC5) timm's output_stride 16, the last stage dilated."""
     from tests import oracle as timm_oracle
 
     folder = tmp_path / "detr"
     config = {"use_timm_backbone": True, "backbone": arch, "use_pretrained_backbone": False, **DETR_HEADS}
+    config["dilation"] = dilation
     timm_oracle.oracle().ask("task_make", cls="DetrForObjectDetection", config=config, folder=str(folder), seed=7)
     (folder / "preprocessor_config.json").write_text(json.dumps(registry.lookup("detr-resnet-50").preprocessor_dict()))
     ours = bbx.load_backbone(str(folder))
     assert ours.out_features == ["layer1", "layer2", "layer3", "layer4"] and ours.ref.spec.task == "detr"
     assert ours.ref.architecture == f"timm:{arch} in detr"
+    assert [st.stride for st in ours.settings.stages()][-1] == (16 if dilation else 32)
 
     def reference(folder: Path, x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         from safetensors.torch import load_file, save_file

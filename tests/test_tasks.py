@@ -392,6 +392,44 @@ def test_only_the_backbone_tensors_are_ever_read(case, monkeypatch):
     assert weights  # the module that reads them
 
 
+def _extraction_memory(folder: Path, tmp: Path) -> int:
+    """Peak resident bytes of ``bbx extract`` of one image (batch 1, 224 px) in a fresh process,
+    above what importing torch and bbx took (tests/benchmarks/task_memory.py's measurement)."""
+    import subprocess
+    import sys
+
+    photo(224, 224).save(tmp / "img.png")
+    script = Path(__file__).parent / "benchmarks" / "task_memory.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--child", str(folder), str(tmp / "img.png"), str(tmp / "out.h5")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return r["peak"] - r["after_imports"]
+
+
+def test_the_heads_never_reach_memory(tmp_path):
+    """A Mask2Former checkpoint whose heads weigh 192 MiB costs an extraction no more memory than
+    the same checkpoint without them (the heads are neither read nor built)."""
+    from safetensors.torch import load_file, save_file
+
+    light, _ = task_checkpoint(tmp_path / "light", "mask2former", SWIN, "mask2former-swin-tiny-coco-instance")
+    heavy = tmp_path / "heavy"
+    heavy.mkdir()
+    for f in light.iterdir():
+        (heavy / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(light / "model.safetensors"))
+    state["model.transformer_module.decoder.extra.weight"] = torch.ones(48 << 20)  # 192 MiB of fp32
+    save_file(state, str(heavy / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base, with_heads = _extraction_memory(light, tmp_path / "a"), _extraction_memory(heavy, tmp_path / "b")
+    assert with_heads - base < 32 << 20, (base >> 20, with_heads >> 20)
+
+
 # --- every row, offline ---------------------------------------------------------------------------
 
 ROWS = registry.task_rows()

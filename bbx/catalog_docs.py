@@ -34,8 +34,27 @@ def _input(row: CatalogRow) -> str:
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
+def _task_row(row: CatalogRow) -> str:
+    ck = row.checkpoint()
+    names = ck.stage_names
+    taps = [names[i] for i in ck.default_stages] if ck.default_stages else [names[-1]]
+    pre = Preprocess.from_checkpoint(ck)
+    size = pre.output_size
+    if size is None:
+        size_text = "`--image-size`" + (f" (x{pre.multiple_of})" if pre.multiple_of > 1 else "")
+    else:
+        size_text = str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+    at = f" @ `{row.revision}`" if row.revision else ""
+    norms = "trained" if ck.trained_norms else "-"
+    return (
+        f"| {row.alias} | {row.repo_id}{at} | {registry.task_of(ck.task).title} | {ck.network} "
+        f"| {', '.join(taps)} | {norms} | `{ck.weight_prefix}` | {size_text} |"
+    )
+
+
 def markdown() -> str:
-    """The models table (one row per catalog row), each family's notes, and the stage-norm table."""
+    """The models table (one row per catalog row), each family's notes, the task checkpoints'
+    table and notes, and the stage-norm table."""
     lines = [BEGIN, "", "| alias | checkpoint | architecture | stages | input |", "| --- | --- | --- | --- | --- |"]
     for fam in registry.families():
         for row in fam.catalog:
@@ -57,6 +76,18 @@ def markdown() -> str:
             names = ", ".join(a.name for a in fam.timm.architectures)
             patterns = ", ".join(f"`{p}`" for p in fam.timm.patterns)
             lines.append(f"| {fam.title} | {patterns} | {names} |")
+    lines += [
+        "",
+        "Backbones inside task checkpoints (only the backbone's weights are read; the default stages are the ones "
+        "the task model taps; `trained`: the checkpoint holds the stage norms, trained with the task model):",
+        "",
+        "| alias | checkpoint | task | backbone | default stages | stage norms | weights under | input |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_task_row(row) for row in registry.task_rows()]
+    task_notes = [f"**{task.title}.** {task.notes}" for task in registry.tasks() if task.notes]
+    if task_notes:
+        lines += ["", *"\n\n".join(task_notes).split("\n")]
     lines += [
         "",
         "Stage norms (`--stage-norm`, on `extract`, `bench`, `inspect` and the Python API; recorded in the output):",

@@ -7,7 +7,10 @@ A checkpoint comes in one of a few formats, each recognised here and nowhere els
   family's remap to drop).
 * **task**: a detection, segmentation or depth model that carries its backbone
   (``backbone_config`` nested in the config, or ``use_timm_backbone``); the backbone's weights sit
-  under a prefix of the task model's.
+  under a prefix of the task model's. The task modules (:mod:`bbx.task`, ``bbx/tasks/``) say where,
+  which stages the task taps and how its processor comes down to the backbone's preprocessing;
+  only the backbone's tensors are ever read. A nested timm backbone (DETR's ``use_timm_backbone``)
+  becomes a timm checkpoint (below) under the task's prefix.
 * **timm**: a timm hub repo (``architecture`` and ``pretrained_cfg``, no ``model_type``; weights
   under timm's own module names), transformers' ``TimmBackbone`` wrapper (``model_type:
   timm_backbone``, ``backbone`` naming the architecture, weights under ``_backbone.`` in the
@@ -28,14 +31,16 @@ refused in one line that says what the checkpoint is.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bbx import registry
 from bbx.errors import ModelError
 from bbx.family import Family, Settings, thaw
+from bbx.preprocess import Preprocess
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,16 +59,28 @@ class Checkpoint:
     rename: Callable[[str], str | None] | None = field(default=None, repr=False)
     #: the task model around the backbone, for reports ("" for a plain backbone)
     task: str = ""
+    #: the stages the task model taps (indices into the stage list), the default selection; None:
+    #: the last stage, as for any backbone
+    default_stages: tuple[int, ...] | None = None
+    #: the preprocessing, when the format seam translated it (a task processor); None: read
+    #: ``preprocessor`` as a backbone's ``preprocessor_config.json``
+    recipe: Preprocess | None = None
+    #: for a task checkpoint: whether it holds the backbone's stage norms, trained with the task
+    trained_norms: bool | None = None
 
     def settings(self) -> Settings:
         return self.family.parse(self.config)
 
     @property
     def architecture(self) -> str:
-        """What the checkpoint is, for reports: the model_type, or ``timm:<architecture>``."""
-        if self.family.timm is not None:
-            return f"timm:{self.config['architecture']}"
-        return self.model_type
+        """What the checkpoint is, for reports: the model_type, or ``timm:<architecture>``; for a
+        task checkpoint, with the task model around it (``swin in mask2former``)."""
+        return f"{self.network} in {self.task}" if self.task else self.network
+
+    @property
+    def network(self) -> str:
+        """The backbone network alone: its model_type, or ``timm:<architecture>``."""
+        return f"timm:{self.config['architecture']}" if self.family.timm is not None else self.model_type
 
     @property
     def stage_names(self) -> list[str]:
@@ -86,7 +103,11 @@ class Checkpoint:
 
 
 def _is_task(config: Mapping[str, Any]) -> bool:
-    return isinstance(config.get("backbone_config"), Mapping) or bool(config.get("use_timm_backbone"))
+    return (
+        registry.is_task(config.get("model_type"))
+        or isinstance(config.get("backbone_config"), Mapping)
+        or bool(config.get("use_timm_backbone"))
+    )
 
 
 def _is_timm_family_config(config: Mapping[str, Any]) -> bool:
@@ -105,15 +126,91 @@ def _is_timm(config: Mapping[str, Any]) -> bool:
 
 
 def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
-    task = config.get("model_type") or "a task model"
-    inner = config.get("backbone_config")
-    what = f"timm backbone {config.get('backbone')!r}" if config.get("use_timm_backbone") else "its backbone"
-    if isinstance(inner, Mapping):
-        what = f"its {inner.get('model_type', 'nested')} backbone"
-    raise ModelError(
-        f"{where} is a {task} checkpoint; bbx does not yet read {what} from task checkpoints "
-        f"(it reads backbone checkpoints of: {', '.join(registry.supported_model_types())})"
+    model_type = config.get("model_type")
+    if not registry.is_task(model_type):
+        inner = config.get("backbone_config")
+        what = f"timm backbone {config.get('backbone')!r}" if config.get("use_timm_backbone") else "its backbone"
+        if isinstance(inner, Mapping):
+            what = f"its {inner.get('model_type', 'nested')} backbone"
+        raise ModelError(
+            f"{where} is a {model_type or 'task model'} checkpoint; bbx does not read {what} from it "
+            f"(it reads the backbones of {', '.join(registry.task_model_types())} checkpoints)"
+        )
+    task = registry.task_of(model_type)
+    nested = task.read(config, preprocessor, where)
+    inner_type = nested.backbone["model_type"]
+    at = f"{where}, the {task.title} backbone_config"
+    if inner_type == "timm_backbone":  # a timm network under the task's prefix (DETR's use_timm_backbone)
+        return _task_timm(nested, task.trained_norms, str(model_type), preprocessor, at)
+    fam = registry.family_for(inner_type, str(model_type), at)
+    backbone = dict(nested.backbone)
+    if inner_type not in fam.model_types:  # a family reading this backbone in the task's own variant
+        backbone["model_type"] = fam.model_types[0]
+    settings = fam.parse(backbone, at)
+    names = settings.stage_names()
+    recipe = nested.recipe
+    strides = {st.stride for st in settings.stages()}
+    if len(strides) == 1 and min(strides) > 1:  # a patch backbone (one stride): other sizes lose pixels
+        recipe = replace(recipe, multiple_of=math.lcm(recipe.multiple_of, strides.pop()))
+    return Checkpoint(
+        "task",
+        fam,
+        str(backbone["model_type"]),
+        backbone,
+        preprocessor,
+        nested.prefix,
+        task=str(model_type),
+        default_stages=_taps(nested.taps, names, at),
+        recipe=recipe,
+        trained_norms=task.trained_norms,
     )
+
+
+def _task_timm(
+    nested: Any, trained_norms: bool, task: str, preprocessor: Mapping[str, Any] | None, at: str
+) -> Checkpoint:
+    """A task checkpoint's nested timm backbone (``model_type: timm_backbone``, as transformers 5
+    writes DETR's): the timm network under the task's prefix, with the task's taps and preprocessing."""
+    inner = nested.backbone
+    channels = inner.get("num_channels", 3)
+    model_args = {"in_chans": channels} if channels != 3 else {}
+    if inner.get("output_stride") not in (None, 32):  # dilated later stages (DETR-DC5's 16), timm's model arg
+        model_args["output_stride"] = inner.get("output_stride")
+    ck = timm_checkpoint(
+        inner.get("backbone"),
+        at,
+        model_args=model_args,
+        prefix=nested.prefix,
+        rename=_feature_net_key,
+        format="task",
+        task=task,
+    )
+    names = ck.stage_names
+    return dataclasses.replace(
+        ck,
+        preprocessor=preprocessor,
+        default_stages=_taps(nested.taps, names, at),
+        recipe=nested.recipe,
+        trained_norms=trained_norms,
+    )
+
+
+def _taps(taps: tuple[str, ...] | tuple[int, ...] | None, names: list[str], where: str) -> tuple[int, ...] | None:
+    """The stages a task taps, as indices into the backbone's stage list (names, or indices with
+    transformers' negative ones), in stage order; ModelError for a stage the backbone lacks."""
+    if taps is None:
+        return None
+    out = []
+    for t in taps:
+        if isinstance(t, str):
+            if t not in names:
+                raise ModelError(f"{where} taps stage {t!r}, which this backbone lacks (it has {', '.join(names)})")
+            out.append(names.index(t))
+        else:
+            if not -len(names) <= t < len(names):
+                raise ModelError(f"{where} taps stage index {t}, out of range for {len(names)} stages")
+            out.append(t % len(names))
+    return tuple(sorted(set(out)))
 
 
 #: timm's defaults where a ``pretrained_cfg`` leaves a field out (timm.data.resolve_data_config)
@@ -179,12 +276,10 @@ def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
     if kind == "timm_backbone":
         arch_name, prefix, rename = config.get("backbone"), "_backbone.", _feature_net_key
         model_args: Any = {}
-        if config.get("output_stride") not in (None, 32):
-            raise ModelError(
-                f"{where}: output_stride {config.get('output_stride')!r} (dilated stages) is not supported"
-            )
         if config.get("num_channels", 3) != 3:
-            model_args = {"in_chans": config.get("num_channels")}
+            model_args["in_chans"] = config.get("num_channels")
+        if config.get("output_stride") not in (None, 32):  # dilated later stages: timm's model arg
+            model_args["output_stride"] = config.get("output_stride")
         pretrained_cfg = None
     elif _is_timm_family_config(config):
         arch_name, prefix, rename = config.get("architecture"), "", None

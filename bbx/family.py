@@ -327,6 +327,9 @@ class CatalogRow:
     preprocessor: Mapping[str, Any]
     description: str = ""
     extra_aliases: tuple[str, ...] = ()
+    #: the hub revision the row stands for (None: the repo's default branch); a row at another
+    #: revision does not answer to the bare repo id, which names the default branch
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", frozen(self.config))
@@ -334,11 +337,14 @@ class CatalogRow:
 
     @property
     def model_type(self) -> str:
+        """The config's model_type (for a task checkpoint, the task model's)."""
         return str(self.config["model_type"])
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every name the row answers to: its alias, other aliases and hub id."""
+        if self.revision is not None:
+            return (self.alias, *self.extra_aliases)
         return (self.alias, *self.extra_aliases, self.repo_id)
 
     def config_dict(self) -> dict[str, Any]:
@@ -350,10 +356,13 @@ class CatalogRow:
 
     @property
     def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.checkpoint().stage_names)
+
+    def checkpoint(self) -> Any:
+        """What the embedded config is (:class:`bbx.checkpoints.Checkpoint`), through the format seam."""
         from bbx.checkpoints import recognise
 
-        # through the format seam: a row may hold a bigger model around the backbone (CLIP's)
-        return tuple(recognise(self.config).stage_names)
+        return recognise(self.config_dict(), self.preprocessor_dict(), f"{self.alias}'s embedded config")
 
 
 # --- timm checkpoints ------------------------------------------------------------------------------
@@ -472,6 +481,10 @@ class Family:
     unwrap: Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], str, Callable[[str], str | None] | None]] | None = (
         None
     )
+    #: backbones nested in task checkpoints that this family reads in place of another family:
+    #: {task model_type: (nested backbone model_types, ...)} (MaskFormer turns a nested ``swin``
+    #: config into its own Swin copy, ``maskformer-swin``)
+    nested: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: the timm architectures the family implements (a family of timm-layout networks), or None
     timm: TimmLayout | None = None
     #: the timm architectures that are this (transformers-layout) family's network, for ``inspect``

@@ -147,15 +147,27 @@ def resolve(
 
     row = registry.lookup(name)
     if row is not None:
-        spec = recognise(row.config_dict(), row.preprocessor_dict(), f"{row.alias}'s embedded config")
+        spec = row.checkpoint()
         if require is not None and revision is None:
             require(spec)
         if not weights and revision is None:
             return ModelRef(
-                given=name, source="alias", spec=spec, repo_id=row.repo_id, revision=revision, alias=row.alias
+                given=name,
+                source="alias",
+                spec=spec,
+                repo_id=row.repo_id,
+                revision=row.revision,
+                alias=row.alias,
             )
+        # a row may stand for a revision of its repo (DETR's no_timm); an asked-for revision wins
         return _from_hub(
-            name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress, require=require
+            name,
+            row.repo_id,
+            revision or row.revision,
+            weights=weights,
+            alias=row.alias,
+            progress=progress,
+            require=require,
         )
 
     if _looks_like_path(name):

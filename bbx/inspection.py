@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bbx import hub, registry
-from bbx.plan import check_stage_norm, model_plan
+from bbx.plan import ImageSize, check_stage_norm, model_plan, recipe
+from bbx.stages import select_stages
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,25 @@ class StageRow:
     name: str
     channels: int
     stride: int
-    shape: tuple[int, int, int]  # [C, H, W] at the report's input size
+    shape: tuple[int, int, int] | None  # [C, H, W] at the report's input size (None: the size varies)
     default: bool
     #: for a timm checkpoint whose network bbx also has in transformers' layout: that stage's name
     transformers_stage: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Where a task checkpoint's backbone comes from."""
+
+    model_type: str  # the task model's ("mask2former")
+    title: str
+    kind: str
+    checkpoint: str
+    weight_prefix: str
+    stage_norms: str  # trained with the task, or not in the checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,7 @@ class ModelReport:
     source: str
     revision: str | None
     architecture: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] | None  # None: the checkpoint's size varies per image (pass --image-size)
     stage_norm: str
     stage_norm_means: str  # what the stage-norm mode does for this family
     default_selection: tuple[str, ...]
@@ -39,6 +55,7 @@ class ModelReport:
     embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
     #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
     transformers_layout: str | None = None
+    task: TaskInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,7 +64,7 @@ class ModelReport:
             "source": self.source,
             "revision": self.revision,
             "architecture": self.architecture,
-            "input_size": list(self.input_size),
+            "input_size": list(self.input_size) if self.input_size else None,
             "stage_norm": self.stage_norm,
             "stage_norm_means": self.stage_norm_means,
             "default_selection": {
@@ -65,20 +82,42 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "task": self.task.to_json() if self.task else None,
             "class_token": self.class_token,
             "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
         } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
+def _task_info(ref: hub.ModelRef) -> TaskInfo | None:
+    if not ref.spec.task:
+        return None
+    task = registry.task_of(ref.spec.task)
+    norms = f"trained with {task.title} (in the checkpoint)" if ref.spec.trained_norms else "none in the checkpoint"
+    return TaskInfo(ref.spec.task, task.title, task.kind, ref.checkpoint, ref.spec.weight_prefix, norms)
+
+
 def inspect_model(
-    name: str, *, revision: str | None = None, image_size: int | None = None, stage_norm: str = "hf"
+    name: str, *, revision: str | None = None, image_size: ImageSize | None = None, stage_norm: str = "hf"
 ) -> ModelReport:
     """Stage table of MODEL at its input size (or ``image_size``), from its config alone: no
-    torch, no weights, nothing downloaded for an alias or a folder."""
+    torch, no weights, nothing downloaded for an alias or a folder. A checkpoint whose own
+    preprocessing sizes every image differently (a task processor) and no ``image_size``: the
+    stages without map shapes."""
     check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    mp = model_plan(ref, image_size=image_size)
-    default = set(mp.selection.out_indices)
+    pre = recipe(ref, image_size)
+    if pre.output_size is None and pre.size_required:
+        settings = ref.spec.settings()
+        stages = settings.stages()
+        selection = select_stages([s.name for s in stages], None, None, ref.spec.default_stages)
+        shapes: list[tuple[int, int, int] | None] = [None] * len(stages)
+        size = None
+    else:
+        mp = model_plan(ref, image_size=image_size)
+        stages, selection, pre, size = list(mp.stages), mp.selection, mp.preprocess, mp.input_size
+        settings = mp.settings
+        shapes = list(mp.shapes)
+    default = set(selection.out_indices)
     layout, counterpart = None, None
     if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
         fam = registry.timm_counterpart(str(ref.config.get("architecture")))
@@ -86,7 +125,7 @@ def inspect_model(
             layout, counterpart = fam.title, fam.timm_counterpart.stage_of
     rows = tuple(
         StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default, counterpart and counterpart(spec.name))
-        for i, (spec, shape) in enumerate(zip(mp.stages, mp.shapes))
+        for i, (spec, shape) in enumerate(zip(stages, shapes))
     )
     info = ref.describe()
     return ModelReport(
@@ -95,14 +134,15 @@ def inspect_model(
         source=ref.source,
         revision=info["revision"],
         architecture=ref.architecture,
-        input_size=mp.input_size,
+        input_size=size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
-        default_selection=tuple(mp.selection.out_features),
-        default_indices=tuple(mp.selection.out_indices),
+        default_selection=tuple(selection.out_features),
+        default_indices=tuple(selection.out_indices),
         stages=rows,
-        preprocessing=mp.preprocess.describe(),
-        class_token=mp.settings.class_token,
-        embedding_dim=mp.settings.embedding_dim,
+        preprocessing=pre.describe(),
+        class_token=settings.class_token,
+        embedding_dim=settings.embedding_dim,
         transformers_layout=layout,
+        task=_task_info(ref),
     )

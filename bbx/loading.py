@@ -39,7 +39,13 @@ def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf", keep_through: 
     whole = model.state_dict(keep_vars=True)
     if keep_through is not None:
         model.truncate(keep_through)
-    state = ref.family.remap(weights.read_state_dict(ref.folder, select=ref.spec.backbone_keys), ref.config)
+    raw = weights.read_state_dict(ref.folder, select=ref.spec.backbone_keys)
+    if not raw and ref.spec.weight_prefix:
+        raise ModelError(
+            f"weights in {ref.checkpoint} have no tensors under {ref.spec.weight_prefix!r}, where this "
+            f"{ref.spec.task or 'checkpoint'}'s backbone should be (does config.json name the right architectures?)"
+        )
+    state = ref.family.remap(raw, ref.config)
     weights.load_strict(model, state, source=ref.checkpoint, expected=whole)
     model.init_computed_buffers()
     return model.eval()
@@ -95,9 +101,8 @@ def load_for_inference(
     from bbx.stages import select_stages
 
     t0 = time.perf_counter()
-    last = None
-    if truncate and not embedding:
-        last = select_stages(ref.spec.stage_names, out_indices, out_features).out_indices[-1]
+    selection = select_stages(ref.spec.stage_names, out_indices, out_features, ref.spec.default_stages)
+    last = selection.out_indices[-1] if truncate and not embedding else None
     if pretrained:
         model = load_pretrained(ref, stage_norm=stage_norm, keep_through=last)
     else:
@@ -105,7 +110,7 @@ def load_for_inference(
         model = build(ref, stage_norm=stage_norm)  # the whole network: the same random weights as always
         if last is not None:
             model.truncate(last)
-    model.select(out_indices, out_features)
+    model.select(selection.out_indices)
     try:
         model.readout(cls=cls, embedding=embedding)
     except ValueError as e:  # the plan refuses these first; a caller without one gets one line too
@@ -126,8 +131,11 @@ def load_backbone(
     *,
     stage_norm: str = "hf",
 ) -> Backbone:
+    from bbx.stages import select_stages
+
     ref = hub.resolve(str(name_or_path), revision=revision, weights=pretrained)
     model = load_pretrained(ref, stage_norm=stage_norm) if pretrained else build(ref, stage_norm=stage_norm)
-    model.select(out_indices, out_features)
+    # a task checkpoint's default: the stages the task model taps
+    model.select(select_stages(model.stage_names, out_indices, out_features, ref.spec.default_stages).out_indices)
     model.ref = ref  # type: ignore[assignment]  (where it came from, for reports)
     return model

@@ -36,6 +36,8 @@ from bbx.tars import expand as expand_tars
 POOLS = ("none", "avg", "max", "cls")
 #: the name of the image-embedding dataset (``--embedding``) beside the stages
 EMBEDDING = EMBEDDING_NAME
+#: ``--image-size`` as the library takes it: N (N x N) or (height, width)
+ImageSize = int | tuple[int, int]
 ON_ERROR = ("skip", "stop")
 #: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
 RANDOM_SEED = 0
@@ -50,7 +52,7 @@ class ExtractOptions:
     format: str | None = None
     out_indices: tuple[int, ...] | None = None
     out_features: tuple[str, ...] | None = None
-    image_size: int | None = None
+    image_size: ImageSize | None = None
     batch_size: int = 32
     device: str = "auto"
     dtype: str = "float32"
@@ -129,14 +131,57 @@ class ModelPlan:
     selection: Selection
 
 
-def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Preprocess, tuple[int, int]]:
-    """The preprocessing recipe (with ``--image-size`` applied) and the size it produces."""
+def image_hw(image_size: ImageSize) -> tuple[int, int]:
+    """(height, width) of an image size; UsageError for anything but positive pixels."""
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        h, w = image_size
+    elif isinstance(image_size, int) and not isinstance(image_size, bool):
+        h = w = image_size
+    else:
+        raise UsageError(f"--image-size must be N or (height, width) in pixels, got {image_size!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (h, w)):
+        raise UsageError(f"--image-size must be a positive number of pixels, got {image_size!r}")
+    return h, w
+
+
+def _size_text(h: int, w: int) -> str:
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def recipe(ref: hub.ModelRef, image_size: ImageSize | None = None) -> Preprocess:
+    """The preprocessing recipe with ``--image-size`` applied (its output size may still be None:
+    a checkpoint whose own size varies, and no size given)."""
     pre = Preprocess.from_checkpoint(ref.spec)
-    if image_size is not None:
-        if image_size < 1:
-            raise UsageError(f"--image-size must be a positive number of pixels, got {image_size}")
-        pre = pre.with_image_size(image_size)
+    if image_size is None:
+        return pre
+    h, w = image_hw(image_size)
+    m = pre.multiple_of
+    if m > 1 and (h % m or w % m):
+        raise UsageError(
+            f"--image-size {_size_text(h, w)} is not a multiple of {m}, as {ref.checkpoint} needs (its task model "
+            f"sees only such sizes: its processor's and its backbone's patches); try {_size_text(*_nearest(h, w, m))}"
+        )
+    if h == w:
+        return pre.with_image_size(h)
+    if not (pre.size_required or pre.resizes_to_fixed_size):
+        raise UsageError(
+            f"--image-size {h}x{w}: {ref.checkpoint}'s preprocessing crops or keeps the aspect ratio; "
+            "a height x width size needs one that resizes straight to a size (give one number instead)"
+        )
+    return pre.with_height_width(h, w)
+
+
+def _nearest(h: int, w: int, m: int) -> tuple[int, int]:
+    return max(m, round(h / m) * m), max(m, round(w / m) * m)
+
+
+def input_size(ref: hub.ModelRef, image_size: ImageSize | None = None) -> tuple[Preprocess, tuple[int, int]]:
+    """The preprocessing recipe (with ``--image-size`` applied) and the size it produces."""
+    pre = recipe(ref, image_size)
     size = pre.output_size
+    if size is None and pre.size_required:  # a task processor sizing each image by itself
+        n = f"N, a multiple of {pre.multiple_of}" if pre.multiple_of > 1 else "N"
+        raise UsageError(f"{ref.checkpoint}: {pre.size_required}; pass --image-size {n} (resized to N x N, no crop)")
     if size is None and image_size is not None:  # a shortest-edge resize without a crop keeps the aspect
         raise UsageError(
             f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {image_size} with --image-size) "
@@ -161,7 +206,7 @@ def stage_shapes(settings: Settings, size: tuple[int, int]) -> list[tuple[int, i
 def model_plan(
     ref: hub.ModelRef,
     *,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     out_indices: Sequence[int] | None = None,
     out_features: Sequence[str] | None = None,
 ) -> ModelPlan:
@@ -169,7 +214,7 @@ def model_plan(
     pre, size = input_size(ref, image_size)
     shapes = stage_shapes(settings, size)
     stages = settings.stages()
-    selection = select_stages([s.name for s in stages], out_indices, out_features)
+    selection = select_stages([s.name for s in stages], out_indices, out_features, ref.spec.default_stages)
     return ModelPlan(ref, pre, size, settings, tuple(stages), tuple(shapes), selection)
 
 
@@ -330,6 +375,7 @@ def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None,
         format=fmt,
         free_bytes=free_space(output),
         preprocessing=mp.preprocess.describe(),
+        weight_prefix=ref.spec.weight_prefix if ref.spec.task else "",
         shard=None if opts.shard is None else opts.shard.describe(),
     )
     layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]

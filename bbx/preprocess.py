@@ -178,11 +178,62 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_mode: str | None = None  # timm only: "center" | "squash" | "border"
+    #: why the checkpoint's own processing gives every image its own size ("" when it does not):
+    #: then a run needs an explicit size (``--image-size``), which :meth:`with_image_size` gives
+    size_required: str = ""
+    #: the multiple of which both sides must be (a task processor's ``ensure_multiple_of`` or
+    #: padding divisor, a patch backbone's patch size inside a task model), 1 for any size
+    multiple_of: int = 1
 
     @classmethod
     def from_checkpoint(cls, ck: Any) -> Preprocess:
-        """The recipe of a :class:`bbx.checkpoints.Checkpoint`."""
+        """The recipe of a :class:`bbx.checkpoints.Checkpoint` (a task checkpoint's, translated from
+        its task processor by the format seam, or read from its ``preprocessor_config.json``)."""
+        if getattr(ck, "recipe", None) is not None:
+            return ck.recipe
         return cls.from_config(ck.preprocessor, ck.model_type, default=ck.family.processor)
+
+    @classmethod
+    def resize_to(
+        cls,
+        processor: str,
+        size: tuple[int, int] | None,
+        *,
+        resample: int,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        size_required: str = "",
+        multiple_of: int = 1,
+    ) -> Preprocess:
+        """The plain recipe a task processor comes down to for a backbone: resize straight to
+        ``size`` (height, width) with ``resample``, no crop, then rescale and normalise. ``size``
+        None (with ``size_required`` saying why): the processor's output size depends on the image,
+        and a run must give one (:meth:`with_image_size`)."""
+        if size is None and not size_required:
+            raise ValueError("a recipe without a size must say why (size_required)")
+        if isinstance(resample, bool) or resample not in RESAMPLE_NAMES:
+            raise _bad(f"unknown resample filter {resample!r}")
+        h, w = size or (0, 0)
+        return cls(
+            kind="resize",
+            processor=processor,
+            do_resize=True,
+            size={"height": h, "width": w},
+            resample=resample,
+            crop_pct=None,
+            do_center_crop=False,
+            crop_size=None,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            mean=mean,
+            std=std,
+            size_required="" if size is not None else size_required,
+            multiple_of=multiple_of,
+        )
 
     @classmethod
     def from_config(cls, pre: Mapping[str, Any] | None, model_type: str, *, default: str | None = None) -> Preprocess:
@@ -380,6 +431,8 @@ class Preprocess:
     @property
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) of every preprocessed image, or None when it depends on the image."""
+        if self.size_required:
+            return None
         if self.do_center_crop and self.crop_size is not None:
             return self.crop_size
         if not self.do_resize:
@@ -420,6 +473,8 @@ class Preprocess:
         """
         if n < 1:
             raise ValueError("image size must be positive")
+        if self.size_required:  # a task processor's varying size: resize straight to n x n
+            return self.with_height_width(n, n)
         if self.kind == "timm":  # timm's input_size override: (3, n, n), crop_pct and mode kept
             return replace(self, size={"height": n, "width": n}, crop_size=(n, n))
         if self.kind == "crop_pct":
@@ -438,10 +493,25 @@ class Preprocess:
             size = _scaled(s, edge / s["shortest_edge"], edge)
         return replace(self, size=size, crop_size=(n, n))
 
+    @property
+    def resizes_to_fixed_size(self) -> bool:
+        """Whether the recipe resizes every image straight to one size, with no crop (then any
+        height x width can replace it: :meth:`with_height_width`)."""
+        return self.kind == "resize" and self.do_resize and not self.do_center_crop and "height" in self.size
+
+    def with_height_width(self, height: int, width: int) -> Preprocess:
+        """The same recipe resizing every image straight to ``height`` x ``width`` (no crop):
+        for recipes that resize to a fixed size or whose own size varies per image."""
+        if height < 1 or width < 1:
+            raise ValueError("image size must be positive")
+        if not (self.size_required or self.resizes_to_fixed_size):
+            raise ValueError("a height x width size needs a recipe that resizes to a fixed size, without a crop")
+        return replace(self, do_resize=True, size={"height": height, "width": width}, size_required="")
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the recipe (stored in outputs)."""
-        extra = {"crop_mode": self.crop_mode} if self.kind == "timm" else {}
-        return extra | {
+        out: dict[str, Any] = {"crop_mode": self.crop_mode} if self.kind == "timm" else {}
+        out |= {
             "kind": self.kind,
             "processor": self.processor,
             "do_resize": self.do_resize,
@@ -456,6 +526,11 @@ class Preprocess:
             "image_mean": list(self.mean),
             "image_std": list(self.std),
         }
+        if self.size_required:  # only when set: outputs written before these existed resume unchanged
+            out["size_required"] = self.size_required
+        if self.multiple_of > 1:
+            out["multiple_of"] = self.multiple_of
+        return out
 
 
 def _family_processor(model_type: str) -> str | None:

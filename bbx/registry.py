@@ -1,9 +1,11 @@
-"""The catalog: which families bbx implements and which public checkpoints it knows by name.
+"""The catalog: which families bbx implements, which task models it reads backbones from, and
+which public checkpoints it knows by name.
 
-Families are discovered, never listed: every package under ``bbx/families/`` exports a
-:class:`bbx.family.Family` as ``FAMILY`` (torch-free), with its ``model_type`` values and its
-catalog rows. Adding a family is adding its package. The tables are built on first use and
-refuse duplicates: a ``model_type`` claimed by two families, a name given to two checkpoints.
+Families and task models are discovered, never listed: every package under ``bbx/families/``
+exports a :class:`bbx.family.Family` as ``FAMILY``, every module under ``bbx/tasks/`` a
+:class:`bbx.task.Task` as ``TASK`` (both torch-free), with their ``model_type`` values and catalog
+rows. Adding a family or a task model is adding its package or module. The tables are built on
+first use and refuse duplicates: a ``model_type`` claimed twice, a name given to two checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from bbx.errors import ModelError
 from bbx.family import CatalogRow, Family, TimmArch
+from bbx.task import Task
 
 
 @functools.cache
@@ -117,16 +120,75 @@ def family_of(model_type: Any, where: str = "") -> Family:
     raise ModelError(f"{what}{at}; bbx supports: {', '.join(supported_model_types())}")
 
 
+@functools.cache
+def tasks() -> tuple[Task, ...]:
+    """Every task module under ``bbx/tasks/``, in name order."""
+    import bbx.tasks as package
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.ispkg or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        task = getattr(module, "TASK", None)
+        if not isinstance(task, Task) or task.name != info.name:
+            raise RuntimeError(f"bbx/tasks/{info.name}.py must define TASK = Task(name={info.name!r}, ...)")
+        found.append(task)
+    return tuple(found)
+
+
+@functools.cache
+def _by_task_type() -> Mapping[str, Task]:
+    table: dict[str, Task] = {}
+    for task in tasks():
+        for mt in task.model_types:
+            if mt in table or mt in _by_model_type():
+                raise RuntimeError(f"model_type {mt!r} of task {task.name} is claimed twice")
+            table[mt] = task
+    return MappingProxyType(table)
+
+
+def task_model_types() -> list[str]:
+    return sorted(_by_task_type())
+
+
+def is_task(model_type: Any) -> bool:
+    return isinstance(model_type, str) and model_type in _by_task_type()
+
+
+def task_of(model_type: str) -> Task:
+    return _by_task_type()[model_type]
+
+
+def family_for(model_type: Any, task: str, where: str = "") -> Family:
+    """The family reading a backbone of ``model_type`` nested in a ``task`` checkpoint: one that
+    takes it over inside that task (``Family.nested``), else the one implementing it."""
+    for fam in families():
+        if model_type in fam.nested.get(task, ()):
+            return fam
+    return family_of(model_type, where)
+
+
 def checkpoints() -> tuple[CatalogRow, ...]:
-    """Every catalog row, family by family in name order, each family's rows as it lists them."""
+    """Every catalog row: family by family in name order, then task by task, each as it lists them."""
+    return family_rows() + task_rows()
+
+
+def family_rows() -> tuple[CatalogRow, ...]:
+    """The backbone checkpoints: every family's rows."""
     return tuple(row for fam in families() for row in fam.catalog)
+
+
+def task_rows() -> tuple[CatalogRow, ...]:
+    """The task checkpoints whose backbones bbx reads: every task module's rows."""
+    return tuple(row for task in tasks() for row in task.catalog)
 
 
 @functools.cache
 def _aliases() -> Mapping[str, CatalogRow]:
     table: dict[str, CatalogRow] = {}
     for row in checkpoints():
-        if not is_supported(row.config.get("model_type")):
+        if not (is_supported(row.config.get("model_type")) or is_task(row.config.get("model_type"))):
             raise RuntimeError(f"catalog row {row.alias}: model_type {row.config.get('model_type')!r} has no family")
         for name in row.names:
             key = name.lower()

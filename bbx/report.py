@@ -51,6 +51,8 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    #: for a task checkpoint: the prefix of the backbone's tensors in it (nothing else is read)
+    weight_prefix: str = ""
     embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
     shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
@@ -86,7 +88,7 @@ class Plan:
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
             "shard": self.shard,
-        }
+        } | ({"weight_prefix": self.weight_prefix} if self.weight_prefix else {})
 
 
 def _stage_json(s: StagePlan) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A backbone has named stages (``stem``, ``stage1``, ...). A selection names some of them by index
 (negative counts from the end) or by name; when both are given they must name the same stages;
 neither means the last stage. Duplicates, out-of-range indices, unknown names and selections out
-of stage order are refused. The result is always in stage order with non-negative indices.
+of stage order are refused. The result is always in stage order with non-negative indices. A
+checkpoint may bring its own default (a task model's taps: :attr:`bbx.checkpoints.Checkpoint.default_stages`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def select_stages(
     stage_names: Sequence[str],
     out_indices: Sequence[int] | None = None,
     out_features: Sequence[str] | None = None,
+    default: Sequence[int] | None = None,
 ) -> Selection:
-    """Validate and align a stage selection; raise :class:`UsageError` with one line if invalid."""
+    """Validate and align a stage selection; raise :class:`UsageError` with one line if invalid.
+    ``default``: the stages (indices) chosen when neither is given (the ones a task model taps);
+    None: the last stage."""
     names = list(stage_names)
     n = len(names)
     if n == 0:
@@ -77,7 +81,8 @@ def select_stages(
                 f"stages ({[names[i] for i in indices]} vs {features}); {_valid(names)}"
             )
     if indices is None and features is None:
-        indices = [n - 1]
+        indices = sorted({i % n for i in default if -n <= i < n}) if default else []
+        indices = indices or [n - 1]
     if indices is None:
         assert features is not None
         indices = [names.index(f) for f in features]

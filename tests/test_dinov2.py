@@ -207,8 +207,9 @@ def test_config_checks():
     assert Dinov2Settings.from_config({"model_type": "dinov2_with_registers"}).num_register_tokens == 4
     assert Dinov2Settings.from_config({"model_type": "dinov2", "image_size": [518, 518]}).grid == 37
     assert Dinov2Settings.from_config({"hidden_size": 1536, "use_swiglu_ffn": True}).mlp_hidden == 4096
+    # token sequences in transformers (as Depth Anything and DPT ask): bbx returns the same patch maps
+    assert not Dinov2Settings.from_config({"reshape_hidden_states": False}).reshape_hidden_states
     for bad, match in [
-        ({"reshape_hidden_states": False}, "reshape_hidden_states"),
         ({"num_register_tokens": 4}, "register"),
         ({"image_size": [518, 532]}, "square"),
         ({"hidden_size": 100, "num_attention_heads": 3}, "multiple"),

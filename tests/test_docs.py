@@ -52,4 +52,5 @@ def test_every_catalog_row_is_in_the_readme():
     from bbx import registry
 
     text = (ROOT / "README.md").read_text()
-    assert all(f"| {r.alias} | {r.repo_id} |" in text for r in registry.checkpoints())
+    rows = registry.checkpoints()
+    assert all(f"| {r.alias} | {r.repo_id}{f' @ `{r.revision}`' if r.revision else ''} |" in text for r in rows)

@@ -409,8 +409,8 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
 
     from bbx.nn import layers
 
-    # where the block calls it: Swin's own model, ConvNeXt's shared block (bbx.nn.blocks)
-    family = importlib.import_module("bbx.nn.blocks" if kind == "convnext" else f"bbx.families.{kind}.model")
+    # where the block calls it: the shared shifted-window block (Swin), ConvNeXt's shared block
+    family = importlib.import_module({"swin": "bbx.nn.windows", "convnext": "bbx.nn.blocks"}[kind])
     slices = []
 
     def spy(fn, x, *more, width):

@@ -149,3 +149,14 @@ def test_every_family_is_a_package_with_its_model():
     for fam in registry.families():
         folder = ROOT / "bbx" / "families" / fam.name
         assert (folder / "__init__.py").is_file() and (folder / "model.py").is_file(), fam.name
+
+
+def test_every_task_model_is_a_module_with_its_catalog():
+    """Task modules (bbx/tasks/<name>.py) are checked by the naming test above like any bbx file:
+    their code names no family; the rows naming backbones are the JSON beside them."""
+    for task in registry.tasks():
+        folder = ROOT / "bbx" / "tasks"
+        assert (folder / f"{task.name}.py").is_file() and (folder / f"{task.name}.json").is_file(), task.name
+        assert task.catalog and all(registry.is_task(r.model_type) for r in task.catalog), task.name
+    for fam in registry.families():
+        assert all(registry.is_task(t) for t in fam.nested), (fam.name, fam.nested)

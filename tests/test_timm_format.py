@@ -130,9 +130,13 @@ def test_what_bbx_does_not_implement_is_one_line():
     r = bbx_proc("inspect", "timm:levit_128")
     assert r.returncode == 4 and r.stderr.count("\n") == 1
     assert "'levit_128'" in r.stderr and "resnet*" in r.stderr and "tf_efficientnet_b0" in r.stderr
-    config = {"architecture": "resnet50", "pretrained_cfg": {}, "model_args": {"output_stride": 16}}
-    with pytest.raises(ModelError, match="output_stride=16 changes resnet50"):
+    config = {"architecture": "convnext_tiny", "pretrained_cfg": {}, "model_args": {"output_stride": 16}}
+    with pytest.raises(ModelError, match="output_stride=16 changes convnext_tiny"):
         recognise(config)
+    with pytest.raises(ModelError, match="output_stride=16 changes convnext_tiny"):
+        recognise({"model_type": "timm_backbone", "backbone": "convnext_tiny", "output_stride": 16})
+    dilated = recognise({"model_type": "timm_backbone", "backbone": "resnet50", "output_stride": 16})
+    assert [st.stride for st in dilated.settings().stages()] == [2, 4, 8, 16, 16]
     with pytest.raises(ModelError, match="crop_mode"):
         Preprocess.from_checkpoint(recognise({"architecture": "resnet50", "pretrained_cfg": {"crop_mode": "x"}}))
 

@@ -19,8 +19,19 @@ SMALL = {"channels": [8, 16, 24, 32], "layers": [1, 2, 1, 1]}
         ("resnet26t", {"layers": [1, 1, 1, 1]}),
         ("resnet50c", {"layers": [1, 1, 1, 1]}),
         ("resnet50s", {"layers": [1, 1, 1, 1], "stem_width": 16}),
+        ("resnet18", {"layers": [1, 1, 2, 2], "output_stride": 16}),
+        ("resnet50d", {"layers": [1, 1, 2, 2], "output_stride": 8}),
     ],
-    ids=["basic", "bottleneck", "d-deep-stem-avg-down", "t-tiered-stem", "c-deep-stem", "s-wide-stem"],
+    ids=[
+        "basic",
+        "bottleneck",
+        "d-deep-stem-avg-down",
+        "t-tiered-stem",
+        "c-deep-stem",
+        "s-wide-stem",
+        "dilated-16",
+        "dilated-8-avg-down",
+    ],
 )
 def test_small_configs_match_timm(tmp_path, arch, args):
     folder = oracle.make(tmp_path / "ckpt", arch, model_args={**SMALL, **args}, seed=1)
@@ -46,3 +57,15 @@ def test_negative_indices_are_timms(tmp_path):
     oracle.compare(folder, 128, tmp_path / "a", names=model.out_features)
     _, reply = oracle.timm_maps(folder, __import__("torch").zeros(1, 3, 64, 64), tmp_path / "b", out_indices=[-2, -1])
     assert reply["feature_info"]["module"] == ["layer3", "layer4"]
+
+
+def test_output_stride_keeps_the_later_maps_at_that_stride():
+    """timm's make_blocks: once the network stride reaches output_stride, the stages stop striding."""
+    from bbx.families.timm_resnet import TimmResNetSettings
+
+    for os_, strides, size in [(32, [2, 4, 8, 16, 32], 7), (16, [2, 4, 8, 16, 16], 14), (8, [2, 4, 8, 8, 8], 28)]:
+        s = TimmResNetSettings(architecture="resnet50", output_stride=os_)
+        assert [st.stride for st in s.stages()] == strides
+        assert s.map_sizes((224, 224))[-1] == (size, size)
+    with pytest.raises(ValueError, match="output_stride"):
+        TimmResNetSettings(architecture="resnet50", output_stride=4).check()

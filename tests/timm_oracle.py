@@ -18,6 +18,9 @@ Requests (``op``):
   and the optional ``input_size`` override, ``create_transform``) on the image files ``images``
   opened with Pillow and ``convert("RGB")``, the batch written to ``out`` as ``x``.
 * ``info``: timm's feature_info and pretrained_cfg for an architecture (``arch``, ``model_args``).
+* ``task_make`` / ``task_features``: a transformers task model carrying a timm backbone (``cls``
+  and its ``config``, as DETR's ``use_timm_backbone``) saved in the hub layout, and the maps of its
+  backbone module (``module``, an attribute path) on ``input``.
 """
 
 from __future__ import annotations
@@ -171,7 +174,46 @@ def info(req: dict) -> dict:
     }
 
 
-OPS = {"make": make, "features": features, "transform": transform, "info": info}
+def _task_model(cls_name: str, config: dict):
+    import transformers
+
+    cfg_cls = getattr(transformers, cls_name.replace("ForObjectDetection", "Config"))
+    return getattr(transformers, cls_name)(cfg_cls(**config))
+
+
+def task_make(req: dict) -> dict:
+    """A random-weight transformers task model (``cls``, e.g. a detection model) built from
+    ``config`` (its timm backbone included) and saved in the hub layout in ``folder``."""
+    model = _task_model(req["cls"], req["config"])
+    _randomize(model, req.get("seed", 0))
+    model.save_pretrained(req["folder"])
+    return {"keys": len(model.state_dict())}
+
+
+def task_features(req: dict) -> dict:
+    """The maps of a saved task model's backbone module (``module``: attribute path, called with
+    the batch and an all-valid pixel mask, returning (map, mask) pairs) on ``input``."""
+    import transformers
+
+    model = getattr(transformers, req["cls"]).from_pretrained(req["folder"]).eval()
+    module = model
+    for part in req["module"].split("."):
+        module = getattr(module, part)
+    x = _load_x(req["input"], "float32")
+    with torch.no_grad():
+        pairs = module(x, torch.ones(x.shape[0], *x.shape[2:], dtype=torch.long))
+    _save(req["out"], [m for m, _ in pairs])
+    return {}
+
+
+OPS = {
+    "make": make,
+    "features": features,
+    "transform": transform,
+    "info": info,
+    "task_make": task_make,
+    "task_features": task_features,
+}
 
 
 def main() -> None:

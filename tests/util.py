@@ -93,7 +93,12 @@ def hf_model(model_type: str, config: dict[str, Any], *, head: bool = True) -> t
             return transformers.AutoModelForImageClassification.from_config(cfg).eval()
         except ValueError:  # a type without a classification model
             pass
-    return transformers.AutoModel.from_config(cfg).eval()
+    try:
+        return transformers.AutoModel.from_config(cfg).eval()
+    except ValueError:  # a type that only exists as a backbone (inside task models)
+        from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
+
+        return getattr(transformers, MODEL_FOR_BACKBONE_MAPPING_NAMES[model_type])(cfg).eval()
 
 
 def tiny_checkpoint(folder: Path, model_type: str, *, seed: int = 0, head: bool = True, **overrides: Any) -> Path:

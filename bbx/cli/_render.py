@@ -25,6 +25,10 @@ def render_plan(plan: Plan, console: Any) -> None:
         + (f"@{plan.revision[:12]}" if plan.revision else "")
         + f"  ({plan.architecture}, {plan.weights} weights, input {h}x{w}, stage norm {plan.stage_norm})"
     )
+    if plan.weight_prefix:
+        console.print(
+            f"backbone weights: the tensors under {plan.weight_prefix}* (the rest of the task model is not read)"
+        )
     console.print(
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")

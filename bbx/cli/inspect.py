@@ -30,31 +30,33 @@ def inspect(
     from bbx.cli._render import table as make_table
 
     out = console()
-    h, w = report.input_size
+    size = f"input {report.input_size[0]}x{report.input_size[1]}" if report.input_size else "input varies"
+    at = f"@{report.revision[:12]}" if report.revision and report.task else ""
     out.print(
-        f"[bold]{report.model}[/bold]  {report.checkpoint}  ({report.architecture}, input {h}x{w}, "
+        f"[bold]{report.model}[/bold]  {report.checkpoint}{at}  ({report.architecture}, {size}, "
         f"stage norm {report.stage_norm})"
     )
+    if report.task:
+        t = report.task
+        out.print(f"{t.title} backbone ({t.kind}): weights under {t.weight_prefix}*, stage norms {t.stage_norms}")
     columns = ["", ">index", "name", ">channels", ">stride", "shape [C, H, W]"]
     if report.transformers_layout:
         columns.append(f"{report.transformers_layout} (transformers)")
     table = make_table(*columns)
     for s in report.stages:
-        cells = [
-            "*" if s.default else "",
-            str(s.index),
-            s.name,
-            str(s.channels),
-            str(s.stride),
-            f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]",
-        ]
+        c, h, w = s.shape if s.shape else (s.channels, f"H/{s.stride}", f"W/{s.stride}")
+        cells = ["*" if s.default else "", str(s.index), s.name, str(s.channels), str(s.stride), f"[{c}, {h}, {w}]"]
         if report.transformers_layout:
             cells.append(s.transformers_stage or "-")
         table.add_row(*cells)
     out.print(table)
+    if report.input_size is None:
+        why = report.preprocessing.get("size_required", "the size varies")
+        out.print(f"input: {why}; extraction needs --image-size N")
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
     if report.class_token:
         out.print("--pool cls: the class token of each stage, [C] per image")
     if report.embedding_dim is not None:
         out.print(f"--embedding: the model's own image embedding, [{report.embedding_dim}] per image")
-    out.print("* default selection (the last stage); choose others with --out-indices or --out-features")
+    which = f"the stages {report.task.title} taps" if report.task else "the last stage"
+    out.print(f"* default selection ({which}); choose others with --out-indices or --out-features")

@@ -13,14 +13,19 @@ def _rows() -> list[dict[str, object]]:
 
     rows = []
     for row in registry.checkpoints():
-        size = Preprocess.from_config(row.preprocessor, row.model_type).output_size
+        ck = row.checkpoint()
+        size = Preprocess.from_checkpoint(ck).output_size
+        names = ck.stage_names
         rows.append(
             {
                 "alias": row.alias,
                 "checkpoint": row.repo_id,
-                "architecture": row.model_type,
+                "revision": row.revision,
+                "architecture": ck.network if ck.task else row.model_type,
+                "task": ck.task or None,
                 "input_size": list(size) if size else None,
-                "stages": list(row.stage_names),
+                "stages": list(names),
+                "default_stages": [names[i] for i in ck.default_stages] if ck.default_stages else [names[-1]],
                 "description": row.description,
                 "other_names": list(row.extra_aliases),
             }
@@ -59,10 +64,11 @@ def models(
         size = r["input_size"]
         stages = r["stages"]
         assert isinstance(stages, list)
+        at = f"@{r['revision']}" if r["revision"] else ""
         table.add_row(
             str(r["alias"]),
-            str(r["checkpoint"]),
-            str(r["architecture"]),
+            f"{r['checkpoint']}{at}",
+            f"{r['architecture']} in {r['task']}" if r["task"] else str(r["architecture"]),
             f"{size[0]}x{size[1]}" if isinstance(size, list) else "varies",
             f"{stages[0]}, {stages[1]} .. {stages[-1]} ({len(stages)})",
         )

@@ -23,7 +23,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 class ConvNormAct(nn.Module):
     """Conv (no bias) -> BatchNorm -> optional activation (a bbx activation name).
 
-    ``padding`` is symmetric (default ``kernel // 2``) unless ``same`` (TensorFlow's, computed from
+    ``padding`` is symmetric (default ``dilation * (kernel // 2)``) unless ``same`` (TensorFlow's, computed from
     the input: timm's ``tf_`` networks with stride 2). Once :meth:`fold_batchnorm` has run, the
     BatchNorm lives in the conv's weight and bias, and with ``fused`` the conv, its activation and
     a residual sum run as one oneDNN kernel (:func:`bbx.nn.layers.conv_act`)."""
@@ -40,12 +40,17 @@ class ConvNormAct(nn.Module):
         eps: float = 1e-5,
         padding: int | None = None,
         same: bool = False,
+        dilation: int = 1,
     ):
         super().__init__()
+        if same and dilation != 1:
+            raise ValueError("'SAME' padding of a dilated conv is not implemented")
         # 'SAME' with stride 1 and an odd kernel is the symmetric padding (timm pads it statically)
         self.same = same and (stride > 1 or kernel % 2 == 0)
-        pad = 0 if self.same else (kernel // 2 if padding is None else padding)
-        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad, groups=groups, bias=False)
+        pad = 0 if self.same else (dilation * (kernel // 2) if padding is None else padding)
+        self.conv = nn.Conv2d(
+            cin, cout, kernel, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(cout, eps=eps)
         self.act = activation(act) if act is not None else nn.Identity()
         self.act_name = act
@@ -79,6 +84,7 @@ class ConvNormAct(nn.Module):
             conv.kernel_size,
             stride=conv.stride,
             padding=conv.padding,
+            dilation=conv.dilation,
             groups=conv.groups,
             bias=True,
             device=conv.weight.device,

@@ -35,7 +35,11 @@ def _smallest(fam):
         except Exception:  # a row the settings cannot estimate: keep the catalog's order
             return 0
 
-    return min(fam.catalog, key=size) if fam.catalog else None
+    if fam.catalog:
+        return min(fam.catalog, key=size)
+    from bbx import registry  # a family only inside task checkpoints: the first task row carrying it
+
+    return next((r for r in registry.task_rows() if r.checkpoint().family is fam), None)
 
 
 def parity(out: Path) -> int:
@@ -44,6 +48,7 @@ def parity(out: Path) -> int:
 
     from bbx import registry
     from bbx.extractor import Extractor
+    from bbx.preprocess import Preprocess
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -57,6 +62,8 @@ def parity(out: Path) -> int:
         t = time.perf_counter()
         try:
             common = {"pretrained": False, "out_indices": list(range(len(row.stage_names)))}
+            if Preprocess.from_checkpoint(row.checkpoint()).output_size is None:  # a task row sized per image
+                common["image_size"] = 224
             cpu = Extractor(row.alias, device="cpu", **common)
             gpu = Extractor(row.alias, device=DEVICE, **common)
             gbf = Extractor(row.alias, device=DEVICE, dtype="bfloat16", **common)

@@ -50,6 +50,8 @@ class Dinov2Settings(Settings):
     use_swiglu_ffn: bool = False
     num_register_tokens: int = limit(0, 0, 4096)
     apply_layernorm: bool = True
+    #: transformers' backbone returns token sequences (class token first) when false, as task models
+    #: nesting it ask (Depth Anything, DPT); bbx's maps are the patch tokens as [N, C, H, W] either way
     reshape_hidden_states: bool = True
 
     @classmethod
@@ -70,8 +72,6 @@ class Dinov2Settings(Settings):
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
-        if not self.reshape_hidden_states:
-            raise ValueError("reshape_hidden_states=false (token sequences) is not supported: bbx returns [N, C, H, W]")
         if self.image_size < self.patch_size:
             raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if self.hidden_act not in ACTIVATIONS:

@@ -28,8 +28,9 @@ block's output) to every selected stage when ``apply_layernorm`` is true, as in 
 configs; ``stem`` included. ``stage_norm="hf"`` does exactly that (and no norm when
 ``apply_layernorm`` is false), ``"none"`` never normalises (the raw hidden states), and
 ``"final"`` always applies the final layernorm: for DINOv2 with ``apply_layernorm`` true it is the
-same as ``"hf"``. ``reshape_hidden_states=false`` (token sequences instead of maps) is refused:
-bbx always returns ``[N, C, H, W]`` maps.
+same as ``"hf"``. ``reshape_hidden_states=false`` (transformers then returns token sequences, class
+token first, as the depth models nesting DINOv2 ask) changes nothing here: bbx always returns the
+patch tokens as ``[N, C, H, W]`` maps.
 
 Position-embedding resampling follows the installed transformers (5.x) exactly: the patch part
 of the table is resized in float32 with bicubic interpolation (``align_corners=False``) straight

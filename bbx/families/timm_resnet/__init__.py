@@ -6,7 +6,9 @@ network is in :mod:`bbx.families.timm_resnet.model`.
 Stages as timm's ``feature_info``: ``act1`` (the stem's output before the max-pool, stride 2),
 ``layer1`` ... ``layer4`` (strides 4 to 32). No stage norms: every ``stage_norm`` mode gives the
 same maps (timm's ``forward_intermediates(norm=True)`` has none to apply). Any input of at
-least 1 pixel a side works: every stride-2 step is ``ceil(n / 2)``.
+least 1 pixel a side works: every stride-2 step is ``ceil(n / 2)``. timm's ``output_stride``
+(16 or 8; DETR-DC5 builds its ResNet with 16) swaps the later stages' strides for dilation, as
+timm's ``make_blocks`` does: those stages keep the stride reached so far.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class TimmResNetSettings(Settings):
     stem_width: int = limit(64, 1, MAX_SIZE)
     stem_type: str = ""  # "" (7x7) | "deep" (three 3x3) | "deep_tiered"
     avg_down: bool = False  # average-pool then 1x1 conv in the shortcut (the "d" variants)
+    output_stride: int = 32  # 16 or 8: the later stages dilated instead of strided (timm's make_blocks)
 
     def check(self) -> None:
         if self.block not in ("basic", "bottleneck"):
@@ -46,6 +49,24 @@ class TimmResNetSettings(Settings):
             raise ValueError("layers and channels must have the same length")
         if self.block == "basic" and (self.cardinality != 1 or self.base_width != 64):
             raise ValueError("a basic block has no cardinality or base_width")
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride!r}")
+
+    def stage_plan(self) -> list[tuple[int, int, int]]:
+        """(stride of the first block, dilation, the first block's dilation) of every stage, as
+        timm's ``make_blocks`` derives them from ``output_stride``: once the network stride reaches
+        it, a stage's stride 2 becomes a doubled dilation, its first block keeping the previous one."""
+        out = []
+        net, dilation, prev = 4, 1, 1
+        for i in range(len(self.channels)):
+            stride = 1 if i == 0 else 2
+            if net >= self.output_stride:
+                dilation, stride = dilation * stride, 1
+            else:
+                net *= stride
+            out.append((stride, dilation, prev))
+            prev = dilation
+        return out
 
     @property
     def expansion(self) -> int:
@@ -69,8 +90,8 @@ class TimmResNetSettings(Settings):
     def stages(self) -> list[StageInfo]:
         out = [StageInfo("act1", self.stem_out, 2)]
         stride = 4
-        for i, planes in enumerate(self.channels):
-            stride *= 2 if i > 0 else 1
+        for i, (planes, (step, _, _)) in enumerate(zip(self.channels, self.stage_plan())):
+            stride *= step
             out.append(StageInfo(f"layer{i + 1}", planes * self.expansion, stride))
         return out
 
@@ -81,8 +102,8 @@ class TimmResNetSettings(Settings):
         h, w = halve(h), halve(w)
         sizes = [(h, w)]
         h, w = halve(h), halve(w)  # the max-pool
-        for i in range(len(self.channels)):
-            if i > 0:
+        for step, _, _ in self.stage_plan():
+            if step > 1:
                 h, w = halve(h), halve(w)
             sizes.append((h, w))
         return sizes

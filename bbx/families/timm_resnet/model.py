@@ -10,8 +10,11 @@ stride-2 max-pool, then four stages of basic blocks (two 3x3 convs) or bottlenec
 with the stride, 1x1 expanding 4x; ``cardinality`` groups of ``base_width``), each summed with a
 shortcut that projects when the shape changes: a strided 1x1 conv and BatchNorm, or with
 ``avg_down`` a 2x2 average pool (``ceil_mode``, padding not counted) before an unstrided 1x1 conv.
-BatchNorm eps 1e-5. Inference rewrites: every BatchNorm folded into its conv, fused oneDNN
-kernels, channels-last.
+With ``output_stride`` 16 or 8 the later stages run unstrided with dilated 3x3 convs (each stage's
+first block at the previous stage's dilation, as timm's ``first_dilation``), and an ``avg_down``
+shortcut there pools 2x2 at stride 1 over the input zero-padded by one pixel after (timm's
+``AvgPool2dSame``, the zeros counted). BatchNorm eps 1e-5. Inference rewrites: every BatchNorm
+folded into its conv, fused oneDNN kernels, channels-last.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from bbx.families.timm_resnet import TimmResNetSettings
 from bbx.nn.backbone import Backbone
@@ -29,13 +33,23 @@ from bbx.nn.conv import ConvNormAct, fold_all
 from bbx.nn.keys import rename
 
 
+class SamePool(nn.Module):
+    """timm's ``AvgPool2dSame(2, 1)``: a 2x2 average at stride 1 over the input zero-padded by one
+    pixel after (right and bottom), the zeros counted; the output keeps the input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
+
+
 class Shortcut(nn.Module):
     """The projection of a block's input when its shape changes (timm's ``downsample``)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, avg_down: bool):
+    def __init__(self, cin: int, cout: int, stride: int, avg_down: bool, dilation: int = 1):
         super().__init__()
         if avg_down and stride > 1:
             self.pool: nn.Module = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+        elif avg_down and dilation > 1:  # a dilated stage (output_stride)
+            self.pool = SamePool()
         else:
             self.pool = nn.Identity()
         self.proj = ConvNormAct(cin, cout, 1, 1 if avg_down else stride, act=None)
@@ -47,20 +61,26 @@ class Shortcut(nn.Module):
 class Block(nn.Module):
     """``relu(convs(x) + shortcut(x))``."""
 
-    def __init__(self, cin: int, planes: int, stride: int, s: TimmResNetSettings):
+    def __init__(self, cin: int, planes: int, stride: int, s: TimmResNetSettings, dilation: int = 1, first: int = 1):
+        """``dilation``: the stage's; ``first``: the dilation of the block's first 3x3 conv (timm's
+        ``first_dilation``, the previous stage's in a stage's first block)."""
         super().__init__()
         cout = planes * s.expansion
         if s.block == "basic":
-            convs = [ConvNormAct(cin, planes, 3, stride), ConvNormAct(planes, cout, 3)]
+            convs = [
+                ConvNormAct(cin, planes, 3, stride, dilation=first),
+                ConvNormAct(planes, cout, 3, dilation=dilation),
+            ]
         else:
             width = s.bottleneck_width(planes)
             convs = [
                 ConvNormAct(cin, width, 1),
-                ConvNormAct(width, width, 3, stride, groups=s.cardinality),
+                ConvNormAct(width, width, 3, stride, groups=s.cardinality, dilation=first),
                 ConvNormAct(width, cout, 1),
             ]
         self.convs = nn.ModuleList(convs)
-        self.shortcut = Shortcut(cin, cout, stride, s.avg_down) if (stride != 1 or cin != cout) else None
+        has = stride != 1 or cin != cout
+        self.shortcut = Shortcut(cin, cout, stride, s.avg_down, dilation) if has else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *first, last = self.convs
@@ -98,11 +118,10 @@ class TimmResNet(Backbone):
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages = []
         cin = s.stem_out
-        for i, (planes, depth) in enumerate(zip(s.channels, s.layers)):
-            stride = 1 if i == 0 else 2
-            blocks = [Block(cin, planes, stride, s)]
+        for planes, depth, (stride, dilation, first) in zip(s.channels, s.layers, s.stage_plan()):
+            blocks = [Block(cin, planes, stride, s, dilation, first)]
             cin = planes * s.expansion
-            blocks += [Block(cin, planes, 1, s) for _ in range(depth - 1)]
+            blocks += [Block(cin, planes, 1, s, dilation, dilation) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
 

@@ -15,7 +15,17 @@ from pathlib import Path
 from bbx import __version__, dtypes, hub
 from bbx.errors import BbxError, InputError, UsageError, first_line
 from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
-from bbx.formats import RunFacts, StageLayout, format_for, leftovers, open_output, refuse_to_replace, suffix_of
+from bbx.formats import (
+    RunFacts,
+    StageLayout,
+    busy,
+    format_for,
+    held_elsewhere,
+    leftovers,
+    open_output,
+    refuse_to_replace,
+    suffix_of,
+)
 from bbx.preprocess import Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
 from bbx.stages import Selection, select_stages
@@ -270,6 +280,8 @@ def dry_run_refusals(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) 
     problems = []
     try:
         found, leftover = leftovers(rp.output, rp.fmt)
+        if leftover is not None and held_elsewhere(leftover):
+            raise busy(leftover)
         if opts.resume:
             if found is not None or leftover is not None:
                 existing = open_output(rp.output)

@@ -154,3 +154,48 @@ def test_extending_a_finished_file_works_on_a_copy(tiny_resnet, many, tmp_path):
     p = _start_and_signal(_cmd(tiny_resnet, out, many, "--resume"), out.with_name("f.h5.partial"), signal.SIGKILL)
     assert p.returncode == -signal.SIGKILL
     assert _read(out) == before  # the finished file is untouched
+
+
+def _wait_for_rows(p: subprocess.Popen, partial: Path, rows: int = 2) -> None:
+    from bbx.errors import BbxError
+    from bbx.formats import open_output
+
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        try:
+            if partial.exists() and open_output(partial).images >= rows:
+                return
+        except (BbxError, OSError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended (or stalled) before writing {rows} rows: {p.poll()}")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+def test_an_output_another_run_is_writing_is_refused_whatever_the_options(tiny_resnet, many, tmp_path, suffix):
+    """A second run on the same output, with --overwrite, --resume or neither, is refused while
+    the first writes (it used to unlink the first's live HDF5 .partial), and says why."""
+    from bbx.formats import open_output
+    from tests.cli import run
+
+    out = tmp_path / f"c{suffix}"
+    partial = out.with_name(out.name + ".partial")
+    other = tmp_path / "other"
+    make_photos(other, [(64, 48)] * 3)
+    a = subprocess.Popen(_cmd(tiny_resnet, out, many), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_rows(a, partial)
+        for extra in ((), ("--overwrite",), ("--resume",), ("--overwrite", "--dry-run")):
+            r = run("extract", "-m", tiny_resnet, "-o", out, *extra, other)
+            errors = [ln for ln in r.stderr.splitlines() if "being written by another bbx run" in ln]
+            assert errors and "unfinished run" not in r.stderr, (extra, r.stderr)
+            if "--dry-run" not in extra:
+                assert r.exit_code == 3 and r.stderr.count("bbx: error:") == 1, (extra, r.stderr)
+            assert a.poll() is None, "the first run must still be writing"
+    finally:
+        a.send_signal(signal.SIGINT)
+        _, err = a.communicate(timeout=60)
+    assert a.returncode == 130, err
+    kept = open_output(out)
+    assert kept.status == "interrupted" and kept.images >= 2
+    assert all(Path(p).parent == many for p in kept.paths), "the output holds the first run's rows only"

@@ -338,8 +338,80 @@ class Writer(Protocol):
     def abort(self) -> None: ...
 
 
+# --- one run per output ------------------------------------------------------------------------------
+#
+# A run holds an exclusive advisory lock (flock) on what it writes for as long as it writes: the
+# HDF5 ``.partial`` file itself, or the ``lock`` file in a safetensors staging folder. Another run
+# that would touch that output (to replace, resume or extend it) asks for the same lock first and
+# is refused while it is held. The lock dies with the process, so a killed run leaves none.
+
+#: the lock file of a staging folder (safetensors)
+LOCK = "lock"
+
+
+def busy(where: Path) -> InputError:
+    return InputError(f"{where} is being written by another bbx run: wait for it to end, or choose another -o")
+
+
+def take_lock(path: Path, *, create: bool = False) -> int | None:
+    """Hold an exclusive lock on the file ``path`` (created empty with ``create``) until
+    :func:`release_lock`; :func:`busy` when another process holds it. None where the system or
+    the file system has no locks (then nothing keeps a second run out)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # a lock needs no write access
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise busy(path) from None
+    except OSError:  # a file system without locks
+        pass
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def held_elsewhere(leftover: Path) -> bool:
+    """Whether another process holds the lock of ``leftover`` (an HDF5 ``.partial`` file, or a
+    staging folder with its ``lock`` file): a run is writing it right now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    target = leftover / LOCK if leftover.is_dir() else leftover
+    try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
+
+
 def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
-    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one."""
+    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one; an
+    output another run is writing is refused whatever the options."""
+    if leftover is not None and held_elsewhere(leftover):
+        raise busy(leftover)
     if found is not None:
         raise InputError(f"{found} exists: pass --overwrite to replace it or --resume to add to it")
     if leftover is not None:

@@ -18,6 +18,10 @@ interrupted by a signal, with status ``interrupted``). Each batch ends with a fl
 ``rows`` attribute, so a killed run leaves a ``.partial`` file that ``--resume`` truncates to its
 last finished batch and continues, or, if the kill damaged it, reports that and starts over.
 Extending a finished file works on a copy, so nothing already extracted is ever at risk.
+
+One run per output: a run holds a lock on its ``.partial`` (:func:`bbx.formats.base.take_lock`)
+from before it touches the file until it is renamed or left; a second run on the same output
+(replacing, resuming or extending it) is refused while the lock is held.
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ from bbx.formats.base import (
     Output,
     RunFacts,
     StageLayout,
+    busy,
     decode,
     fsync_dir,
+    held_elsewhere,
     not_bbx,
     partial_path,
     refuse_to_replace,
+    release_lock,
+    take_lock,
 )
 
 NAME = "hdf5"
@@ -64,6 +72,18 @@ def leftovers(path: Path) -> tuple[Path | None, Path | None]:
     return (path if path.exists() else None), (partial if partial.exists() else None)
 
 
+def _h5open(path: Path, mode: str) -> Any:
+    """``h5py.File`` without HDF5's own file lock: bbx holds its own (:func:`take_lock`), which
+    HDF5's would fight within this very process, and readers must see a file being written."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except (TypeError, ValueError) as e:  # an HDF5 without locking options
+        if "lock" not in str(e).lower():
+            raise
+        os.environ["HDF5_USE_FILE_LOCKING"] = "FALSE"
+        return h5py.File(path, mode)
+
+
 class HDF5Writer:
     def __init__(
         self,
@@ -81,60 +101,67 @@ class HDF5Writer:
         self.existing_facts: RunFacts | None = None
         self.notes: list[str] = []
         self._f: h5py.File | None = None
-        self._created = False
-        self._open(facts, overwrite=overwrite, resume=resume)
+        self._created = False  # this run started the file (nothing earlier is in it)
+        self._ours = False  # the .partial holds nothing of an earlier run: remove it if opening fails
+        self._lock: int | None = None
+        try:
+            self._open(facts, overwrite=overwrite, resume=resume)
+        except BaseException:
+            self._close_quietly()
+            if self._ours:
+                self.partial.unlink(missing_ok=True)
+            release_lock(self._lock)
+            self._lock = None
+            raise
 
     # --- opening ------------------------------------------------------------------------------
     def _open(self, facts: RunFacts, *, overwrite: bool, resume: bool) -> None:
         path, partial = self.path, self.partial
-        if not overwrite and not resume:
-            refuse_to_replace(*leftovers(path))
         if partial.is_dir():  # a safetensors run's staging folder under this name
+            if held_elsewhere(partial):
+                raise busy(partial)
             if not overwrite:
                 raise InputError(
                     f"{partial} holds an unfinished safetensors run: resume it with --format safetensors, "
                     "or pass --overwrite"
                 )
             shutil.rmtree(partial)
-        if overwrite:
-            partial.unlink(missing_ok=True)
-        if resume and partial.exists():
+        if not overwrite and not resume:
+            refuse_to_replace(*leftovers(path))
+        existed = partial.exists()
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        # the lock first: until this run holds it, another one may be writing the .partial
+        self._lock = take_lock(partial, create=True)
+        self._ours = not existed
+        if resume and existed:
             if self._reopen(partial, facts, copy=False):
                 return
             self.notes.append(f"{partial.name} was damaged (the run was killed mid-write) and is started over")
-            partial.unlink()
-        if resume and path.exists() and not partial.exists():
+            self._ours = True
+        if resume and path.exists():
             # work on a copy: a crash while extending must not damage the finished file
-            shutil.copyfile(path, partial)
+            self._ours = True
+            shutil.copyfile(path, partial)  # into the locked file: the lock stays
             if self._reopen(partial, facts, copy=True):
                 return
-            partial.unlink(missing_ok=True)
             raise InputError(f"{path} is not a bbx HDF5 output that can be resumed")
+        self._ours = True
         self._create(partial, facts)
         self._created = True
 
     def _reopen(self, partial: Path, facts: RunFacts, *, copy: bool) -> bool:
         """Continue ``partial`` (``copy``: this run's copy of a finished file); False if it cannot
-        be read (a kill damaged it). A ``partial`` another run is writing is an error."""
+        be read (a kill damaged it)."""
         try:
             existing = open_hdf5(partial, named=partial, unfinished=True)
         except InputError:
             return False
-        try:
-            existing.facts.check_resumable(facts, self.path)
-        except Exception:
-            if copy:
-                partial.unlink(missing_ok=True)
-            raise
+        existing.facts.check_resumable(facts, self.path)
         if [s.name for s in existing.stages] != [s.name for s in self.stages]:
             return False
         try:
-            f = h5py.File(partial, "r+")
-        except OSError as e:
-            if "lock" in str(e).lower():
-                if copy:
-                    partial.unlink(missing_ok=True)
-                raise InputError(f"{partial} is being written by another bbx run") from None
+            f = _h5open(partial, "r+")
+        except OSError:
             return False
         rows = len(existing.paths)
         # drop any rows past the last finished batch
@@ -152,8 +179,8 @@ class HDF5Writer:
         return True
 
     def _create(self, partial: Path, facts: RunFacts) -> None:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(partial, "w")
+        f = _h5open(partial, "w")  # truncates the locked file in place
+        self._f = f
         for k, v in facts.to_metadata().items():
             f.attrs[k] = _attr(v)
         f.attrs["status"] = "running"
@@ -172,7 +199,16 @@ class HDF5Writer:
         failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
         failed.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
         f.flush()
-        self._f = f
+
+    def _close_quietly(self) -> None:
+        if self._f is None:
+            return
+        try:
+            self._f.close()
+        except Exception:  # closing flushes again and may fail the same way; the commit point holds
+            pass
+        finally:
+            self._f = None
 
     # --- writing ------------------------------------------------------------------------------
     def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
@@ -239,25 +275,23 @@ class HDF5Writer:
             os.close(fd)
         os.replace(self.partial, self.path)
         fsync_dir(self.path.parent)
+        release_lock(self._lock)
+        self._lock = None
         return [self.path]
 
     def abort(self) -> None:
         """Close without renaming (the run failed): the ``.partial`` file stays for --resume,
         unless this run created it and wrote nothing."""
-        if self._f is None:
-            return
-        try:
-            empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
-        except Exception:  # the file is in a bad state (e.g. the disk filled up): keep it for --resume
-            empty = False
-        try:
-            self._f.close()
-        except Exception:  # closing flushes again and may fail the same way; the commit point holds
-            pass
-        finally:
-            self._f = None
-        if empty:
-            self.partial.unlink(missing_ok=True)
+        if self._f is not None:
+            try:
+                empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
+            except Exception:  # the file is in a bad state (e.g. the disk filled up): keep it for --resume
+                empty = False
+            self._close_quietly()
+            if empty:
+                self.partial.unlink(missing_ok=True)
+        release_lock(self._lock)
+        self._lock = None
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -52,11 +52,14 @@ from bbx import dtypes
 from bbx.errors import InputError, first_line
 from bbx.formats.base import (
     FORMAT_TAG,
+    LOCK,
     Output,
     RunFacts,
     StageLayout,
+    busy,
     check_shapes,
     fsync_dir,
+    held_elsewhere,
     not_bbx,
     partial_path,
     refuse_to_replace,
@@ -72,7 +75,6 @@ DEFAULT_SHARD_BYTES = 5 * 10**9
 HEADER_CAP = 32 * 10**6
 _HEADER_BASE = 4  # the quotes and brackets around a stored paths list
 _COPY = 16 << 20
-LOCK = "lock"
 #: the staging folder's journal
 JOURNAL = "journal.jsonl"
 NAME = "safetensors"
@@ -211,6 +213,8 @@ class SafetensorsWriter:
     def _open(self, *, overwrite: bool, resume: bool) -> None:
         folder = self.stage_dir
         if folder.exists() and not folder.is_dir():
+            if held_elsewhere(folder):  # an HDF5 run writing under this name
+                raise busy(folder)
             if not overwrite:
                 raise InputError(
                     f"{folder} is not a safetensors staging folder (an HDF5 run's?): resume it with --format hdf5, "
@@ -271,7 +275,7 @@ class SafetensorsWriter:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.close()
-                raise InputError(f"{self.stage_dir} is being written by another bbx run (wait for it to end)") from None
+                raise busy(self.stage_dir) from None
             except OSError:
                 pass  # a file system without locks
         if self._lock is not None:

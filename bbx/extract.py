@@ -11,6 +11,7 @@ device and dtypes :mod:`bbx.runtime`, the formats :mod:`bbx.formats`.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bbx.errors import InputError, Terminated
-from bbx.formats import Writer, open_writer
+from bbx.errors import InputError, Terminated, first_line
+from bbx.formats import Writer, open_writer, partial_path
 from bbx.plan import (
     ExtractOptions,
     RunPlan,
@@ -31,7 +32,7 @@ from bbx.plan import (
     plan_run,
     row_name,
 )
-from bbx.report import Plan, Summary
+from bbx.report import Plan, Summary, plural
 from bbx.runtime import default_workers, resolve_device
 
 __all__ = ["ExtractOptions", "plan", "run"]
@@ -189,7 +190,7 @@ def run(
         status, stop = "interrupted", e.error
     except OSError as e:
         writer.abort()
-        raise InputError(f"cannot write {r.rp.output}: {e.strerror or e}") from None
+        raise _cannot_write(r, e) from None
     except BaseException:
         # an unexpected failure: keep what is committed, leave the partial output for --resume
         writer.abort()
@@ -203,10 +204,26 @@ def run(
             summary.files = [str(p) for p in _signals_deferred(writer.finish, status)]
         except OSError as e:
             writer.abort()
-            raise InputError(f"cannot write {r.rp.output}: {e.strerror or e}") from None
+            raise _cannot_write(r, e) from None
     if stop is not None:
         raise stop
     return summary
+
+
+def _cannot_write(r: _Run, e: OSError) -> InputError:
+    """A write that failed (a full disk, an I/O error), in one line that says what is kept."""
+    reason = e.strerror or first_line(e)
+    kept = partial_path(r.rp.output)
+    rows = r.done_before + r.summary.done
+    if kept.exists() and rows:
+        what = f"the {plural(rows, 'image')} written so far are kept in {kept}: {fix(e)}rerun with --resume"
+    else:
+        what = f"nothing was written: {fix(e)}rerun"
+    return InputError(f"cannot write {r.rp.output}: {reason[:1].lower() + reason[1:]} ({what})")
+
+
+def fix(e: OSError) -> str:
+    return "free some space, then " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
 
 
 def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:

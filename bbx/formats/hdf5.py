@@ -26,9 +26,12 @@ from before it touches the file until it is renamed or left; a second run on the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,50 @@ NAME = "hdf5"
 SUFFIXES = (".h5", ".hdf5")
 POOLED_CHUNK_ROWS = 256
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: free bytes a batch must leave on the disk beyond its own data (HDF5's metadata: chunk index,
+#: object headers, the paths heap); a batch that would eat into it is refused before HDF5 sees it
+SPACE_MARGIN = 1 << 20
+#: files whose HDF5 state a failed write left broken (see :func:`broken`)
+_BROKEN: list[Any] = []
+
+
+def broken() -> bool:
+    """Whether a write failed inside HDF5 itself (a disk filled by someone else between bbx's
+    space check and the write) and left a file that cannot be closed. Its handles must then
+    never be freed: HDF5 crashes the interpreter when it frees them, at exit at the latest, so
+    the command line ends such a process with ``os._exit`` once its one-line error is out. The
+    ``.partial`` on disk is intact up to its last committed batch."""
+    return bool(_BROKEN)
+
+
+def _ignore_broken_handles(unraisable: Any, previous: Any = sys.unraisablehook) -> None:
+    """While a file is broken, h5py reports every freed handle of it ("Can't decrement id ref
+    count"); those are the same failure, already reported once."""
+    if "h5py" in repr(getattr(unraisable, "object", "")) or "h5py" in repr(unraisable.exc_value):
+        return
+    previous(unraisable)
+
+
+def write_error(e: BaseException) -> OSError:
+    """An error HDF5 raised while writing (h5py gives RuntimeError for a failed flush, OSError
+    for others, the errno only in the text) as an OSError with its errno and the system's words."""
+    code = getattr(e, "errno", None)
+    if not isinstance(code, int) or not code:
+        m = re.search(r"errno = (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    if code:
+        return OSError(code, os.strerror(code))
+    return OSError(errno.EIO, f"HDF5 could not write ({first_line(e)})")
+
+
+def _check_room(folder: Path, nbytes: int) -> None:
+    """ENOSPC, before HDF5 writes anything, when ``nbytes`` and the margin do not fit on the disk."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_MARGIN:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _attr(value: Any) -> Any:
@@ -70,6 +117,13 @@ def leftovers(path: Path) -> tuple[Path | None, Path | None]:
     """(a finished output, an unfinished one) under this name that a new run would replace."""
     partial = partial_path(path)
     return (path if path.exists() else None), (partial if partial.exists() else None)
+
+
+def _failure_datasets(f: Any) -> None:
+    strings = h5py.string_dtype("utf-8")
+    failed = f.create_group("failed")
+    failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
+    failed.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
 
 
 def _h5open(path: Path, mode: str) -> Any:
@@ -101,6 +155,9 @@ class HDF5Writer:
         self.existing_facts: RunFacts | None = None
         self.notes: list[str] = []
         self._f: h5py.File | None = None
+        #: the datasets written, opened once (the paths, the failures, then one per stage): a
+        #: handle must outlive a failed write (see :func:`broken`), so none is opened per batch
+        self._ds: dict[str, Any] = {}
         self._created = False  # this run started the file (nothing earlier is in it)
         self._ours = False  # the .partial holds nothing of an earlier run: remove it if opening fails
         self._lock: int | None = None
@@ -141,12 +198,17 @@ class HDF5Writer:
         if resume and path.exists():
             # work on a copy: a crash while extending must not damage the finished file
             self._ours = True
+            _check_room(partial.parent, path.stat().st_size)
             shutil.copyfile(path, partial)  # into the locked file: the lock stays
             if self._reopen(partial, facts, copy=True):
                 return
             raise InputError(f"{path} is not a bbx HDF5 output that can be resumed")
         self._ours = True
-        self._create(partial, facts)
+        _check_room(partial.parent, 0)
+        try:
+            self._create(partial, facts)
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
         self._created = True
 
     def _reopen(self, partial: Path, facts: RunFacts, *, copy: bool) -> bool:
@@ -161,17 +223,23 @@ class HDF5Writer:
             return False
         try:
             f = _h5open(partial, "r+")
-        except OSError:
+        except (OSError, RuntimeError):
             return False
-        rows = len(existing.paths)
-        # drop any rows past the last finished batch
-        for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
-            if len(ds) != rows:
-                ds.resize(rows, axis=0)
-        f.attrs["rows"] = rows
-        f.attrs["status"] = "running"
-        f.flush()
         self._f = f
+        try:
+            if "failed" not in f:  # an output written before failures were recorded
+                _failure_datasets(f)
+            self._adopt(f)
+            rows = len(existing.paths)
+            # drop any rows past the last finished batch
+            for ds in self._rows_datasets():
+                if len(ds) != rows:
+                    ds.resize(rows, axis=0)
+            f.attrs["rows"] = rows
+            f.attrs["status"] = "running"
+            f.flush()
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
         self.existing_paths = list(existing.paths)
         self.existing_facts = existing.facts
         if not copy and existing.status == "running":
@@ -180,7 +248,7 @@ class HDF5Writer:
 
     def _create(self, partial: Path, facts: RunFacts) -> None:
         f = _h5open(partial, "w")  # truncates the locked file in place
-        self._f = f
+        self._f = f  # (closed if what follows fails)
         for k, v in facts.to_metadata().items():
             f.attrs[k] = _attr(v)
         f.attrs["status"] = "running"
@@ -193,22 +261,32 @@ class HDF5Writer:
                 s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=s.storage, chunks=chunks
             )
             ds.attrs["dtype"] = s.dtype
-        strings = h5py.string_dtype("utf-8")
-        f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(1024,))
-        failed = f.create_group("failed")
-        failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
-        failed.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
+        f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(1024,))
+        _failure_datasets(f)
         f.flush()
+        self._adopt(f)
+
+    def _adopt(self, f: Any) -> None:
+        self._f = f
+        self._ds = {name: f[name] for name in ("paths", "failed/paths", "failed/reasons")}
+        self._ds.update({s.name: f[f"features/{s.name}"] for s in self.stages})
+
+    def _rows_datasets(self) -> list[Any]:
+        return [self._ds[s.name] for s in self.stages] + [self._ds["paths"]]
 
     def _close_quietly(self) -> None:
+        """Close after a failure. A file HDF5 cannot close (its last write failed inside HDF5) is
+        kept, never freed (see :func:`broken`); the commit point on disk holds either way."""
         if self._f is None:
             return
+        f, self._f = self._f, None
+        handles, self._ds = self._ds, {}
         try:
-            self._f.close()
-        except Exception:  # closing flushes again and may fail the same way; the commit point holds
-            pass
-        finally:
-            self._f = None
+            f.close()
+        except Exception:
+            if not _BROKEN:
+                sys.unraisablehook = _ignore_broken_handles
+            _BROKEN.append((f, handles))
 
     # --- writing ------------------------------------------------------------------------------
     def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
@@ -217,56 +295,71 @@ class HDF5Writer:
         n = len(paths)
         if n == 0:
             return
-        start = int(f.attrs["rows"])
-        for s in self.stages:
-            data = np.asarray(maps[s.name])
-            if s.dtype == "bfloat16":
-                data = data.view(np.uint16)
-            ds = f[f"features/{s.name}"]
-            ds.resize(start + n, axis=0)
-            ds[start : start + n] = data
-        pds = f["paths"]
-        pds.resize(start + n, axis=0)
-        pds[start : start + n] = list(paths)
-        f.flush()  # the rows' data on disk first,
-        f.attrs["rows"] = start + n  # then the commit point of the batch
-        f.flush()
+        _check_room(self.partial.parent, n * sum(s.row_bytes for s in self.stages) + sum(map(len, paths)))
+        try:
+            start = int(f.attrs["rows"])
+            for s in self.stages:
+                data = np.asarray(maps[s.name])
+                if s.dtype == "bfloat16":
+                    data = data.view(np.uint16)
+                ds = self._ds[s.name]
+                ds.resize(start + n, axis=0)
+                ds[start : start + n] = data
+            pds = self._ds["paths"]
+            pds.resize(start + n, axis=0)
+            pds[start : start + n] = list(paths)
+            f.flush()  # the rows' data on disk first,
+            f.attrs["rows"] = start + n  # then the commit point of the batch
+            f.flush()
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
 
     def fail(self, path: str, reason: str) -> None:
         f = self._f
         assert f is not None
-        for name, value in (("failed/paths", path), ("failed/reasons", reason)):
-            ds = f[name]
-            ds.resize(len(ds) + 1, axis=0)
-            ds[-1] = value
-        f.flush()
+        _check_room(self.partial.parent, len(path) + len(reason))
+        try:
+            for name, value in (("failed/paths", path), ("failed/reasons", reason)):
+                ds = self._ds[name]
+                ds.resize(len(ds) + 1, axis=0)
+                ds[-1] = value
+            f.flush()
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
 
     def forget_failed(self, paths: set[str]) -> None:
         """Drop earlier failures of inputs this run tries again."""
         f = self._f
         assert f is not None
-        fp, fr = f["failed/paths"], f["failed/reasons"]
-        pairs = [(text(a), text(b)) for a, b in zip(fp[:], fr[:])]
-        keep = [(a, b) for a, b in pairs if a not in paths]
-        if len(keep) == len(pairs):
-            return
-        for ds, values in ((fp, [a for a, _ in keep]), (fr, [b for _, b in keep])):
-            ds.resize(len(values), axis=0)
-            if values:
-                ds[:] = values
-        f.flush()
+        try:
+            fp, fr = self._ds["failed/paths"], self._ds["failed/reasons"]
+            pairs = [(text(a), text(b)) for a, b in zip(fp[:], fr[:])]
+            keep = [(a, b) for a, b in pairs if a not in paths]
+            if len(keep) == len(pairs):
+                return
+            for ds, values in ((fp, [a for a, _ in keep]), (fr, [b for _, b in keep])):
+                ds.resize(len(values), axis=0)
+                if values:
+                    ds[:] = values
+            f.flush()
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
 
     def finish(self, status: str) -> list[Path]:
         f = self._f
         assert f is not None
-        rows = int(f.attrs["rows"])
-        # a batch interrupted inside write() may have grown the datasets past the commit point
-        for ds in [f[f"features/{s.name}"] for s in self.stages] + [f["paths"]]:
-            if len(ds) != rows:
-                ds.resize(rows, axis=0)
-        f.attrs["status"] = status
-        f.flush()
-        f.close()
+        try:
+            rows = int(f.attrs["rows"])
+            # a batch interrupted inside write() may have grown the datasets past the commit point
+            for ds in self._rows_datasets():
+                if len(ds) != rows:
+                    ds.resize(rows, axis=0)
+            f.attrs["status"] = status
+            f.flush()
+            self._ds = {}
+            f.close()
+        except (RuntimeError, OSError) as e:
+            raise write_error(e) from None
         self._f = None
         fd = os.open(self.partial, os.O_RDONLY)
         try:
@@ -284,7 +377,7 @@ class HDF5Writer:
         unless this run created it and wrote nothing."""
         if self._f is not None:
             try:
-                empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._f["failed/paths"]) == 0
+                empty = self._created and int(self._f.attrs["rows"]) == 0 and len(self._ds["failed/paths"]) == 0
             except Exception:  # the file is in a bad state (e.g. the disk filled up): keep it for --resume
                 empty = False
             self._close_quietly()

@@ -112,15 +112,20 @@ class _Run:
         self.device = device
         self.rp: RunPlan = plan_run(opts, inputs, device=device, weights=opts.pretrained)
         check_space(self.rp.report, force=opts.force, resume=opts.resume)
-        self.writer: Writer = open_writer(
-            self.rp.output,
-            self.rp.fmt,
-            facts=self.rp.facts,
-            stages=self.rp.layouts,
-            overwrite=opts.overwrite,
-            resume=opts.resume,
-            shard_bytes=opts.shard_bytes,
-        )
+        try:
+            self.writer: Writer = open_writer(
+                self.rp.output,
+                self.rp.fmt,
+                facts=self.rp.facts,
+                stages=self.rp.layouts,
+                overwrite=opts.overwrite,
+                resume=opts.resume,
+                shard_bytes=opts.shard_bytes,
+                check_space=not opts.force,
+            )
+        except OSError as e:  # the disk, the folder or the file system refused (the writer left nothing)
+            reason = e.strerror or first_line(e)
+            raise InputError(f"cannot write {self.rp.output}: {reason[:1].lower() + reason[1:]}{_hint(e)}") from None
         self.todo = list(inputs)
         self.done_before = 0
         self.resumed = False  # the output held rows from an earlier run
@@ -224,6 +229,10 @@ def _cannot_write(r: _Run, e: OSError) -> InputError:
 
 def fix(e: OSError) -> str:
     return "free some space, then " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+
+
+def _hint(e: OSError) -> str:
+    return " (nothing was written: free some space, then rerun)" if fix(e) else ""
 
 
 def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:

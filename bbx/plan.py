@@ -19,13 +19,16 @@ from bbx.formats import (
     RunFacts,
     StageLayout,
     busy,
+    check_target,
     format_for,
     held_elsewhere,
     leftovers,
+    name_extra,
     open_output,
     refuse_to_replace,
     suffix_of,
 )
+from bbx.formats.base import existing_folder
 from bbx.preprocess import Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
 from bbx.stages import Selection, select_stages
@@ -150,23 +153,43 @@ def model_plan(
 # --- the output's side -----------------------------------------------------------------------------
 
 
-def default_output(model: str, stages: Sequence[str], fmt: str | None) -> Path:
-    """``<model>_<stages>.h5`` in the current folder (or ``.safetensors`` with --format)."""
+#: the longest default output name bbx makes (before its suffix): well within every file
+#: system's 255 bytes, with room for the names of its temporary files
+DEFAULT_NAME_BYTES = 120
+
+
+def default_output(model: str, stages: Sequence[str], fmt: str | None, all_stages: Sequence[str] = ()) -> Path:
+    """``<model>_<stages>.h5`` in the current folder (or ``.safetensors`` with --format). A long
+    selection is named by its ends (``stem-to-stage40`` for a run of consecutive stages, with the
+    count and a digest of the list otherwise), a long model name is cut and given a digest, so
+    the name stays under :data:`DEFAULT_NAME_BYTES`."""
     slug = model.rstrip("/").replace("\\", "/")
     if os.path.isdir(slug):
         slug = Path(slug).resolve().name
     slug = slug.replace("/", "--")
-    name = f"{slug}_{'-'.join(stages)}"
-    return Path(name + suffix_of(format_for(Path("x.h5"), fmt) if fmt else "hdf5"))
+    label = "-".join(stages)
+    if len(stages) > 2 and len(label) > DEFAULT_NAME_BYTES // 2:
+        names = list(all_stages)
+        first, last = stages[0], stages[-1]
+        if first in names and names[names.index(first) : names.index(first) + len(stages)] == list(stages):
+            label = f"{first}-to-{last}"
+        else:
+            label = f"{len(stages)}stages-{first}-to-{last}-{_digest('-'.join(stages))}"
+    room = DEFAULT_NAME_BYTES - len(label.encode()) - 1
+    if len(slug.encode()) > room:
+        slug = slug.encode()[: max(8, room - 9)].decode(errors="ignore") + "-" + _digest(slug)
+    return Path(f"{slug}_{label}" + suffix_of(format_for(Path("x.h5"), fmt) if fmt else "hdf5"))
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def free_space(output: Path) -> int | None:
     """Free bytes on the disk the output's folder is (or will be) on; None if unknown."""
-    parent = output.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"output {output}: {parent} is not a folder")
+    parent = existing_folder(output)
     try:
         return shutil.disk_usage(parent).free
     except OSError:
@@ -222,12 +245,13 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         for d in shape:
             nbytes *= d
         stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
-    output = opts.output or default_output(opts.model, [s.name for s in stages], opts.format)
+    output = opts.output or default_output(
+        opts.model, [s.name for s in stages], opts.format, [s.name for s in mp.stages]
+    )
     fmt = format_for(output, opts.format)
+    check_target(output, extra=name_extra(fmt))
     if opts.shard_bytes is not None and fmt != "safetensors":
         raise UsageError("--shard-size applies to safetensors output only")
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder: give a file name (.h5 or .safetensors)")
     facts = facts_for(opts, mp, stages)
     report = Plan(
         model=opts.model,

@@ -78,19 +78,11 @@ class SmallDisk:
     @staticmethod
     def fill(folder) -> None:
         """Take every free byte of the disk ``folder`` is on."""
-        with open(folder / "filler", "wb") as f:
-            chunk = b"\0" * (1 << 16)
-            try:
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
-            for n in (4096, 512, 1):
+        with open(folder / "filler", "wb", buffering=0) as f:
+            for n in (1 << 16, 4096, 512, 1):
                 try:
                     while True:
                         f.write(b"\0" * n)
-                        f.flush()
                 except OSError:
                     pass
 

@@ -381,3 +381,14 @@ def test_the_input_is_shown_as_extraction_saw_it(tiny_resnet, tmp_path):
     assert run("show", out, "--stage", "stage4", "-o", tmp_path / "s.png").exit_code == 0
     with Image.open(tmp_path / "s.png") as pic:
         assert pic.convert("RGB").getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_show_names_too_long_for_the_file_system(made, tmp_path, monkeypatch):
+    _one_line_error(run("show", made["h5"], "-o", tmp_path / ("p" * 300 + ".png")), 3, "too long")
+    long = tmp_path / ("z" * 240 + ".h5")
+    shutil.copyfile(made["h5"], long)
+    monkeypatch.chdir(tmp_path)
+    r = run("show", long, "--json")
+    assert r.exit_code == 0, r.stderr
+    picture = Path(json.loads(r.stdout)["output"])
+    assert picture.is_file() and len(picture.name) < 160 and picture.name.startswith("zzz")

@@ -79,3 +79,113 @@ def test_a_write_hdf5_itself_fails_is_one_line_without_a_crash(tiny_resnet, fort
     from bbx.formats import open_output
 
     assert open_output(out).images == 40
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+def test_a_disk_without_a_free_byte_leaves_nothing_that_blocks_the_next_run(tiny_resnet, forty, small_disk, suffix):
+    disk = small_disk("2m")
+    out = disk / f"f{suffix}"
+    small_disk.fill(disk)
+    _one_error_line(_extract(tiny_resnet, out, forty, "--force"), 3, f"cannot write {out}", "no space left")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    (disk / "filler").unlink()
+    small_disk.resize(disk, "16m")
+    assert _extract(tiny_resnet, out, forty).returncode == 0  # no --resume, no --overwrite needed
+
+
+def test_extending_a_finished_file_whose_copy_does_not_fit(tiny_resnet, forty, small_disk):
+    disk = small_disk("3m")
+    out = disk / "f.h5"
+    first = sorted(forty.iterdir())[:16]
+    assert bbx_proc("extract", "-m", tiny_resnet, "-o", out, "-q", *STEM, *first).returncode == 0
+    before = _read(out)
+    _one_error_line(_extract(tiny_resnet, out, forty, "--resume", "--force"), 3, "no space left")
+    assert sorted(p.name for p in disk.iterdir()) == ["f.h5"]  # no truncated copy keeps the disk full
+    assert _read(out) == before
+
+
+def test_outputs_that_cannot_be_created_are_one_line(tiny_resnet, forty, tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    for extra in ((), ("--resume",), ("--overwrite",)):
+        _one_error_line(_extract(tiny_resnet, fifo, forty, *extra), 3, "is a FIFO, not a regular file")
+    long = tmp_path / ("x" * 300 + ".h5")
+    _one_error_line(_extract(tiny_resnet, long, forty), 3, "too long", "255")
+    near = tmp_path / ("y" * 240 + ".safetensors")  # fits, but its shard and temporary names would not
+    _one_error_line(_extract(tiny_resnet, near, forty), 3, "too long")
+    _one_error_line(_extract(tiny_resnet, "/proc/x.h5", forty), 3, "/proc is not writable")
+    assert not any(p.name.startswith(".bbx-probe") for p in tmp_path.iterdir())
+
+
+def test_a_folder_the_user_cannot_write_is_one_line(tiny_resnet, forty, tmp_path):
+    import os
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cmd = [sys.executable, "-m", "bbx", "extract", "-m", str(tiny_resnet), "-o", str(locked / "f.h5"), "-q"]
+    if os.geteuid() == 0:  # root writes anywhere: run without the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root this needs setpriv to drop CAP_DAC_OVERRIDE")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    p = subprocess.run([*cmd, str(forty)], capture_output=True, text=True, env=proc_env())
+    _one_error_line(p, 3, f"{locked} is not writable", "ermission denied")
+    p = subprocess.run([*cmd, "--dry-run", str(forty)], capture_output=True, text=True, env=proc_env())
+    assert f"{locked} is not writable" in p.stderr
+
+
+def test_long_selections_get_a_short_default_name(tmp_path, monkeypatch):
+    import json
+
+    from tests.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"")
+    r = run(
+        "extract", "-m", "dinov2-giant", "--out-indices", ",".join(map(str, range(41))), "--dry-run", "--json", "a.jpg"
+    )
+    assert json.loads(r.stdout)["output"] == "dinov2-giant_stem-to-stage40.h5"
+    r = run(
+        "extract",
+        "-m",
+        "dinov2-giant",
+        "--out-indices",
+        ",".join(map(str, range(0, 41, 2))),
+        "--dry-run",
+        "--json",
+        "a.jpg",
+    )
+    name = json.loads(r.stdout)["output"]
+    assert name.startswith("dinov2-giant_21stages-stem-to-stage40-") and len(name) < 80
+
+
+def test_a_disk_that_fills_during_the_run_ends_it_before_hdf5_fails(tiny_resnet, photos, tmp_path, monkeypatch):
+    """Without --force, a batch the disk has no room for (another program filled it since the
+    run began) is refused before HDF5 writes it: the file closes cleanly at its last batch."""
+    import collections
+    import shutil
+
+    import h5py
+
+    import bbx.formats.hdf5 as hdf5
+    from tests.cli import run
+
+    folder, paths = photos
+    usage = collections.namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    calls = {"n": 0}
+
+    def filling(p):
+        calls["n"] += 1
+        return real(p) if calls["n"] <= 4 else usage(10**9, 10**9 - 10**5, 10**5)  # plan, create, 2 batches
+
+    monkeypatch.setattr(shutil, "disk_usage", filling)
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "-b", "2", "-q", *STEM, folder)
+    assert r.exit_code == 3 and r.stderr.startswith("bbx: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "no space left on device" in r.stderr and "the 4 images written so far are kept" in r.stderr
+    assert not hdf5.broken()
+    with h5py.File(tmp_path / "f.h5.partial") as f:
+        assert f.attrs["rows"] == 4

@@ -11,12 +11,21 @@ from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
 from bbx.errors import InputError
 
+#: the longest default picture name (before ``-<stage>-<mode>.png``)
+PICTURE_STEM_BYTES = 120
+
 
 def _picture_name(file: Path, stage: str, mode: str) -> Path:
+    """``<file>-<stage>-<mode>.png`` here; a long file name is cut (and given a digest)."""
+    import hashlib
+
     name = file.name
     for tail in (".index.json", ".partial", ".safetensors", ".hdf5", ".h5"):
         if name.endswith(tail):
             name = name[: -len(tail)]
+    if len(name.encode()) > PICTURE_STEM_BYTES:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = name.encode()[: PICTURE_STEM_BYTES - 9].decode(errors="ignore") + "-" + digest
     return Path(f"{name}-{stage}-{mode}.png")
 
 
@@ -63,7 +72,7 @@ def show(
       bbx show feats.h5 -s stage2 -i 0 -i 5 -i -1 --mode grid --channels 25 -o grid.png
     """
     from bbx import pictures
-    from bbx.formats import open_output
+    from bbx.formats import check_target, open_output
 
     if mode not in pictures.MODES:  # before reading anything
         from bbx.errors import UsageError
@@ -77,6 +86,8 @@ def show(
             f"(extracted with --pool {out.facts.pool}): bbx show needs maps, extract with --pool none"
         )
     rows = [out.row(i) for i in (index or [0])]
+    target = output or _picture_name(file, chosen.name, mode)
+    check_target(target, extra=len(".tmp"), what="picture")  # before any map is read
     maps = out.read(chosen, rows)
     inputs = [out.paths[r] for r in rows]
     picture = pictures.render(
@@ -89,7 +100,6 @@ def show(
         exif=out.facts.exif,
         show_inputs=not no_input,
     )
-    target = output or _picture_name(file, chosen.name, mode)
     pictures.save(picture.image, target)
     width, height = picture.image.size
     if as_json:

@@ -28,6 +28,7 @@ from bbx.formats.base import (
     StageLayout,
     Writer,
     busy,
+    check_target,
     fsync_dir,
     held_elsewhere,
     partial_path,
@@ -64,6 +65,12 @@ def suffix_of(fmt: str) -> str:
     return ".h5" if fmt == "hdf5" else ".safetensors"
 
 
+def name_extra(fmt: str) -> int:
+    """The most bytes a format adds to the output's name for the files it writes beside it
+    (temporary names, staging folders, shard names)."""
+    return module(fmt).NAME_EXTRA
+
+
 def leftovers(path: Path, fmt: str) -> tuple[Path | None, Path | None]:
     """(a finished output, an unfinished one) that a run writing ``path`` in ``fmt`` would
     replace: what it refuses to touch without ``--overwrite`` or ``--resume``."""
@@ -79,13 +86,16 @@ def open_writer(
     overwrite: bool = False,
     resume: bool = False,
     shard_bytes: int | None = None,
+    check_space: bool = True,
 ) -> Writer:
+    """The writer of a run. ``check_space``: refuse a batch the disk has no room for before
+    writing it (a run with --force leaves it to the disk to fail)."""
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     if fmt == "hdf5":
         from bbx.formats.hdf5 import HDF5Writer
 
-        return HDF5Writer(path, facts=facts, stages=stages, overwrite=overwrite, resume=resume)
+        return HDF5Writer(path, facts=facts, stages=stages, overwrite=overwrite, resume=resume, check_space=check_space)
     if fmt == "safetensors":
         from bbx.formats.safetensors_ import SafetensorsWriter
 
@@ -120,10 +130,12 @@ __all__ = [
     "StageLayout",
     "Writer",
     "busy",
+    "check_target",
     "format_for",
     "fsync_dir",
     "held_elsewhere",
     "leftovers",
+    "name_extra",
     "open_output",
     "open_writer",
     "partial_path",

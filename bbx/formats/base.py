@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -418,6 +420,70 @@ def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
         raise InputError(
             f"{leftover} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
         )
+
+
+# --- where an output can go ------------------------------------------------------------------------
+
+
+def existing_folder(path: Path) -> Path:
+    """The folder ``path`` lies in, or its nearest ancestor that exists (outputs create the
+    rest); InputError when that is not a folder."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"output {path}: {parent} is not a folder")
+    return parent
+
+
+def name_limits(folder: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the file system of ``folder``."""
+    try:
+        name_max = int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    try:
+        path_max = int(os.pathconf(folder, "PC_PATH_MAX"))
+    except (OSError, ValueError, AttributeError):
+        path_max = 4096
+    return name_max, path_max
+
+
+def check_target(path: Path, *, extra: int = 0, what: str = "output") -> None:
+    """Refuse, in one line and before anything is written, a file bbx could not create at
+    ``path``: an existing non-regular file (a FIFO would block, a device would be clobbered), a
+    name longer than the file system takes (``extra``: the bytes bbx appends for its temporary
+    and staging names), a folder nobody may write in. ``what`` names it in messages (``-o``)."""
+    folder = existing_folder(path)
+    name_max, path_max = name_limits(folder)
+    size = len(os.fsencode(path.name)) + extra
+    if size > name_max:
+        more = f" (with the {extra} bytes bbx adds for its temporary files)" if extra else ""
+        raise InputError(
+            f"{what} name {path.name[:40]}... is too long: {size} bytes{more}, and this file system takes names "
+            f"of at most {name_max}; choose a shorter name"
+        )
+    if len(os.fsencode(os.path.abspath(path))) + extra >= path_max:
+        raise InputError(f"{what} path {str(path)[:40]}... is too long for this system (at most {path_max} bytes)")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"cannot use {what} {path}: {e.strerror or e}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InputError(f"{what} {path} is a folder: give a file name (.h5 or .safetensors)")
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+        )
+        raise InputError(f"{what} {path} is {kind}, not a regular file: choose another file name")
+    probe = folder / f".bbx-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {folder} is not writable ({e.strerror or e})") from None
+    os.unlink(probe)
 
 
 def check_shapes(stages: Sequence[StageLayout], n: int, maps: Mapping[str, Any]) -> None:

@@ -59,6 +59,8 @@ from bbx.formats.base import (
 
 NAME = "hdf5"
 SUFFIXES = (".h5", ".hdf5")
+#: bytes added to the output's name: ``<name>.partial``
+NAME_EXTRA = len(".partial")
 POOLED_CHUNK_ROWS = 256
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: free bytes a batch must leave on the disk beyond its own data (HDF5's metadata: chunk index,
@@ -147,9 +149,13 @@ class HDF5Writer:
         stages: Sequence[StageLayout],
         overwrite: bool = False,
         resume: bool = False,
+        check_space: bool = True,
     ) -> None:
         self.path = path
         self.partial = partial_path(path)
+        #: refuse a batch the disk has no room for before HDF5 meets the full disk (off with
+        #: --force, for file systems that misreport their free space: then HDF5's own failure ends the run)
+        self.check_space = check_space
         self.stages = list(stages)
         self.existing_paths: list[str] = []
         self.existing_facts: RunFacts | None = None
@@ -198,13 +204,13 @@ class HDF5Writer:
         if resume and path.exists():
             # work on a copy: a crash while extending must not damage the finished file
             self._ours = True
-            _check_room(partial.parent, path.stat().st_size)
+            self._check_room(path.stat().st_size)
             shutil.copyfile(path, partial)  # into the locked file: the lock stays
             if self._reopen(partial, facts, copy=True):
                 return
             raise InputError(f"{path} is not a bbx HDF5 output that can be resumed")
         self._ours = True
-        _check_room(partial.parent, 0)
+        self._check_room(0)
         try:
             self._create(partial, facts)
         except (RuntimeError, OSError) as e:
@@ -274,6 +280,10 @@ class HDF5Writer:
     def _rows_datasets(self) -> list[Any]:
         return [self._ds[s.name] for s in self.stages] + [self._ds["paths"]]
 
+    def _check_room(self, nbytes: int) -> None:
+        if self.check_space:
+            _check_room(self.partial.parent, nbytes)
+
     def _close_quietly(self) -> None:
         """Close after a failure. A file HDF5 cannot close (its last write failed inside HDF5) is
         kept, never freed (see :func:`broken`); the commit point on disk holds either way."""
@@ -295,7 +305,7 @@ class HDF5Writer:
         n = len(paths)
         if n == 0:
             return
-        _check_room(self.partial.parent, n * sum(s.row_bytes for s in self.stages) + sum(map(len, paths)))
+        self._check_room(n * sum(s.row_bytes for s in self.stages) + sum(map(len, paths)))
         try:
             start = int(f.attrs["rows"])
             for s in self.stages:
@@ -317,7 +327,7 @@ class HDF5Writer:
     def fail(self, path: str, reason: str) -> None:
         f = self._f
         assert f is not None
-        _check_room(self.partial.parent, len(path) + len(reason))
+        self._check_room(len(path) + len(reason))
         try:
             for name, value in (("failed/paths", path), ("failed/reasons", reason)):
                 ds = self._ds[name]

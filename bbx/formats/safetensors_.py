@@ -79,6 +79,9 @@ _COPY = 16 << 20
 JOURNAL = "journal.jsonl"
 NAME = "safetensors"
 SUFFIXES = (".safetensors",)
+#: bytes added to the output's name: shards ``<stem>-00001-of-00002.safetensors`` written as
+#: ``....tmp`` first (the longest; ``.index.json.tmp`` and ``.partial`` are shorter)
+NAME_EXTRA = len("-00001-of-00002") + len(".tmp")
 
 #: where a tensor's bytes come from: (file, offset, bytes), concatenated in order
 Segment = tuple[Path, int, int]
@@ -315,10 +318,15 @@ class SafetensorsWriter:
         }
         if replaces is not None:
             first["replaces"] = sorted({f.name for f in replaces})
-        self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
-        self._log(first)
-        self._raw = {s.name: open(self._raw_path(s), "w+b") for s in self.stages}
-        fsync_dir(folder)
+        try:
+            self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
+            self._log(first)
+            self._raw = {s.name: open(self._raw_path(s), "w+b") for s in self.stages}
+            fsync_dir(folder)
+        except BaseException:  # (a full disk): a folder without its first entry would block the next run
+            self._close_files()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._created = True
 
     def _replay(self, entries: list[dict[str, Any]], end: int) -> None:
@@ -617,12 +625,15 @@ class SafetensorsWriter:
         self._close()
 
     def _close_files(self) -> None:
-        for f in self._raw.values():
-            f.close()
-        self._raw = {}
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        """Close the raw files and the journal. Closing flushes: after a failed write (a full disk)
+        it fails the same way, and what was committed was fsynced before, so that is ignored."""
+        files = [*self._raw.values(), *([self._journal] if self._journal is not None else [])]
+        self._raw, self._journal = {}, None
+        for f in files:
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def _close(self) -> None:
         self._close_files()

@@ -189,3 +189,54 @@ def test_a_disk_that_fills_during_the_run_ends_it_before_hdf5_fails(tiny_resnet,
     assert not hdf5.broken()
     with h5py.File(tmp_path / "f.h5.partial") as f:
         assert f.attrs["rows"] == 4
+
+
+def _damage_attributes(path) -> None:
+    """Garble 16 bytes of the file's root object header so that h5py opens the file but fails
+    while reading its attributes (RuntimeError "Error iterating over attributes"), as a disk error
+    or a stray write in the header region would: the first such window from the start is used."""
+    import h5py
+
+    data = path.read_bytes()
+    for at in range(512, min(len(data), 16384), 16):
+        damaged = bytearray(data)
+        for k in range(at, at + 16):
+            damaged[k] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            with h5py.File(path, "r") as f:
+                dict(f.attrs)
+        except RuntimeError as e:
+            if "attribute" in str(e):
+                return
+        except Exception:  # noqa: BLE001 - another kind of damage: try the next window
+            pass
+    raise AssertionError("no window of the header damages only the attributes")
+
+
+def test_an_hdf5_file_damaged_in_its_attributes(tiny_resnet, photos, tmp_path):
+    """A finished file damaged in its header is refused (exit 3, one line) by info, show and
+    --resume; a damaged .partial is reported and started over."""
+    from tests.cli import run
+
+    folder, paths = photos
+    out = tmp_path / "f.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", out, *map(str, paths[:2])).exit_code == 0
+    _damage_attributes(out)
+    for args in (("info", out), ("info", out, "--json"), ("show", out, "-o", tmp_path / "p.png")):
+        r = run(*args)
+        assert r.exit_code == 3 and r.stderr.startswith("bbx: error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "damaged" in r.stderr or "not a readable HDF5 file" in r.stderr
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--resume", "-q", folder)
+    assert r.exit_code == 3 and r.stderr.count("\n") == 1 and str(out) in r.stderr, r.stderr
+    assert not out.with_name("f.h5.partial").exists()
+
+    partial = tmp_path / "g.h5.partial"
+    out.rename(partial)
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "g.h5", "--resume", "--json", folder)
+    assert r.exit_code == 0, r.stderr
+    import json
+
+    report = json.loads(r.stdout)
+    assert any("damaged" in n and "started over" in n for n in report["notes"]), report["notes"]
+    assert report["done"] == len(paths)

@@ -124,6 +124,7 @@ class RunFacts:
         for k in ("exif", "fast_decode"):
             if k in values and not isinstance(values[k], bool):
                 values[k] = values[k] in (True, 1, "true", "True", "1")
+        _check_types(values)
         return cls(**values, extra=extra)
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +144,31 @@ class RunFacts:
                     f"cannot resume {path}: it was written with {key}={_short(old_v)}, this run has "
                     f"{key}={_short(new_v)} (use the same settings, or a new output)"
                 )
+
+
+def _check_types(values: Mapping[str, Any]) -> None:
+    """ValueError naming the first fact whose stored value has the wrong type (a damaged or
+    hand-edited file): readers must not meet an ``out_features`` that is a number."""
+    for f in fields(RunFacts):
+        if f.name not in values or f.name == "extra":
+            continue
+        v = values[f.name]
+        if f.name == "revision":
+            ok = v is None or isinstance(v, str)
+        elif f.name == "out_features":
+            ok = isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+        elif f.name == "out_indices":
+            ok = isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        elif f.name == "input_size":
+            ok = isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        elif f.name == "preprocessing":
+            ok = isinstance(v, Mapping)
+        elif f.name in ("exif", "fast_decode"):
+            ok = isinstance(v, bool)
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            raise ValueError(f"its {f.name} is {_short(v) if isinstance(v, (str, list, tuple, dict)) else repr(v)}")
 
 
 #: facts that must agree between a file and a run that resumes it

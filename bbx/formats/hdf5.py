@@ -408,11 +408,15 @@ def _h5file(path: Path) -> Any:
     try:
         # no lock: a run may hold the .partial open for writing while someone looks at it
         return h5py.File(path, "r", locking=False)
-    except (OSError, TypeError, ValueError):
-        try:
-            return h5py.File(path, "r")
-        except OSError as e:
+    except (TypeError, ValueError) as e:  # an HDF5 without locking options
+        if "lock" not in str(e).lower():
             raise InputError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, RuntimeError, ... for damaged files
+        raise InputError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
+    try:
+        return h5py.File(path, "r")
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{path} is not a readable HDF5 file ({first_line(e)})") from None
 
 
 class HDF5Output(Output):
@@ -423,38 +427,54 @@ class HDF5Output(Output):
     def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
         if self._handle is None:
             self._handle = _h5file(self.files[0])
-        return np.asarray(self._handle["features"][stage.name][start:stop])
+        try:
+            return np.asarray(self._handle["features"][stage.name][start:stop])
+        except Exception as e:  # noqa: BLE001 - a damaged chunk: h5py raises OSError, RuntimeError, ...
+            raise InputError(
+                f"{self.files[0]} is damaged: rows {start}..{stop - 1} of {stage.name} cannot be read ({first_line(e)})"
+            ) from None
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - read-only: nothing to lose
+                pass
 
 
 def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
-    """The HDF5 output in ``path`` (its metadata), InputError if it is not one or is damaged."""
-    with _h5file(path) as f:
+    """The HDF5 output in ``path`` (its metadata), InputError if it is not one or is damaged
+    (in its header, its attributes or its index: whatever HDF5 or the decoding raises)."""
+    f = _h5file(path)
+    try:
+        meta = {k: decode(v) for k, v in f.attrs.items()}
+        if meta.get("format") != FORMAT_TAG or "features" not in f or "paths" not in f:
+            raise not_bbx(path, "no bbx features in it")
+        facts = RunFacts.from_metadata(meta)
+        rows = int(meta.get("rows", 0))
+        paths = [text(p) for p in f["paths"][:rows]]
+        if len(paths) != rows:
+            raise InputError(f"{path} is damaged: it holds {len(paths)} paths for {rows} rows")
+        failed: list[tuple[str, str]] = []
+        if "failed" in f:
+            failed = [(text(a), text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
+        stages = []
+        for name in facts.out_features or list(f["features"]):
+            ds = f["features"][name]
+            dtype = text(ds.attrs.get("dtype", "float32"))
+            if len(ds) < rows or dtype not in dtypes.DTYPES or len(ds.shape) not in (2, 4):
+                raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype or shape")
+            stages.append(StageLayout(name, tuple(int(d) for d in ds.shape[1:]), dtype))
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises RuntimeError, OSError, KeyError, ... for damage
+        raise InputError(f"{path} is damaged or not a bbx output ({first_line(e)})") from None
+    finally:
         try:
-            meta = {k: decode(v) for k, v in f.attrs.items()}
-            if meta.get("format") != FORMAT_TAG or "features" not in f or "paths" not in f:
-                raise not_bbx(path, "no bbx features in it")
-            facts = RunFacts.from_metadata(meta)
-            rows = int(meta.get("rows", 0))
-            paths = [text(p) for p in f["paths"][:rows]]
-            failed: list[tuple[str, str]] = []
-            if "failed" in f:
-                failed = [(text(a), text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
-            stages = []
-            for name in facts.out_features or list(f["features"]):
-                ds = f["features"][name]
-                dtype = text(ds.attrs.get("dtype", "float32"))
-                if len(ds) < rows or dtype not in dtypes.DTYPES:
-                    raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype")
-                stages.append(StageLayout(name, tuple(int(d) for d in ds.shape[1:]), dtype))
-        except InputError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            raise InputError(f"{path} is damaged or not a bbx output ({first_line(e)})") from None
+            f.close()
+        except Exception:  # noqa: BLE001
+            pass
     status = str(meta.get("status", "complete"))
     running = unfinished or status == "running"
     return HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)

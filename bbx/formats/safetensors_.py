@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -730,10 +731,36 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     except (ValueError, struct.error) as e:
         raise InputError(f"{path} is neither HDF5 nor safetensors, or it is damaged ({e})") from None
     start = 8 + n
+    problem = _header_problem(header)
+    if problem:
+        raise InputError(f"{path} is damaged: {problem}")
     for key, info in header.items():
         if key != "__metadata__" and start + int(info["data_offsets"][1]) > size:
             raise InputError(f"{path} is damaged: it is shorter than its header says (truncated?)")
     return header, start
+
+
+def _header_problem(header: dict[str, Any]) -> str:
+    """What is wrong with a safetensors header's structure ("" when nothing): metadata must map
+    strings to strings, every tensor have a dtype, a shape of sizes and offsets that fit it."""
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        return "its metadata is not a table of strings"
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            return f"tensor {key!r} is not described"
+        shape, offsets, dt = info.get("shape"), info.get("data_offsets"), info.get("dtype")
+        ints = (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in [*shape, *offsets]
+        )
+        if not ints or not isinstance(dt, str) or offsets[0] > offsets[1]:
+            return f"tensor {key!r} has a broken shape, dtype or offsets"
+        known = dtypes.BY_SAFETENSORS.get(dt)
+        if known is not None and offsets[1] - offsets[0] != math.prod(shape) * known.itemsize:
+            return f"tensor {key!r} holds {offsets[1] - offsets[0]} bytes for its shape {shape}"
+    return ""
 
 
 def _meta(header: dict[str, Any]) -> dict[str, Any]:
@@ -770,13 +797,18 @@ def _open_single(path: Path) -> SafetensorsOutput:
     meta = _meta(header)
     if meta.get("format") != FORMAT_TAG:
         raise not_bbx(path, "its metadata has no bbx format tag")
-    facts = RunFacts.from_metadata(meta)
-    paths = [str(p) for p in meta.get("paths", [])]
+    try:
+        facts = RunFacts.from_metadata(meta)
+        paths = meta.get("paths", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("its paths are not a list of strings")
+        failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path} is damaged: {first_line(e)}") from None
     stages, tensors = _tensor_stages(path, header, facts.out_features)
     for name, (_, rows) in tensors.items():
         if rows != len(paths):
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
-    failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     status = str(meta.get("status", "complete"))
     parts = [(path, {n: t for n, (t, _) in tensors.items()}, 0, len(paths))]
     return _output(
@@ -795,7 +827,10 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         raise InputError(f"{index} is not a bbx shard index ({first_line(e)})") from None
     if meta.get("format") != FORMAT_TAG:
         raise not_bbx(index, "its metadata has no bbx format tag")
-    facts = RunFacts.from_metadata(meta)
+    try:
+        facts = RunFacts.from_metadata(meta)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{index} is damaged: {first_line(e)}") from None
     paths: list[str] = []
     parts: list[tuple[Path, dict[str, str], int, int]] = []
     stages: list[StageLayout] = []

@@ -25,6 +25,7 @@ from bbx.plan import (
     ExtractOptions,
     RunPlan,
     begun_elsewhere,
+    check_memory,
     check_space,
     done_keys,
     dry_run_refusals,
@@ -111,6 +112,8 @@ class _Run:
         self.opts = opts
         self.device = device
         self.rp: RunPlan = plan_run(opts, inputs, device=device, weights=opts.pretrained)
+        mp = self.rp.model
+        check_memory(mp.ref, mp.settings, mp.input_size, batch=opts.batch_size)
         check_space(self.rp.report, force=opts.force, resume=opts.resume)
         try:
             self.writer: Writer = open_writer(

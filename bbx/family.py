@@ -167,6 +167,12 @@ class Settings:
             values[f.name] = coerce(raw, hints[f.name], f.name, f.metadata.get("lo"), f.metadata.get("hi"))
         s = cls(**cls.adjust(config, values))
         s.check()
+        n = s.parameter_count()
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"it describes {n:.3g} parameters ({n * BYTES_PER_NUMBER / 1e12:.3g} TB of weights), "
+                f"more than any backbone bbx would build (at most {MAX_PARAMETERS:.3g})"
+            )
         return s
 
     @classmethod
@@ -192,9 +198,67 @@ class Settings:
         """The only input size the architecture accepts, or None when any size works."""
         return None
 
+    # -- memory ------------------------------------------------------------------------------------
+    #
+    # A config is refused before anything is built when the memory it implies does not fit (see
+    # :func:`memory_needed`): the numbers come from these three, which every family implements
+    # from its fields alone (no torch) and tests/test_families.py checks against real builds and
+    # forward passes.
+
     def parameter_count(self) -> int:
-        """About how many weights the network has (for refusing absurd configs); 0 if unknown."""
+        """Exactly how many numbers the network's state holds: its parameters and persistent
+        buffers, as built for stage norm ``hf`` (what ``state_dict()`` would hold). 0: unknown
+        (a family that has not implemented it yet; the contract test fails for it)."""
         return 0
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """Per image, the most numbers alive at once during a forward at ``image_size`` (height,
+        width): the input, the stage maps kept, and the widest moment inside a block (its input,
+        intermediates and output). The default reads it off the stage shapes alone: the input, every
+        stage map, and four times the largest (an input, two intermediates, an output); families
+        whose blocks widen more (an MLP's hidden layer, attention scores) override it."""
+        shapes = map_shapes(self, image_size)
+        maps = [c * h * w for c, h, w in shapes]
+        return self.num_channels_in() * image_size[0] * image_size[1] + sum(maps) + 4 * max(maps)
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """Numbers a forward at ``image_size`` holds once, whatever the batch: tables cached per
+        input size, attention scores computed one image at a time, resampled position
+        embeddings. 0 by default."""
+        return 0
+
+    def num_channels_in(self) -> int:
+        return int(getattr(self, "num_channels", 3))
+
+
+#: the most numbers a network's state may hold whatever the machine (about 1.1 TB in float32):
+#: no public backbone comes within a hundredfold of it; a config past it is refused as it is read
+MAX_PARAMETERS = 1 << 38
+#: bytes per number bbx assumes for memory estimates (float32: weights load and compute in it)
+BYTES_PER_NUMBER = 4
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What a forward pass needs in memory, in bytes: the weights (twice: kernels and autocast
+    keep a converted copy), the per-size workspace, and the activations of one image."""
+
+    weights: int
+    workspace: int
+    per_image: int
+
+    def total(self, batch: int) -> int:
+        return self.weights + self.workspace + batch * self.per_image
+
+
+def memory_needed(settings: Settings, image_size: tuple[int, int]) -> MemoryNeed:
+    """The memory a forward at ``image_size`` needs, from the settings' own counts."""
+    b = BYTES_PER_NUMBER
+    return MemoryNeed(
+        weights=2 * b * settings.parameter_count(),
+        workspace=b * settings.workspace_count(image_size),
+        per_image=b * settings.activation_count(image_size),
+    )
 
 
 def map_shapes(settings: Settings, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:

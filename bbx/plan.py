@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bbx import __version__, dtypes, hub
-from bbx.errors import BbxError, InputError, UsageError, first_line
-from bbx.family import STAGE_NORMS, Settings, StageInfo, map_shapes
+from bbx.errors import BbxError, InputError, ModelError, UsageError, first_line
+from bbx.family import BYTES_PER_NUMBER, STAGE_NORMS, Settings, StageInfo, map_shapes, memory_needed
 from bbx.formats import (
     RunFacts,
     StageLayout,
@@ -127,12 +127,57 @@ def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Prepro
     return pre, size
 
 
-def stage_shapes(settings: Settings, size: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """``[C, H, W]`` of every stage at ``size``; UsageError when the input does not fit."""
+def stage_shapes(settings: Settings, size: tuple[int, int], *, asked: bool = True) -> list[tuple[int, int, int]]:
+    """``[C, H, W]`` of every stage at ``size``; UsageError when an input size the user ``asked``
+    for does not fit, ModelError when the checkpoint's own does not (its config is broken)."""
     try:
         return map_shapes(settings, size)
     except ValueError as e:
-        raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first_line(e)}") from None
+        if asked:
+            raise UsageError(f"input size {size[0]}x{size[1]} does not fit this model: {first_line(e)}") from None
+        raise ModelError(
+            f"the checkpoint's own input size {size[0]}x{size[1]} does not fit its architecture: {first_line(e)}"
+        ) from None
+
+
+def check_memory(ref: hub.ModelRef, settings: Settings, size: tuple[int, int], *, batch: int = 1) -> None:
+    """Refuse, before anything is built, a model whose forward at ``size`` would not fit in this
+    machine's memory: ModelError (exit 4) when its weights or one image already do not (the config
+    is absurd for this machine), UsageError (exit 2) when only the batch is too large."""
+    from bbx.runtime import machine_memory
+
+    have = machine_memory()
+    if have is None:
+        return
+    need = memory_needed(settings, size)
+    h, w = size
+    if need.total(1) > have:
+        params = settings.parameter_count()
+        raise ModelError(
+            f"{ref.checkpoint}: this {ref.family.title} needs about {human_bytes(need.total(1))} of memory for "
+            f"one {h}x{w} image ({params:.3g} parameters, {human_bytes(need.weights // 2)} of weights), more than "
+            f"this machine's {human_bytes(have)}"
+        )
+    if need.total(batch) > have:
+        fits = max(1, (have - need.weights - need.workspace) // max(1, need.per_image))
+        raise UsageError(
+            f"a batch of {batch} {h}x{w} images needs about {human_bytes(need.total(batch))} of memory with "
+            f"{ref.checkpoint}, more than this machine's {human_bytes(have)}: pass --batch-size {fits} or less"
+        )
+
+
+def check_weights(ref: hub.ModelRef, settings: Settings) -> None:
+    """Refuse (ModelError) a network whose weights alone would not fit in this machine's memory."""
+    from bbx.runtime import machine_memory
+
+    have = machine_memory()
+    params = settings.parameter_count()
+    if have is not None and params * BYTES_PER_NUMBER > have:
+        raise ModelError(
+            f"{ref.checkpoint}: this {ref.family.title} has {params:.3g} parameters, "
+            f"{human_bytes(params * BYTES_PER_NUMBER)} of weights, more than this machine's "
+            f"{human_bytes(have)} of memory"
+        )
 
 
 def model_plan(
@@ -144,7 +189,8 @@ def model_plan(
 ) -> ModelPlan:
     settings = ref.spec.settings()
     pre, size = input_size(ref, image_size)
-    shapes = stage_shapes(settings, size)
+    shapes = stage_shapes(settings, size, asked=image_size is not None)
+    check_memory(ref, settings, size)
     stages = settings.stages()
     selection = select_stages([s.name for s in stages], out_indices, out_features)
     return ModelPlan(ref, pre, size, settings, tuple(stages), tuple(shapes), selection)
@@ -318,6 +364,10 @@ def dry_run_refusals(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) 
         problems.append(e.message)
     try:
         check_space(rp.report, force=opts.force, resume=opts.resume)
+    except BbxError as e:
+        problems.append(e.message)
+    try:
+        check_memory(rp.model.ref, rp.model.settings, rp.model.input_size, batch=opts.batch_size)
     except BbxError as e:
         problems.append(e.message)
     return problems

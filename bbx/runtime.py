@@ -70,3 +70,22 @@ def default_workers(device: str) -> int:
     if device == "cpu":
         return min(cpus, 8) if cpus > 1 else 0
     return max(1, min(8, cpus - 1))
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process can have: the machine's physical memory, or its control
+    group's limit when that is lower (a container, a scheduler's job); None if unknown."""
+    total: int | None = None
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text)) if total else int(text)
+    return total or None

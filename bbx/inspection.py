@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bbx import hub
@@ -33,6 +33,8 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    #: bytes: weights (counted twice, as a run holds them), workspace, one image; the machine's memory
+    memory: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "memory": self.memory,
         }
 
 
@@ -64,7 +67,7 @@ def inspect_model(
     torch, no weights, nothing downloaded for an alias or a folder."""
     check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    mp = model_plan(ref, image_size=image_size)
+    mp = model_plan(ref, image_size=image_size, check=False)  # inspect reports the memory, never refuses it
     default = set(mp.selection.out_indices)
     rows = tuple(
         StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
@@ -84,4 +87,21 @@ def inspect_model(
         default_indices=tuple(mp.selection.out_indices),
         stages=rows,
         preprocessing=mp.preprocess.describe(),
+        memory=_memory(mp),
     )
+
+
+def _memory(mp: Any) -> dict[str, Any]:
+    from bbx.family import memory_needed
+    from bbx.runtime import machine_memory
+
+    need = memory_needed(mp.settings, mp.input_size)
+    have = machine_memory()
+    return {
+        "parameters": mp.settings.parameter_count(),
+        "weights_bytes": need.weights,
+        "workspace_bytes": need.workspace,
+        "per_image_bytes": need.per_image,
+        "machine_bytes": have,
+        "fits": have is None or need.total(1) <= have,
+    }

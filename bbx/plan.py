@@ -186,11 +186,15 @@ def model_plan(
     image_size: int | None = None,
     out_indices: Sequence[int] | None = None,
     out_features: Sequence[str] | None = None,
+    check: bool = True,
 ) -> ModelPlan:
+    """The model's plan at its input size (or ``image_size``); ``check``: refuse a model whose
+    forward would not fit this machine's memory even for one image (inspect only reports it)."""
     settings = ref.spec.settings()
     pre, size = input_size(ref, image_size)
     shapes = stage_shapes(settings, size, asked=image_size is not None)
-    check_memory(ref, settings, size)
+    if check:
+        check_memory(ref, settings, size)
     stages = settings.stages()
     selection = select_stages([s.name for s in stages], out_indices, out_features)
     return ModelPlan(ref, pre, size, settings, tuple(stages), tuple(shapes), selection)

@@ -47,4 +47,15 @@ def inspect(
         )
     out.print(table)
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
+    m = report.memory
+    if m:
+        from bbx.report import human_bytes
+
+        line = (
+            f"memory: {m['parameters']:,} parameters, {human_bytes(m['weights_bytes'] + m['workspace_bytes'])} "
+            f"for the weights as a run holds them, {human_bytes(m['per_image_bytes'])} per {h}x{w} image"
+        )
+        if not m["fits"]:
+            line += f": more than this machine's {human_bytes(m['machine_bytes'])}, so bbx extract would refuse it"
+        out.print(line)
     out.print("* default selection (the last stage); choose others with --out-indices or --out-features")

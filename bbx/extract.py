@@ -11,7 +11,11 @@ device and dtypes :mod:`bbx.runtime`, the formats :mod:`bbx.formats`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -168,12 +172,27 @@ def run(
     t_start = time.perf_counter()
     device = resolve_device(opts.device)
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
-    r = _Run(opts, inputs, device)
+    with SignalGuard() as guard:
+        r = _Run(opts, inputs, device)
+        guard.output = r.rp.output
+        return _run(r, opts, device, guard, progress, on_plan, t_start, Extractor)
+
+
+def _run(
+    r: _Run,
+    opts: ExtractOptions,
+    device: str,
+    guard: SignalGuard,
+    progress: Callable[[int, int], None] | None,
+    on_plan: Callable[[Plan], None] | None,
+    t_start: float,
+    extractor_class: Any,
+) -> Summary:
     writer, summary = r.writer, r.summary
     status, stop = "complete", None
     t0 = time.perf_counter()
     try:
-        extractor = Extractor.from_plan(
+        extractor = extractor_class.from_plan(
             r.rp.model,
             device=device,
             dtype=opts.dtype,
@@ -197,25 +216,102 @@ def run(
     except _Stopped as e:
         status, stop = "interrupted", e.error
     except OSError as e:
-        writer.abort()
+        with guard.closing():
+            writer.abort()
         raise _cannot_write(r, e) from None
     except BaseException:
         # an unexpected failure: keep what is committed, leave the partial output for --resume
-        writer.abort()
-        raise
-    summary.seconds = time.perf_counter() - t0
-    summary.rows_total = r.done_before + summary.done
-    if status != "complete" and summary.done == 0 and not r.resumed:
-        writer.abort()  # interrupted before anything was written: leave nothing behind
-    else:
-        try:
-            summary.files = [str(p) for p in _signals_deferred(writer.finish, status)]
-        except OSError as e:
+        with guard.closing():
             writer.abort()
-            raise _cannot_write(r, e) from None
+        raise
+    # From here on a signal is acknowledged, never obeyed: closing and renaming must not be cut in half.
+    with guard.closing():
+        summary.seconds = time.perf_counter() - t0
+        summary.rows_total = r.done_before + summary.done
+        if status != "complete" and summary.done == 0 and not r.resumed:
+            writer.abort()  # interrupted before anything was written: leave nothing behind
+        else:
+            try:
+                summary.files = [str(p) for p in writer.finish(status)]
+            except OSError as e:
+                writer.abort()
+                raise _cannot_write(r, e) from None
+    if guard.late is not None and summary.interrupted is None:
+        summary.late_signal = guard.late
+        summary.notes.append(f"{guard.late} arrived while the output was being closed: it was closed first, complete")
     if stop is not None:
         raise stop
     return summary
+
+
+class SignalGuard:
+    """SIGINT and SIGTERM during a run (main thread only; elsewhere it does nothing).
+
+    The first signal is obeyed: KeyboardInterrupt or :class:`Terminated` is raised where the run
+    is, and the run closes its output as ``interrupted``. Every later one, and any signal while the
+    output is being closed (:meth:`closing`), is acknowledged on stderr and otherwise ignored, so
+    that the close and the rename are never cut in half (process-directed signals reach whichever
+    thread does not block them, so masking them in one thread cannot do this). Once a signal has
+    arrived, the guard stays installed until the process ends: an interpreter on its way out
+    must not be interrupted either.
+
+    :attr:`seen` tells a caller that a signal arrived in this process; the command line then
+    ignores further ones until it exits (the interpreter's own shutdown puts the default handlers
+    back, and a signal then would kill it with the wrong status)."""
+
+    seen = False
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.first: str | None = None  # the signal obeyed
+        self.late: str | None = None  # a first signal that arrived while closing
+        self.output: Path | None = None
+        self._closing = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if self.active:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active and self.first is None and self.late is None:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        self._closing = True
+        try:
+            yield
+        finally:
+            self._closing = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        SignalGuard.seen = True
+        name = signal.Signals(signum).name
+        if self.first is None and self.late is None and not self._closing:
+            self.first = name
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        if self.first is None and self.late is None:
+            self.late = name
+        where = f"{self.output}" if self.output is not None else "the output"
+        kept = partial_path(self.output) if self.output is not None else "its .partial"
+        _say(
+            f"bbx: {name} again: still closing {where} with every finished image in it; "
+            f"if bbx is killed before that ends, --resume recovers the run from {kept}\n"
+            if self.first is not None
+            else f"bbx: {name} while closing {where}: the close finishes first "
+            f"(if bbx is killed before that ends, --resume recovers the run from {kept})\n"
+        )
+
+
+def _say(text: str) -> None:
+    try:
+        os.write(2, text.encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _cannot_write(r: _Run, e: OSError) -> InputError:
@@ -236,22 +332,6 @@ def fix(e: OSError) -> str:
 
 def _hint(e: OSError) -> str:
     return " (nothing was written: free some space, then rerun)" if fix(e) else ""
-
-
-def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn`` with SIGINT and SIGTERM held back (closing and renaming the output must not be
-    cut in half); a signal that arrived meanwhile is delivered afterwards."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        return fn(*args)
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        return fn(*args)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, t_start: float) -> None:

@@ -105,6 +105,7 @@ class Summary:
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
+    late_signal: str | None = None  # a signal that arrived while a complete output was being closed
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
@@ -125,5 +126,6 @@ class Summary:
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
             "interrupted": self.interrupted,
+            "late_signal": self.late_signal,
             "notes": self.notes,
         }

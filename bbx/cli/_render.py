@@ -60,8 +60,9 @@ def render_summary(summary: Summary, console: Any) -> None:
         if len(summary.failed) > 20:
             console.print(f"  ... and {len(summary.failed) - 20} more (all listed in the output)")
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
+    resume = "; --resume continues the run" if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""
     console.print(
         f"{state}{plural(summary.done, 'image')} extracted{already}, {len(summary.failed)} skipped in "
-        f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}"
+        f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}{resume}"
     )

@@ -110,7 +110,7 @@ def extract(
     from bbx import inputs as inputs_mod
     from bbx.cli._progress import progress_for
     from bbx.cli._render import render_plan, render_summary
-    from bbx.extract import ExtractOptions, plan, run
+    from bbx.extract import ExtractOptions, SignalGuard, plan, run
     from bbx.runtime import resolve_device
 
     opts = ExtractOptions(
@@ -167,7 +167,11 @@ def extract(
     try:
         summary = run(opts, files, progress=on_progress, on_plan=on_plan)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if SignalGuard.seen:  # the run is over and its output closed: nothing more to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
         if progress_bar is not None:
             progress_bar.stop()
     if as_json:
@@ -177,8 +181,9 @@ def extract(
     elif summary.failed:
         for path, reason in summary.failed:
             sys.stderr.write(f"bbx: skipped {path}: {reason}\n")
-    if summary.interrupted == "SIGINT":
+    signalled = summary.interrupted or summary.late_signal
+    if signalled == "SIGINT":
         raise typer.Exit(EXIT_SIGINT)
-    if summary.interrupted == "SIGTERM":
+    if signalled == "SIGTERM":
         raise typer.Exit(EXIT_SIGTERM)
     raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)

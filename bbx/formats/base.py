@@ -435,10 +435,11 @@ def held_elsewhere(leftover: Path) -> bool:
     return False
 
 
-def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
+def refuse_to_replace(found: Path | None, leftover: Path | None, *, probe: bool = True) -> None:
     """Without --overwrite or --resume a run never replaces an output, nor an unfinished one; an
-    output another run is writing is refused whatever the options."""
-    if leftover is not None and held_elsewhere(leftover):
+    output another run is writing is refused whatever the options (``probe=False``: the caller
+    holds the lock itself, so nobody else does)."""
+    if probe and leftover is not None and held_elsewhere(leftover):
         raise busy(leftover)
     if found is not None:
         raise InputError(f"{found} exists: pass --overwrite to replace it or --resume to add to it")

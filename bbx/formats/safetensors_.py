@@ -228,7 +228,7 @@ class SafetensorsWriter:
         if folder.is_dir():
             self._take_lock()  # before anything else: another run may be writing it
         if not overwrite and not resume:
-            refuse_to_replace(*leftovers(self.path))
+            refuse_to_replace(*leftovers(self.path), probe=self._lock is None)
         if overwrite:
             replaced = self._current_files()
             earlier, _ = scan_journal(folder) if folder.is_dir() else ([], 0)

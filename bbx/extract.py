@@ -29,12 +29,10 @@ from bbx.plan import (
     ExtractOptions,
     RunPlan,
     begun_elsewhere,
-    check_memory,
-    check_space,
     done_keys,
-    dry_run_refusals,
     is_done,
     plan_run,
+    preflight,
     row_name,
 )
 from bbx.report import Plan, Summary, plural
@@ -45,9 +43,11 @@ __all__ = ["ExtractOptions", "plan", "run"]
 
 def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = None) -> Plan:
     """The shape report of a run, without weights (``--dry-run``), with what the real run would
-    refuse in its ``warnings``."""
+    refuse in its ``warnings`` and the status it would then exit with in ``exit_code``."""
     rp = plan_run(opts, inputs, device=device, weights=False)
-    rp.report.warnings = dry_run_refusals(opts, rp, inputs)
+    problems = preflight(opts, rp, inputs)
+    rp.report.warnings = [e.message for e in problems]
+    rp.report.exit_code = problems[0].exit_code if problems else 0
     return rp.report
 
 
@@ -116,9 +116,9 @@ class _Run:
         self.opts = opts
         self.device = device
         self.rp: RunPlan = plan_run(opts, inputs, device=device, weights=opts.pretrained)
-        mp = self.rp.model
-        check_memory(mp.ref, mp.settings, mp.input_size, batch=opts.batch_size)
-        check_space(self.rp.report, force=opts.force, resume=opts.resume)
+        problems = preflight(opts, self.rp, inputs)
+        if problems:
+            raise problems[0]
         try:
             self.writer: Writer = open_writer(
                 self.rp.output,

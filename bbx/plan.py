@@ -24,8 +24,9 @@ from bbx.formats import (
     held_elsewhere,
     leftovers,
     name_extra,
-    open_output,
     refuse_to_replace,
+    resume_source,
+    space_needed,
     suffix_of,
 )
 from bbx.formats.base import existing_folder
@@ -327,53 +328,52 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     return RunPlan(report, mp, output, fmt, layouts, facts)
 
 
-def check_space(plan: Plan, *, force: bool, resume: bool = False) -> None:
-    """Refuse a run whose output would not fit on its disk: the new rows, plus the transient
-    copies the format makes (safetensors stages rows, then assembles each file; extending a
-    finished output copies it first)."""
+def check_space(plan: Plan, *, force: bool, carried: int = 0, shard_bytes: int | None = None) -> None:
+    """Refuse a run whose output would not fit on its disk: the rows left to extract, plus what
+    the format writes on the way (safetensors stages rows, then assembles each file; extending a
+    finished HDF5 file copies it first, ``carried``; a .partial is extended in place)."""
     if force or plan.free_bytes is None:
         return
-    need = plan.projected_bytes
-    if plan.format == "safetensors":
-        need = int(need * 1.1) + min(need, 5 * 10**9)  # staging + assembling one shard
-    if resume:
-        try:
-            need += open_output(Path(plan.output)).bytes_on_disk
-        except BbxError:
-            pass
+    need = space_needed(plan.format, plan.projected_bytes, carried, shard_bytes)
     if need > plan.free_bytes:
+        copy = f", {human_bytes(carried)} of it for the rows already extracted" if carried else ""
         raise InputError(
-            f"projected output {human_bytes(need)} exceeds the {human_bytes(plan.free_bytes)} free for "
+            f"projected output {human_bytes(need)}{copy} exceeds the {human_bytes(plan.free_bytes)} free for "
             f"{plan.output}; free some space, choose another -o, pool with --pool, or pass --force"
         )
 
 
-def dry_run_refusals(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) -> list[str]:
-    """What the real run would refuse, said by a dry run (which opens nothing for writing); for a
-    resume, also how many inputs are left (set on the report)."""
-    problems = []
+def preflight(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) -> list[BbxError]:
+    """Everything a run checks before it opens its output for writing, in the order it does: the
+    output (another run writing it, one to replace, one to resume with other settings), the disk
+    space for what is left to do, the memory for a batch. A real run raises the first; a dry run
+    reports them all and exits with the first one's status. For a resume it also counts the inputs
+    left (on the report)."""
+    problems: list[BbxError] = []
+    carried = 0
     try:
         found, leftover = leftovers(rp.output, rp.fmt)
         if leftover is not None and held_elsewhere(leftover):
             raise busy(leftover)
         if opts.resume:
-            if found is not None or leftover is not None:
-                existing = open_output(rp.output)
-                existing.facts.check_resumable(rp.facts, rp.output)
-                done = done_keys(existing.paths, existing.facts.cwd)
+            source = resume_source(rp.output, rp.fmt) if found is not None or leftover is not None else None
+            if source is not None:
+                source.facts.check_resumable(rp.facts, rp.output)
+                done = done_keys(source.paths, source.facts.cwd)
                 rp.report.todo = sum(1 for p in inputs if not is_done(p, done))
+                carried = source.carried
         elif not opts.overwrite:
-            refuse_to_replace(found, leftover)
+            refuse_to_replace(found, leftover, probe=False)
     except BbxError as e:
-        problems.append(e.message)
-    try:
-        check_space(rp.report, force=opts.force, resume=opts.resume)
-    except BbxError as e:
-        problems.append(e.message)
-    try:
-        check_memory(rp.model.ref, rp.model.settings, rp.model.input_size, batch=opts.batch_size)
-    except BbxError as e:
-        problems.append(e.message)
+        problems.append(e)
+    for check in (
+        lambda: check_space(rp.report, force=opts.force, carried=carried, shard_bytes=opts.shard_bytes),
+        lambda: check_memory(rp.model.ref, rp.model.settings, rp.model.input_size, batch=opts.batch_size),
+    ):
+        try:
+            check()
+        except BbxError as e:
+            problems.append(e)
     return problems
 
 

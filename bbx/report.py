@@ -51,6 +51,7 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    exit_code: int = 0  # the status the run would end with at once (--dry-run): the first refusal's
 
     @property
     def bytes_per_image(self) -> int:
@@ -93,6 +94,7 @@ class Plan:
             "format": self.format,
             "free_bytes": self.free_bytes,
             "warnings": self.warnings,
+            "exit_code": self.exit_code,
         }
 
 

@@ -184,7 +184,32 @@ def test_dry_run_says_what_the_run_would_refuse(tiny_resnet, photos, tmp_path):
     rep = json.loads(run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", "--json", "--resume", folder).stdout)
     assert rep["warnings"] == [] and rep["todo"] == len(paths) - 1
     r = run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", "--resume", "--out-indices", "1", folder)
-    assert r.exit_code == 0 and "would be refused" in r.stderr and "out_features" in r.stderr
+    assert r.exit_code == 2 and "would be refused" in r.stderr and "out_features" in r.stderr
+
+
+def test_dry_run_exits_with_the_status_the_real_run_would_give(tiny_resnet, photos, tmp_path, monkeypatch):
+    """So that a script can check first: the dry run's status is the real run's refusal's."""
+    import bbx.plan
+
+    folder, paths = photos
+    out = tmp_path / "f.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", folder).exit_code == 0
+    run("extract", "-m", tiny_resnet, "-o", out, str(paths[0]))
+    cases = [
+        ((), 3),  # the output exists
+        (("--resume", "--out-indices", "1"), 2),  # a resume with other settings
+        (("--resume",), 0),
+        (("--overwrite", "--resume"), 2),
+    ]
+    for extra, code in cases:
+        dry = run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", *extra, folder)
+        assert dry.exit_code == code, (extra, dry.stderr)
+        if code:
+            real = run("extract", "-m", tiny_resnet, "-o", out, *extra, folder)
+            assert real.exit_code == code, (extra, real.stderr)
+    monkeypatch.setattr(bbx.plan, "free_space", lambda output: 10)
+    rep = run("extract", "-m", tiny_resnet, "-o", tmp_path / "g.h5", "--dry-run", "--json", folder)
+    assert rep.exit_code == 3 and json.loads(rep.stdout)["exit_code"] == 3
 
 
 def test_a_malicious_pickle_message_gives_no_advice_to_disable_the_safety(tmp_path, tiny_resnet):

@@ -240,3 +240,33 @@ def test_an_hdf5_file_damaged_in_its_attributes(tiny_resnet, photos, tmp_path):
     report = json.loads(r.stdout)
     assert any("damaged" in n and "started over" in n for n in report["notes"]), report["notes"]
     assert report["done"] == len(paths)
+
+
+def test_the_resume_space_check_counts_only_what_is_left(tiny_resnet, photos, tmp_path, monkeypatch):
+    """Resuming a .partial needs room for the inputs left only (it is extended in place);
+    extending a finished file needs room for its copy as well."""
+    import json
+    import shutil
+
+    import bbx.plan
+    from tests.cli import run
+
+    folder, paths = photos
+    done = tmp_path / "done.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", done, *STEM, *map(str, paths[:5])).exit_code == 0
+    per_image = json.loads(
+        run("extract", "-m", tiny_resnet, "-o", tmp_path / "x.h5", *STEM, "--dry-run", "--json", folder).stdout
+    )["bytes_per_image"]
+    monkeypatch.setattr(bbx.plan, "free_space", lambda output: 3 * per_image)  # room for 3 more images
+
+    partial = tmp_path / "f.h5"
+    shutil.copyfile(done, tmp_path / "f.h5.partial")  # a killed run that had done 5 of the 7
+    rep = json.loads(
+        run("extract", "-m", tiny_resnet, "-o", partial, *STEM, "--resume", "--dry-run", "--json", folder).stdout
+    )
+    assert rep["todo"] == 2 and rep["warnings"] == [] and rep["exit_code"] == 0
+    r = run("extract", "-m", tiny_resnet, "-o", partial, *STEM, "--resume", "--json", folder)
+    assert r.exit_code == 0 and json.loads(r.stdout)["done"] == 2, r.stderr
+
+    r = run("extract", "-m", tiny_resnet, "-o", done, *STEM, "--resume", "-q", folder)  # copies 5 images first
+    assert r.exit_code == 3 and "exceeds" in r.stderr and "for the rows already extracted" in r.stderr, r.stderr

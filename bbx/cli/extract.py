@@ -149,7 +149,7 @@ def extract(
             emit_json(the_plan.to_json())
         elif not quiet:
             render_plan(the_plan, err)
-        return
+        raise typer.Exit(the_plan.exit_code)  # the status the real run would give at once
 
     progress_bar = None
 

@@ -24,6 +24,7 @@ from bbx.formats.base import (
     FORMAT_TAG,
     RESUME_KEYS,
     Output,
+    ResumeSource,
     RunFacts,
     StageLayout,
     Writer,
@@ -63,6 +64,16 @@ def format_for(path: Path, fmt: str | None) -> str:
 
 def suffix_of(fmt: str) -> str:
     return ".h5" if fmt == "hdf5" else ".safetensors"
+
+
+def resume_source(path: Path, fmt: str) -> ResumeSource | None:
+    """What ``--resume`` of ``path`` in ``fmt`` would continue (see the format modules)."""
+    return module(fmt).resume_source(path)
+
+
+def space_needed(fmt: str, new_bytes: int, carried: int = 0, shard_bytes: int | None = None) -> int:
+    """The disk bytes a run of ``fmt`` needs for ``new_bytes`` of new rows, carrying ``carried``."""
+    return module(fmt).space_needed(new_bytes, carried, shard_bytes)
 
 
 def name_extra(fmt: str) -> int:
@@ -124,6 +135,7 @@ __all__ = [
     "FORMATS",
     "FORMAT_TAG",
     "RESUME_KEYS",
+    "ResumeSource",
     "SUFFIXES",
     "Output",
     "RunFacts",
@@ -140,4 +152,6 @@ __all__ = [
     "open_writer",
     "partial_path",
     "refuse_to_replace",
+    "resume_source",
+    "space_needed",
 ]

@@ -339,6 +339,18 @@ class Output:
         }
 
 
+@dataclass(frozen=True)
+class ResumeSource:
+    """What a ``--resume`` of an output continues, as planning sees it without opening anything
+    for writing: the rows already there and the facts they were written with, and ``carried``,
+    the bytes of them the writer copies or rewrites on the way (extending a finished HDF5 file
+    works on a copy; a .partial is extended in place)."""
+
+    facts: RunFacts
+    paths: list[str]
+    carried: int
+
+
 def not_bbx(path: Path, why: str) -> InputError:
     return InputError(f"{path} is not a bbx output ({why})")
 

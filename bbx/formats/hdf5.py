@@ -44,6 +44,7 @@ from bbx.errors import InputError, first_line
 from bbx.formats.base import (
     FORMAT_TAG,
     Output,
+    ResumeSource,
     RunFacts,
     StageLayout,
     busy,
@@ -478,6 +479,28 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
     status = str(meta.get("status", "complete"))
     running = unfinished or status == "running"
     return HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)
+
+
+def resume_source(path: Path) -> ResumeSource | None:
+    """What ``--resume`` of ``path`` continues (as :class:`HDF5Writer` decides it): a readable
+    ``.partial``, extended in place, else the finished file, copied first; None when neither
+    exists. InputError when the finished file is damaged (a damaged .partial is started over)."""
+    partial = partial_path(path)
+    if partial.is_file():
+        try:
+            out = open_hdf5(partial, named=partial, unfinished=True)
+            return ResumeSource(out.facts, out.paths, 0)
+        except InputError:
+            pass  # damaged: the run starts it over (from the finished file, if there is one)
+    if path.is_file():
+        out = open_hdf5(path, named=path, unfinished=False)
+        return ResumeSource(out.facts, out.paths, out.bytes_on_disk)
+    return None
+
+
+def space_needed(new_bytes: int, carried: int, shard_bytes: int | None = None) -> int:
+    """Disk bytes a run needs: the new rows, and a copy of the rows it carries."""
+    return new_bytes + carried
 
 
 def locate(path: Path) -> Output | None:

@@ -55,6 +55,7 @@ from bbx.formats.base import (
     FORMAT_TAG,
     LOCK,
     Output,
+    ResumeSource,
     RunFacts,
     StageLayout,
     busy,
@@ -930,6 +931,43 @@ def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int)
     if len(raw) != want:
         raise InputError(f"{file} is damaged: rows {start}..{stop - 1} of {tensor} are cut short")
     return np.frombuffer(raw, dtype=stage.storage).reshape(stop - start, *stage.shape)
+
+
+def resume_source(path: Path) -> ResumeSource | None:
+    """What ``--resume`` of ``path`` continues: the finished output and the rows staged beside
+    it. ``carried``: the bytes a finish rewrites besides the new rows (a single file extended in
+    place of itself, the staged rows); None when nothing is there."""
+    found, folder = leftovers(path)
+    finished = open_output_st(path) if found is not None else None
+    staged = None
+    if folder is not None and folder.is_dir():
+        try:
+            staged = _open_staging(folder, named=path)
+        except InputError:
+            staged = None  # no usable journal: the run starts the folder over
+    if finished is None and staged is None:
+        return None
+    if staged is not None and finished is not None and staged.run is not None and staged.run == finished.run:
+        staged = None  # spent: the output already holds it
+    facts = finished.facts if finished is not None else staged.facts  # type: ignore[union-attr]
+    paths = (list(finished.paths) if finished is not None else []) + (list(staged.paths) if staged else [])
+    carried = staged.bytes_on_disk if staged is not None else 0
+    if finished is not None and finished.format == NAME:
+        carried += finished.bytes_on_disk
+    return ResumeSource(facts, paths, carried)
+
+
+def open_output_st(path: Path) -> SafetensorsOutput:
+    out = locate(path)
+    if not isinstance(out, SafetensorsOutput) or out.format == "safetensors-staging":
+        raise InputError(f"{path} is not a finished safetensors output")
+    return out
+
+
+def space_needed(new_bytes: int, carried: int, shard_bytes: int | None = None) -> int:
+    """Disk bytes a run needs: the new rows staged (and their journal), then the largest file
+    assembled from them and the rows it carries, before the staged ones are removed."""
+    return int(new_bytes * 1.1) + min(new_bytes + carried, shard_bytes or DEFAULT_SHARD_BYTES)
 
 
 def locate(path: Path) -> Output | None:

@@ -99,6 +99,15 @@ def read_folder(folder: Path, where: str | None = None) -> Checkpoint:
     return recognise(config, pre, f"{where} {CONFIG}" if where else str(folder / CONFIG))
 
 
+def expand(name: str) -> Path:
+    """``name`` with ``~`` / ``~user`` expanded; as given when there is no such user or home
+    (then it names no folder, and is reported as such)."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        return Path(name)
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
@@ -108,7 +117,7 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
     from the cache); without, an alias answers from its embedded config, offline (unless a
     ``revision`` is asked for: then that revision's config is fetched), and a hub id fetches only
     its configs. ``progress``: download bars on stderr (default: when stderr is a terminal)."""
-    path = Path(name).expanduser()
+    path = expand(name)
     if path.is_dir():
         if revision is not None:
             raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")

@@ -118,3 +118,13 @@ def test_image_size_on_a_shortest_edge_recipe_without_crop_says_why_it_cannot_ba
     r = run("inspect", folder, "--image-size", "64")
     assert r.exit_code == 2 and "aspect ratios" in r.stderr and "pass --image-size" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_home_folder_of_nobody_is_no_such_folder(photos):
+    """``~nonexist/x``: Python cannot expand it (no such user); it names no checkpoint folder."""
+    for args in (("inspect", "~nonexist-bbx-user/x"), ("download", "~nonexist-bbx-user/x")):
+        r = run(*args)
+        assert r.exit_code == 3, (args, r.stderr)
+        assert r.stderr == "bbx: error: no such checkpoint folder: ~nonexist-bbx-user/x\n", r.stderr
+    r = run("extract", "-m", "~nonexist-bbx-user/x", "--dry-run", photos[0])
+    assert r.exit_code == 3 and "no such checkpoint folder" in r.stderr

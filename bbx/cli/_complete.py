@@ -55,17 +55,24 @@ ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at 
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
 
 
+def _expand(text: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user with no such user
+        return Path(text)
+
+
 def _looks_like_path(text: str) -> bool:
     if text.startswith((".", "/", "~")):
         return True
     head, sep, _ = text.rpartition("/")
-    return bool(sep) and Path(head).expanduser().is_dir()
+    return bool(sep) and _expand(head).is_dir()
 
 
 def _folders(incomplete: str) -> Items:
     """Directories below the typed prefix (checkpoint folders and the way to them)."""
     head, sep, tail = incomplete.rpartition("/")
-    base = Path(head or "/").expanduser() if sep else Path(".")
+    base = _expand(head or "/") if sep else Path(".")
     try:
         entries = sorted(base.iterdir())
     except OSError:
@@ -119,7 +126,7 @@ def stage_names_of_model(name: str | None) -> list[str]:
     row = registry.lookup(name)
     if row is not None:
         return list(row.stage_names)
-    config = Path(name).expanduser() / "config.json"
+    config = _expand(name) / "config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -194,7 +201,7 @@ def complete_stored_stage(ctx: typer.Context, incomplete: str) -> Items:
     try:
         from bbx.formats import open_output
 
-        names = [s.name for s in open_output(Path(file).expanduser()).stages]
+        names = [s.name for s in open_output(_expand(file)).stages]
     except Exception:  # a completion must never fail loudly
         return []
     return [(n, "") for n in names if n.startswith(incomplete)]

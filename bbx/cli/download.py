@@ -34,11 +34,9 @@ def download(
 
     Example: bbx download microsoft/resnet-50 --revision main
     """
-    from pathlib import Path
-
     from bbx import hub
 
-    if Path(model).expanduser().is_dir():
+    if hub.expand(model).is_dir():
         raise UsageError(f"{model} is a local checkpoint folder: there is nothing to download")
     ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None)
     snap = ref.snapshot

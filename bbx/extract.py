@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bbx.errors import InputError, Terminated, first_line
-from bbx.formats import Writer, open_writer, partial_path
+from bbx.formats import Writer, discard_unfinished, open_writer, partial_path
 from bbx.plan import (
     ExtractOptions,
     RunPlan,
@@ -104,9 +104,16 @@ def decoded(
 class _Stopped(Exception):
     """``--on-error stop`` met a bad input; the run ends like an interrupted one, then reports it."""
 
-    def __init__(self, error: InputError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.why = path, reason
+        self.reason = f"--on-error stop at {path}: {reason}"  # what the output records
+        self.nothing_written = False
+        super().__init__(self.reason)
+
+    @property
+    def error(self) -> InputError:
+        left = "; nothing was written" if self.nothing_written else ""
+        return InputError(f"{self.path}: {self.why} (stopped: --on-error stop{left})")
 
 
 class _Run:
@@ -214,7 +221,7 @@ def _run(
     except Terminated:
         status, summary.interrupted = "interrupted", "SIGTERM"
     except _Stopped as e:
-        status, stop = "interrupted", e.error
+        status, stop = "interrupted", e
     except OSError as e:
         with guard.closing():
             writer.abort()
@@ -230,9 +237,13 @@ def _run(
         summary.rows_total = r.done_before + summary.done
         if status != "complete" and summary.done == 0 and not r.resumed:
             writer.abort()  # interrupted before anything was written: leave nothing behind
+            discard_unfinished(r.rp.output)
+            if stop is not None:
+                stop.nothing_written = True
         else:
+            reason = stop.reason if stop is not None else summary.interrupted
             try:
-                summary.files = [str(p) for p in writer.finish(status)]
+                summary.files = [str(p) for p in writer.finish(status, reason)]
             except OSError as e:
                 writer.abort()
                 raise _cannot_write(r, e) from None
@@ -240,7 +251,7 @@ def _run(
         summary.late_signal = guard.late
         summary.notes.append(f"{guard.late} arrived while the output was being closed: it was closed first, complete")
     if stop is not None:
-        raise stop
+        raise stop.error
     return summary
 
 
@@ -364,7 +375,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
             if opts.on_error == "stop":
                 if batch:
                     flush(batch, arrays)  # the images before the bad one are fine: keep them
-                raise _Stopped(InputError(f"{path}: {reason} (stopped: --on-error stop)"))
+                raise _Stopped(path, reason)
         else:
             batch.append(path)
             arrays.append(pixels)

@@ -392,3 +392,31 @@ def test_show_names_too_long_for_the_file_system(made, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.stderr
     picture = Path(json.loads(r.stdout)["output"])
     assert picture.is_file() and len(picture.name) < 160 and picture.name.startswith("zzz")
+
+
+def test_info_says_why_an_output_is_interrupted_or_unfinished(tiny_resnet, tmp_path):
+    """--on-error stop at the first input leaves nothing; at a later one, info names the input
+    the run stopped at (not a signal); a .partial whose run is gone is 'killed or failed'."""
+    folder = tmp_path / "imgs"
+    make_photos(folder, [(64, 64)] * 3)
+    (folder / "img000.jpg").write_bytes(b"broken")
+    out = tmp_path / "f.h5"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--on-error", "stop", "-q", folder)
+    assert r.exit_code == 3 and "nothing was written" in r.stderr, r.stderr
+    assert not out.exists() and not out.with_name("f.h5.partial").exists()
+    assert run("extract", "-m", tiny_resnet, "-o", out, "-q", folder).exit_code == 10  # nothing in the way
+
+    (folder / "img000.jpg").unlink()
+    (folder / "img002.jpg").write_bytes(b"broken too")
+    for suffix in (".h5", ".safetensors"):
+        out = tmp_path / f"g{suffix}"
+        r = run("extract", "-m", tiny_resnet, "-o", out, "--on-error", "stop", "-q", folder)
+        assert r.exit_code == 3, r.stderr
+        text = run("info", out).stdout
+        assert "stopped at a bad input (--on-error stop at " in text and "img002.jpg" in text, text
+        assert "signal" not in text
+        rep = json.loads(run("info", out, "--json").stdout)
+        assert rep["interrupted_by"].startswith("--on-error stop at ") and rep["images"] == 1
+    shutil.copyfile(tmp_path / "g.h5", tmp_path / "k.h5.partial")  # as a killed run leaves it
+    text = run("info", tmp_path / "k.h5").stdout
+    assert "unfinished (the run that wrote it was killed or failed): resume with --resume" in text, text

@@ -12,14 +12,6 @@ from bbx.cli._app import command, console, emit_json
 SHOWN_FAILURES = 20
 
 
-def _status_line(state: str) -> str:
-    if state == "unfinished":
-        return "unfinished (the run was killed or is still running): resume with --resume"
-    if state == "interrupted":
-        return "interrupted (holds every image finished before the signal): resume with --resume"
-    return state
-
-
 @command("info")
 def info(
     file: Path = typer.Argument(
@@ -65,7 +57,7 @@ def info(
     f = out.facts.to_json()
     con = console()
     con.print(
-        f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {_status_line(out.state)}, "
+        f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {escape(out.describe_state())}, "
         f"{plural(out.images, 'image')}, {human_bytes(out.bytes_on_disk)} on disk"
         + (f" in {len(out.files)} files" if len(out.files) > 1 else "")
     )

@@ -76,6 +76,18 @@ def space_needed(fmt: str, new_bytes: int, carried: int = 0, shard_bytes: int | 
     return module(fmt).space_needed(new_bytes, carried, shard_bytes)
 
 
+def discard_unfinished(path: Path) -> None:
+    """Remove what a run that wrote nothing left under ``path`` (its ``.partial``, a file or a
+    staging folder); only for a run that created it."""
+    import shutil
+
+    partial = partial_path(path)
+    if partial.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.unlink(missing_ok=True)
+
+
 def name_extra(fmt: str) -> int:
     """The most bytes a format adds to the output's name for the files it writes beside it
     (temporary names, staging folders, shard names)."""
@@ -143,6 +155,7 @@ __all__ = [
     "Writer",
     "busy",
     "check_target",
+    "discard_unfinished",
     "format_for",
     "fsync_dir",
     "held_elsewhere",

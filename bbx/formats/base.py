@@ -188,7 +188,9 @@ RESUME_KEYS = (
     "fast_decode",
 )
 #: metadata keys that describe a file's state, not the run
-STATE_KEYS = frozenset({"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images"})
+STATE_KEYS = frozenset(
+    {"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images", "interrupted_by"}
+)
 
 
 def decode(v: Any) -> Any:
@@ -233,6 +235,8 @@ class Output:
     failed: list[tuple[str, str]]
     status: str  # complete | interrupted | running
     unfinished: bool  # a .partial: the run was killed (or is still running)
+    #: why an interrupted run stopped: "SIGINT", "SIGTERM", or "--on-error stop at <path>: <reason>"
+    interrupted_by: str | None = None
 
     @property
     def images(self) -> int:
@@ -247,6 +251,31 @@ class Output:
             except OSError:
                 pass
         return total
+
+    @property
+    def being_written(self) -> bool:
+        """An unfinished output whose run is writing it right now (it holds its lock)."""
+        return self.unfinished and any(held_elsewhere(f) for f in self._unfinished_files())
+
+    def _unfinished_files(self) -> list[Path]:
+        return [f for f in self.files if f.name.endswith(".partial")] or [
+            p for p in {f.parent for f in self.files} if p.name.endswith(".partial")
+        ]
+
+    def describe_state(self) -> str:
+        """What state the output is in, in words a user can act on."""
+        if self.unfinished:
+            if self.being_written:
+                return "unfinished: a run is writing it now"
+            return "unfinished (the run that wrote it was killed or failed): resume with --resume"
+        if self.status != "interrupted":
+            return self.status
+        why = self.interrupted_by
+        if why is None:
+            return "interrupted (holds every image finished before it stopped): resume with --resume"
+        if why.startswith("--on-error stop"):
+            return f"stopped at a bad input ({why}); it holds the images before it: resume with --resume"
+        return f"interrupted by {why} (holds every image finished before it): resume with --resume"
 
     @property
     def state(self) -> str:
@@ -319,6 +348,8 @@ class Output:
             "format": self.format,
             "status": self.state,
             "resume_hint": "resume with --resume" if self.unfinished or self.status != "complete" else None,
+            "interrupted_by": self.interrupted_by,
+            "being_written": self.being_written,
             "model": f.model,
             "checkpoint": f.checkpoint,
             "revision": f.revision,
@@ -373,7 +404,10 @@ class Writer(Protocol):
 
     def forget_failed(self, paths: set[str]) -> None: ...
 
-    def finish(self, status: str) -> list[Path]: ...
+    def finish(self, status: str, reason: str | None = None) -> list[Path]:
+        """Close the output as ``status`` (complete | interrupted); ``reason``: why an interrupted
+        run stopped, stored as ``interrupted_by`` for readers to say."""
+        ...
 
     def abort(self) -> None: ...
 

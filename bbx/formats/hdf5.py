@@ -356,7 +356,7 @@ class HDF5Writer:
         except (RuntimeError, OSError) as e:
             raise write_error(e) from None
 
-    def finish(self, status: str) -> list[Path]:
+    def finish(self, status: str, reason: str | None = None) -> list[Path]:
         f = self._f
         assert f is not None
         try:
@@ -366,6 +366,10 @@ class HDF5Writer:
                 if len(ds) != rows:
                     ds.resize(rows, axis=0)
             f.attrs["status"] = status
+            if reason and status == "interrupted":
+                f.attrs["interrupted_by"] = reason
+            elif "interrupted_by" in f.attrs:  # a resumed run that finished
+                del f.attrs["interrupted_by"]
             f.flush()
             self._ds = {}
             f.close()
@@ -478,7 +482,9 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
             pass
     status = str(meta.get("status", "complete"))
     running = unfinished or status == "running"
-    return HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)
+    out = HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)
+    out.interrupted_by = str(meta["interrupted_by"]) if meta.get("interrupted_by") else None
+    return out
 
 
 def resume_source(path: Path) -> ResumeSource | None:

@@ -208,6 +208,7 @@ class SafetensorsWriter:
         self._journal: Any = None
         self._lock: Any = None
         self._created = False
+        self.reason: str | None = None  # why an interrupted run stopped (stored as interrupted_by)
         try:
             self._open(overwrite=overwrite, resume=resume)
         except BaseException:
@@ -507,6 +508,8 @@ class SafetensorsWriter:
         meta.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
         meta["paths"] = json.dumps(list(paths), ensure_ascii=False)
         meta["status"] = status
+        if self.reason and status == "interrupted":
+            meta["interrupted_by"] = self.reason
         return meta
 
     def _staged_segments(self, s: StageLayout, at: int, rows: int) -> list[Segment]:
@@ -539,7 +542,8 @@ class SafetensorsWriter:
         failed = json.dumps(json.dumps([list(x) for x in self.failed], ensure_ascii=False), ensure_ascii=False)
         return sum(_path_cost(p) for p in paths) + _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
 
-    def finish(self, status: str) -> list[Path]:
+    def finish(self, status: str, reason: str | None = None) -> list[Path]:
+        self.reason = reason
         parent = self.path.parent
         single = self._fits_one_file()
         if single:
@@ -610,6 +614,8 @@ class SafetensorsWriter:
             offset += len(paths)
         meta = {k: v for k, v in self.facts.to_json().items() if v is not None}
         meta.update({"status": status, "shards": shards_meta, "failed": [list(x) for x in self.failed]})
+        if self.reason and status == "interrupted":
+            meta["interrupted_by"] = self.reason
         meta.update({"total_size": total, "num_images": offset, "run": self.run})
         _write_json(self.index, {"metadata": meta, "weight_map": weight_map})
 
@@ -812,9 +818,9 @@ def _open_single(path: Path) -> SafetensorsOutput:
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
     status = str(meta.get("status", "complete"))
     parts = [(path, {n: t for n, (t, _) in tensors.items()}, 0, len(paths))]
-    return _output(
-        path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run")
-    )
+    out = _output(path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run"))
+    out.interrupted_by = _reason(meta)
+    return out
 
 
 def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
@@ -850,7 +856,7 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         files.append(file)
     failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     status = str(meta.get("status", "complete"))
-    return _output(
+    out = _output(
         named,
         "safetensors-sharded",
         files + [index],
@@ -863,6 +869,13 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         parts,
         meta.get("run"),
     )
+    out.interrupted_by = _reason(meta)
+    return out
+
+
+def _reason(meta: Mapping[str, Any]) -> str | None:
+    value = meta.get("interrupted_by")
+    return str(value) if value else None
 
 
 def read_journal(folder: Path) -> list[dict[str, Any]]:

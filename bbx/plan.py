@@ -21,6 +21,7 @@ from bbx.formats import (
     busy,
     check_target,
     format_for,
+    format_name,
     held_elsewhere,
     leftovers,
     name_extra,
@@ -229,7 +230,7 @@ def default_output(model: str, stages: Sequence[str], fmt: str | None, all_stage
     room = DEFAULT_NAME_BYTES - len(label.encode()) - 1
     if len(slug.encode()) > room:
         slug = slug.encode()[: max(8, room - 9)].decode(errors="ignore") + "-" + _digest(slug)
-    return Path(f"{slug}_{label}" + suffix_of(format_for(Path("x.h5"), fmt) if fmt else "hdf5"))
+    return Path(f"{slug}_{label}" + suffix_of(format_name(fmt) if fmt else "hdf5"))
 
 
 def _digest(text: str) -> str:

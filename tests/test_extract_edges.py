@@ -273,3 +273,19 @@ def test_hdf5_next_to_an_unfinished_safetensors_run_of_the_same_name(tiny_resnet
     r = run("extract", "-m", tiny_resnet, "-o", out, "--format", "hdf5", "--overwrite", folder)
     assert r.exit_code == 0, r.stderr
     assert h5py.is_hdf5(out) and not (tmp_path / "f.out.partial").exists()
+
+
+def test_a_suffix_that_contradicts_the_format_is_refused(tiny_resnet, photos, tmp_path, monkeypatch):
+    folder, _ = photos
+    for name, fmt in (("weird.h5", "safetensors"), ("weird.hdf5", "safetensors"), ("w.safetensors", "hdf5")):
+        _one_line(run("extract", "-m", tiny_resnet, "-o", tmp_path / name, "--format", fmt, folder), 2, name, fmt)
+        assert not list(tmp_path.glob("w*"))
+    # a suffix bbx does not know takes --format; agreeing ones and the default name are fine
+    assert (
+        run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.out", "--format", "safetensors", "-q", folder).exit_code
+        == 0
+    )
+    assert run("extract", "-m", tiny_resnet, "-o", tmp_path / "g.h5", "--format", "h5", "-q", folder).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    r = run("extract", "-m", tiny_resnet, "--format", "safetensors", "--dry-run", "--json", folder)
+    assert json.loads(r.stdout)["output"].endswith("_stage4.safetensors")

@@ -47,18 +47,31 @@ def module(fmt: str) -> ModuleType:
     return importlib.import_module(_MODULES[fmt])
 
 
+def format_name(fmt: str) -> str:
+    """``--format`` as a format name (hdf5 or safetensors; ``h5`` means hdf5)."""
+    f = fmt.lower()
+    if f in ("h5", "hdf5"):
+        return "hdf5"
+    if f == "safetensors":
+        return "safetensors"
+    raise UsageError(f"--format must be hdf5 or safetensors, got {fmt!r}")
+
+
 def format_for(path: Path, fmt: str | None) -> str:
-    """The output format: ``--format`` if given, else from the suffix."""
-    if fmt is not None:
-        f = fmt.lower()
-        if f in ("h5", "hdf5"):
-            return "hdf5"
-        if f == "safetensors":
-            return "safetensors"
-        raise UsageError(f"--format must be hdf5 or safetensors, got {fmt!r}")
+    """The output format: from the suffix, or ``--format`` (which must not contradict a suffix
+    bbx knows: ``-o x.h5 --format safetensors`` would write safetensors under an HDF5 name)."""
     suffix = path.suffix.lower()
-    if suffix in SUFFIXES:
-        return SUFFIXES[suffix]
+    by_suffix = SUFFIXES.get(suffix)
+    if fmt is not None:
+        name = format_name(fmt)
+        if by_suffix is not None and by_suffix != name:
+            raise UsageError(
+                f"-o {path.name} has the suffix of {by_suffix} output but --format is {name}: "
+                f"name it {path.stem}{suffix_of(name)}, or drop --format"
+            )
+        return name
+    if by_suffix is not None:
+        return by_suffix
     raise UsageError(f"cannot tell the output format from {path.name!r}: use .h5/.hdf5 or .safetensors, or --format")
 
 
@@ -157,6 +170,7 @@ __all__ = [
     "check_target",
     "discard_unfinished",
     "format_for",
+    "format_name",
     "fsync_dir",
     "held_elsewhere",
     "leftovers",

@@ -194,8 +194,10 @@ def render(
     return Picture(compose(table), [t is not None for t in tiles])
 
 
-def save(image: Any, path: Path) -> None:
-    """Write the picture; the format comes from the suffix (.png, .jpg, .webp, ...)."""
+def save(image: Any, path: Path, *, overwrite: bool = False) -> None:
+    """Write the picture; the format comes from the suffix (.png, .jpg, .webp, ...). An existing
+    file is replaced only with ``overwrite`` (and never half: the picture is written aside, then
+    moved into place)."""
     from PIL import Image
 
     ext = path.suffix.lower()
@@ -205,10 +207,35 @@ def save(image: Any, path: Path) -> None:
         raise UsageError(f"-o {path}: cannot tell the picture format from {path.name!r} (use .png, .jpg or .webp)")
     if not path.parent.is_dir():
         raise InputError(f"-o {path}: no such folder {path.parent}")
+    if not overwrite and os.path.lexists(path):
+        raise exists(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         image.save(tmp, format=Image.registered_extensions()[ext])
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except FileExistsError:
+        raise exists(path) from None
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def exists(path: Path) -> InputError:
+    return InputError(f"{path} exists: pass --overwrite to replace it, or choose another -o")
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless something appeared there meanwhile (FileExistsError): a
+    hard link fails on an existing name; where links are not supported, check, then rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)

@@ -283,7 +283,7 @@ def test_show_missing_input_image_gets_a_placeholder(made, tmp_path, tiny_resnet
     assert pic.shape == (35 + 4 + 35, 35 + 4 + 35, 3)
     assert (pic[39:, :35] == 200).all()  # gray where the vanished photo was
     photos[0].unlink()
-    r = run("show", out, "-i", "0", "-i", "1", "--size", "35", "-o", pic_path)
+    r = run("show", out, "-i", "0", "-i", "1", "--size", "35", "-o", pic_path, "--overwrite")
     assert _png(pic_path).shape == (35 + 4 + 35, 35, 3)  # no inputs at all: maps only
 
 
@@ -420,3 +420,17 @@ def test_info_says_why_an_output_is_interrupted_or_unfinished(tiny_resnet, tmp_p
     shutil.copyfile(tmp_path / "g.h5", tmp_path / "k.h5.partial")  # as a killed run leaves it
     text = run("info", tmp_path / "k.h5").stdout
     assert "unfinished (the run that wrote it was killed or failed): resume with --resume" in text, text
+
+
+def test_show_never_replaces_a_file_without_overwrite(made, tmp_path, monkeypatch):
+    photo = tmp_path / "mine.jpg"
+    photo.write_bytes(b"a photo of mine")
+    _one_line_error(run("show", made["h5"], "-o", photo), 3, "exists", "--overwrite")
+    assert photo.read_bytes() == b"a photo of mine"
+    monkeypatch.chdir(tmp_path)
+    assert run("show", made["h5"], "-q").exit_code == 0  # the default picture ...
+    again = run("show", made["h5"], "-q")  # ... is not rewritten silently either
+    _one_line_error(again, 3, "f-stage4-pca.png exists")
+    assert run("show", made["h5"], "-q", "--overwrite").exit_code == 0
+    assert run("show", made["h5"], "-o", photo, "--overwrite", "-q").exit_code == 0
+    assert Image.open(photo).format == "JPEG"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,7 @@ def show(
     size: int = typer.Option(256, "--size", help="Pixels along the longer side of each map."),
     channels: int = typer.Option(16, "--channels", help="grid: how many channels to show."),
     no_input: bool = typer.Option(False, "--no-input", help="Do not put the input images beside the maps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the picture if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -88,6 +90,8 @@ def show(
     rows = [out.row(i) for i in (index or [0])]
     target = output or _picture_name(file, chosen.name, mode)
     check_target(target, extra=len(".tmp"), what="picture")  # before any map is read
+    if not overwrite and os.path.lexists(target):
+        raise pictures.exists(target)
     maps = out.read(chosen, rows)
     inputs = [out.paths[r] for r in rows]
     picture = pictures.render(
@@ -100,7 +104,7 @@ def show(
         exif=out.facts.exif,
         show_inputs=not no_input,
     )
-    pictures.save(picture.image, target)
+    pictures.save(picture.image, target, overwrite=overwrite)
     width, height = picture.image.size
     if as_json:
         emit_json(

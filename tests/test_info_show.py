@@ -434,3 +434,15 @@ def test_show_never_replaces_a_file_without_overwrite(made, tmp_path, monkeypatc
     assert run("show", made["h5"], "-q", "--overwrite").exit_code == 0
     assert run("show", made["h5"], "-o", photo, "--overwrite", "-q").exit_code == 0
     assert Image.open(photo).format == "JPEG"
+
+
+def test_show_index_takes_comma_lists_like_extract(made, tmp_path):
+    one = run("show", made["h5"], "-i", "0,-1", "--json", "-o", tmp_path / "a.png")
+    two = run("show", made["h5"], "-i", "0", "--index", "-1", "--json", "-o", tmp_path / "b.png")
+    assert one.exit_code == two.exit_code == 0, one.stderr
+    assert (
+        [r["index"] for r in json.loads(one.stdout)["rows"]]
+        == [0, 3]
+        == [r["index"] for r in json.loads(two.stdout)["rows"]]
+    )
+    _one_line_error(run("show", made["h5"], "-i", "0,x"), 2, "--index takes integers")

@@ -34,11 +34,11 @@ def bench(
     out_features: OutFeatures = None,
     stage_norm: StageNorm = "hf",
     pretrained: bool = typer.Option(
-        False, "--pretrained/--no-pretrained", help="Load the checkpoint's weights (default: random, no download)."
+        False, "--pretrained", help="Load the checkpoint's weights (default: random, no download)."
     ),
     revision: Revision = None,
-    warmup: int = typer.Option(2, "--warmup", help="Untimed batches first."),
-    iters: int = typer.Option(10, "--iters", help="Timed batches (the median is reported)."),
+    warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed batches first."),
+    iters: int = typer.Option(10, "--iters", metavar="N", help="Timed batches (the median is reported)."),
     compile_model: Compile = False,
     as_json: Json = False,
 ) -> None:

@@ -19,7 +19,7 @@ def download(
         ..., help="Hub id org/name, or an alias (see `bbx models`).", autocompletion=_complete.complete_model
     ),
     revision: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--revision", help="Hub branch, tag or commit sha (default: main)."
+        None, "--revision", metavar="REV", help="Hub branch, tag or commit sha (default: main)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print what was fetched as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary (errors still print)."),

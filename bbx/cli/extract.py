@@ -40,13 +40,24 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def extract(
     model: ModelOption,
     inputs: list[str] = typer.Argument(
-        None, help="Image files, folders (searched recursively) or - to read paths from stdin.", show_default=False
+        None,
+        metavar="INPUTS",
+        help="Image files, folders (searched recursively) or - to read paths from stdin.",
+        show_default=False,
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here."
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here.",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="hdf5 or safetensors (default: from the suffix).", autocompletion=_complete.FORMATS
+        None,
+        "--format",
+        metavar="FORMAT",
+        help="hdf5 or safetensors (default: from the suffix).",
+        autocompletion=_complete.FORMATS,
     ),
     out_indices: OutIndices = None,
     out_features: OutFeatures = None,
@@ -57,19 +68,22 @@ def extract(
     store_dtype: str = typer.Option(
         "float32",
         "--store-dtype",
+        metavar="DTYPE",
         help="Stored dtype: float32, float16 or bfloat16.",
         autocompletion=_complete.DTYPES,
     ),
     pool: str = typer.Option(
         "none",
         "--pool",
-        help="none (maps [N,C,H,W]), avg or max (vectors [N,C]).",
+        metavar="none|avg|max",
+        help="none: maps [N,C,H,W]; avg, max: vectors [N,C].",
         autocompletion=_complete.POOLS,
     ),
     workers: Optional[int] = typer.Option(
         None,
         "--workers",
         "-j",
+        metavar="N",
         help="Decoding threads (default: one per core, at most 8); on CPU between batches, on a GPU alongside.",
     ),
     null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin are NUL-separated (find -print0)."),
@@ -82,15 +96,18 @@ def extract(
         False, "--fast-decode", help="Reduced-size JPEG decoding (faster, changes pixels slightly)."
     ),
     stage_norm: StageNorm = "hf",
-    pretrained: bool = typer.Option(
-        True, "--pretrained/--no-pretrained", help="--no-pretrained: random weights from the config, offline."
+    no_pretrained: bool = typer.Option(
+        False, "--no-pretrained", help="Random weights from the config (seed 0), offline: no download."
     ),
     revision: Revision = None,
-    shard_size: Optional[str] = typer.Option(None, "--shard-size", help="safetensors shard size (default 5GB)."),
+    shard_size: Optional[str] = typer.Option(
+        None, "--shard-size", metavar="SIZE", help="safetensors shard size (default 5GB)."
+    ),
     on_error: str = typer.Option(
         "skip",
         "--on-error",
-        help="skip: skip bad images and report them; stop: stop.",
+        metavar="skip|stop",
+        help="skip: skip bad images and report them; stop: end the run at the first.",
         autocompletion=_complete.ON_ERROR,
     ),
     compile_model: Compile = False,
@@ -132,7 +149,7 @@ def extract(
         exif=not no_exif,
         fast_decode=fast_decode,
         stage_norm=stage_norm,
-        pretrained=pretrained,
+        pretrained=not no_pretrained,
         revision=revision,
         shard_bytes=parse_size(shard_size),
         on_error=on_error,

@@ -10,6 +10,7 @@ import typer
 
 from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
+from bbx.cli._options import parse_indices
 from bbx.errors import InputError
 
 #: the longest default picture name (before ``-<stage>-<mode>.png``)
@@ -37,23 +38,33 @@ def show(
         None,
         "--stage",
         "-s",
+        metavar="NAME",
         help="Stage to show (default: the last one stored).",
         autocompletion=_complete.complete_stored_stage,
     ),
-    index: Optional[list[int]] = typer.Option(
-        None, "--index", "-i", help="Row to show (repeatable; negative counts from the end). Default: 0."
+    index: Optional[list[str]] = typer.Option(
+        None,
+        "--index",
+        "-i",
+        metavar="I,...",
+        help="Rows to show: 0,5,-1 (or the option repeated; negative counts from the end). Default: 0.",
     ),
     mode: str = typer.Option(
         "pca",
         "--mode",
+        metavar="pca|grid",
         help="pca: 3 main components as RGB; grid: top-variance channels in gray.",
         autocompletion=_complete.SHOW_MODES,
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Picture to write (.png, .jpg, .webp). Default: <file>-<stage>-<mode>.png here."
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Picture to write (.png, .jpg, .webp). Default: <file>-<stage>-<mode>.png here.",
     ),
-    size: int = typer.Option(256, "--size", help="Pixels along the longer side of each map."),
-    channels: int = typer.Option(16, "--channels", help="grid: how many channels to show."),
+    size: int = typer.Option(256, "--size", metavar="PX", help="Pixels along the longer side of each map."),
+    channels: int = typer.Option(16, "--channels", metavar="K", help="grid: how many channels to show."),
     no_input: bool = typer.Option(False, "--no-input", help="Do not put the input images beside the maps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the picture if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
@@ -71,7 +82,7 @@ def show(
 
       bbx show feats.h5 --stage stage4 --index 0 -o map.png
 
-      bbx show feats.h5 -s stage2 -i 0 -i 5 -i -1 --mode grid --channels 25 -o grid.png
+      bbx show feats.h5 -s stage2 -i 0,5,-1 --mode grid --channels 25 -o grid.png
     """
     from bbx import pictures
     from bbx.formats import check_target, open_output
@@ -80,6 +91,7 @@ def show(
         from bbx.errors import UsageError
 
         raise UsageError(f"--mode must be pca or grid, got {mode!r}")
+    wanted = parse_indices(index, "--index") or (0,)  # before reading anything, like --mode
     out = open_output(file)
     chosen = out.stage(stage)
     if chosen.pooled:
@@ -87,7 +99,7 @@ def show(
             f"stage {chosen.name} of {file} holds pooled vectors {list(chosen.shape)} "
             f"(extracted with --pool {out.facts.pool}): bbx show needs maps, extract with --pool none"
         )
-    rows = [out.row(i) for i in (index or [0])]
+    rows = [out.row(i) for i in wanted]
     target = output or _picture_name(file, chosen.name, mode)
     check_target(target, extra=len(".tmp"), what="picture")  # before any map is read
     if not overwrite and os.path.lexists(target):

@@ -18,6 +18,20 @@ def table(*columns: str) -> Any:
     return t
 
 
+def print_table(console: Any, table: Any) -> None:
+    """A table on ``console``: as rich lays it out on a terminal; elsewhere (a pipe, a file) the
+    same text without the padding rich puts after the last column, so lines end where their
+    text does."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    console.file.write(text + "\n")
+    console.file.flush()
+
+
 def render_plan(plan: Plan, console: Any) -> None:
     h, w = plan.input_size
     console.print(
@@ -39,7 +53,7 @@ def render_plan(plan: Plan, console: Any) -> None:
             f"{list(s.shape)} {s.dtype}",
             human_bytes(s.bytes_per_image),
         )
-    console.print(listing)
+    print_table(console, listing)
     free = f", {human_bytes(plan.free_bytes)} free" if plan.free_bytes is not None else ""
     extra = f" ({plan.inputs - plan.todo} already in the output)" if plan.inputs != plan.todo else ""
     console.print(

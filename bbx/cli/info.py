@@ -51,6 +51,7 @@ def info(
         return
     from rich.markup import escape
 
+    from bbx.cli._render import print_table
     from bbx.cli._render import table as make_table
     from bbx.report import plural
 
@@ -75,7 +76,7 @@ def info(
     table = make_table("stage", "per image", "dtype", ">bytes/image")
     for s in out.stages:
         table.add_row(s.name, str(list(s.shape)), s.dtype, human_bytes(s.row_bytes))
-    con.print(table)
+    print_table(con, table)
     if out.failed:
         con.print(f"{plural(len(out.failed), 'failed input')}:")
         for path, reason in out.failed[:SHOWN_FAILURES]:

@@ -27,6 +27,7 @@ def inspect(
     if as_json:
         emit_json(report.to_json())
         return
+    from bbx.cli._render import print_table
     from bbx.cli._render import table as make_table
 
     out = console()
@@ -45,7 +46,7 @@ def inspect(
             str(s.stride),
             f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]",
         )
-    out.print(table)
+    print_table(out, table)
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
     m = report.memory
     if m:

@@ -112,7 +112,14 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def resolve(name: str, *, revision: str | None = None, weights: bool = True, progress: bool | None = None) -> ModelRef:
+def resolve(
+    name: str,
+    *,
+    revision: str | None = None,
+    weights: bool = True,
+    progress: bool | None = None,
+    downloading: bool = False,
+) -> ModelRef:
     """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
     from the cache); without, an alias answers from its embedded config, offline (unless a
     ``revision`` is asked for: then that revision's config is fetched), and a hub id fetches only
@@ -136,12 +143,14 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
                 revision=revision,
                 alias=row.alias,
             )
-        return _from_hub(name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress)
+        return _from_hub(
+            name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress, downloading=downloading
+        )
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")
     if "/" in name:
-        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress)
+        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress, downloading=downloading)
     close = registry.suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
@@ -150,7 +159,14 @@ def resolve(name: str, *, revision: str | None = None, weights: bool = True, pro
 
 
 def _from_hub(
-    given: str, repo_id: str, revision: str | None, *, weights: bool, alias: str | None, progress: bool | None
+    given: str,
+    repo_id: str,
+    revision: str | None,
+    *,
+    weights: bool,
+    alias: str | None,
+    progress: bool | None,
+    downloading: bool = False,
 ) -> ModelRef:
     from bbx import download
 
@@ -162,7 +178,16 @@ def _from_hub(
     def check(folder: Path) -> None:  # read (and refuse an unsupported model) before the weights
         read[folder] = read_folder(folder, where(folder))
 
-    snap = download.fetch(repo_id, revision=revision, weights=weights, progress=progress, check=check)
+    random_ok = alias is not None and weights and revision is None and not downloading  # its config is embedded
+    snap = download.fetch(
+        repo_id,
+        revision=revision,
+        weights=weights,
+        progress=progress,
+        check=check,
+        downloading=downloading,
+        random_ok=random_ok,
+    )
     spec = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))
     return ModelRef(
         given=given,

@@ -38,7 +38,7 @@ def download(
 
     if hub.expand(model).is_dir():
         raise UsageError(f"{model} is a local checkpoint folder: there is nothing to download")
-    ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None)
+    ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None, downloading=True)
     snap = ref.snapshot
     assert snap is not None  # every hub checkpoint resolves with one; folders are refused above
     if as_json:

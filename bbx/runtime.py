@@ -43,6 +43,27 @@ def resolve_device(name: str) -> str:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+def planned_device(name: str) -> str:
+    """The device a run with ``--device name`` would use, as cheaply as can be known: ``cpu``
+    and ``auto`` on a machine without a GPU driver need no torch (the dry run and the shape
+    report stay fast); anything else asks torch, as :func:`resolve_device` does."""
+    n = name.lower()
+    if n == "cpu" or (n == "auto" and not _gpu_driver_present()):
+        return "cpu"
+    return resolve_device(name)
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine shows any sign of a CUDA (or ROCm) driver; False only where torch
+    could not find a GPU either (no device nodes, no driver)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap answer elsewhere: ask torch
+    signs = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+    return any(os.path.exists(p) for p in signs)
+
+
 def compute_context(device: str, dtype: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     """A factory of the context a forward pass runs in for ``--dtype``: autocast to float16 or
     bfloat16 on ``device``'s type, nothing for float32. UsageError for bfloat16 on a GPU without it."""

@@ -128,7 +128,7 @@ def extract(
     from bbx.cli._progress import progress_for
     from bbx.cli._render import render_plan, render_summary
     from bbx.extract import ExtractOptions, SignalGuard, plan, run
-    from bbx.runtime import resolve_device
+    from bbx.runtime import planned_device
 
     opts = ExtractOptions(
         model=model,
@@ -161,7 +161,7 @@ def extract(
     files = inputs_mod.discover(inputs or [], stdin=stdin, null=null)
     err = console(stderr=True)
     if dry_run:
-        the_plan = plan(opts, files, device=resolve_device(device))
+        the_plan = plan(opts, files, device=planned_device(device))
         if as_json:
             emit_json(the_plan.to_json())
         elif not quiet:

@@ -36,9 +36,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
-
 from bbx import dtypes
 from bbx.errors import InputError, first_line
 from bbx.formats.base import (
@@ -123,6 +120,8 @@ def leftovers(path: Path) -> tuple[Path | None, Path | None]:
 
 
 def _failure_datasets(f: Any) -> None:
+    import h5py
+
     strings = h5py.string_dtype("utf-8")
     failed = f.create_group("failed")
     failed.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=strings, chunks=(256,))
@@ -132,6 +131,8 @@ def _failure_datasets(f: Any) -> None:
 def _h5open(path: Path, mode: str) -> Any:
     """``h5py.File`` without HDF5's own file lock: bbx holds its own (:func:`take_lock`), which
     HDF5's would fight within this very process, and readers must see a file being written."""
+    import h5py
+
     try:
         return h5py.File(path, mode, locking=False)
     except (TypeError, ValueError) as e:  # an HDF5 without locking options
@@ -161,7 +162,7 @@ class HDF5Writer:
         self.existing_paths: list[str] = []
         self.existing_facts: RunFacts | None = None
         self.notes: list[str] = []
-        self._f: h5py.File | None = None
+        self._f: Any = None  # the h5py.File
         #: the datasets written, opened once (the paths, the failures, then one per stage): a
         #: handle must outlive a failed write (see :func:`broken`), so none is opened per batch
         self._ds: dict[str, Any] = {}
@@ -268,6 +269,8 @@ class HDF5Writer:
                 s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=s.storage, chunks=chunks
             )
             ds.attrs["dtype"] = s.dtype
+        import h5py
+
         f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(1024,))
         _failure_datasets(f)
         f.flush()
@@ -306,6 +309,8 @@ class HDF5Writer:
         n = len(paths)
         if n == 0:
             return
+        import numpy as np
+
         self._check_room(n * sum(s.row_bytes for s in self.stages) + sum(map(len, paths)))
         try:
             start = int(f.attrs["rows"])
@@ -410,6 +415,8 @@ def text(v: Any) -> str:
 
 
 def _h5file(path: Path) -> Any:
+    import h5py
+
     try:
         # no lock: a run may hold the .partial open for writing while someone looks at it
         return h5py.File(path, "r", locking=False)
@@ -432,6 +439,8 @@ class HDF5Output(Output):
     def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
         if self._handle is None:
             self._handle = _h5file(self.files[0])
+        import numpy as np
+
         try:
             return np.asarray(self._handle["features"][stage.name][start:stop])
         except Exception as e:  # noqa: BLE001 - a damaged chunk: h5py raises OSError, RuntimeError, ...

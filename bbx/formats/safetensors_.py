@@ -47,8 +47,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-import numpy as np
-
 from bbx import dtypes
 from bbx.errors import InputError, first_line
 from bbx.formats.base import (
@@ -104,6 +102,12 @@ def _stem(path: Path) -> str:
 def _path_cost(path: str) -> int:
     """Header bytes one path takes in a stored ``paths`` list (JSON in a JSON string), comma included."""
     return len(json.dumps(json.dumps(path, ensure_ascii=False), ensure_ascii=False).encode()) - 1
+
+
+def _contiguous(array: Any) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(array).tobytes()
 
 
 def _copy(src: Path, offset: int, nbytes: int, out: BinaryIO) -> None:
@@ -450,7 +454,7 @@ class SafetensorsWriter:
             for s in self.stages:
                 f = self._raw[s.name]
                 f.seek(at * s.bytes_per_image)  # after the committed rows, whatever a failed batch left
-                f.write(np.ascontiguousarray(maps[s.name][start : start + n]).tobytes())
+                f.write(_contiguous(maps[s.name][start : start + n]))
                 f.flush()
                 os.fsync(f.fileno())
             rows = [str(p) for p in paths[start : start + n]]
@@ -685,6 +689,8 @@ class SafetensorsOutput(Output):
             raise InputError(
                 f"{self.path} is an unfinished safetensors output: finish it with bbx extract --resume first"
             )
+        import numpy as np
+
         out = np.empty((max(0, stop - start), *stage.shape), dtype=stage.storage)
         at = 0
         for file, names, first, count in self.parts:
@@ -943,6 +949,8 @@ def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int)
         raw = f.read(want)
     if len(raw) != want:
         raise InputError(f"{file} is damaged: rows {start}..{stop - 1} of {tensor} are cut short")
+    import numpy as np
+
     return np.frombuffer(raw, dtype=stage.storage).reshape(stop - start, *stage.shape)
 
 

@@ -158,8 +158,12 @@ def extract(
     )
     opts.validate()
     stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None
-    files = inputs_mod.discover(inputs or [], stdin=stdin, null=null)
+    notes: list[str] = []
+    files = inputs_mod.discover(inputs or [], stdin=stdin, null=null, notes=notes)
     err = console(stderr=True)
+    if not quiet:
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
     if dry_run:
         the_plan = plan(opts, files, device=planned_device(device))
         if as_json:

@@ -233,7 +233,7 @@ def _run(
         raise
     # From here on a signal is acknowledged, never obeyed: closing and renaming must not be cut in half.
     with guard.closing():
-        summary.seconds = time.perf_counter() - t0
+        summary.load_s = t0 - t_start
         summary.rows_total = r.done_before + summary.done
         if status != "complete" and summary.done == 0 and not r.resumed:
             writer.abort()  # interrupted before anything was written: leave nothing behind
@@ -247,6 +247,7 @@ def _run(
             except OSError as e:
                 writer.abort()
                 raise _cannot_write(r, e) from None
+    summary.seconds = time.perf_counter() - t_start  # the whole run, its close included
     if guard.late is not None and summary.interrupted is None:
         summary.late_signal = guard.late
         summary.notes.append(f"{guard.late} arrived while the output was being closed: it was closed first, complete")

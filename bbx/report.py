@@ -104,7 +104,8 @@ class Summary:
     done: int = 0  # images extracted by this run
     already: int = 0  # inputs skipped because the output already had them (--resume)
     failed: list[tuple[str, str]] = field(default_factory=list)  # this run's skipped inputs
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run: planning, loading the model, extracting, closing the output
+    load_s: float = 0.0  # of which from the start to the model ready to run
     files: list[str] = field(default_factory=list)
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
     late_signal: str | None = None  # a signal that arrived while a complete output was being closed
@@ -114,7 +115,9 @@ class Summary:
 
     @property
     def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+        """The extraction rate: images per second once the model is loaded."""
+        busy = self.seconds - self.load_s
+        return self.done / busy if busy > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +127,7 @@ class Summary:
             "skipped": [{"path": p, "reason": r} for p, r in self.failed],
             "rows_in_output": self.rows_total,
             "seconds": round(self.seconds, 3),
+            "load_s": round(self.load_s, 3),
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,

@@ -289,3 +289,11 @@ def test_a_suffix_that_contradicts_the_format_is_refused(tiny_resnet, photos, tm
     monkeypatch.chdir(tmp_path)
     r = run("extract", "-m", tiny_resnet, "--format", "safetensors", "--dry-run", "--json", folder)
     assert json.loads(r.stdout)["output"].endswith("_stage4.safetensors")
+
+
+def test_report_times_nest_load_first_batch_whole_run(tiny_resnet, photos, tmp_path):
+    """``seconds`` is the whole run, so the model load and the first batch lie within it."""
+    folder, paths = photos
+    rep = json.loads(run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "-b", "2", "--json", folder).stdout)
+    assert 0 < rep["load_s"] <= rep["first_batch_s"] <= rep["seconds"], rep
+    assert rep["images_per_s"] == pytest.approx(len(paths) / (rep["seconds"] - rep["load_s"]), rel=0.02)

@@ -160,6 +160,7 @@ def test_progress_bar_on_a_terminal_never_takes_stdout(tiny_resnet, photos, tmp_
     assert code == 0, tty
     assert json.loads(out)["done"] == len(paths)  # all of stdout is the JSON report
     assert "extracting" in tty and f"{len(paths)}/{len(paths)}" in tty  # the bar, on the terminal
+    assert "images/s" in tty and "images/s" in tty2  # with the rate, in colour or not
     assert ESC in tty and ESC not in out
     assert COLOR.search(tty)  # a terminal gets colours ...
     assert code2 == 0 and json.loads(out2)["done"] == len(paths)

@@ -78,5 +78,6 @@ def render_summary(summary: Summary, console: Any) -> None:
     already = f", {summary.already} already present" if summary.already else ""
     console.print(
         f"{state}{plural(summary.done, 'image')} extracted{already}, {len(summary.failed)} skipped in "
-        f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}{resume}"
+        f"{summary.seconds:.1f} s ({summary.load_s:.1f} s to load the model, then {summary.images_per_s:.1f} "
+        f"images/s) -> {', '.join(summary.files) or '-'}{resume}"
     )

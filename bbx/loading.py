@@ -60,6 +60,9 @@ def prepare_for_inference(
         # (the compiler fuses for itself: the hand-fused oneDNN calls, left off above, would only
         # break its graphs)
         # compiling the bound forward keeps the module's attributes (stages, selection) reachable
+        # inductor imports torch.utils.mkldnn, whose classes still use torch.jit.script_method:
+        # torch's own deprecation (14 warnings), nothing bbx calls
+        warnings.filterwarnings("ignore", r"`torch.jit.script_method` is deprecated", DeprecationWarning)
         model.forward = torch.compile(model.forward, dynamic=False)  # type: ignore[method-assign]
         # Swin's window tables are lru_cached pure functions of the grid size: dynamo tracing
         # through the cache is what we want, and says so at length

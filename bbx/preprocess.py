@@ -28,6 +28,7 @@ normalises there. This module is the torch-free description; :mod:`bbx.images` d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -108,9 +109,16 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         out = ()
-    if len(out) != 3:
-        raise _bad(f"{what} needs one number or 3 (RGB), got {value!r}")
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise _bad(f"{what} needs one finite number or 3 (RGB), got {value!r}")
     return out[0], out[1], out[2]
+
+
+def _nonzero(values: tuple[float, float, float], what: str) -> tuple[float, float, float]:
+    """A divisor: every value finite and not 0 (a 0 std would give infinities, not pixels)."""
+    if not all(math.isfinite(v) and v != 0 for v in values):
+        raise _bad(f"{what} must be finite and non-zero, got {list(values)}")
+    return values
 
 
 def _number(value: Any, what: str) -> float:
@@ -213,7 +221,7 @@ class Preprocess:
             rescale_factor=_number(get("rescale_factor", 1 / 255), "rescale_factor"),
             do_normalize=flag("do_normalize", True),
             mean=_triple(get("image_mean", defaults.mean), "image_mean"),
-            std=_triple(get("image_std", defaults.std), "image_std"),
+            std=_nonzero(_triple(get("image_std", defaults.std), "image_std"), "image_std"),
         )
 
     # -- sizes -----------------------------------------------------------------------------------

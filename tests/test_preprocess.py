@@ -196,6 +196,9 @@ def test_legacy_spellings_mean_the_same(old, new):
         ({"image_processor_type": CONVNEXT, "crop_pct": 0}, "", "crop_pct"),
         ({"image_processor_type": CONVNEXT, "crop_pct": "0.9"}, "", "crop_pct"),
         ({"image_processor_type": VIT, "rescale_factor": [1]}, "", "rescale_factor"),
+        ({"image_processor_type": VIT, "image_std": 0}, "", "image_std must be finite and non-zero"),
+        ({"image_processor_type": VIT, "image_std": [0.2, 0.0, 0.2]}, "", "non-zero"),
+        ({"image_processor_type": VIT, "image_mean": [0.5, float("nan"), 0.5]}, "", "finite"),
     ],
 )
 def test_refuses_what_it_cannot_reproduce(cfg, model_type, words):

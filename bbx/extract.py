@@ -136,6 +136,7 @@ class _Run:
                 resume=opts.resume,
                 shard_bytes=opts.shard_bytes,
                 check_space=not opts.force,
+                compression=opts.compression,
             )
         except OSError as e:  # the disk, the folder or the file system refused (the writer left nothing)
             reason = e.strerror or first_line(e)
@@ -242,6 +243,8 @@ def _run(
                 stop.nothing_written = True
         else:
             reason = stop.reason if stop is not None else summary.interrupted
+            stored = getattr(writer, "stored_bytes", None)  # before the close: the file is open
+            summary.stored_bytes = stored() if stored is not None else None
             try:
                 summary.files = [str(p) for p in writer.finish(status, reason)]
             except OSError as e:
@@ -356,7 +359,11 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
         maps = extractor.run(np.stack(arrays))
-        writer.write([r.row(p) for p in batch], {name: to_storage(m) for name, m in maps.items()})
+        stored = {name: to_storage(m) for name, m in maps.items()}
+        t = time.perf_counter()
+        writer.write([r.row(p) for p in batch], stored)
+        summary.write_s += time.perf_counter() - t
+        summary.map_bytes += sum(a.nbytes for a in stored.values())
         summary.done += len(batch)
         if summary.first_batch_s is None:
             summary.first_batch_s = time.perf_counter() - t_start

@@ -36,6 +36,8 @@ from bbx.report import Plan, StagePlan, human_bytes
 from bbx.stages import Selection, select_stages
 
 POOLS = ("none", "avg", "max")
+#: HDF5 compression filters (each with byte shuffling, which groups the bytes of the floats)
+COMPRESSIONS = ("none", "gzip", "lzf")
 ON_ERROR = ("skip", "stop")
 #: the seed of ``--no-pretrained`` runs (the family's random initialisation), so that they repeat
 RANDOM_SEED = 0
@@ -70,6 +72,7 @@ class ExtractOptions:
     channels_last: bool | None = None  # None: where the family prefers it (convolutional nets)
     progress: bool | None = None  # download progress bars (None: when stderr is a terminal)
     compile: bool = False  # torch.compile the model (long start-up; pays off on long runs)
+    compression: str = "none"  # HDF5: none, gzip or lzf
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -85,6 +88,8 @@ class ExtractOptions:
             raise UsageError(f"--on-error must be skip or stop, got {self.on_error!r}")
         if self.overwrite and self.resume:
             raise UsageError("--overwrite and --resume exclude each other")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression must be none, gzip or lzf, got {self.compression!r}")
 
 
 def check_stage_norm(stage_norm: str) -> None:
@@ -268,6 +273,7 @@ def facts_for(opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan]) 
         fast_decode=opts.fast_decode,
         preprocessing=mp.preprocess.describe(),
         cwd=os.getcwd(),
+        compression=opts.compression,
     )
 
 
@@ -304,6 +310,8 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     check_target(output, extra=name_extra(fmt))
     if opts.shard_bytes is not None and fmt != "safetensors":
         raise UsageError("--shard-size applies to safetensors output only")
+    if opts.compression != "none" and fmt != "hdf5":
+        raise UsageError(f"--compression applies to HDF5 output only ({output.name} is {fmt})")
     facts = facts_for(opts, mp, stages)
     report = Plan(
         model=opts.model,
@@ -324,6 +332,7 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         format=fmt,
         free_bytes=free_space(output),
         preprocessing=mp.preprocess.describe(),
+        compression=opts.compression,
     )
     layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]
     return RunPlan(report, mp, output, fmt, layouts, facts)

@@ -52,6 +52,7 @@ class Plan:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
     exit_code: int = 0  # the status the run would end with at once (--dry-run): the first refusal's
+    compression: str = "none"  # HDF5's filter; the projected bytes are before it
 
     @property
     def bytes_per_image(self) -> int:
@@ -93,6 +94,7 @@ class Plan:
             "output": self.output,
             "format": self.format,
             "free_bytes": self.free_bytes,
+            "compression": self.compression,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
         }
@@ -109,9 +111,19 @@ class Summary:
     files: list[str] = field(default_factory=list)
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
     late_signal: str | None = None  # a signal that arrived while a complete output was being closed
+    write_s: float = 0.0  # spent writing batches (compressing them, with --compression)
+    map_bytes: int = 0  # the maps this run wrote, as computed
+    stored_bytes: int | None = None  # what they take in the output (known for compressed HDF5)
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Bytes of maps per byte stored (with --compression)."""
+        if not self.stored_bytes or self.plan.compression == "none":
+            return None
+        return round(self.map_bytes / self.stored_bytes, 3)
 
     @property
     def images_per_s(self) -> float:
@@ -134,4 +146,8 @@ class Summary:
             "interrupted": self.interrupted,
             "late_signal": self.late_signal,
             "notes": self.notes,
+            "write_s": round(self.write_s, 3),
+            "map_bytes": self.map_bytes,
+            "stored_bytes": self.stored_bytes,
+            "compression_ratio": self.compression_ratio,
         }

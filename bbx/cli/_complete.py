@@ -51,6 +51,7 @@ STAGE_NORMS = choices(
     ("none", "raw stage outputs"),
     ("final", "the checkpoint's final norm on the last stage"),
 )
+COMPRESSIONS = choices(("none", "no compression"), ("gzip", "smaller, slower"), ("lzf", "faster, larger"))
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
 

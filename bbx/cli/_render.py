@@ -60,6 +60,8 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"{plural(plan.todo, 'image')}{extra} x {human_bytes(plan.bytes_per_image)} = "
         f"{human_bytes(plan.projected_bytes)} projected -> {plan.output} ({plan.format}{free})"
     )
+    if plan.compression != "none":
+        console.print(f"compression {plan.compression} (with byte shuffling): the projected size is before it")
     for warning in plan.warnings:
         console.print(f"the run would be refused: {warning}")
 
@@ -73,6 +75,12 @@ def render_summary(summary: Summary, console: Any) -> None:
             console.print(f"  {path}: {reason}")
         if len(summary.failed) > 20:
             console.print(f"  ... and {len(summary.failed) - 20} more (all listed in the output)")
+    if summary.compression_ratio is not None:
+        console.print(
+            f"compression {summary.plan.compression}: {human_bytes(summary.map_bytes)} of maps stored in "
+            f"{human_bytes(summary.stored_bytes or 0)} ({summary.compression_ratio:.2f}x), "
+            f"{summary.write_s:.1f} s writing them ({1000 * summary.write_s / max(1, summary.done):.1f} ms an image)"
+        )
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     resume = "; --resume continues the run" if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""

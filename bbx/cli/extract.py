@@ -100,6 +100,13 @@ def extract(
         False, "--no-pretrained", help="Random weights from the config (seed 0), offline: no download."
     ),
     revision: Revision = None,
+    compression: str = typer.Option(
+        "none",
+        "--compression",
+        metavar="none|gzip|lzf",
+        help="HDF5: compress the maps (gzip: smaller, lzf: faster), each with byte shuffling.",
+        autocompletion=_complete.COMPRESSIONS,
+    ),
     shard_size: Optional[str] = typer.Option(
         None, "--shard-size", metavar="SIZE", help="safetensors shard size (default 5GB)."
     ),
@@ -155,6 +162,7 @@ def extract(
         on_error=on_error,
         progress=False if (quiet or as_json) else None,
         compile=compile_model,
+        compression=compression,
     )
     opts.validate()
     stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None

@@ -73,6 +73,10 @@ def info(
         ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
+    if out.storage is not None and out.storage[2] != "none":
+        logical, stored, kind = out.storage
+        ratio = f" ({logical / stored:.2f}x)" if stored else ""
+        con.print(f"[bold]{'stored':<13}[/bold]{kind}, {human_bytes(logical)} of maps in {human_bytes(stored)}{ratio}")
     table = make_table("stage", "per image", "dtype", ">bytes/image")
     for s in out.stages:
         table.add_row(s.name, str(list(s.shape)), s.dtype, human_bytes(s.row_bytes))

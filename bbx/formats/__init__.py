@@ -123,6 +123,7 @@ def open_writer(
     resume: bool = False,
     shard_bytes: int | None = None,
     check_space: bool = True,
+    compression: str = "none",
 ) -> Writer:
     """The writer of a run. ``check_space``: refuse a batch the disk has no room for before
     writing it (a run with --force leaves it to the disk to fail)."""
@@ -131,7 +132,15 @@ def open_writer(
     if fmt == "hdf5":
         from bbx.formats.hdf5 import HDF5Writer
 
-        return HDF5Writer(path, facts=facts, stages=stages, overwrite=overwrite, resume=resume, check_space=check_space)
+        return HDF5Writer(
+            path,
+            facts=facts,
+            stages=stages,
+            overwrite=overwrite,
+            resume=resume,
+            check_space=check_space,
+            compression=compression,
+        )
     if fmt == "safetensors":
         from bbx.formats.safetensors_ import SafetensorsWriter
 

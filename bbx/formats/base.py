@@ -79,6 +79,8 @@ class RunFacts:
     fast_decode: bool = False
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     cwd: str = ""
+    #: how the maps are stored (HDF5: none, gzip, lzf); not a resume setting: the numbers are the same
+    compression: str = "none"
     bbx_version: str = ""
     format: str = FORMAT_TAG
     #: metadata this bbx does not know (written by another version), kept as read
@@ -237,6 +239,8 @@ class Output:
     unfinished: bool  # a .partial: the run was killed (or is still running)
     #: why an interrupted run stopped: "SIGINT", "SIGTERM", or "--on-error stop at <path>: <reason>"
     interrupted_by: str | None = None
+    #: (bytes of maps, bytes they take on disk, the filter), where the format knows (HDF5)
+    storage: tuple[int, int, str] | None = None
 
     @property
     def images(self) -> int:
@@ -350,6 +354,14 @@ class Output:
             "resume_hint": "resume with --resume" if self.unfinished or self.status != "complete" else None,
             "interrupted_by": self.interrupted_by,
             "being_written": self.being_written,
+            "compression": None
+            if self.storage is None
+            else {
+                "filter": self.storage[2],
+                "map_bytes": self.storage[0],
+                "stored_bytes": self.storage[1],
+                "ratio": round(self.storage[0] / self.storage[1], 3) if self.storage[1] else None,
+            },
             "model": f.model,
             "checkpoint": f.checkpoint,
             "revision": f.revision,

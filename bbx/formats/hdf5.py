@@ -119,6 +119,26 @@ def leftovers(path: Path) -> tuple[Path | None, Path | None]:
     return (path if path.exists() else None), (partial if partial.exists() else None)
 
 
+def _filters(compression: str) -> dict[str, Any]:
+    """h5py's dataset arguments for ``--compression``: gzip (level 4, h5py's default) or lzf, both
+    after byte shuffling (the bytes of floats compress far better grouped by significance)."""
+    if compression == "none":
+        return {}
+    return {"compression": compression, "shuffle": True}
+
+
+def stored_ratio(f: Any) -> tuple[int, int, str]:
+    """(bytes of maps, bytes they take in the file, the filter) of an open bbx HDF5 file."""
+    logical = stored = 0
+    kinds = set()
+    for name in f["features"]:
+        ds = f["features"][name]
+        logical += int(ds.size) * ds.dtype.itemsize
+        stored += int(ds.id.get_storage_size())
+        kinds.add(ds.compression or "none")
+    return logical, stored, ",".join(sorted(kinds)) or "none"
+
+
 def _failure_datasets(f: Any) -> None:
     import h5py
 
@@ -152,12 +172,15 @@ class HDF5Writer:
         overwrite: bool = False,
         resume: bool = False,
         check_space: bool = True,
+        compression: str = "none",
     ) -> None:
         self.path = path
         self.partial = partial_path(path)
         #: refuse a batch the disk has no room for before HDF5 meets the full disk (off with
         #: --force, for file systems that misreport their free space: then HDF5's own failure ends the run)
         self.check_space = check_space
+        #: the filter of new feature datasets (a resumed file keeps the one it was written with)
+        self.compression = compression
         self.stages = list(stages)
         self.existing_paths: list[str] = []
         self.existing_facts: RunFacts | None = None
@@ -250,6 +273,9 @@ class HDF5Writer:
             raise write_error(e) from None
         self.existing_paths = list(existing.paths)
         self.existing_facts = existing.facts
+        kept = existing.facts.compression
+        if kept != self.compression:
+            self.notes.append(f"{self.path.name} keeps the compression it was written with ({kept})")
         if not copy and existing.status == "running":
             self.notes.append(f"recovered {rows} images from the unfinished run in {partial.name}")
         return True
@@ -266,7 +292,12 @@ class HDF5Writer:
             pooled = len(s.shape) == 1
             chunks = (POOLED_CHUNK_ROWS, *s.shape) if pooled else (1, *s.shape)
             ds = feats.create_dataset(
-                s.name, shape=(0, *s.shape), maxshape=(None, *s.shape), dtype=s.storage, chunks=chunks
+                s.name,
+                shape=(0, *s.shape),
+                maxshape=(None, *s.shape),
+                dtype=s.storage,
+                chunks=chunks,
+                **_filters(self.compression),
             )
             ds.attrs["dtype"] = s.dtype
         import h5py
@@ -283,6 +314,10 @@ class HDF5Writer:
 
     def _rows_datasets(self) -> list[Any]:
         return [self._ds[s.name] for s in self.stages] + [self._ds["paths"]]
+
+    def stored_bytes(self) -> int:
+        """Bytes the feature datasets take in the file (after compression)."""
+        return sum(int(self._ds[s.name].id.get_storage_size()) for s in self.stages)
 
     def _check_room(self, nbytes: int) -> None:
         if self.check_space:
@@ -480,6 +515,7 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
             if len(ds) < rows or dtype not in dtypes.DTYPES or len(ds.shape) not in (2, 4):
                 raise InputError(f"{path} is damaged: stage {name} is short or of an unknown dtype or shape")
             stages.append(StageLayout(name, tuple(int(d) for d in ds.shape[1:]), dtype))
+        storage = stored_ratio(f)
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - h5py raises RuntimeError, OSError, KeyError, ... for damage
@@ -492,6 +528,7 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
     status = str(meta.get("status", "complete"))
     running = unfinished or status == "running"
     out = HDF5Output(named, NAME, [path], facts, stages, paths, failed, status, running)
+    out.storage = storage
     out.interrupted_by = str(meta["interrupted_by"]) if meta.get("interrupted_by") else None
     return out
 

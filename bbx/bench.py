@@ -63,7 +63,7 @@ def benchmark(
     batch_size: int = 32,
     dtype: str = "float32",
     device: str = "auto",
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     out_indices: tuple[int, ...] | None = None,
     out_features: tuple[str, ...] | None = None,
     stage_norm: str = "hf",

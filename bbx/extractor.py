@@ -32,7 +32,8 @@ class Extractor:
     ``out_indices`` / ``out_features``: the stages (transformers' rules; default the last).
     ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
     bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
-    instead of the checkpoint's. ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``).
+    or (height, width) instead of the checkpoint's; ``resize``: crop (the checkpoint's recipe),
+    squash or pad (the whole image). ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``).
     ``output_dtype``: the dtype of the returned tensors (float32 by default; what ``bbx extract``
     stores with ``--store-dtype``). ``pretrained=False``: random weights (seed 0), offline.
     ``exif`` / ``fast_decode``: how image files are decoded, as in ``bbx extract``.
@@ -47,7 +48,8 @@ class Extractor:
         device: str = "auto",
         dtype: str = "float32",
         stage_norm: str = "hf",
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        resize: str = "crop",
         pool: str = "none",
         output_dtype: str = "float32",
         pretrained: bool = True,
@@ -70,7 +72,9 @@ class Extractor:
         self._autocast = compute_context(self.device, self.dtype)
         if _plan is None:
             ref = hub.resolve(model, revision=revision, weights=pretrained)
-            _plan = model_plan(ref, image_size=image_size, out_indices=out_indices, out_features=out_features)
+            _plan = model_plan(
+                ref, image_size=image_size, resize=resize, out_indices=out_indices, out_features=out_features
+            )
         self.plan = _plan
         self.pool = pool
         self.stage_norm = stage_norm

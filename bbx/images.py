@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,13 @@ def _ensure_plugins() -> None:
 
 
 def decode(path: Path, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
+    """See :func:`decode_sized`; the image alone."""
+    return decode_sized(path, exif=exif, draft=draft)[0]
+
+
+def decode_sized(
+    path: Path, *, exif: bool = True, draft: tuple[int, int] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """The first frame of an image file as an 8-bit RGB image (see the module docstring).
 
     ``draft`` = (width, height), in the displayed orientation: let a JPEG decoder skip detail,
@@ -130,6 +138,9 @@ def decode(path: Path, *, exif: bool = True, draft: tuple[int, int] | None = Non
         try:
             _check_pixels(im)
             stored = _orientation(im)
+            full = (im.height, im.width)  # as stored; turned with the image below
+            if exif and stored in (5, 6, 7, 8):
+                full = (full[1], full[0])
             if draft is not None:
                 w, h = (draft[1], draft[0]) if exif and stored in (5, 6, 7, 8) else draft
                 im.draft(None, (max(1, int(w)), max(1, int(h))))
@@ -143,7 +154,7 @@ def decode(path: Path, *, exif: bool = True, draft: tuple[int, int] | None = Non
                     image = im.transpose(_STORED[stored])
             elif exif and left in _UPRIGHT:
                 image = im.transpose(_UPRIGHT[left])
-            return to_rgb(image)
+            return to_rgb(image), full
         except ImageError:
             raise
         except Exception as e:
@@ -305,6 +316,16 @@ def _float_to_8bit(values: np.ndarray) -> np.ndarray:
 # -- resize and crop ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where one model input came from: the image's size as decoded, upright (height, width), and
+    the box (top, left, bottom, right), in that image's pixels, that the model input covers (past
+    the image's edges where it was padded)."""
+
+    source: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
 def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
     """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable).
 
@@ -323,6 +344,14 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
             )
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
+    if pre.resize_mode == "pad" and pre.target is not None:
+        th, tw = pre.target
+        canvas = np.zeros((th, tw, 3), dtype=np.uint8)
+        top, left = (th - pixels.shape[0]) // 2, (tw - pixels.shape[1]) // 2
+        canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+        return canvas
+    if pre.resize_mode != "crop":  # squash: the whole image, resized to the target; no crop
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if pre.inner_crop is not None:
         pixels = center_crop(pixels, pre.inner_crop)
     if pre.do_center_crop and pre.crop_size is not None:
@@ -358,8 +387,26 @@ def load(path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = 
     ``fast_decode``: decode JPEGs at reduced size (never below what the resize needs). It changes
     the pixels slightly, so it is off unless asked for.
     """
+    return load_with_geometry(path, pre, exif=exif, fast_decode=fast_decode)[0]
+
+
+def load_with_geometry(
+    path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`load`, with where the pixels came from on the full-size image."""
     draft = pre.min_decode_size() if fast_decode else None
-    return prepare(decode(path, exif=exif, draft=draft), pre)
+    image, full = decode_sized(path, exif=exif, draft=draft)
+    return prepare(image, pre), geometry_of(image, pre, full)
+
+
+def geometry_of(image: Image.Image, pre: Preprocess, full: tuple[int, int] | None = None) -> Geometry:
+    """The :class:`Geometry` of ``image`` under ``pre``; ``full``: the size of the image it was
+    decoded from at reduced size, which the box is given in."""
+    h, w = image.height, image.width
+    top, left, bottom, right = pre.geometry(h, w)
+    fh, fw = full or (h, w)
+    sy, sx = fh / h, fw / w
+    return Geometry((fh, fw), (top * sy, left * sx, bottom * sy, right * sx))
 
 
 # -- normalisation --------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class ModelReport:
     preprocessing: dict[str, Any]
     #: bytes: weights (counted twice, as a run holds them), workspace, one image; the machine's memory
     memory: dict[str, Any] = field(default_factory=dict)
+    #: how images become inputs: the recipe in words, the --resize mode, the sizes the model takes
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,17 +59,25 @@ class ModelReport:
             ],
             "preprocessing": self.preprocessing,
             "memory": self.memory,
+            "input_geometry": self.geometry,
         }
 
 
 def inspect_model(
-    name: str, *, revision: str | None = None, image_size: int | None = None, stage_norm: str = "hf"
+    name: str,
+    *,
+    revision: str | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    resize: str = "crop",
+    stage_norm: str = "hf",
 ) -> ModelReport:
     """Stage table of MODEL at its input size (or ``image_size``), from its config alone: no
     torch, no weights, nothing downloaded for an alias or a folder."""
     check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    mp = model_plan(ref, image_size=image_size, check=False)  # inspect reports the memory, never refuses it
+    mp = model_plan(
+        ref, image_size=image_size, resize=resize, check=False
+    )  # inspect reports the memory, never refuses it
     default = set(mp.selection.out_indices)
     rows = tuple(
         StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
@@ -88,7 +98,53 @@ def inspect_model(
         stages=rows,
         preprocessing=mp.preprocess.describe(),
         memory=_memory(mp),
+        geometry=_geometry(mp),
     )
+
+
+def _geometry(mp: Any) -> dict[str, Any]:
+    fixed = mp.settings.fixed_input_size()
+    smallest = None if fixed else _smallest_input(mp.settings)
+    return {
+        "recipe": mp.preprocess.explain(),
+        "resize": mp.preprocess.resize_mode,
+        "resize_modes": {
+            "crop": "the checkpoint's own resize and crop (the default)",
+            "squash": "the whole image resized to the input size, its aspect ratio not kept",
+            "pad": "the whole image resized to fit inside the input size, black around it",
+        },
+        "image_sizes": (
+            f"{fixed[0]}x{fixed[1]} only"
+            if fixed
+            else f"any N or HxW from {smallest}x{smallest} up"
+            if smallest
+            else "any N or HxW"
+        ),
+        "fixed_input_size": list(fixed) if fixed else None,
+        "smallest_input": smallest,
+    }
+
+
+def _smallest_input(settings: Any) -> int | None:
+    """The smallest square input the architecture takes (its size arithmetic alone)."""
+
+    def fits(n: int) -> bool:
+        try:
+            settings.map_sizes((n, n))
+            return True
+        except ValueError:
+            return False
+
+    hi = 1
+    while not fits(hi):
+        hi *= 2
+        if hi > 1 << 16:
+            return None
+    lo = hi // 2
+    while lo + 1 < hi:  # fits(hi), not fits(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def _memory(mp: Any) -> dict[str, Any]:

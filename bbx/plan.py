@@ -31,10 +31,12 @@ from bbx.formats import (
     suffix_of,
 )
 from bbx.formats.base import existing_folder
-from bbx.preprocess import Preprocess
+from bbx.preprocess import RESIZE_MODES, Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
 from bbx.stages import Selection, select_stages
 
+#: an --image-size: N (a square) or (height, width)
+ImageSize = int | tuple[int, int]
 POOLS = ("none", "avg", "max")
 #: HDF5 compression filters (each with byte shuffling, which groups the bytes of the floats)
 COMPRESSIONS = ("none", "gzip", "lzf")
@@ -52,7 +54,8 @@ class ExtractOptions:
     format: str | None = None
     out_indices: tuple[int, ...] | None = None
     out_features: tuple[str, ...] | None = None
-    image_size: int | None = None
+    image_size: ImageSize | None = None  # N or (height, width)
+    resize: str = "crop"  # crop (the checkpoint's own), squash or pad
     batch_size: int = 32
     device: str = "auto"
     dtype: str = "float32"
@@ -113,24 +116,43 @@ class ModelPlan:
     selection: Selection
 
 
-def input_size(ref: hub.ModelRef, image_size: int | None = None) -> tuple[Preprocess, tuple[int, int]]:
-    """The preprocessing recipe (with ``--image-size`` applied) and the size it produces."""
+def image_pair(image_size: ImageSize) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def input_size(
+    ref: hub.ModelRef, image_size: ImageSize | None = None, resize: str = "crop"
+) -> tuple[Preprocess, tuple[int, int]]:
+    """The preprocessing recipe (with ``--resize`` and ``--image-size`` applied) and the size it
+    produces."""
     pre = Preprocess.from_checkpoint(ref.spec)
+    if resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be crop, squash or pad, got {resize!r}")
+    pre = pre.with_resize(resize)
     if image_size is not None:
-        if image_size < 1:
-            raise UsageError(f"--image-size must be a positive number of pixels, got {image_size}")
-        pre = pre.with_image_size(image_size)
+        h, w = image_pair(image_size)
+        if h < 1 or w < 1:
+            raise UsageError(f"--image-size must be a positive number of pixels, got {h}x{w}")
+        try:
+            pre = pre.with_image_size((h, w) if h != w else h)
+        except ValueError as e:
+            raise UsageError(f"--image-size {h}x{w}: {ref.checkpoint}: {first_line(e)}") from None
     size = pre.output_size
+    n = f"{image_pair(image_size)[0]}" if image_size is not None else ""
     if size is None and image_size is not None:  # a shortest-edge resize without a crop keeps the aspect
         raise UsageError(
-            f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {image_size} with --image-size) "
-            "without a crop, so images keep their aspect ratios and sizes differ; a batch needs one size"
+            f"{ref.checkpoint}: its preprocessing resizes the shortest edge (to {n} with --image-size) "
+            "without a crop, so images keep their aspect ratios and sizes differ; a batch needs one size "
+            "(--resize squash or pad gives one)"
         )
     if size is None:
         raise UsageError(
             f"{ref.checkpoint}: its preprocessing does not give every image the same size "
-            "(no resize or crop); pass --image-size N"
+            "(no resize or crop); pass --image-size N (or HxW)"
         )
+    fixed = ref.spec.settings().fixed_input_size()
+    if fixed is not None and size != fixed:
+        raise UsageError(f"{ref.checkpoint} takes {fixed[0]}x{fixed[1]} inputs only, not {size[0]}x{size[1]}")
     return pre, size
 
 
@@ -190,7 +212,8 @@ def check_weights(ref: hub.ModelRef, settings: Settings) -> None:
 def model_plan(
     ref: hub.ModelRef,
     *,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
+    resize: str = "crop",
     out_indices: Sequence[int] | None = None,
     out_features: Sequence[str] | None = None,
     check: bool = True,
@@ -198,7 +221,7 @@ def model_plan(
     """The model's plan at its input size (or ``image_size``); ``check``: refuse a model whose
     forward would not fit this machine's memory even for one image (inspect only reports it)."""
     settings = ref.spec.settings()
-    pre, size = input_size(ref, image_size)
+    pre, size = input_size(ref, image_size, resize)
     shapes = stage_shapes(settings, size, asked=image_size is not None)
     if check:
         check_memory(ref, settings, size)
@@ -293,7 +316,13 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
     """Resolve the model (``weights``: fetch its weights too) and plan the run's output."""
     opts.validate()
     ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
-    mp = model_plan(ref, image_size=opts.image_size, out_indices=opts.out_indices, out_features=opts.out_features)
+    mp = model_plan(
+        ref,
+        image_size=opts.image_size,
+        resize=opts.resize,
+        out_indices=opts.out_indices,
+        out_features=opts.out_features,
+    )
     itemsize = dtypes.DTYPES[opts.store_dtype].itemsize
     stages = []
     for i in mp.selection.out_indices:

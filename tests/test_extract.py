@@ -452,3 +452,24 @@ def test_compression_is_for_hdf5_only(tiny_resnet, photos, tmp_path):
     assert r.exit_code == 2 and "--compression applies to HDF5 output only" in r.stderr
     r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "--compression", "zstd", folder)
     assert r.exit_code == 2 and "--compression must be none, gzip or lzf" in r.stderr
+
+
+def test_non_square_sizes_and_resize_modes_end_to_end(tiny_resnet, photos, tmp_path):
+    import bbx
+
+    folder, paths = photos
+    out = tmp_path / "p.h5"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--image-size", "96x128", "--resize", "pad", "--json", folder)
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["input_size"] == [96, 128] and rep["stages"][0]["shape"] == [32, 3, 4]
+    info = json.loads(run("info", out, "--json").stdout)
+    assert info["input_size"] == [96, 128] and info["preprocessing"]["resize_mode"] == "pad"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--image-size", "96x128", "--resume", folder)
+    assert r.exit_code == 2 and "preprocessing" in r.stderr  # the run of another recipe does not mix in
+    ex = bbx.Extractor(str(tiny_resnet), image_size=(96, 128), resize="pad")
+    with h5py.File(out) as f:
+        first = f["features/stage4"][0]
+    assert np.allclose(ex([paths[0]])["stage4"][0].numpy(), first, atol=0, rtol=0)
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "q.h5", "--image-size", "96x", folder)
+    assert r.exit_code == 2 and "--image-size takes N or HxW" in r.stderr

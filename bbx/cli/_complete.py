@@ -52,6 +52,11 @@ STAGE_NORMS = choices(
     ("final", "the checkpoint's final norm on the last stage"),
 )
 COMPRESSIONS = choices(("none", "no compression"), ("gzip", "smaller, slower"), ("lzf", "faster, larger"))
+RESIZE_MODES = choices(
+    ("crop", "the checkpoint's own resize and crop"),
+    ("squash", "the whole image, aspect ratio not kept"),
+    ("pad", "the whole image, fitted and padded with black"),
+)
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
 

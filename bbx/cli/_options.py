@@ -43,8 +43,22 @@ OutFeatures = Annotated[
     ),
 ]
 ImageSize = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option("--image-size", metavar="N", help="Input size N (NxN pixels) instead of the checkpoint's."),
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--image-size",
+        metavar="N|HxW",
+        help="Input size: N (NxN pixels) or HxW (height x width) instead of the checkpoint's.",
+    ),
+]
+Resize = Annotated[
+    str,
+    typer.Option(
+        "--resize",
+        metavar="crop|squash|pad",
+        help="crop: the checkpoint's own recipe; squash: the whole image to the input size; "
+        "pad: the whole image fitted inside it, padded with black.",
+        autocompletion=_complete.RESIZE_MODES,
+    ),
 ]
 Device = Annotated[
     str,
@@ -113,6 +127,20 @@ def parse_indices(values: list[str] | None, option: str = "--out-indices") -> tu
             except ValueError:
                 raise UsageError(f"{option} takes integers (e.g. 1,3 or -1), got {part!r}") from None
     return tuple(out)
+
+
+def parse_image_size(value: str | None) -> int | tuple[int, int] | None:
+    """``--image-size 448`` -> 448, ``448x672`` -> (448, 672)."""
+    if value is None:
+        return None
+    parts = value.lower().replace(" ", "").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers, default=0) < 1:
+        raise UsageError(f"--image-size takes N or HxW in pixels (448, 448x672), got {value!r}")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
 def parse_names(values: list[str] | None) -> tuple[str, ...] | None:

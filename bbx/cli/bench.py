@@ -18,6 +18,7 @@ from bbx.cli._options import (
     OutIndices,
     Revision,
     StageNorm,
+    parse_image_size,
     parse_indices,
     parse_names,
 )
@@ -57,7 +58,7 @@ def bench(
         batch_size=batch_size,
         dtype=dtype,
         device=device,
-        image_size=image_size,
+        image_size=parse_image_size(image_size),
         out_indices=parse_indices(out_indices),
         out_features=parse_names(out_features),
         stage_norm=stage_norm,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from bbx.cli._app import command, console, emit_json
-from bbx.cli._options import ImageSize, Json, Model, Revision, StageNorm
+from bbx.cli._options import ImageSize, Json, Model, Resize, Revision, StageNorm, parse_image_size
 
 
 @command("inspect")
 def inspect(
     model: Model,
     image_size: ImageSize = None,
+    resize: Resize = "crop",
     revision: Revision = None,
     stage_norm: StageNorm = "hf",
     as_json: Json = False,
@@ -23,7 +24,9 @@ def inspect(
     """
     from bbx.inspection import inspect_model
 
-    report = inspect_model(model, revision=revision, image_size=image_size, stage_norm=stage_norm)
+    report = inspect_model(
+        model, revision=revision, image_size=parse_image_size(image_size), resize=resize, stage_norm=stage_norm
+    )
     if as_json:
         emit_json(report.to_json())
         return
@@ -48,6 +51,11 @@ def inspect(
         )
     print_table(out, table)
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
+    g = report.geometry
+    if g:
+        out.print(f"input: {g['recipe']} (--resize {g['resize']}); --image-size: {g['image_sizes']}", markup=False)
+        if g["resize"] == "crop":
+            out.print("--resize squash or pad keeps the whole image (squashed, or fitted and padded with black)")
     m = report.memory
     if m:
         from bbx.report import human_bytes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import os
 import signal
 import threading
@@ -357,11 +358,18 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
 
     opts, writer, summary = r.opts, r.writer, r.summary
 
+    takes_sources = "sources" in inspect.signature(writer.write).parameters
+    sources: list[Any] = []
+
     def flush(batch: list[Path], arrays: list[Any]) -> None:
         maps = extractor.run(np.stack(arrays))
         stored = {name: to_storage(m) for name, m in maps.items()}
         t = time.perf_counter()
-        writer.write([r.row(p) for p in batch], stored)
+        if takes_sources:  # where each row came from: the image's size and the box the input covers
+            writer.write([r.row(p) for p in batch], stored, sources=list(sources))
+        else:
+            writer.write([r.row(p) for p in batch], stored)
+        sources.clear()
         summary.write_s += time.perf_counter() - t
         summary.map_bytes += sum(a.nbytes for a in stored.values())
         summary.done += len(batch)
@@ -374,8 +382,8 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     batch: list[Path] = []
     arrays: list[Any] = []
     total = len(r.todo)
-    for handled, (path, pixels, reason) in enumerate(
-        decoded(r.todo, extractor.load, workers, window, overlap=overlap), 1
+    for handled, (path, loaded, reason) in enumerate(
+        decoded(r.todo, extractor.load_with_geometry, workers, window, overlap=overlap), 1
     ):
         if reason is not None:
             writer.fail(r.row(path), reason)
@@ -383,10 +391,12 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
             if opts.on_error == "stop":
                 if batch:
                     flush(batch, arrays)  # the images before the bad one are fine: keep them
+                    batch, arrays = [], []
                 raise _Stopped(path, reason)
         else:
             batch.append(path)
-            arrays.append(pixels)
+            arrays.append(loaded[0])  # the pixels,
+            sources.append(loaded[1])  # and where on the image they came from
             if len(batch) == opts.batch_size:
                 flush(batch, arrays)
                 batch, arrays = [], []

@@ -131,6 +131,22 @@ class Extractor:
             raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
         return pixels
 
+    def load_with_geometry(self, image: str | Path | Any) -> tuple[np.ndarray, Any]:
+        """:meth:`load`, with where the pixels came from (:class:`bbx.images.Geometry`: the image's
+        size and the box of it the input covers)."""
+        from bbx import images
+
+        if isinstance(image, (str, Path)):
+            pixels, geometry = images.load_with_geometry(
+                Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode
+            )
+        else:
+            pixels, geometry = images.prepare(image, self.preprocess), images.geometry_of(image, self.preprocess)
+        h, w = self.input_size
+        if tuple(pixels.shape[:2]) != (h, w):
+            raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
+        return pixels, geometry
+
     # -- the batch --------------------------------------------------------------------------------
     def __call__(self, images: Sequence[str | Path | Any] | Any) -> dict[str, torch.Tensor]:
         """``{stage: tensor}`` on the CPU for a list of paths or PIL images, or for a uint8 batch

@@ -368,7 +368,7 @@ class Preprocess:
         box_h, box_w = float(rh), float(rw)
         if self.resize_mode == "pad" and self.target is not None:
             th, tw = self.target
-            top, left = -float((th - rh) // 2), -float((tw - rw) // 2)
+            top, left = float(-((th - rh) // 2)), float(-((tw - rw) // 2))
             box_h, box_w = float(th), float(tw)
         crops = [c for c in (self.inner_crop, self.crop_size if self.do_center_crop else None) if c]
         if self.resize_mode != "crop":

@@ -446,3 +446,67 @@ def test_show_index_takes_comma_lists_like_extract(made, tmp_path):
         == [r["index"] for r in json.loads(two.stdout)["rows"]]
     )
     _one_line_error(run("show", made["h5"], "-i", "0,x"), 2, "--index takes integers")
+
+
+# --- where each map came from ------------------------------------------------------------------
+
+
+def _expected_sources(made, ckpt):
+    """The image size and box of every stored row, computed from the photos themselves."""
+    from bbx import hub
+    from bbx.preprocess import Preprocess
+
+    pre = Preprocess.from_checkpoint(hub.resolve(str(ckpt), weights=False).spec)
+    out = open_output(made["h5"])
+    sizes, boxes = [], []
+    for p in out.paths:
+        with Image.open(p) as im:
+            w, h = im.size
+        sizes.append((h, w))
+        boxes.append(pre.geometry(h, w))
+    return np.array(sizes), np.array(boxes, dtype=np.float32)
+
+
+@pytest.mark.parametrize("key", ["h5", "st", "sharded", "bf16"])
+def test_every_row_records_the_image_size_and_the_box_it_came_from(made, tiny_resnet, key):
+    import bbx
+
+    want_sizes, want_boxes = _expected_sources(made, tiny_resnet)
+    with bbx.open(made[key]) as f:
+        sizes, boxes = f.sources()
+    assert np.array_equal(sizes, want_sizes)
+    assert np.allclose(boxes, want_boxes, atol=0.01)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= sizes[:, 0] + 0.01).all()  # a crop lies inside
+    rep = json.loads(run("info", made[key], "--json").stdout)
+    assert rep["sources_recorded"] == rep["images"] == len(want_sizes)
+    assert "sources      4 of 4 images" in run("info", made[key]).stdout
+
+
+def test_an_output_from_before_sources_gets_them_for_new_rows_only(made, tiny_resnet, tmp_path):
+    import h5py
+
+    import bbx
+
+    old = tmp_path / "old.h5"
+    shutil.copyfile(made["h5"], old)
+    with h5py.File(old, "r+") as f:
+        del f["source"]  # as bbx wrote outputs before it recorded sources
+    extra = make_photos(tmp_path / "more", [(90, 60)], "jpg", start_seed=40)
+    r = run("extract", "-m", tiny_resnet, "--out-features", "stem,stage4", "-o", old, "--resume", *map(str, extra))
+    assert r.exit_code == 0, r.stderr
+    with bbx.open(old) as f:
+        sizes, boxes = f.sources()
+    assert (sizes[:4] == -1).all() and np.isnan(boxes[:4]).all() and tuple(sizes[4]) == (60, 90)
+    assert json.loads(run("info", old, "--json").stdout)["sources_recorded"] == 1
+
+
+def test_show_overlay_draws_each_map_over_its_whole_photo(made, tmp_path):
+    out = tmp_path / "o.png"
+    r = run("show", made["h5"], "-i", "0,3", "--overlay", "--size", "120", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert all(row["input_shown"] for row in rep["rows"])
+    pic = _png(out)
+    # row 0 is a 96 x 72 photo: 120 x 90 at this size; row 3 is 120 x 64: 120 x 64
+    assert pic.shape == (90 + 4 + 64, 120, 3)
+    _one_line_error(run("show", made["h5"], "--overlay", "--mode", "grid", "-o", tmp_path / "g.png"), 2, "--overlay")

@@ -73,6 +73,12 @@ def info(
         ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
+    known = out.sources_recorded()
+    if known is not None:
+        con.print(
+            f"[bold]{'sources':<13}[/bold]{known} of {plural(out.images, 'image')}: the image size and the box the "
+            "input covers (bbx show --overlay draws the maps over the photos)"
+        )
     if out.storage is not None and out.storage[2] != "none":
         logical, stored, kind = out.storage
         ratio = f" ({logical / stored:.2f}x)" if stored else ""

@@ -11,7 +11,7 @@ import typer
 from bbx.cli import _complete
 from bbx.cli._app import command, console, emit_json
 from bbx.cli._options import parse_indices
-from bbx.errors import InputError
+from bbx.errors import InputError, UsageError
 
 #: the longest default picture name (before ``-<stage>-<mode>.png``)
 PICTURE_STEM_BYTES = 120
@@ -66,6 +66,9 @@ def show(
     size: int = typer.Option(256, "--size", metavar="PX", help="Pixels along the longer side of each map."),
     channels: int = typer.Option(16, "--channels", metavar="K", help="grid: how many channels to show."),
     no_input: bool = typer.Option(False, "--no-input", help="Do not put the input images beside the maps."),
+    overlay: bool = typer.Option(
+        False, "--overlay", help="pca: draw each map over its whole photo, on the region the model saw."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the picture if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
@@ -88,8 +91,6 @@ def show(
     from bbx.formats import check_target, open_output
 
     if mode not in pictures.MODES:  # before reading anything
-        from bbx.errors import UsageError
-
         raise UsageError(f"--mode must be pca or grid, got {mode!r}")
     wanted = parse_indices(index, "--index") or (0,)  # before reading anything, like --mode
     out = open_output(file)
@@ -104,18 +105,28 @@ def show(
     check_target(target, extra=len(".tmp"), what="picture")  # before any map is read
     if not overwrite and os.path.lexists(target):
         raise pictures.exists(target)
+    if overlay and mode != "pca":
+        raise UsageError("--overlay draws the pca view over the photos: use --mode pca")
+    sources = out.read_sources(rows) if overlay else None
+    if overlay and sources is None:
+        raise InputError(f"{file} records no sources (it was written before bbx recorded them): --overlay needs them")
     maps = out.read(chosen, rows)
     inputs = [out.paths[r] for r in rows]
-    picture = pictures.render(
-        maps,
-        inputs,
-        mode=mode,
-        size=size,
-        channels=channels,
-        cwd=out.facts.cwd or None,
-        exif=out.facts.exif,
-        show_inputs=not no_input,
-    )
+    if sources is not None:
+        picture = pictures.render_overlay(
+            maps, inputs, sources, size=size, cwd=out.facts.cwd or None, exif=out.facts.exif
+        )
+    else:
+        picture = pictures.render(
+            maps,
+            inputs,
+            mode=mode,
+            size=size,
+            channels=channels,
+            cwd=out.facts.cwd or None,
+            exif=out.facts.exif,
+            show_inputs=not no_input,
+        )
     pictures.save(picture.image, target, overwrite=overwrite)
     width, height = picture.image.size
     if as_json:

@@ -342,6 +342,20 @@ class Output:
         """The maps of ``rows`` as a float32 numpy array ``[len(rows), *stage.shape]``."""
         return dtypes.to_float32(self.read_rows(stage, rows), stage.dtype)
 
+    def read_sources(self, rows: Sequence[int]) -> tuple[Any, Any] | None:
+        """Where ``rows`` came from: (image sizes ``[k, 2]`` as (height, width), boxes ``[k, 4]``
+        as (top, left, bottom, right) in the image's pixels: what the model input covers), or None
+        when the output does not record it. Formats implement it."""
+        return None
+
+    def sources_recorded(self) -> int | None:
+        """How many rows record where they came from; None when the output records none."""
+        try:
+            found = self.read_sources(range(self.images))
+        except InputError:
+            return None
+        return None if found is None else int((found[0][:, 0] >= 0).sum())
+
     def close(self) -> None:
         """Release open file handles (readers that keep one open)."""
 
@@ -374,6 +388,7 @@ class Output:
             "stage_norm": f.stage_norm,
             "stages": [s.to_json() for s in self.stages],
             "images": self.images,
+            "sources_recorded": self.sources_recorded(),
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "files": [str(p) for p in self.files],
             "bytes_on_disk": self.bytes_on_disk,
@@ -410,7 +425,10 @@ class Writer(Protocol):
     existing_facts: RunFacts | None
     notes: list[str]
 
-    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None: ...
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any], sources: Sequence[Any] | None = None) -> None:
+        """Commit a batch; ``sources`` (one :class:`bbx.images.Geometry` a row, optional): where
+        each row came from. A writer that records no sources may leave the parameter out."""
+        ...
 
     def fail(self, path: str, reason: str) -> None: ...
 

@@ -139,6 +139,24 @@ def stored_ratio(f: Any) -> tuple[int, int, str]:
     return logical, stored, ",".join(sorted(kinds)) or "none"
 
 
+#: where each row came from: the image's size as decoded (height, width) and the box of it the
+#: model input covers (top, left, bottom, right, in that image's pixels); -1 / NaN where unknown
+SOURCE_SIZE, SOURCE_BOX = "source/size", "source/box"
+
+
+def _source_datasets(f: Any, rows: int) -> None:
+    """``/source/size`` and ``/source/box`` (an output written before them gets them, unknown for
+    the rows it holds)."""
+    import numpy as np
+
+    group = f.require_group("source")
+    size = group.create_dataset("size", shape=(rows, 2), maxshape=(None, 2), dtype="int32", chunks=(1024, 2))
+    box = group.create_dataset("box", shape=(rows, 4), maxshape=(None, 4), dtype="float32", chunks=(1024, 4))
+    if rows:
+        size[:] = -1
+        box[:] = np.nan
+
+
 def _failure_datasets(f: Any) -> None:
     import h5py
 
@@ -260,6 +278,8 @@ class HDF5Writer:
         try:
             if "failed" not in f:  # an output written before failures were recorded
                 _failure_datasets(f)
+            if SOURCE_BOX not in f:  # one written before the sources were
+                _source_datasets(f, len(existing.paths))
             self._adopt(f)
             rows = len(existing.paths)
             # drop any rows past the last finished batch
@@ -304,16 +324,17 @@ class HDF5Writer:
 
         f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(1024,))
         _failure_datasets(f)
+        _source_datasets(f, 0)
         f.flush()
         self._adopt(f)
 
     def _adopt(self, f: Any) -> None:
         self._f = f
-        self._ds = {name: f[name] for name in ("paths", "failed/paths", "failed/reasons")}
+        self._ds = {name: f[name] for name in ("paths", "failed/paths", "failed/reasons", SOURCE_SIZE, SOURCE_BOX)}
         self._ds.update({s.name: f[f"features/{s.name}"] for s in self.stages})
 
     def _rows_datasets(self) -> list[Any]:
-        return [self._ds[s.name] for s in self.stages] + [self._ds["paths"]]
+        return [self._ds[s.name] for s in self.stages] + [self._ds[k] for k in ("paths", SOURCE_SIZE, SOURCE_BOX)]
 
     def stored_bytes(self) -> int:
         """Bytes the feature datasets take in the file (after compression)."""
@@ -338,7 +359,9 @@ class HDF5Writer:
             _BROKEN.append((f, handles))
 
     # --- writing ------------------------------------------------------------------------------
-    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any], sources: Sequence[Any] | None = None) -> None:
+        """Commit a batch: its rows of every stage, its paths, and (``sources``: one
+        :class:`bbx.images.Geometry` per row) where each came from."""
         f = self._f
         assert f is not None
         n = len(paths)
@@ -359,6 +382,15 @@ class HDF5Writer:
             pds = self._ds["paths"]
             pds.resize(start + n, axis=0)
             pds[start : start + n] = list(paths)
+            size, box = self._ds[SOURCE_SIZE], self._ds[SOURCE_BOX]
+            size.resize(start + n, axis=0)
+            box.resize(start + n, axis=0)
+            if sources is not None and len(sources) == n:
+                size[start : start + n] = np.array([g.source for g in sources], dtype=np.int32)
+                box[start : start + n] = np.array([g.box for g in sources], dtype=np.float32)
+            else:
+                size[start : start + n] = -1
+                box[start : start + n] = np.nan
             f.flush()  # the rows' data on disk first,
             f.attrs["rows"] = start + n  # then the commit point of the batch
             f.flush()
@@ -470,6 +502,27 @@ class HDF5Output(Output):
     """An HDF5 output; rows are read with one open handle, kept until :meth:`close`."""
 
     _handle: Any = None
+
+    def read_sources(self, rows: Sequence[int]) -> tuple[Any, Any] | None:
+        """(image sizes ``[k, 2]``, boxes ``[k, 4]``) of ``rows``, or None for an output that
+        predates them; -1 / NaN for rows whose source is unknown."""
+        import numpy as np
+
+        if self._handle is None:
+            self._handle = _h5file(self.files[0])
+        f = self._handle
+        if SOURCE_BOX not in f:
+            return None
+        try:
+            size, box = np.asarray(f[SOURCE_SIZE][:], np.int32), np.asarray(f[SOURCE_BOX][:], np.float32)
+            picked = np.asarray([int(r) for r in rows], dtype=np.int64)
+            known = picked < len(size)
+            out_size = np.full((len(picked), 2), -1, np.int32)
+            out_box = np.full((len(picked), 4), np.nan, np.float32)
+            out_size[known], out_box[known] = size[picked[known]], box[picked[known]]
+        except Exception as e:  # noqa: BLE001 - damaged
+            raise InputError(f"{self.files[0]} is damaged: its sources cannot be read ({first_line(e)})") from None
+        return out_size.reshape(-1, 2), out_box.reshape(-1, 4)
 
     def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
         if self._handle is None:

@@ -99,6 +99,21 @@ def _stem(path: Path) -> str:
     return name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
 
 
+#: header bytes a row's source takes at most in a stored ``sources`` list: ``[h,w,top,left,bottom,right]``
+#: with the numbers rounded to hundredths (the budget of a shard's header counts it for every row)
+_SOURCE_COST = 56
+
+
+def _source(geometry: Any) -> list[float]:
+    """A row's source as stored: [height, width, top, left, bottom, right] (see bbx.images.Geometry)."""
+    return [int(geometry.source[0]), int(geometry.source[1]), *(round(float(v), 2) for v in geometry.box)]
+
+
+def _row_cost(path: str) -> int:
+    """Header bytes one row takes: its path and its source."""
+    return _path_cost(path) + _SOURCE_COST
+
+
 def _path_cost(path: str) -> int:
     """Header bytes one path takes in a stored ``paths`` list (JSON in a JSON string), comma included."""
     return len(json.dumps(json.dumps(path, ensure_ascii=False), ensure_ascii=False).encode()) - 1
@@ -203,6 +218,8 @@ class SafetensorsWriter:
         self.old_sharded = False  # the output being extended is a shard set (its index stays until replaced)
         self.sealed: list[tuple[str, list[str]]] = []  # shard files in the staging folder
         self.staged: list[str] = []  # rows in the current raw files, from row ``base``
+        #: where each row came from (stored as the files' ``sources``), by its path: rows are unique
+        self.sources: dict[str, list[float] | None] = {}
         self.base = 0
         self.gen = 0
         self.failed: list[tuple[str, str]] = []
@@ -270,6 +287,7 @@ class SafetensorsWriter:
             self.existing_paths, self.existing_facts = list(existing.paths), existing.facts
             self.failed = list(existing.failed)
             self.old_files = [(f, names, existing.paths[first : first + n]) for f, names, first, n in existing.parts]
+            self.sources.update(zip(existing.paths, existing.sources or []))
             self.old_sharded = existing.format == "safetensors-sharded"
         if usable:
             self._sweep(entries, keep=set(existing.files) if existing is not None else set(), spent=False)
@@ -349,6 +367,7 @@ class SafetensorsWriter:
             for e in entries[1:]:
                 if "rows" in e:
                     self.staged.extend(str(p) for p in e["rows"])
+                    self.sources.update(zip((str(p) for p in e["rows"]), e.get("sources") or []))
                 elif "failed" in e:
                     failed_now.append((str(e["failed"][0]), str(e["failed"][1])))
                 elif "forget" in e:
@@ -394,7 +413,7 @@ class SafetensorsWriter:
         if self.existing_facts is None:
             self.existing_facts = RunFacts.from_metadata(first["facts"])
         self.existing_paths += [p for _, ps in self.sealed for p in ps] + list(self.staged)
-        self._header = sum(_path_cost(p) for p in self.staged)
+        self._header = sum(_row_cost(p) for p in self.staged)
         if done:
             self.notes.append(f"recovered {done} images from the unfinished run in {folder.name}")
         # the shard size may be smaller than the run that staged these rows had
@@ -435,14 +454,16 @@ class SafetensorsWriter:
         limit = min(len(paths), self.rows_per_shard - rows)
         n = 0
         while n < limit:
-            header += _path_cost(paths[n])
+            header += _row_cost(paths[n])
             if header + _HEADER_BASE > HEADER_CAP:
                 break
             n += 1
         return n if n or rows else min(1, len(paths))
 
-    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
-        """Stage a batch; a batch that crosses the shard size is split between shards."""
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any], sources: Sequence[Any] | None = None) -> None:
+        """Stage a batch; a batch that crosses the shard size is split between shards. ``sources``:
+        one :class:`bbx.images.Geometry` per row."""
+        stored = [_source(g) for g in sources] if sources is not None and len(sources) == len(paths) else None
         check_shapes(self.stages, len(paths), maps)
         start = 0
         while start < len(paths):
@@ -458,9 +479,13 @@ class SafetensorsWriter:
                 f.flush()
                 os.fsync(f.fileno())
             rows = [str(p) for p in paths[start : start + n]]
-            self._log({"rows": rows})  # the commit point
+            entry: dict[str, Any] = {"rows": rows}
+            if stored is not None:
+                entry["sources"] = stored[start : start + n]
+                self.sources.update(zip(rows, entry["sources"]))
+            self._log(entry)  # the commit point
             self.staged.extend(rows)
-            self._header += sum(_path_cost(p) for p in rows)
+            self._header += sum(_row_cost(p) for p in rows)
             start += n
             if len(self.staged) >= self.rows_per_shard:
                 self._seal(len(self.staged))
@@ -496,7 +521,7 @@ class SafetensorsWriter:
         self._log({"sealed": name, "count": count, "gen": gen})
         self.sealed.append((name, rows))
         self.staged = rest
-        self._header = sum(_path_cost(p) for p in rest)
+        self._header = sum(_row_cost(p) for p in rest)
         if gen == self.gen:
             self.base += count
             return
@@ -511,6 +536,9 @@ class SafetensorsWriter:
         meta = self.facts.to_strings()
         meta.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
         meta["paths"] = json.dumps(list(paths), ensure_ascii=False)
+        known = [self.sources.get(p) for p in paths]
+        if any(k is not None for k in known):
+            meta["sources"] = json.dumps(known, separators=(",", ":"))
         meta["status"] = status
         if self.reason and status == "interrupted":
             meta["interrupted_by"] = self.reason
@@ -544,7 +572,7 @@ class SafetensorsWriter:
         if len(paths) > self.rows_per_shard:
             return False
         failed = json.dumps(json.dumps([list(x) for x in self.failed], ensure_ascii=False), ensure_ascii=False)
-        return sum(_path_cost(p) for p in paths) + _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
+        return sum(_row_cost(p) for p in paths) + 2 * _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
 
     def finish(self, status: str, reason: str | None = None) -> list[Path]:
         self.reason = reason
@@ -682,6 +710,19 @@ class SafetensorsOutput(Output):
 
     #: where each row's data lies: (file, {tensor name per stage}, first row, rows)
     parts: list[tuple[Path, dict[str, str], int, int]]
+    #: per row, [height, width, top, left, bottom, right] or None (see :meth:`read_sources`)
+    sources: list[Any] | None = None
+
+    def read_sources(self, rows: Sequence[int]) -> tuple[Any, Any] | None:
+        import numpy as np
+
+        if not self.sources or not any(x is not None for x in self.sources):
+            return None
+        picked = [self.sources[int(r)] if int(r) < len(self.sources) else None for r in rows]
+        size = np.array([p[:2] if p else (-1, -1) for p in picked], dtype=np.int32).reshape(-1, 2)
+        box = np.array([p[2:6] if p else (np.nan,) * 4 for p in picked], dtype=np.float32).reshape(-1, 4)
+        return size, box
+
     run: str | None = None  # the token of the run that wrote it
 
     def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
@@ -826,6 +867,7 @@ def _open_single(path: Path) -> SafetensorsOutput:
     parts = [(path, {n: t for n, (t, _) in tensors.items()}, 0, len(paths))]
     out = _output(path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run"))
     out.interrupted_by = _reason(meta)
+    out.sources = _sources(meta.get("sources"), len(paths))
     return out
 
 
@@ -848,13 +890,16 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
     parts: list[tuple[Path, dict[str, str], int, int]] = []
     stages: list[StageLayout] = []
     files: list[Path] = []
+    sources: list[Any] = []
     for shard in shards:
         file = index.parent / str(shard["file"])
         header, _ = read_header(file)
         shard_stages, tensors = _tensor_stages(file, header, facts.out_features)
         if not stages:
             stages = shard_stages
-        shard_paths = [str(p) for p in _meta(header).get("paths", [])]
+        shard_meta = _meta(header)
+        shard_paths = [str(p) for p in shard_meta.get("paths", [])]
+        sources += _sources(shard_meta.get("sources"), len(shard_paths))
         if any(rows != len(shard_paths) for _, rows in tensors.values()) or len(shard_paths) != int(shard["rows"]):
             raise InputError(f"{file} is damaged: its rows do not match the index")
         parts.append((file, {n: t for n, (t, _) in tensors.items()}, len(paths), len(shard_paths)))
@@ -876,7 +921,15 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         meta.get("run"),
     )
     out.interrupted_by = _reason(meta)
+    out.sources = sources
     return out
+
+
+def _sources(value: Any, rows: int) -> list[Any]:
+    """A stored ``sources`` list, or Nones (an output without them, or a damaged one)."""
+    ok = isinstance(value, list) and len(value) == rows
+    ok = ok and all(v is None or (isinstance(v, list) and len(v) == 6) for v in value)
+    return list(value) if ok else [None] * rows
 
 
 def _reason(meta: Mapping[str, Any]) -> str | None:
@@ -924,19 +977,28 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{folder}: damaged journal ({e})") from None
     paths: list[str] = []
+    sources: list[Any] = []
     failed: list[tuple[str, str]] = []
     for e in entries[1:]:
         if "rows" in e:
             paths.extend(str(p) for p in e["rows"])
+            rows_sources = e.get("sources")
+            sources += (
+                rows_sources
+                if isinstance(rows_sources, list) and len(rows_sources) == len(e["rows"])
+                else [None] * len(e["rows"])
+            )
         elif "failed" in e:
             failed.append((str(e["failed"][0]), str(e["failed"][1])))
         elif "forget" in e:
             gone = set(e["forget"])
             failed = [(p, r) for p, r in failed if p not in gone]
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return _output(
+    out = _output(
         named, "safetensors-staging", files, facts, stages, paths, failed, "running", True, [], entries[0].get("run")
     )
+    out.sources = sources
+    return out
 
 
 def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:

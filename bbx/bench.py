@@ -112,7 +112,7 @@ def benchmark(
     result = BenchResult(
         model=model_name,
         checkpoint=ex.ref.checkpoint,
-        architecture=ex.ref.model_type,
+        architecture=ex.ref.architecture,
         device=dev,
         dtype=ex.dtype,
         batch_size=batch_size,

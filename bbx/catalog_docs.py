@@ -14,7 +14,12 @@ END = "<!-- end of generated tables -->"
 def _stages(row: CatalogRow, fam: Family) -> str:
     stages = fam.stages(row.config)
     names = [s.name for s in stages]
-    listed = ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]}..{names[-1]}"
+    if len(names) <= 3:
+        listed = ", ".join(names)
+    elif names[0].rstrip("0123456789") == names[1].rstrip("0123456789"):  # no stem: stage1..stage4
+        listed = f"{names[0]}..{names[-1]}"
+    else:
+        listed = f"{names[0]}, {names[1]}..{names[-1]}"
     channels = {s.channels for s in stages}
     strides = {s.stride for s in stages}
     if len(channels) == 1 and len(strides) == 1:
@@ -38,6 +43,20 @@ def markdown() -> str:
     notes = [f"**{fam.title}.** {fam.notes}" for fam in registry.families() if fam.notes]
     if notes:
         lines += ["", *"\n\n".join(notes).split("\n")]
+    timm = [fam for fam in registry.families() if fam.timm is not None]
+    if timm:
+        lines += [
+            "",
+            "timm architectures (`timm:<name>` is the hub repo of timm's default pretrained tag, `timm/<name>.<tag>`):",
+            "",
+            "| family | timm's | architectures |",
+            "| --- | --- | --- |",
+        ]
+        for fam in timm:
+            assert fam.timm is not None
+            names = ", ".join(a.name for a in fam.timm.architectures)
+            patterns = ", ".join(f"`{p}`" for p in fam.timm.patterns)
+            lines.append(f"| {fam.title} | {patterns} | {names} |")
     lines += [
         "",
         "Stage norms (`--stage-norm`, on `extract`, `bench`, `inspect` and the Python API; recorded in the output):",

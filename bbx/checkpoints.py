@@ -8,8 +8,15 @@ A checkpoint comes in one of a few formats, each recognised here and nowhere els
 * **task**: a detection, segmentation or depth model that carries its backbone
   (``backbone_config`` nested in the config, or ``use_timm_backbone``); the backbone's weights sit
   under a prefix of the task model's.
-* **timm**: a timm hub repo (``architecture`` and ``pretrained_cfg``, no ``model_type``), or
-  transformers' ``TimmBackbone`` wrapper (``model_type: timm_backbone``).
+* **timm**: a timm hub repo (``architecture`` and ``pretrained_cfg``, no ``model_type``; weights
+  under timm's own module names), transformers' ``TimmBackbone`` wrapper (``model_type:
+  timm_backbone``, ``backbone`` naming the architecture, weights under ``_backbone.`` in the
+  layout of timm's ``features_only`` networks, no preprocessing of its own) or ``TimmWrapper``
+  (``model_type: timm_wrapper``: a timm hub config, weights under ``timm_model.``). The
+  architecture name picks the family: families of timm-layout networks declare the names they
+  implement (:class:`bbx.family.TimmLayout`), so nothing here names one. Preprocessing is timm's
+  eval transform for the checkpoint's ``pretrained_cfg`` (TimmBackbone: timm's default
+  pretrained tag's, which the family embeds), as ``resolve_data_config`` resolves it.
 
 :func:`recognise` turns a config (and the preprocessing file beside it) into a
 :class:`Checkpoint`: the family, the family's config, the preprocessing recipe's config, and the
@@ -20,13 +27,15 @@ refused in one line that says what the checkpoint is.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bbx import registry
 from bbx.errors import ModelError
-from bbx.family import Family, Settings
+from bbx.family import Family, Settings, thaw
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +57,13 @@ class Checkpoint:
 
     def settings(self) -> Settings:
         return self.family.parse(self.config)
+
+    @property
+    def architecture(self) -> str:
+        """What the checkpoint is, for reports: the model_type, or ``timm:<architecture>``."""
+        if self.family.timm is not None:
+            return f"timm:{self.config['architecture']}"
+        return self.model_type
 
     @property
     def stage_names(self) -> list[str]:
@@ -73,9 +89,18 @@ def _is_task(config: Mapping[str, Any]) -> bool:
     return isinstance(config.get("backbone_config"), Mapping) or bool(config.get("use_timm_backbone"))
 
 
+def _is_timm_family_config(config: Mapping[str, Any]) -> bool:
+    """A config in the family layout of a family of timm-layout networks (its own model_type, the
+    architecture and its arguments: what :func:`recognise` makes of a timm checkpoint)."""
+    mt = config.get("model_type")
+    return registry.is_supported(mt) and registry.family_of(mt).timm is not None
+
+
 def _is_timm(config: Mapping[str, Any]) -> bool:
-    return config.get("model_type") == "timm_backbone" or (
-        "model_type" not in config and "architecture" in config and "pretrained_cfg" in config
+    return (
+        config.get("model_type") in ("timm_backbone", "timm_wrapper")
+        or ("model_type" not in config and "architecture" in config and "pretrained_cfg" in config)
+        or _is_timm_family_config(config)
     )
 
 
@@ -91,12 +116,144 @@ def _task(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, whe
     )
 
 
-def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
-    arch = config.get("architecture") or config.get("backbone")
-    raise ModelError(
-        f"{where} is a timm checkpoint ({arch}); bbx does not read timm checkpoints yet "
-        f"(it reads transformers checkpoints of: {', '.join(registry.supported_model_types())})"
+#: timm's defaults where a ``pretrained_cfg`` leaves a field out (timm.data.resolve_data_config)
+_TIMM_DATA_DEFAULTS = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
+def timm_data_config(pretrained_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``timm.data.resolve_data_config(pretrained_cfg=...)`` resolves for inference: the
+    ``input_size`` (never ``test_input_size``), interpolation, mean, std, ``crop_pct`` and
+    ``crop_mode``, a falsy value taking timm's default as timm does. The result is the
+    preprocessing config :class:`bbx.preprocess.Preprocess` reads for timm checkpoints."""
+    out: dict[str, Any] = {}
+    for key, default in _TIMM_DATA_DEFAULTS.items():
+        value = pretrained_cfg.get(key)
+        out[key] = list(value) if isinstance(value, (list, tuple)) else (value if value else default)
+        if isinstance(out[key], tuple):
+            out[key] = list(out[key])
+    return {"timm_data_config": out}
+
+
+def _feature_net_key(key: str) -> str:
+    """A key of timm's ``features_only`` wrapper (as TimmBackbone saves it, ``_backbone.`` removed)
+    -> the model's own: FeatureGetterNet holds the model as ``model.``; FeatureListNet flattens
+    top-level sequences (``stages.0`` -> ``stages_0``)."""
+    key = key.removeprefix("model.")
+    return re.sub(r"^([A-Za-z]+)_(\d+)\.", r"\1.\2.", key)
+
+
+def _timm_unsupported(arch: str, where: str) -> ModelError:
+    fam = registry.timm_family_claiming(arch)
+    if fam is not None and fam.timm is not None:
+        names = ", ".join(a.name for a in fam.timm.architectures)
+        return ModelError(
+            f"{where}: bbx does not implement timm architecture {arch!r}; of timm's "
+            f"{'/'.join(fam.timm.patterns)} it implements: {names}"
+        )
+    return ModelError(
+        f"{where}: bbx does not implement timm architecture {arch!r}; it implements timm's "
+        f"{', '.join(registry.timm_patterns())}: {', '.join(registry.timm_architectures())}"
     )
+
+
+def timm_default(name: str, where: str) -> tuple[str, dict[str, Any]]:
+    """A bare timm model name (``timm:resnet50``'s ``resnet50``) -> the hub repo of timm's default
+    pretrained tag for it and that repo's ``config.json`` as the family embeds it (architecture
+    and pretrained_cfg), so that ``inspect`` needs no download."""
+    found = registry.timm_arch(name)
+    if found is None:
+        raise _timm_unsupported(name, where)
+    _, arch = found
+    return arch.repo_id, {"architecture": arch.name, "pretrained_cfg": {"tag": arch.tag, **thaw(arch.data)}}
+
+
+def _timm(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:
+    kind = config.get("model_type")
+    if kind == "timm_backbone":
+        arch_name, prefix, rename = config.get("backbone"), "_backbone.", _feature_net_key
+        model_args: Any = {}
+        if config.get("output_stride") not in (None, 32):
+            raise ModelError(
+                f"{where}: output_stride {config.get('output_stride')!r} (dilated stages) is not supported"
+            )
+        if config.get("num_channels", 3) != 3:
+            model_args = {"in_chans": config.get("num_channels")}
+        pretrained_cfg = None
+    elif _is_timm_family_config(config):
+        arch_name, prefix, rename = config.get("architecture"), "", None
+        model_args = {k: v for k, v in config.items() if k not in ("model_type", "architecture")}
+        pretrained_cfg = None
+        if registry.timm_arch(arch_name) is not None and registry.timm_arch(arch_name)[0].model_types[0] != kind:
+            raise ModelError(f"{where}: architecture {arch_name!r} is not a {kind} network")
+    else:
+        arch_name, prefix, rename = config.get("architecture"), "timm_model." if kind == "timm_wrapper" else "", None
+        model_args = config.get("model_args") or {}
+        pretrained_cfg = config.get("pretrained_cfg")
+        if kind == "timm_wrapper" and not pretrained_cfg:
+            pretrained_cfg = None  # TimmWrapper saves none of its own: timm's default tag's applies
+        elif not isinstance(pretrained_cfg, Mapping):
+            raise ModelError(f"{where}: pretrained_cfg must be a JSON object, got {pretrained_cfg!r}")
+    return timm_checkpoint(
+        arch_name,
+        where,
+        model_args=model_args,
+        pretrained_cfg=pretrained_cfg,
+        prefix=prefix,
+        rename=rename,
+        global_pool=config.get("global_pool"),
+    )
+
+
+def timm_checkpoint(
+    arch_name: Any,
+    where: str,
+    *,
+    model_args: Any = None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
+    prefix: str = "",
+    rename: Callable[[str], str | None] | None = None,
+    global_pool: Any = None,
+    format: str = "timm",
+    task: str = "",
+) -> Checkpoint:
+    """The :class:`Checkpoint` of a timm network named ``arch_name`` (with timm's ``model_args``;
+    ``pretrained_cfg`` None: timm's default tag's) whose tensors sit under ``prefix`` in timm's own
+    names (after ``rename``): what the timm readers here build, and what a task checkpoint that
+    carries a timm backbone (``use_timm_backbone``) builds with its own prefix and ``format="task"``."""
+    model_args = {} if model_args is None else model_args
+    if not isinstance(arch_name, str) or not arch_name:
+        raise ModelError(f"{where}: a timm checkpoint names its architecture, got {arch_name!r}")
+    found = registry.timm_arch(arch_name)
+    if found is None:
+        raise _timm_unsupported(arch_name, where)
+    fam, arch = found
+    assert fam.timm is not None
+    if not isinstance(model_args, Mapping):
+        raise ModelError(f"{where}: model_args must be a JSON object, got {model_args!r}")
+    fields = {f.name for f in dataclasses.fields(fam.settings)}
+    family_config: dict[str, Any] = {"model_type": fam.model_types[0], "architecture": arch_name, **arch.args}
+    for key, value in model_args.items():
+        if key in fields and key not in ("model_type", "architecture"):
+            family_config[key] = value
+        elif key not in fam.timm.accepts:
+            raise ModelError(f"{where}: model_args {key}={value!r} changes {arch_name} in a way bbx does not implement")
+    if global_pool is not None and "global_pool" in fields:
+        family_config["global_pool"] = global_pool
+    cfg = pretrained_cfg if pretrained_cfg is not None else arch.data
+    size = cfg.get("input_size")
+    if cfg.get("fixed_input_size") and "img_size" in fields and "img_size" not in model_args:
+        # timm builds a fixed-size model for its pretrained_cfg's input_size (build_model_with_cfg)
+        if isinstance(size, (list, tuple)) and len(size) == 3:
+            family_config["img_size"] = list(size[1:])
+    data = timm_data_config(cfg)
+    return Checkpoint(format, fam, fam.model_types[0], family_config, data, prefix, rename, task)
 
 
 def _transformers(config: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, where: str) -> Checkpoint:

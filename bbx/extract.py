@@ -46,10 +46,22 @@ def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = N
     """The shape report of a run, without weights (``--dry-run``), with what the real run would
     refuse in its ``warnings`` and the status it would then exit with in ``exit_code``."""
     rp = plan_run(opts, inputs, device=device, weights=False)
-    problems = preflight(opts, rp, inputs)
+    problems = preflight(opts, rp)
     rp.report.warnings = [e.message for e in problems]
     rp.report.exit_code = problems[0].exit_code if problems else 0
     return rp.report
+
+
+def device_of(opts: ExtractOptions) -> str:
+    """``--device``, except that ``auto`` under a launcher that gives a local rank (torchrun,
+    srun) on a node with GPUs is that rank's GPU."""
+    if opts.shard is None or opts.shard.local_rank is None or opts.device.lower() != "auto":
+        return opts.device
+    import torch
+
+    from bbx.shards import device_for
+
+    return device_for(opts.shard, opts.device, cuda_count=torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def decoded(
@@ -124,7 +136,7 @@ class _Run:
         self.opts = opts
         self.device = device
         self.rp: RunPlan = plan_run(opts, inputs, device=device, weights=opts.pretrained)
-        problems = preflight(opts, self.rp, inputs)
+        problems = preflight(opts, self.rp)
         if problems:
             raise problems[0]
         try:
@@ -142,6 +154,7 @@ class _Run:
         except OSError as e:  # the disk, the folder or the file system refused (the writer left nothing)
             reason = e.strerror or first_line(e)
             raise InputError(f"cannot write {self.rp.output}: {reason[:1].lower() + reason[1:]}{_hint(e)}") from None
+        inputs = self.rp.inputs.items  # this shard's, tars listed
         self.todo = list(inputs)
         self.done_before = 0
         self.resumed = False  # the output held rows from an earlier run
@@ -153,10 +166,14 @@ class _Run:
             self.done_before = len(self.writer.existing_paths)
             self.resumed = True
             self.absolute_rows = begun_elsewhere(existing)
-            self.writer.forget_failed({self.row(p) for p in self.todo})
+            retried = {self.row(p) for p in self.todo} | {name for name, _ in self.rp.inputs.unreadable}
+            self.writer.forget_failed(retried)
         self.rp.report.todo = len(self.todo)
         self.summary = Summary(plan=self.rp.report, already=len(inputs) - len(self.todo))
         self.summary.notes.extend(getattr(self.writer, "notes", []))
+        for name, reason in self.rp.inputs.unreadable:  # tars that could not be read, or not wholly
+            self.writer.fail(name, reason)
+            self.summary.failed.append((name, reason))
 
     def row(self, path: Path) -> str:
         return row_name(path, self.absolute_rows)
@@ -168,9 +185,12 @@ def run(
     *,
     progress: Callable[[int, int], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    extractor: Any = None,
 ) -> Summary:
-    """Extract ``inputs`` as ``opts`` says. ``on_plan`` sees the shape report before any image
-    is decoded (after the output is opened and the weights loaded).
+    """Extract ``inputs`` (the ordered files and tars; ``opts.shard`` takes its slice) as
+    ``opts`` says. ``on_plan`` sees the shape report before any image is decoded (after the
+    output is opened and the weights loaded). ``extractor``: a :class:`bbx.Extractor` built
+    for these options already (a worker that runs many shards loads its model once).
 
     Once the output is open, every way out keeps what was committed: an interruption (Ctrl-C,
     SIGTERM, ``--on-error stop``) closes it as ``interrupted``; an unexpected failure leaves the
@@ -179,12 +199,15 @@ def run(
     from bbx.runtime import compute_context
 
     t_start = time.perf_counter()
-    device = resolve_device(opts.device)
+    device = extractor.device if extractor is not None else resolve_device(device_of(opts))  # (imports torch)
+    t_import = time.perf_counter()
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
     with SignalGuard() as guard:
         r = _Run(opts, inputs, device)
         guard.output = r.rp.output
-        return _run(r, opts, device, guard, progress, on_plan, t_start, Extractor)
+        t_resolved = time.perf_counter()
+        r.summary.startup = {"import_s": t_import - t_start, "resolve_s": t_resolved - t_import}
+        return _run(r, opts, device, guard, progress, on_plan, t_start, extractor or Extractor)
 
 
 def _run(
@@ -195,25 +218,33 @@ def _run(
     progress: Callable[[int, int], None] | None,
     on_plan: Callable[[Plan], None] | None,
     t_start: float,
-    extractor_class: Any,
+    extractor: Any,
 ) -> Summary:
+    """The run once its output is open; ``extractor``: a :class:`bbx.Extractor` ready for it, or
+    the class to build one from the plan."""
     writer, summary = r.writer, r.summary
     status, stop = "complete", None
     t0 = time.perf_counter()
     try:
-        extractor = extractor_class.from_plan(
-            r.rp.model,
-            device=device,
-            dtype=opts.dtype,
-            stage_norm=opts.stage_norm,
-            pool=opts.pool,
-            output_dtype=opts.store_dtype,
-            pretrained=opts.pretrained,
-            exif=opts.exif,
-            fast_decode=opts.fast_decode,
-            channels_last=opts.channels_last,
-            compile=opts.compile,
-        )
+        import bbx.loading  # noqa: F401  (the model code: timed apart from the weights)
+
+        summary.startup["import_s"] += time.perf_counter() - t0
+        if isinstance(extractor, type):
+            extractor = extractor.from_plan(
+                r.rp.model,
+                device=device,
+                dtype=opts.dtype,
+                stage_norm=opts.stage_norm,
+                pool=opts.pool,
+                embedding=opts.embedding,
+                output_dtype=opts.store_dtype,
+                pretrained=opts.pretrained,
+                exif=opts.exif,
+                fast_decode=opts.fast_decode,
+                channels_last=opts.channels_last,
+                compile=opts.compile,
+            )
+        summary.startup.update(getattr(extractor.model, "load_seconds", {}))
         if on_plan is not None:
             on_plan(r.rp.report)
         t0 = time.perf_counter()
@@ -350,31 +381,54 @@ def _hint(e: OSError) -> str:
     return " (nothing was written: free some space, then rerun)" if fix(e) else ""
 
 
+def _timed(items: Iterator[Any], phases: dict[str, float]) -> Iterator[Any]:
+    """``items``, adding the time spent waiting for each to ``phases["decode_s"]``."""
+    while True:
+        t = time.perf_counter()
+        item = next(items, None)
+        phases["decode_s"] += time.perf_counter() - t
+        if item is None:
+            return
+        yield item
+
+
 def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, t_start: float) -> None:
     """Decode, batch, run the model, commit; every batch is in the output when the next starts."""
     import numpy as np
 
     from bbx.dtypes import to_storage
+    from bbx.tars import TarMember
 
     opts, writer, summary = r.opts, r.writer, r.summary
+    t_loop = time.perf_counter()
+    phases = summary.phases
+
+    def load(item: Any) -> Any:  # the pixels and where on the image they came from
+        return extractor.load_with_geometry(item.read() if isinstance(item, TarMember) else item)
 
     takes_sources = "sources" in inspect.signature(writer.write).parameters
     sources: list[Any] = []
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
-        maps = extractor.run(np.stack(arrays))
+        t0 = time.perf_counter()
+        maps = extractor.run(np.stack(arrays))  # transfer, normalise, model, back to the host
         stored = {name: to_storage(m) for name, m in maps.items()}
-        t = time.perf_counter()
+        t1 = time.perf_counter()
         if takes_sources:  # where each row came from: the image's size and the box the input covers
             writer.write([r.row(p) for p in batch], stored, sources=list(sources))
         else:
             writer.write([r.row(p) for p in batch], stored)
         sources.clear()
-        summary.write_s += time.perf_counter() - t
+        t2 = time.perf_counter()
+        phases["compute_s"] += t1 - t0
+        phases["write_s"] += t2 - t1
+        summary.write_s += t2 - t1
         summary.map_bytes += sum(a.nbytes for a in stored.values())
         summary.done += len(batch)
         if summary.first_batch_s is None:
-            summary.first_batch_s = time.perf_counter() - t_start
+            now = time.perf_counter()
+            summary.first_batch_s = now - t_start
+            summary.startup["first_batch_s"] = now - t_loop
 
     workers = default_workers(r.device) if opts.workers is None else opts.workers
     overlap = r.device != "cpu"
@@ -383,7 +437,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     arrays: list[Any] = []
     total = len(r.todo)
     for handled, (path, loaded, reason) in enumerate(
-        decoded(r.todo, extractor.load_with_geometry, workers, window, overlap=overlap), 1
+        _timed(decoded(r.todo, load, workers, window, overlap=overlap), phases), 1
     ):
         if reason is not None:
             writer.fail(r.row(path), reason)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbx import dtypes, hub
 from bbx.errors import InputError, UsageError
-from bbx.plan import POOLS, ModelPlan, check_stage_norm, model_plan
+from bbx.plan import EMBEDDING, POOLS, ModelPlan, check_readout, check_stage_norm, model_plan, readout_check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,11 @@ class Extractor:
     ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
     bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
     or (height, width) instead of the checkpoint's; ``resize``: crop (the checkpoint's recipe),
-    squash or pad (the whole image). ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``).
+    squash or pad (the whole image). ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``),
+    cls (each stage's class token, ``[N, C]``, for vision transformers that have one).
+    ``embedding``: also return the model's own image embedding ``[N, D]`` as ``"embedding"``
+    (CLIP's projected class token, SigLIP's pooling head, ...; the forward then runs to the last
+    block).
     ``output_dtype``: the dtype of the returned tensors (float32 by default; what ``bbx extract``
     stores with ``--store-dtype``). ``pretrained=False``: random weights (seed 0), offline.
     ``exif`` / ``fast_decode``: how image files are decoded, as in ``bbx extract``.
@@ -51,6 +55,7 @@ class Extractor:
         image_size: int | tuple[int, int] | None = None,
         resize: str = "crop",
         pool: str = "none",
+        embedding: bool = False,
         output_dtype: str = "float32",
         pretrained: bool = True,
         revision: str | None = None,
@@ -71,12 +76,15 @@ class Extractor:
         self.device = resolve_device(device)
         self._autocast = compute_context(self.device, self.dtype)
         if _plan is None:
-            ref = hub.resolve(model, revision=revision, weights=pretrained)
+            require = readout_check(model, pool=pool, embedding=embedding)
+            ref = hub.resolve(model, revision=revision, weights=pretrained, require=require)
             _plan = model_plan(
                 ref, image_size=image_size, resize=resize, out_indices=out_indices, out_features=out_features
             )
+        check_readout(_plan.ref.spec, model, pool=pool, embedding=embedding)  # before any weights are loaded
         self.plan = _plan
         self.pool = pool
+        self.embedding = embedding
         self.stage_norm = stage_norm
         self.exif = exif
         self.fast_decode = fast_decode
@@ -89,6 +97,8 @@ class Extractor:
             device=self.device,
             channels_last=channels_last,
             compile=compile,
+            cls=pool == "cls",
+            embedding=embedding,
         )
 
     @classmethod
@@ -107,6 +117,11 @@ class Extractor:
         return list(self.plan.selection.out_features)
 
     @property
+    def outputs(self) -> list[str]:
+        """The names of the returned tensors, in order: the stages, then ``"embedding"`` when asked for."""
+        return self.stages + ([EMBEDDING] if self.embedding else [])
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) of every preprocessed image."""
         return self.plan.input_size
@@ -117,13 +132,16 @@ class Extractor:
         return self.plan.preprocess
 
     # -- images -> uint8 pixels -------------------------------------------------------------------
-    def load(self, image: str | Path | Any) -> np.ndarray:
-        """One image (a path, or a PIL image taken as it is) -> its preprocessed uint8 pixels
-        ``[H, W, 3]``; :class:`bbx.images.ImageError` when it cannot be used."""
+    def load(self, image: str | Path | bytes | Any) -> np.ndarray:
+        """One image (a path, an image file's bytes or a binary file object, or a PIL image taken
+        as it is) -> its preprocessed uint8 pixels ``[H, W, 3]`` (float32 rescaled pixels for a
+        recipe that resizes floats, DINOv3's); :class:`bbx.images.ImageError` when it cannot be used."""
         from bbx import images
 
         if isinstance(image, (str, Path)):
             pixels = images.load(Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels = images.load(image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode)
         else:
             pixels = images.prepare(image, self.preprocess)
         h, w = self.input_size
@@ -131,7 +149,7 @@ class Extractor:
             raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
         return pixels
 
-    def load_with_geometry(self, image: str | Path | Any) -> tuple[np.ndarray, Any]:
+    def load_with_geometry(self, image: str | Path | bytes | Any) -> tuple[np.ndarray, Any]:
         """:meth:`load`, with where the pixels came from (:class:`bbx.images.Geometry`: the image's
         size and the box of it the input covers)."""
         from bbx import images
@@ -139,6 +157,10 @@ class Extractor:
         if isinstance(image, (str, Path)):
             pixels, geometry = images.load_with_geometry(
                 Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode
+            )
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels, geometry = images.load_with_geometry(
+                image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode
             )
         else:
             pixels, geometry = images.prepare(image, self.preprocess), images.geometry_of(image, self.preprocess)
@@ -169,22 +191,27 @@ class Extractor:
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The model alone on a normalised float batch ``[N, 3, H, W]`` on the device (in the
-        model's memory format), under the compute dtype: the selected stages' maps as computed."""
+        model's memory format), under the compute dtype: the selected stages' maps (class tokens
+        with ``pool="cls"``), then the embedding if asked for, as computed."""
         import torch
 
         with torch.inference_mode(), self._autocast():
             return self.model(x)
 
     def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels), normalised
-        on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order."""
+        """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels; float32 for a
+        recipe that resizes floats: what :meth:`load` returns, stacked), normalised
+        on the device: ``{stage: [N, C, H, W]}`` (``[N, C]`` pooled) on the CPU, in stage order,
+        then ``{"embedding": [N, D]}`` when asked for."""
         import torch
 
         from bbx import images
 
         host = torch.as_tensor(batch)
-        if host.dtype != torch.uint8 or host.dim() != 4 or host.shape[3] != 3:
-            raise UsageError(f"a preprocessed batch is uint8 [N, H, W, 3], got {host.dtype} {list(host.shape)}")
+        want = torch.float32 if self.preprocess.float_pixels else torch.uint8
+        if host.dtype != want or host.dim() != 4 or host.shape[3] != 3:
+            kind = str(want).removeprefix("torch.")
+            raise UsageError(f"a preprocessed batch is {kind} [N, H, W, 3], got {host.dtype} {list(host.shape)}")
         if tuple(host.shape[1:3]) != self.input_size:
             h, w = self.input_size
             raise UsageError(f"a batch of {host.shape[1]}x{host.shape[2]} images; this model takes {h}x{w}")
@@ -198,8 +225,10 @@ class Extractor:
         store = dtypes.DTYPES[self.output_dtype].torch()
         out: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
-            for name, m in zip(self.stages, maps):
-                if self.pool == "avg":
+            for name, m in zip(self.outputs, maps):
+                if name == EMBEDDING or self.pool == "cls":
+                    pass  # already [N, D] / [N, C]
+                elif self.pool == "avg":
                     m = m.float().mean(dim=(2, 3))
                 elif self.pool == "max":
                     m = m.amax(dim=(2, 3))

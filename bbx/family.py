@@ -29,6 +29,10 @@ from bbx.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: timm's IMAGENET_INCEPTION_MEAN / _STD and OPENAI_CLIP_MEAN / _STD (transformers' too)
+INCEPTION = (0.5, 0.5, 0.5)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 STAGE_NORMS = ("hf", "none", "final")
 #: the ``hidden_act`` names bbx implements, with transformers' numerics (bbx.nn.layers has them)
 ACTIVATIONS = (
@@ -230,12 +234,63 @@ class Settings:
     def num_channels_in(self) -> int:
         return int(getattr(self, "num_channels", 3))
 
+    # what a run may read out besides the stage maps (torch-free, so that plans, ``--dry-run`` and
+    # ``inspect`` know before any weights are loaded)
+    @property
+    def class_token(self) -> bool:
+        """Whether every stage carries a class token (``--pool cls``)."""
+        return False
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """The width of the model's own image embedding (``--embedding``), None when it defines none."""
+        return None
+
 
 #: the most numbers a network's state may hold whatever the machine (about 1.1 TB in float32):
 #: no public backbone comes within a hundredfold of it; a config past it is refused as it is read
 MAX_PARAMETERS = 1 << 38
 #: bytes per number bbx assumes for memory estimates (float32: weights load and compute in it)
 BYTES_PER_NUMBER = 4
+
+
+def token_activations(
+    image_size: tuple[int, int], *, channels: int, patch: int, dim: int, layers: int, hidden: int, prefix: int
+) -> int:
+    """Per image, a plain vision transformer's peak (``prefix`` tokens before the patches): the
+    input, every stage map (the patch tokens of the stem and of each block), and the widest moment
+    of a block: attention (input, norm, q/k/v and their per-head copies, output and its copy) or
+    the MLP (input, norm, the ``hidden`` layer, output)."""
+    h, w = image_size
+    patches = (h // patch) * (w // patch)
+    t = patches + prefix
+    return channels * h * w + (layers + 1) * dim * patches + max(10 * dim * t, (3 * dim + hidden) * t)
+
+
+def token_workspace(image_size: tuple[int, int], *, patch: int, dim: int, heads: int, prefix: int, table: int) -> int:
+    """One image's attention scores and their softmax (kernels compute a few images at a time),
+    and a position table of ``table`` rows resampled to the input's grid."""
+    patches = (image_size[0] // patch) * (image_size[1] // patch)
+    t = patches + prefix
+    return 2 * heads * t * t + (table + patches) * dim
+
+
+def window_stage_activations(
+    grid: tuple[int, int], dim: int, heads: int, window: int, hidden: int, *, bias_hidden: int = 0
+) -> int:
+    """The widest moment of a shifted-window transformer stage (Swin's kind) on a ``grid`` of
+    tokens: its attention (input, norm, the grid padded to whole windows and cut into them, q/k/v
+    twice, output, projection, back in place; the scores with their softmax: each window's tokens
+    against each other; ``bias_hidden``: a position-bias MLP's hidden layer over the window's
+    relative offsets), its MLP, or its patch merging (the 2x2 gather, its norm, the input)."""
+    a, b = grid
+    ap, bp = -(-a // window) * window, -(-b // window) * window
+    offsets = (2 * window - 1) ** 2
+    attention = 2 * dim * a * b + 8 * dim * ap * bp + 2 * ap * bp * heads * window * window
+    attention += offsets * (bias_hidden + heads) if bias_hidden else 0
+    mlp = (3 * dim + hidden) * a * b
+    merge = 3 * 2 * dim * a * b
+    return max(attention, mlp, merge)
 
 
 @dataclass(frozen=True)
@@ -259,6 +314,90 @@ def memory_needed(settings: Settings, image_size: tuple[int, int]) -> MemoryNeed
         workspace=b * settings.workspace_count(image_size),
         per_image=b * settings.activation_count(image_size),
     )
+
+
+@dataclass(frozen=True)
+class PatchTransformerSettings(Settings):
+    """The fields and stage arithmetic plain vision transformers share (a square patch
+    convolution, learned positions on a square grid, ``num_hidden_layers`` blocks of one width):
+    ``stem`` is the token embeddings and ``stageK`` the output of block K, every stage at stride
+    ``patch_size``. Families subclass it with their own defaults and checks."""
+
+    square_fields = ("image_size", "patch_size")
+
+    hidden_size: int = limit(768, 1, MAX_SIZE)
+    num_hidden_layers: int = limit(12, 1, 4096)
+    num_attention_heads: int = limit(12, 1, 4096)
+    intermediate_size: int = limit(3072, 1, MAX_SIZE)
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = limit(1e-12, 0, 1)
+    image_size: int = limit(224, 1, MAX_SIZE)
+    patch_size: int = limit(16, 1, 4096)
+    num_channels: int = limit(3, 1, 64)
+
+    def check(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.image_size < self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+
+    @property
+    def grid(self) -> int:
+        """Side of the position-embedding grid the checkpoint was trained with."""
+        return self.image_size // self.patch_size
+
+    def stages(self) -> list[StageInfo]:
+        names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        return [StageInfo(name, self.hidden_size, self.patch_size) for name in names]
+
+    def map_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        h, w = image_size
+        p = self.patch_size
+        if h < p or w < p:
+            raise ValueError(f"input must be at least {p}x{p} (the patch size)")
+        return [(h // p, w // p)] * (self.num_hidden_layers + 1)
+
+    #: tokens before the patches (the class token)
+    prefix_tokens: ClassVar[int] = 1
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        return token_activations(
+            image_size,
+            channels=self.num_channels,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            layers=self.num_hidden_layers,
+            hidden=self.intermediate_size,
+            prefix=self.prefix_tokens,
+        )
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        return token_workspace(
+            image_size,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            heads=self.num_attention_heads,
+            prefix=self.prefix_tokens,
+            table=self.grid**2,
+        )
+
+    def block_parameters(self) -> int:
+        """One pre-norm block's numbers: two LayerNorms, fused qkv (biased unless ``qkv_bias`` is
+        false), the output projection, the MLP."""
+        d, h = self.hidden_size, self.intermediate_size
+        qkv_bias = 3 * d if getattr(self, "qkv_bias", True) else 0
+        return 4 * d + 3 * d * d + qkv_bias + d * d + d + d * h + h + h * d + d
+
+    def parameter_count(self) -> int:
+        """ViT's layout: blocks, a biased patch convolution, a class token with its position and
+        the grid's, the final LayerNorm; families that differ add or take away."""
+        d, p = self.hidden_size, self.patch_size
+        embed = self.num_channels * d * p * p + d + (1 + self.grid**2) * d + d
+        return self.num_hidden_layers * self.block_parameters() + embed + 2 * d
 
 
 def map_shapes(settings: Settings, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -347,9 +486,101 @@ class CatalogRow:
 
     @property
     def stage_names(self) -> tuple[str, ...]:
-        from bbx import registry
+        from bbx.checkpoints import recognise
 
-        return tuple(registry.family_of(self.model_type).stage_names(self.config))
+        # through the format seam: a row may hold a bigger model around the backbone (CLIP's)
+        return tuple(recognise(self.config).stage_names)
+
+
+# --- timm checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TimmArch:
+    """One timm architecture a family implements: what timm's model entrypoint of that name builds
+    (its ``model_args``, under the family's Settings field names) and timm's default pretrained
+    tag for it with that tag's eval preprocessing (``pretrained_cfg``: ``input_size``,
+    ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``)."""
+
+    name: str
+    args: Mapping[str, Any]
+    tag: str
+    data: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", frozen(self.args))
+        object.__setattr__(self, "data", frozen(self.data))
+
+    @property
+    def repo_id(self) -> str:
+        """The hub repo of timm's default pretrained weights for the architecture."""
+        return f"timm/{self.name}.{self.tag}"
+
+
+def timm_data(
+    size: int | tuple[int, int],
+    crop_pct: float,
+    *,
+    interpolation: str = "bicubic",
+    crop_mode: str = "center",
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    fixed_input_size: bool = False,
+) -> dict[str, Any]:
+    """A timm ``pretrained_cfg``'s preprocessing fields (for the families' architecture tables),
+    and ``fixed_input_size`` (timm then builds the model for ``input_size``: ``img_size``)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return {
+        "fixed_input_size": fixed_input_size,
+        "input_size": [3, h, w],
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class TimmLayout:
+    """How a family reads timm checkpoints (a timm hub repo, or transformers' TimmBackbone).
+
+    ``patterns`` (fnmatch) name the architecture names the family is for, ``architectures`` the
+    ones it implements, each exactly as timm defines it. A timm ``config.json``'s ``architecture``
+    (plus its ``model_args`` and ``global_pool``) becomes the family's config: ``model_type`` the
+    family's first, ``architecture``, then the entrypoint's arguments, then the file's
+    ``model_args`` (only the argument names in ``accepts``, or Settings fields, are allowed; any
+    other is refused, never ignored). The format seam in :mod:`bbx.checkpoints` reads this; no table
+    there names a family."""
+
+    patterns: tuple[str, ...]
+    architectures: tuple[TimmArch, ...]
+    #: model_args that change nothing bbx computes (training-only settings, head size)
+    accepts: tuple[str, ...] = ("drop_rate", "drop_path_rate", "num_classes", "global_pool", "pretrained_cfg_overlay")
+
+    def arch(self, name: str) -> TimmArch | None:
+        return next((a for a in self.architectures if a.name == name), None)
+
+    def claims(self, name: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+
+@dataclass(frozen=True, eq=False)
+class TimmCounterpart:
+    """For a transformers-layout family: the timm architectures that are the same network in
+    timm's layout (``patterns``, fnmatch), and which of the family's stages each timm stage name is
+    (``stage_of``: timm stage name -> the family's, or None where it has no such stage). ``bbx
+    inspect`` shows it next to a timm checkpoint's stages."""
+
+    patterns: tuple[str, ...]
+    stage_of: Callable[[str], str | None]
+
+    def claims(self, name: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
 
 # --- the family record ----------------------------------------------------------------------------
@@ -377,6 +608,10 @@ class Family:
     unwrap: Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], str, Callable[[str], str | None] | None]] | None = (
         None
     )
+    #: the timm architectures the family implements (a family of timm-layout networks), or None
+    timm: TimmLayout | None = None
+    #: the timm architectures that are this (transformers-layout) family's network, for ``inspect``
+    timm_counterpart: TimmCounterpart | None = None
 
     def __post_init__(self) -> None:
         missing = [m for m in STAGE_NORMS if m not in self.stage_norms]

@@ -5,7 +5,9 @@ Resolution order (documented in the README):
 1. an existing folder (a local checkpoint: ``config.json`` plus weights) always wins;
 2. a registry alias (``resnet-50``) or an aliased hub id: the embedded config answers questions
    about the architecture without any download; weights come from the alias's hub repo;
-   with ``--revision``, the config too comes from that revision of the repo;
+   with ``--revision``, the config too comes from that revision of the repo; ``timm:<name>``, a
+   timm architecture bbx implements, is the alias of the hub repo of timm's default pretrained
+   tag for it (``timm:resnet50`` -> ``timm/resnet50.a1_in1k``);
 3. a hub repo id (``org/name``), optionally at ``--revision`` (branch, tag or commit sha).
 
 Hub downloads go through huggingface_hub into its standard cache and fetch only the files bbx
@@ -15,16 +17,19 @@ needs (see :func:`bbx.download.fetch`, which also covers offline use and the hub
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bbx import registry
-from bbx.checkpoints import Checkpoint, recognise
+from bbx.checkpoints import Checkpoint, recognise, timm_default
 from bbx.download import CONFIG, PREPROCESSOR, Snapshot
 from bbx.errors import InputError, ModelError, UsageError
 from bbx.family import Family
+
+#: how a bare timm model name is written: ``timm:resnet50`` (a hub id always has a slash)
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +66,11 @@ class ModelRef:
         return self.spec.model_type
 
     @property
+    def architecture(self) -> str:
+        """For reports: the model_type, or ``timm:<architecture>`` for a timm checkpoint."""
+        return self.spec.architecture
+
+    @property
     def checkpoint(self) -> str:
         """What was resolved: the hub repo id, or the folder path."""
         if self.repo_id:
@@ -73,7 +83,7 @@ class ModelRef:
             "checkpoint": self.checkpoint,
             "source": self.source,
             "revision": self.commit or self.revision,
-            "architecture": self.model_type,
+            "architecture": self.architecture,
         }
 
 
@@ -119,38 +129,67 @@ def resolve(
     weights: bool = True,
     progress: bool | None = None,
     downloading: bool = False,
+    require: Callable[[Checkpoint], object] | None = None,
 ) -> ModelRef:
     """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
     from the cache); without, an alias answers from its embedded config, offline (unless a
     ``revision`` is asked for: then that revision's config is fetched), and a hub id fetches only
-    its configs. ``progress``: download bars on stderr (default: when stderr is a terminal)."""
+    its configs. ``progress``: download bars on stderr (default: when stderr is a terminal).
+    ``require(checkpoint)`` runs as soon as the config is known, before any weights are fetched
+    (an alias's embedded config answers first), to refuse what the run cannot do."""
     path = expand(name)
     if path.is_dir():
         if revision is not None:
             raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")
-        return ModelRef(given=name, source="folder", spec=read_folder(path), folder=path.resolve())
+        spec = read_folder(path)
+        if require is not None:
+            require(spec)
+        return ModelRef(given=name, source="folder", spec=spec, folder=path.resolve())
     if path.exists():
         raise InputError(f"{name} is a file, not a checkpoint folder")
 
+    if name.startswith(TIMM_PREFIX):
+        repo_id, config = timm_default(name[len(TIMM_PREFIX) :], name)
+        if not weights and revision is None:
+            spec = recognise(config, None, f"{name}'s embedded config")
+            return ModelRef(given=name, source="alias", spec=spec, repo_id=repo_id, alias=name)
+        return _from_hub(
+            name, repo_id, revision, weights=weights, alias=name, progress=progress, downloading=downloading
+        )
+
     row = registry.lookup(name)
     if row is not None:
+        spec = recognise(row.config_dict(), row.preprocessor_dict(), f"{row.alias}'s embedded config")
+        if require is not None and revision is None:
+            require(spec)
         if not weights and revision is None:
             return ModelRef(
-                given=name,
-                source="alias",
-                spec=recognise(row.config_dict(), row.preprocessor_dict(), f"{row.alias}'s embedded config"),
-                repo_id=row.repo_id,
-                revision=revision,
-                alias=row.alias,
+                given=name, source="alias", spec=spec, repo_id=row.repo_id, revision=revision, alias=row.alias
             )
         return _from_hub(
-            name, row.repo_id, revision, weights=weights, alias=row.alias, progress=progress, downloading=downloading
+            name,
+            row.repo_id,
+            revision,
+            weights=weights,
+            alias=row.alias,
+            progress=progress,
+            downloading=downloading,
+            require=require,
         )
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")
     if "/" in name:
-        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress, downloading=downloading)
+        return _from_hub(
+            name,
+            name,
+            revision,
+            weights=weights,
+            alias=None,
+            progress=progress,
+            downloading=downloading,
+            require=require,
+        )
     close = registry.suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
@@ -167,6 +206,7 @@ def _from_hub(
     alias: str | None,
     progress: bool | None,
     downloading: bool = False,
+    require: Callable[[Checkpoint], object] | None = None,
 ) -> ModelRef:
     from bbx import download
 
@@ -177,6 +217,8 @@ def _from_hub(
 
     def check(folder: Path) -> None:  # read (and refuse an unsupported model) before the weights
         read[folder] = read_folder(folder, where(folder))
+        if require is not None:
+            require(read[folder])
 
     random_ok = alias is not None and weights and revision is None and not downloading  # its config is embedded
     snap = download.fetch(

@@ -18,8 +18,12 @@ plugin that runs an external program, such as EPS):
   one-line reason; the pixels are fully decoded inside :func:`decode`, so nothing fails later.
 
 :func:`prepare` then resizes and crops as transformers' PIL-backend processors do (same Pillow
-resize, same sizes, same crop offsets), giving the very same uint8 pixels, and :func:`normalize`
+resize, same sizes, same crop offsets), or for timm checkpoints as timm's eval transform does
+(torchvision's resize and crop on the PIL image), giving the very same uint8 pixels, and :func:`normalize`
 rescales and normalises a uint8 batch on its own device with the processor's float32 arithmetic.
+For a ``float_resize`` recipe (DINOv3's torchvision-backend processor) :func:`prepare` rescales the
+uint8 pixels to float32 and resizes and crops those, with torchvision's tensor arithmetic (torch's
+own ``interpolate``, which torchvision calls), and :func:`normalize` normalises the float batch.
 
 Everything here is safe to call from several threads at once.
 """
@@ -27,11 +31,12 @@ Everything here is safe to call from several threads at once.
 from __future__ import annotations
 
 import functools
+import io
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Union
 
 import numpy as np
 from PIL import Image
@@ -89,6 +94,11 @@ _SIGNATURES = (
 )
 
 
+#: what :func:`decode` reads: a file's path, or an image file's bytes (a webdataset member), or a
+#: binary file object positioned at its start
+Source = Union[str, Path, bytes, bytearray, memoryview, IO[bytes]]
+
+
 class ImageError(Exception):
     """One file bbx cannot use: it is skipped and reported with :attr:`reason`."""
 
@@ -113,22 +123,26 @@ def _ensure_plugins() -> None:
                 _plugins_ready = True
 
 
-def decode(path: Path, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
+def decode(path: Source, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
     """See :func:`decode_sized`; the image alone."""
     return decode_sized(path, exif=exif, draft=draft)[0]
 
 
 def decode_sized(
-    path: Path, *, exif: bool = True, draft: tuple[int, int] | None = None
+    path: Source, *, exif: bool = True, draft: tuple[int, int] | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The first frame of an image file as an 8-bit RGB image (see the module docstring).
+    ``path`` may also be the file's bytes or a binary file object (read from its position).
 
     ``draft`` = (width, height), in the displayed orientation: let a JPEG decoder skip detail,
     decoding at 1/2, 1/4 or 1/8 scale while staying at least that large. It changes pixels; other
     formats ignore it. Raises :class:`ImageError` for any file it cannot decode.
     """
     _ensure_plugins()
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        path = io.BytesIO(path)
+    elif isinstance(path, str):
+        path = Path(path)
     try:
         im = Image.open(path, formats=FORMATS)
     except Exception as e:
@@ -181,7 +195,20 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _open_failure(path: Path, e: Exception) -> str:
+def _head(source: Any, n: int = 64) -> bytes:
+    """The first ``n`` bytes of a file (by path) or of a file object (its position kept)."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            return f.read(n)
+    at = source.tell()
+    try:
+        source.seek(0)
+        return source.read(n)
+    finally:
+        source.seek(at)
+
+
+def _open_failure(path: Any, e: Exception) -> str:
     if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return _bomb_reason(e)
     if isinstance(e, FileNotFoundError):
@@ -192,8 +219,7 @@ def _open_failure(path: Path, e: Exception) -> str:
         return "permission denied"
     if isinstance(e, Image.UnidentifiedImageError):
         try:
-            with path.open("rb") as f:
-                head = f.read(64)
+            head = _head(path)
         except OSError as err:
             return f"cannot read file ({err.strerror or err})"
         if not head:
@@ -210,8 +236,7 @@ def _open_failure(path: Path, e: Exception) -> str:
         return f"cannot read file ({e.strerror or _message(e)})"
     # a decoder giving up on the header
     try:
-        with path.open("rb") as f:
-            known = _identify(f.read(64))
+        known = _identify(_head(path))
     except OSError:
         known = None
     return _decode_failure(known or "image", e)
@@ -283,14 +308,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _deep_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float greys, rescaled (not clamped) to 8 bits."""
     values = np.asarray(image)
-    grey = _float_to_8bit(values) if image.mode == "F" else _int_to_8bit(values)
+    grey = _float_to_uint8(values) if image.mode == "F" else _int_to_uint8(values)
     transparency = image.info.get("transparency")
     if isinstance(transparency, int) and not isinstance(transparency, bool) and image.mode != "F":
         grey[values == transparency] = 255  # a transparent grey level, composited onto white
     return Image.fromarray(grey, "L").convert("RGB")
 
 
-def _int_to_8bit(values: np.ndarray) -> np.ndarray:
+def _int_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.int64)
     lo, hi = int(v.min()), int(v.max())
     if lo >= 0 and hi <= 65535:
@@ -299,7 +324,7 @@ def _int_to_8bit(values: np.ndarray) -> np.ndarray:
     return (((v - lo) * 510 + span) // (2 * span)).astype(np.uint8)
 
 
-def _float_to_8bit(values: np.ndarray) -> np.ndarray:
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.float64)
     finite = v[np.isfinite(v)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -327,7 +352,8 @@ class Geometry:
 
 
 def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
-    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable).
+    """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable),
+    or for a ``float_resize`` recipe float32 ``[H, W, 3]``, the rescaled pixels (not normalised).
 
     Raises :class:`ImageError` when the resize would exceed Pillow's pixel limit (an extreme aspect
     ratio under a shortest-edge recipe) rather than allocate it.
@@ -342,6 +368,9 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
             raise ImageError(
                 f"resizing {image.width}x{image.height} would make {target[1]}x{target[0]} pixels (> limit of {limit})"
             )
+    if pre.float_pixels:
+        return _prepare_float(np.asarray(image), pre, target)
+    if target is not None:
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
     if pre.resize_mode == "pad" and pre.target is not None:
@@ -352,11 +381,81 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
         return canvas
     if pre.resize_mode != "crop":  # squash: the whole image, resized to the target; no crop
         return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+    if pre.kind == "timm":
+        assert pre.crop_size is not None
+        pixels = center_crop_or_pad(pixels, pre.crop_size, pre.pad_fill)
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if pre.inner_crop is not None:
         pixels = center_crop(pixels, pre.inner_crop)
     if pre.do_center_crop and pre.crop_size is not None:
         pixels = center_crop(pixels, pre.crop_size)
     return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+
+
+def _prepare_float(pixels: np.ndarray, pre: Preprocess, target: tuple[int, int] | None) -> np.ndarray:
+    """The torchvision-backend recipe: the uint8 image as a ``[3, H, W]`` tensor (contiguous, as
+    the processor lays it out), times ``rescale_factor`` in float32, resized by torch's
+    ``interpolate`` as torchvision's tensor resize calls it (antialiased bilinear/bicubic,
+    ``align_corners=False``; nearest-exact; skipped at the same size), center-cropped with
+    torchvision's offsets; returned as float32 ``[H, W, 3]``."""
+    import torch
+    from torch.nn import functional as F
+
+    from bbx.preprocess import FLOAT_RESAMPLE
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.array(pixels, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
+        x = x * pre.rescale_factor  # a float32 tensor, as the processor's rescale
+        if target is not None and tuple(target) != tuple(x.shape[1:]):
+            mode = FLOAT_RESAMPLE[pre.resample]
+            smooth = mode != "nearest-exact"
+            x = F.interpolate(
+                x[None], size=list(target), mode=mode, align_corners=False if smooth else None, antialias=smooth
+            )[0]
+        if pre.resize_mode == "pad" and pre.target is not None:
+            th, tw = pre.target
+            canvas = torch.zeros((x.shape[0], th, tw), dtype=x.dtype)
+            top, left = (th - x.shape[1]) // 2, (tw - x.shape[2]) // 2
+            canvas[:, top : top + x.shape[1], left : left + x.shape[2]] = x
+            x = canvas
+        elif pre.resize_mode == "crop" and pre.do_center_crop and pre.crop_size is not None:
+            x = _float_center_crop(x, pre.crop_size)
+        return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
+
+
+def _float_center_crop(x: Any, size: tuple[int, int]) -> Any:
+    """torchvision's center crop of a ``[C, H, W]`` tensor as transformers' torchvision backend
+    calls it: zero padding where the crop is larger (the extra row/column after the image), then
+    the offsets ``int((H - h) / 2)``."""
+    import torch
+
+    ch, cw = size
+    h, w = x.shape[1:]
+    if ch > h or cw > w:
+        left, top = max(0, (cw - w) // 2), max(0, (ch - h) // 2)
+        padded = torch.zeros((x.shape[0], max(h, ch), max(w, cw)), dtype=x.dtype)
+        padded[:, top : top + h, left : left + w] = x
+        x, (h, w) = padded, (max(h, ch), max(w, cw))
+    top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
+    return x[:, top : top + ch, left : left + cw]
+
+
+def center_crop_or_pad(pixels: np.ndarray, size: tuple[int, int], fill: tuple[int, int, int]) -> np.ndarray:
+    """torchvision's (and timm's) centre crop of ``size`` = (height, width): an image smaller than
+    the crop is first padded with ``fill``, ``(crop - side) // 2`` before it and the rest after;
+    then the offsets are ``round((side - crop) / 2)``, half to even (Python's round), where
+    transformers floors them."""
+    height, width = pixels.shape[:2]
+    ch, cw = size
+    if ch > height or cw > width:
+        top, left = max(0, (ch - height) // 2), max(0, (cw - width) // 2)
+        out = np.empty((max(ch, height), max(cw, width), *pixels.shape[2:]), dtype=pixels.dtype)
+        out[...] = np.asarray(fill, dtype=pixels.dtype)
+        out[top : top + height, left : left + width] = pixels
+        pixels = out
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+    return pixels[top : top + ch, left : left + cw]
 
 
 def center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -381,8 +480,9 @@ def _span(have: int, want: int) -> tuple[int, int, int]:
     return 0, (want - have + 1) // 2, have
 
 
-def load(path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False) -> np.ndarray:
-    """:func:`decode` then :func:`prepare`; raises :class:`ImageError` for a file it cannot use.
+def load(path: Source, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False) -> np.ndarray:
+    """:func:`decode` then :func:`prepare` (``path``: a file, or its bytes or a file object);
+    raises :class:`ImageError` for an image it cannot use.
 
     ``fast_decode``: decode JPEGs at reduced size (never below what the resize needs). It changes
     the pixels slightly, so it is off unless asked for.
@@ -391,7 +491,7 @@ def load(path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = 
 
 
 def load_with_geometry(
-    path: Path, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False
+    path: Source, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False
 ) -> tuple[np.ndarray, Geometry]:
     """:func:`load`, with where the pixels came from on the full-size image."""
     draft = pre.min_decode_size() if fast_decode else None
@@ -426,17 +526,31 @@ def normalize(
     ``(x - mean) / std``), and the batch looks its pixels up on its own device. ``dtype`` defaults
     to float32. ``memory_format=torch.channels_last`` is free for a channels-last (NHWC) batch. A
     batch whose dims 1 and 3 are both 3 is read as NHWC (bbx's layout).
+
+    A ``float_resize`` recipe's batch is float32 (the rescaled, resized pixels :func:`prepare`
+    gives): it is normalised as torchvision does it, ``(x - mean) / std`` in float32 (IEEE
+    subtraction and division, the same on every device).
     """
     import torch
 
-    if batch.dtype != torch.uint8:
-        raise TypeError(f"normalize takes a uint8 batch, got {batch.dtype}")
     if batch.dim() != 4 or 3 not in (batch.shape[1], batch.shape[3]):
         raise ValueError(f"normalize takes [N, H, W, 3] or [N, 3, H, W], got {list(batch.shape)}")
     nhwc = batch.shape[3] == 3
     channels_last = memory_format == torch.channels_last
     if memory_format not in (None, torch.contiguous_format, torch.channels_last):
         raise ValueError(f"normalize returns contiguous or channels_last tensors, not {memory_format}")
+    if pre.float_pixels:
+        if batch.dtype != torch.float32:
+            raise TypeError(f"normalize takes a float32 batch for a {pre.kind} recipe, got {batch.dtype}")
+        x = batch.permute(0, 3, 1, 2) if nhwc else batch
+        if pre.do_normalize:
+            mean = torch.tensor(pre.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+            std = torch.tensor(pre.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return x if dtype in (None, torch.float32) else x.to(dtype)
+    if batch.dtype != torch.uint8:
+        raise TypeError(f"normalize takes a uint8 batch, got {batch.dtype}")
     table = _table(
         pre.do_rescale, pre.rescale_factor, pre.do_normalize, pre.mean, pre.std, batch.device, dtype or torch.float32
     )

@@ -6,6 +6,9 @@
   and anything that is not a regular file (a FIFO would block a reader forever) are left out.
 * ``-`` reads a list of paths from stdin, one per line, or NUL-separated (``-0``, for
   ``find -print0``); they keep the order given, and listed folders are searched as above.
+* A ``.tar`` file named (not found in a folder) is a webdataset shard (:mod:`bbx.tars`); a name
+  with a brace range that does not exist as written (``data/{00000..00099}.tar``) stands for the
+  names it expands to.
 
 Every path must exist before any work starts; the same file named twice (by two spellings, a
 symbolic link, or through a folder and directly) is extracted once, at its first position, and
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bbx.errors import InputError, UsageError
+from bbx.tars import expand_braces, has_braces
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -80,6 +84,8 @@ def discover(
             if stdin is None:
                 raise UsageError("- given but stdin is closed: there is no list of paths to read")
             named.extend(read_list(stdin, null=null))
+        elif has_braces(arg) and not os.path.lexists(arg):
+            named.extend(expand_braces(arg))  # data/{00000..00099}.tar, as webdataset names shards
         else:
             named.append(arg)
     modes: list[tuple[str, int]] = []  # one stat per named path (a list on stdin may be long)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bbx import hub
+from bbx import hub, registry
 from bbx.plan import check_stage_norm, model_plan
 
 
@@ -17,6 +17,8 @@ class StageRow:
     stride: int
     shape: tuple[int, int, int]  # [C, H, W] at the report's input size
     default: bool
+    #: for a timm checkpoint whose network bbx also has in transformers' layout: that stage's name
+    transformers_stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class ModelReport:
     memory: dict[str, Any] = field(default_factory=dict)
     #: how images become inputs: the recipe in words, the --resize mode, the sizes the model takes
     geometry: dict[str, Any] = field(default_factory=dict)
+    class_token: bool = False  # stages carry a class token (--pool cls)
+    embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
+    #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
+    transformers_layout: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,14 +59,21 @@ class ModelReport:
                 "out_indices": list(self.default_indices),
             },
             "stages": [
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if k != "default"}
+                {
+                    k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in asdict(s).items()
+                    if k not in ("default", "transformers_stage")
+                }
                 | {"default": s.default}
+                | ({"transformers_stage": s.transformers_stage} if self.transformers_layout else {})
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
             "memory": self.memory,
             "input_geometry": self.geometry,
-        }
+            "class_token": self.class_token,
+            "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
+        } | ({"transformers_layout": self.transformers_layout} if self.transformers_layout else {})
 
 
 def inspect_model(
@@ -79,8 +92,13 @@ def inspect_model(
         ref, image_size=image_size, resize=resize, check=False
     )  # inspect reports the memory, never refuses it
     default = set(mp.selection.out_indices)
+    layout, counterpart = None, None
+    if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
+        fam = registry.timm_counterpart(str(ref.config.get("architecture")))
+        if fam is not None and fam.timm_counterpart is not None:
+            layout, counterpart = fam.title, fam.timm_counterpart.stage_of
     rows = tuple(
-        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default)
+        StageRow(i, spec.name, spec.channels, spec.stride, shape, i in default, counterpart and counterpart(spec.name))
         for i, (spec, shape) in enumerate(zip(mp.stages, mp.shapes))
     )
     info = ref.describe()
@@ -89,7 +107,7 @@ def inspect_model(
         checkpoint=info["checkpoint"],
         source=ref.source,
         revision=info["revision"],
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         input_size=mp.input_size,
         stage_norm=stage_norm,
         stage_norm_means=ref.family.stage_norms[stage_norm] or ref.family.stage_norms["hf"],
@@ -99,6 +117,9 @@ def inspect_model(
         preprocessing=mp.preprocess.describe(),
         memory=_memory(mp),
         geometry=_geometry(mp),
+        class_token=mp.settings.class_token,
+        embedding_dim=mp.settings.embedding_dim,
+        transformers_layout=layout,
     )
 
 

@@ -30,15 +30,19 @@ def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.devi
     return model.eval()
 
 
-def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf") -> Backbone:
+def load_pretrained(ref: hub.ModelRef, *, stage_norm: str = "hf", keep_through: int | None = None) -> Backbone:
     """Build on the meta device and assign the checkpoint's tensors (only the backbone's, strict,
     after the format's prefix and rename and the family's key remap): no random initialisation, no
-    second copy of the weights."""
+    second copy of the weights. ``keep_through``: truncate the network after that stage first
+    (the checkpoint is still checked against the whole network)."""
     if ref.folder is None:
         raise ModelError(f"{ref.given}: no local files to load weights from")
     model = build(ref, stage_norm=stage_norm, device="meta")
+    whole = model.state_dict(keep_vars=True)
+    if keep_through is not None:
+        model.truncate(keep_through)
     state = ref.family.remap(weights.read_state_dict(ref.folder, select=ref.spec.backbone_keys), ref.config)
-    weights.load_strict(model, state, source=ref.checkpoint)
+    weights.load_strict(model, state, source=ref.checkpoint, expected=whole)
     model.init_computed_buffers()
     return model.eval()
 
@@ -80,17 +84,42 @@ def load_for_inference(
     device: str | torch.device,
     channels_last: bool | None = None,
     compile: bool = False,
+    cls: bool = False,
+    embedding: bool = False,
+    truncate: bool = True,
 ) -> tuple[Backbone, bool]:
     """``ref``'s backbone as ``bbx extract`` and ``bbx bench`` run it: its weights (or, without
     ``pretrained``, the family's random initialisation seeded with :data:`RANDOM_SEED`), the
-    stages selected, then :func:`prepare_for_inference`."""
+    stages selected and what it reads out of them (``cls``: class tokens instead of maps;
+    ``embedding``: the image embedding after them, see :meth:`Backbone.readout`), then
+    :func:`prepare_for_inference`. ``truncate``: the layers after the last selected stage are
+    neither built nor loaded (their weights are still checked); never with ``embedding``, which
+    the last block computes."""
+    import time
+
+    from bbx.stages import select_stages
+
+    t0 = time.perf_counter()
+    last = None
+    if truncate and not embedding:
+        last = select_stages(ref.spec.stage_names, out_indices, out_features).out_indices[-1]
     if pretrained:
-        model = load_pretrained(ref, stage_norm=stage_norm)
+        model = load_pretrained(ref, stage_norm=stage_norm, keep_through=last)
     else:
         torch.manual_seed(RANDOM_SEED)
-        model = build(ref, stage_norm=stage_norm)
+        model = build(ref, stage_norm=stage_norm)  # the whole network: the same random weights as always
+        if last is not None:
+            model.truncate(last)
     model.select(out_indices, out_features)
-    return prepare_for_inference(model, device, channels_last, compile=compile)
+    try:
+        model.readout(cls=cls, embedding=embedding)
+    except ValueError as e:  # the plan refuses these first; a caller without one gets one line too
+        raise UsageError(f"{ref.checkpoint}: {e}") from None
+    t1 = time.perf_counter()
+    model, cl = prepare_for_inference(model, device, channels_last, compile=compile)
+    #: where the loading time went (bbx extract reports it)
+    model.load_seconds = {"weights_s": t1 - t0, "prepare_s": time.perf_counter() - t1}  # type: ignore[assignment]
+    return model, cl
 
 
 def load_backbone(

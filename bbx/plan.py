@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bbx import __version__, dtypes, hub
+from bbx.checkpoints import Checkpoint
 from bbx.errors import BbxError, InputError, ModelError, UsageError, first_line
 from bbx.family import BYTES_PER_NUMBER, STAGE_NORMS, Settings, StageInfo, map_shapes, memory_needed
 from bbx.formats import (
+    EMBEDDING_NAME,
     RunFacts,
     StageLayout,
     busy,
@@ -33,11 +35,16 @@ from bbx.formats import (
 from bbx.formats.base import existing_folder
 from bbx.preprocess import RESIZE_MODES, Preprocess
 from bbx.report import Plan, StagePlan, human_bytes
+from bbx.shards import Shard, digest
 from bbx.stages import Selection, select_stages
+from bbx.tars import TarMember
+from bbx.tars import expand as expand_tars
 
 #: an --image-size: N (a square) or (height, width)
 ImageSize = int | tuple[int, int]
-POOLS = ("none", "avg", "max")
+POOLS = ("none", "avg", "max", "cls")
+#: the name of the image-embedding dataset (``--embedding``) beside the stages
+EMBEDDING = EMBEDDING_NAME
 #: HDF5 compression filters (each with byte shuffling, which groups the bytes of the floats)
 COMPRESSIONS = ("none", "gzip", "lzf")
 ON_ERROR = ("skip", "stop")
@@ -61,6 +68,7 @@ class ExtractOptions:
     dtype: str = "float32"
     store_dtype: str = "float32"
     pool: str = "none"
+    embedding: bool = False  # also store the model's own image embedding
     workers: int | None = None
     overwrite: bool = False
     resume: bool = False
@@ -76,6 +84,7 @@ class ExtractOptions:
     progress: bool | None = None  # download progress bars (None: when stderr is a terminal)
     compile: bool = False  # torch.compile the model (long start-up; pays off on long runs)
     compression: str = "none"  # HDF5: none, gzip or lzf
+    shard: Shard | None = None  # --shard K/N: this process's slice of the ordered inputs
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -93,6 +102,25 @@ class ExtractOptions:
             raise UsageError("--overwrite and --resume exclude each other")
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"--compression must be none, gzip or lzf, got {self.compression!r}")
+
+
+def check_readout(spec: Checkpoint, model: str, *, pool: str, embedding: bool) -> None:
+    """Refuse a class token or an image embedding the model does not have, from its config alone
+    (the settings know, torch-free): run before any weights are fetched or loaded."""
+    settings = spec.settings()
+    title = spec.family.title
+    if pool == "cls" and not settings.class_token:
+        raise UsageError(f"--pool cls: {model} ({title}) has no class token; pool its maps with --pool avg instead")
+    if embedding and settings.embedding_dim is None:
+        raise UsageError(
+            f"--embedding: {model} ({title}) defines no image embedding of its own; "
+            "pool a stage with --pool avg (or --pool cls) instead"
+        )
+
+
+def readout_check(model: str, *, pool: str, embedding: bool) -> Callable[[Checkpoint], None]:
+    """:func:`check_readout` as ``hub.resolve``'s ``require``."""
+    return lambda spec: check_readout(spec, model, pool=pool, embedding=embedding)
 
 
 def check_stage_norm(stage_norm: str) -> None:
@@ -276,14 +304,53 @@ def free_space(output: Path) -> int | None:
         return None
 
 
-def facts_for(opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan]) -> RunFacts:
+#: one input of a run: an image file, or a sample of a webdataset tar
+Item = Path | TarMember
+
+
+@dataclass
+class Inputs:
+    """What a run extracts, from the ordered units it was given (files and tars): its shard's
+    slice with the tars' samples listed, the tars that could not be read (wholly), and the whole
+    list's length and digest (recorded in a shard's output)."""
+
+    items: list[Item]
+    unreadable: list[tuple[str, str]]
+    units: int
+    digest: str | None
+
+
+def select_inputs(shard: Shard | None, units: Sequence[Item]) -> Inputs:
+    """This run's inputs: the shard's contiguous slice of ``units`` (a tar is one unit), tars
+    expanded into their samples."""
+    if shard is not None and shard.whole is not None:  # handed its slice already
+        count, whole_digest = shard.whole
+        return Inputs(*_expanded(list(units)), count, whole_digest)
+    names = [str(u) for u in units]
+    chosen = list(units) if shard is None else shard.take(list(units))
+    return Inputs(*_expanded(chosen), len(names), digest(names) if shard is not None else None)
+
+
+def _expanded(chosen: list[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Tars listed into their samples (a caller may pass samples already: kept as they are)."""
+    paths = [u for u in chosen if isinstance(u, Path)]
+    if len(paths) == len(chosen):
+        items, unreadable = expand_tars(paths)
+        return list(items), unreadable
+    return list(chosen), []
+
+
+def facts_for(
+    opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan], inputs: Inputs | None = None
+) -> RunFacts:
     ref = mp.ref
+    shard = opts.shard
     return RunFacts(
         bbx_version=__version__,
         model=opts.model,
         checkpoint=ref.checkpoint,
         revision=ref.commit or ref.revision,
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         weights="pretrained" if opts.pretrained else f"random (seed {RANDOM_SEED})",
         out_features=tuple(s.name for s in stages),
         out_indices=tuple(s.index for s in stages),
@@ -292,17 +359,23 @@ def facts_for(opts: ExtractOptions, mp: ModelPlan, stages: Sequence[StagePlan]) 
         compute_dtype=opts.dtype,
         store_dtype=opts.store_dtype,
         pool=opts.pool,
+        embedding=opts.embedding,
         exif=opts.exif,
         fast_decode=opts.fast_decode,
         preprocessing=mp.preprocess.describe(),
         cwd=os.getcwd(),
         compression=opts.compression,
+        shard_index=None if shard is None else shard.index,
+        shard_count=None if shard is None else shard.count,
+        input_count=None if shard is None or inputs is None else inputs.units,
+        input_digest=None if shard is None or inputs is None else inputs.digest,
     )
 
 
 @dataclass
 class RunPlan:
-    """A planned extraction: the shape report, the model plan, the output and its facts."""
+    """A planned extraction: the shape report, the model plan, the output and its facts, and the
+    inputs (this shard's, tars listed)."""
 
     report: Plan
     model: ModelPlan
@@ -310,12 +383,16 @@ class RunPlan:
     fmt: str
     layouts: list[StageLayout]
     facts: RunFacts
+    inputs: Inputs
 
 
-def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None, weights: bool) -> RunPlan:
-    """Resolve the model (``weights``: fetch its weights too) and plan the run's output."""
+def plan_run(opts: ExtractOptions, units: Sequence[Item], *, device: str | None, weights: bool) -> RunPlan:
+    """Resolve the model (``weights``: fetch its weights too) and plan the run's output, over the
+    ordered ``units`` (files and tars, as discovered; a shard takes its slice)."""
     opts.validate()
-    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress)
+    inputs = select_inputs(opts.shard, units)
+    require = readout_check(opts.model, pool=opts.pool, embedding=opts.embedding)
+    ref = hub.resolve(opts.model, revision=opts.revision, weights=weights, progress=opts.progress, require=require)
     mp = model_plan(
         ref,
         image_size=opts.image_size,
@@ -332,21 +409,27 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         for d in shape:
             nbytes *= d
         stages.append(StagePlan(i, spec.name, spec.channels, spec.stride, tuple(shape), opts.store_dtype, nbytes))
+    embedding = None
+    if opts.embedding:
+        dim = mp.settings.embedding_dim or 0
+        embedding = StagePlan(None, EMBEDDING, dim, None, (dim,), opts.store_dtype, dim * itemsize)
     output = opts.output or default_output(
         opts.model, [s.name for s in stages], opts.format, [s.name for s in mp.stages]
     )
     fmt = format_for(output, opts.format)
+    if opts.shard is not None:
+        output = opts.shard.output(output)
     check_target(output, extra=name_extra(fmt))
     if opts.shard_bytes is not None and fmt != "safetensors":
         raise UsageError("--shard-size applies to safetensors output only")
     if opts.compression != "none" and fmt != "hdf5":
         raise UsageError(f"--compression applies to HDF5 output only ({output.name} is {fmt})")
-    facts = facts_for(opts, mp, stages)
+    facts = facts_for(opts, mp, stages, inputs)
     report = Plan(
         model=opts.model,
         checkpoint=ref.checkpoint,
         revision=ref.commit or ref.revision,
-        architecture=ref.model_type,
+        architecture=ref.architecture,
         weights=facts.weights,
         device=device or "auto",
         compute_dtype=opts.dtype,
@@ -355,16 +438,20 @@ def plan_run(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None
         stage_norm=opts.stage_norm,
         input_size=mp.input_size,
         stages=stages,
-        inputs=len(inputs),
-        todo=len(inputs),
+        embedding=embedding,
+        inputs=len(inputs.items),
+        todo=len(inputs.items),
         output=str(output),
         format=fmt,
         free_bytes=free_space(output),
         preprocessing=mp.preprocess.describe(),
         compression=opts.compression,
+        shard=None if opts.shard is None else opts.shard.describe(),
     )
     layouts = [StageLayout(s.name, s.shape, opts.store_dtype) for s in stages]
-    return RunPlan(report, mp, output, fmt, layouts, facts)
+    if embedding is not None:
+        layouts.append(StageLayout(EMBEDDING, embedding.shape, opts.store_dtype))
+    return RunPlan(report, mp, output, fmt, layouts, facts, inputs)
 
 
 def check_space(plan: Plan, *, force: bool, carried: int = 0, shard_bytes: int | None = None) -> None:
@@ -382,7 +469,7 @@ def check_space(plan: Plan, *, force: bool, carried: int = 0, shard_bytes: int |
         )
 
 
-def preflight(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) -> list[BbxError]:
+def preflight(opts: ExtractOptions, rp: RunPlan) -> list[BbxError]:
     """Everything a run checks before it opens its output for writing, in the order it does: the
     output (another run writing it, one to replace, one to resume with other settings), the disk
     space for what is left to do, the memory for a batch. A real run raises the first; a dry run
@@ -399,7 +486,7 @@ def preflight(opts: ExtractOptions, rp: RunPlan, inputs: Sequence[Path]) -> list
             if source is not None:
                 source.facts.check_resumable(rp.facts, rp.output)
                 done = done_keys(source.paths, source.facts.cwd)
-                rp.report.todo = sum(1 for p in inputs if not is_done(p, done))
+                rp.report.todo = sum(1 for p in rp.inputs.items if not is_done(p, done))
                 carried = source.carried
         elif not opts.overwrite:
             refuse_to_replace(found, leftover, probe=False)
@@ -427,8 +514,9 @@ def done_keys(paths: Sequence[str], cwd: str | None) -> set[str]:
     return {os.path.normpath(os.path.join(cwd, p)) for p in paths}
 
 
-def is_done(path: Path, done: set[str]) -> bool:
-    return os.path.normpath(os.path.abspath(path)) in done or str(path) in done
+def is_done(path: Item, done: set[str]) -> bool:
+    name = str(path)
+    return os.path.normpath(os.path.abspath(name)) in done or name in done
 
 
 def begun_elsewhere(existing: RunFacts) -> bool:
@@ -436,7 +524,9 @@ def begun_elsewhere(existing: RunFacts) -> bool:
     return bool(existing.cwd) and os.path.realpath(existing.cwd) != os.path.realpath(os.getcwd())
 
 
-def row_name(path: Path, absolute: bool) -> str:
+def row_name(path: Item, absolute: bool) -> str:
     """How a row's input path is stored: as given, unless this run resumes an output begun in
-    another folder (``absolute``), where a relative path would mean something else."""
-    return os.path.abspath(path) if absolute and not path.is_absolute() else str(path)
+    another folder (``absolute``), where a relative path would mean something else. A tar's
+    sample is ``<tar>#<key>``."""
+    name = str(path)
+    return os.path.abspath(name) if absolute and not os.path.isabs(name) else name

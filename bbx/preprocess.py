@@ -1,6 +1,6 @@
 """What a checkpoint's ``preprocessor_config.json`` asks for, as one frozen value.
 
-bbx reproduces four of transformers' image processors, read the way transformers 5 reads the file:
+bbx reproduces nine of transformers' image processors, read the way transformers 5 reads the file:
 the class named by ``image_processor_type`` (else ``feature_extractor_type``, whose legacy
 ``...FeatureExtractor`` spelling means the same processor; ``Fast``/``Pil`` suffixes name the same
 recipe), else the one transformers picks for the checkpoint's ``model_type``. A field the file
@@ -9,21 +9,43 @@ leaves out takes that class's default. A field set to ``null`` means what it mea
 crop size, resample, mean, std, rescale factor or ``crop_pct`` (which transformers refuses or
 cannot use) takes the class default.
 
-* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``) is the
-  plain recipe: resize to ``size``, then (``do_center_crop``) center-crop
-  ``crop_size``. ``size`` is ``{height, width}`` (a fixed size), ``{shortest_edge}`` (keep the
-  aspect ratio; the long edge is ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
+* kind ``resize`` (``ViTImageProcessor``, ``DeiTImageProcessor``, ``BitImageProcessor``,
+  ``CLIPImageProcessor``, ``SiglipImageProcessor``, ``PvtImageProcessor``, ``BeitImageProcessor``,
+  whose ``do_reduce_labels`` only concerns segmentation maps) is the plain recipe: resize to
+  ``size``, then (``do_center_crop``) center-crop ``crop_size``. ``size`` is ``{height, width}``
+  (a fixed size), ``{shortest_edge}`` (keep the aspect ratio; the long edge is
+  ``int(edge * long / short)``) or ``{shortest_edge, longest_edge}``.
 * kind ``crop_pct`` (``ConvNextImageProcessor``): below 384, resize the shortest edge
   to ``int(edge / crop_pct)`` and center-crop ``edge`` x ``edge``; at 384 and above, resize
   straight to ``edge`` x ``edge``. Then the optional ``do_center_crop`` as above.
 
-A legacy int ``size`` is a square for ViT/DeiT and a shortest edge for ConvNext/Bit (the classes'
-``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
+A legacy int ``size`` is a square for ViT/DeiT/Pvt and a shortest edge for ConvNext/Bit/CLIP/Siglip
+(the classes' ``default_to_square``, which the file may override); an int ``crop_size`` is always a square. A
 center crop larger than the image pads it with black, the extra row/column going after the image.
+
+* kind ``timm`` (timm checkpoints: :func:`bbx.checkpoints.timm_data_config`'s
+  ``timm_data_config``): timm's eval transform, ``resolve_data_config`` + ``create_transform``
+  on a PIL image. With ``scale = floor(input_size / crop_pct)`` per side: ``center`` resizes the
+  shorter side to ``scale`` (torchvision's ``Resize(int)``: long side ``int(scale * long / short)``;
+  for a non-square input size, ``ResizeKeepRatio``: both sides ``round(side / ratio)`` by the
+  smaller ratio), ``squash`` resizes to ``scale`` exactly, ``border`` scales the longer side to
+  fit ``scale`` (both sides ``round(side / ratio)`` by the larger ratio); then a centre crop of
+  ``input_size`` with torchvision's offsets (``round((H - h) / 2)``, half to even), padding an
+  image smaller than the crop (black, or for ``border`` the mean colour ``round(255 * mean)``),
+  ``(crop - side) // 2`` before it and the rest after.
 
 Then rescale (``* rescale_factor``) and normalise (``(x - mean) / std``). Resizing and cropping
 happen on 8-bit pixels, as in transformers' PIL backend, so bbx ships uint8 to the device and
-normalises there. This module is the torch-free description; :mod:`bbx.images` does the pixels.
+normalises there.
+
+* kind ``float_resize`` (``DINOv3ViTImageProcessor``, which transformers has in its torchvision
+  backend only): rescale first, then resize the *float* image (torchvision's tensor resize:
+  antialiased bilinear or bicubic, or nearest-exact), then the optional center crop (padding, where
+  the crop is larger, puts the extra row/column after the image), then normalise. The resized
+  values are not 8-bit, so these images reach the model as float32 rescaled pixels, built on the
+  decoding threads, and are normalised on the device.
+
+This module is the torch-free description; :mod:`bbx.images` does the pixels.
 """
 
 from __future__ import annotations
@@ -34,10 +56,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bbx.errors import ModelError
+from bbx.family import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD
 
 _STANDARD = (0.5, 0.5, 0.5)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -62,15 +83,34 @@ _CLASSES: Mapping[str, _ProcessorClass] = {
     ),
     "ConvNext": _ProcessorClass("crop_pct", 3, _STANDARD, _STANDARD, {"shortest_edge": 384}, False),
     "Bit": _ProcessorClass(
-        "resize", 3, _CLIP_MEAN, _CLIP_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+        "resize", 3, OPENAI_MEAN, OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
     ),
+    "CLIP": _ProcessorClass(
+        "resize", 3, OPENAI_MEAN, OPENAI_STD, {"shortest_edge": 224}, False, True, {"height": 224, "width": 224}
+    ),
+    "Siglip": _ProcessorClass("resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, False),
+    # transformers 5's class defaults (bicubic; transformers 4's class said bilinear, which the hub's
+    # files written by it spell out as resample 2)
+    "Pvt": _ProcessorClass("resize", 3, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
+    "Beit": _ProcessorClass(
+        "resize", 3, _STANDARD, _STANDARD, {"height": 224, "width": 224}, True, False, {"height": 224, "width": 224}
+    ),
+    # transformers' torchvision backend only: rescale, resize the float image, normalise
+    "DINOv3ViT": _ProcessorClass("float_resize", 2, IMAGENET_MEAN, IMAGENET_STD, {"height": 224, "width": 224}, True),
 }
+#: the resample filters torchvision's tensor resize has (PIL number -> what it runs)
+FLOAT_RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _DEFAULT_CROP_PCT = 224 / 256
 _SUFFIXES = ("FeatureExtractor", "ImageProcessorFast", "ImageProcessorPil", "ImageProcessor")
 #: the size dicts bbx can resize to (transformers accepts a few more, used by other processors)
 _RESIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
 
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+#: timm's interpolation names (torchvision's InterpolationMode, which maps each onto this PIL filter)
+_TIMM_INTERPOLATIONS = {name: number for number, name in RESAMPLE_NAMES.items()}
+TIMM_CROP_MODES = ("center", "squash", "border")
+#: the largest input side a timm config may ask for (its resize would be refused long before)
+_TIMM_MAX_SIDE = 1 << 16
 
 
 def _class_base(name: str) -> str | None:
@@ -131,7 +171,7 @@ def _number(value: Any, what: str) -> float:
 class Preprocess:
     """A checkpoint's preprocessing, normalised."""
 
-    kind: str  # "resize" (ViT, DeiT, Bit: resize, then an optional crop) | "crop_pct" (ConvNext)
+    kind: str  # "resize" (resize, then an optional crop) | "crop_pct" (ConvNext) | "float_resize" (DINOv3ViT)
     processor: str  # the class the file names (or that transformers would pick), for the record
     do_resize: bool
     size: Mapping[str, int]  # {"height", "width"}, {"shortest_edge"} or {"shortest_edge", "longest_edge"}
@@ -149,6 +189,7 @@ class Preprocess:
     #: aspect ignored) or "pad" (resized to fit inside it, aspect kept, the rest black)
     resize_mode: str = "crop"
     target: tuple[int, int] | None = None
+    crop_mode: str | None = None  # timm only: "center" | "squash" | "border"
 
     @classmethod
     def from_checkpoint(cls, ck: Any) -> Preprocess:
@@ -161,6 +202,8 @@ class Preprocess:
         processor class (``"ViT"``, ``"ConvNext"``, ...) transformers picks for the checkpoint when the
         file names none; by default the one the family of ``model_type`` declares."""
         pre = dict(pre or {})
+        if "timm_data_config" in pre:
+            return cls._from_timm(pre["timm_data_config"])
 
         def get(key: str, default: Any) -> Any:
             value = pre.get(key)
@@ -174,9 +217,7 @@ class Preprocess:
         if named:
             base = _class_base(str(named))
             if base is None:
-                raise _bad(
-                    f"names the processor {named!r}; bbx reproduces ViT, DeiT, ConvNext and Bit image processors"
-                )
+                raise _bad(f"names the processor {named!r}; bbx reproduces the {', '.join(_CLASSES)} image processors")
         else:
             base = default if default is not None else _family_processor(model_type)
             if base not in _CLASSES:
@@ -208,6 +249,14 @@ class Preprocess:
         resample = get("resample", defaults.resample)
         if isinstance(resample, bool) or not isinstance(resample, int) or resample not in RESAMPLE_NAMES:
             raise _bad(f"unknown resample filter {resample!r}")
+        if kind == "float_resize" and not flag("do_rescale", True):
+            # the processor would resize and normalise uint8 tensors, which torchvision refuses
+            raise _bad(f"{base}ImageProcessor needs do_rescale (it resizes the rescaled float image)")
+        if kind == "float_resize" and do_resize and resample not in FLOAT_RESAMPLE:
+            raise _bad(
+                f"resample {RESAMPLE_NAMES[resample]} has no float-image resize in {base}ImageProcessor's torchvision "
+                "backend that bbx reproduces (nearest, bilinear or bicubic)"
+            )
         crop_pct = None
         if kind == "crop_pct":
             crop_pct = _number(get("crop_pct", _DEFAULT_CROP_PCT), "crop_pct")
@@ -229,6 +278,83 @@ class Preprocess:
             std=_nonzero(_triple(get("image_std", defaults.std), "image_std"), "image_std"),
         )
 
+    @property
+    def float_pixels(self) -> bool:
+        """Whether preprocessed images are float32 rescaled pixels (kind ``float_resize``) rather
+        than uint8 ones; either way :func:`bbx.images.normalize` finishes them on the device."""
+        return self.kind == "float_resize"
+
+    @classmethod
+    def _from_timm(cls, data: Any) -> Preprocess:
+        """timm's resolved data config (see the module docstring)."""
+        if not isinstance(data, Mapping):
+            raise _bad(f"timm_data_config must be an object, got {data!r}")
+        size = data.get("input_size")
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= _TIMM_MAX_SIDE for v in size)
+        ):
+            raise ModelError(f"pretrained_cfg input_size must be [channels, height, width] in pixels, got {size!r}")
+        if size[0] != 3:
+            raise ModelError(f"pretrained_cfg input_size has {size[0]} channels; bbx feeds RGB images (3)")
+        interpolation = data.get("interpolation")
+        if interpolation not in _TIMM_INTERPOLATIONS:
+            raise ModelError(
+                f"pretrained_cfg interpolation must be one of {', '.join(_TIMM_INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        crop_mode = data.get("crop_mode")
+        if crop_mode not in TIMM_CROP_MODES:
+            raise ModelError(f"pretrained_cfg crop_mode must be one of {', '.join(TIMM_CROP_MODES)}, got {crop_mode!r}")
+        crop_pct = data.get("crop_pct")
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.01 <= crop_pct <= 100:
+            raise ModelError(f"pretrained_cfg crop_pct must be a number between 0.01 and 100, got {crop_pct!r}")
+        try:
+            mean, std = _triple(data.get("mean"), "mean"), _triple(data.get("std"), "std")
+        except ModelError as e:
+            raise ModelError(str(e).replace("preprocessor_config.json", "pretrained_cfg")) from None
+        h, w = size[1], size[2]
+        return cls(
+            kind="timm",
+            processor="timm eval transform",
+            do_resize=True,
+            size={"height": h, "width": w},
+            resample=_TIMM_INTERPOLATIONS[interpolation],
+            crop_pct=float(crop_pct),
+            do_center_crop=True,
+            crop_size=(h, w),
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            mean=mean,
+            std=std,
+            crop_mode=crop_mode,
+        )
+
+    def _timm_scale(self) -> tuple[int, int]:
+        """timm's ``scale_size``: ``floor(side / crop_pct)`` of the input size."""
+        assert self.crop_pct is not None
+        return (math.floor(self.size["height"] / self.crop_pct), math.floor(self.size["width"] / self.crop_pct))
+
+    def _timm_resize(self, height: int, width: int) -> tuple[int, int]:
+        sh, sw = self._timm_scale()
+        if self.crop_mode == "squash":
+            return (sh, sw)
+        if self.crop_mode == "center" and sh == sw:
+            return _shortest_edge_size(height, width, sh)
+        # ResizeKeepRatio: the larger ratio (border, longest=1) or the smaller (center, longest=0)
+        rh, rw = height / sh, width / sw
+        ratio = max(rh, rw) if self.crop_mode == "border" else min(rh, rw)
+        return (round(height / ratio), round(width / ratio))
+
+    @property
+    def pad_fill(self) -> tuple[int, int, int]:
+        """The colour a crop larger than the image pads with: black, or timm's ``border`` mode's
+        mean colour."""
+        if self.crop_mode == "border":
+            return (round(255 * self.mean[0]), round(255 * self.mean[1]), round(255 * self.mean[2]))
+        return (0, 0, 0)
+
     # -- sizes -----------------------------------------------------------------------------------
 
     def resize_size(self, height: int, width: int) -> tuple[int, int] | None:
@@ -241,6 +367,8 @@ class Preprocess:
         if not self.do_resize:
             return None
         s = self.size
+        if self.kind == "timm":
+            return self._timm_resize(height, width)
         if self.kind == "crop_pct":
             edge = self._crop_pct_edge()
             return _shortest_edge_size(height, width, edge) if self.inner_crop else (edge, edge)
@@ -294,6 +422,9 @@ class Preprocess:
             return (self.target[1], self.target[0])  # at least the target on both sides
         if not self.do_resize:
             return None
+        if self.kind == "timm":
+            edge = max(self._timm_scale())
+            return (edge, edge)
         if self.kind == "crop_pct":
             edge = self._crop_pct_edge()
             return (edge, edge)
@@ -320,6 +451,8 @@ class Preprocess:
             raise ValueError("image size must be positive")
         if self.resize_mode != "crop":
             return replace(self, target=(h, w))
+        if self.kind == "timm":  # timm's input_size override: (3, h, w), crop_pct and mode kept
+            return replace(self, size={"height": h, "width": w}, crop_size=(h, w))
         if self.kind == "crop_pct":
             if h == w:
                 crop = (h, h) if self.do_center_crop else None
@@ -382,7 +515,8 @@ class Preprocess:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the recipe (stored in outputs)."""
-        return {
+        extra = {"crop_mode": self.crop_mode} if self.kind == "timm" else {}
+        return extra | {
             "kind": self.kind,
             "processor": self.processor,
             "do_resize": self.do_resize,

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bbx.errors import ModelError
-from bbx.family import CatalogRow, Family
+from bbx.family import CatalogRow, Family, TimmArch
 
 
 @functools.cache
@@ -49,7 +49,54 @@ def _by_model_type() -> Mapping[str, Family]:
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_by_model_type())
+    """The ``model_type`` values of transformers checkpoints bbx reads (families of timm-layout
+    networks have an internal model_type of their own, which no transformers config carries)."""
+    return sorted(mt for mt, fam in _by_model_type().items() if fam.timm is None)
+
+
+# --- timm architectures ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _timm_archs() -> Mapping[str, tuple[Family, TimmArch]]:
+    """timm architecture name -> the family implementing it; an architecture claimed twice is refused."""
+    table: dict[str, tuple[Family, TimmArch]] = {}
+    for fam in families():
+        if fam.timm is None:
+            continue
+        for arch in fam.timm.architectures:
+            if arch.name in table:
+                raise RuntimeError(
+                    f"timm architecture {arch.name!r} is claimed by {table[arch.name][0].name} and {fam.name}"
+                )
+            if not fam.timm.claims(arch.name):
+                raise RuntimeError(f"family {fam.name}: timm architecture {arch.name!r} matches none of its patterns")
+            table[arch.name] = (fam, arch)
+    return MappingProxyType(table)
+
+
+def timm_arch(name: Any) -> tuple[Family, TimmArch] | None:
+    """The family and entry of a timm architecture bbx implements; None otherwise."""
+    return _timm_archs().get(name) if isinstance(name, str) else None
+
+
+def timm_architectures() -> list[str]:
+    return sorted(_timm_archs())
+
+
+def timm_patterns() -> list[str]:
+    """The architecture-name patterns of every family of timm-layout networks (for messages)."""
+    return [p for fam in families() if fam.timm is not None for p in fam.timm.patterns]
+
+
+def timm_family_claiming(name: str) -> Family | None:
+    """The family whose patterns cover a timm architecture name (implemented or not)."""
+    return next((f for f in families() if f.timm is not None and f.timm.claims(name)), None)
+
+
+def timm_counterpart(name: str) -> Family | None:
+    """The transformers-layout family that is the same network as timm's architecture ``name``."""
+    return next((f for f in families() if f.timm_counterpart is not None and f.timm_counterpart.claims(name)), None)
 
 
 def is_supported(model_type: Any) -> bool:

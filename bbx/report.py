@@ -21,10 +21,10 @@ def human_bytes(n: float) -> str:
 
 @dataclass(frozen=True)
 class StagePlan:
-    index: int
+    index: int | None  # None: not a stage (the image embedding)
     name: str
     channels: int
-    stride: int
+    stride: int | None
     shape: tuple[int, ...]  # what is stored per image: (C, H, W) or (C,) pooled
     dtype: str
     bytes_per_image: int
@@ -53,10 +53,12 @@ class Plan:
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
     exit_code: int = 0  # the status the run would end with at once (--dry-run): the first refusal's
     compression: str = "none"  # HDF5's filter; the projected bytes are before it
+    embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
+    shard: str | None = None  # "shard 3/16 (Slurm array task 3 of 0..15)": this run's part of a bigger one
 
     @property
     def bytes_per_image(self) -> int:
-        return sum(s.bytes_per_image for s in self.stages)
+        return sum(s.bytes_per_image for s in self.stages) + (self.embedding.bytes_per_image if self.embedding else 0)
 
     @property
     def projected_bytes(self) -> int:
@@ -75,18 +77,8 @@ class Plan:
             "pool": self.pool,
             "stage_norm": self.stage_norm,
             "input_size": list(self.input_size),
-            "stages": [
-                {
-                    "index": s.index,
-                    "name": s.name,
-                    "channels": s.channels,
-                    "stride": s.stride,
-                    "shape": list(s.shape),
-                    "dtype": s.dtype,
-                    "bytes_per_image": s.bytes_per_image,
-                }
-                for s in self.stages
-            ],
+            "stages": [_stage_json(s) for s in self.stages],
+            "embedding": _stage_json(self.embedding) if self.embedding is not None else None,
             "inputs": self.inputs,
             "todo": self.todo,
             "bytes_per_image": self.bytes_per_image,
@@ -97,7 +89,20 @@ class Plan:
             "compression": self.compression,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
+            "shard": self.shard,
         }
+
+
+def _stage_json(s: StagePlan) -> dict[str, Any]:
+    return {
+        "index": s.index,
+        "name": s.name,
+        "channels": s.channels,
+        "stride": s.stride,
+        "shape": list(s.shape),
+        "dtype": s.dtype,
+        "bytes_per_image": s.bytes_per_image,
+    }
 
 
 @dataclass
@@ -117,6 +122,13 @@ class Summary:
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
+    #: where the time before the first batch went: resolve_s (model lookup, configs, download), import_s
+    #: (torch and the model code), weights_s (build and load), prepare_s (inference rewrites, device),
+    #: first_batch_s (decoding, compute and writing of the first batch)
+    startup: dict[str, float] = field(default_factory=dict)
+    #: where the loop's time went: waiting for decoded images, compute (to the device, the model,
+    #: back to the host), writing
+    phases: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0})
 
     @property
     def compression_ratio(self) -> float | None:
@@ -143,6 +155,8 @@ class Summary:
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
+            "startup": {k: round(v, 3) for k, v in self.startup.items()},
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "interrupted": self.interrupted,
             "late_signal": self.late_signal,
             "notes": self.notes,

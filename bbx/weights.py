@@ -100,15 +100,24 @@ def _names(keys: list[str], limit: int = 6) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+def load_strict(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    expected: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Load ``state`` into ``model`` (possibly built on the meta device) or raise ModelError.
+    ``expected``: the state dict of the whole network when ``model`` is a truncated one: the
+    checkpoint is checked against it, and only what ``model`` keeps is loaded.
 
     Keys listed in ``model.optional_keys`` and BatchNorm's ``num_batches_tracked`` may be absent:
     they get the family's fill value. A model's ``explain_missing(missing)`` may add why missing keys
     matter to the error. Tensors are assigned, so a meta-device model costs no
     second copy of the weights.
     """
-    expected = model.state_dict(keep_vars=True)
+    kept = model.state_dict(keep_vars=True)
+    expected = dict(expected) if expected is not None else kept
     optional: Mapping[str, float] = getattr(model, "optional_keys", {})
     state = dict(state)
     missing = []
@@ -141,7 +150,8 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, so
         problems.append(f"wrong shapes (checkpoint vs model): {_names(wrong, 3)}")
     if problems:
         raise ModelError(f"weights in {source} do not fit the architecture: " + "; ".join(problems))
-    for key, ref in expected.items():
+    state = {k: v for k, v in state.items() if k in kept}
+    for key, ref in kept.items():
         if state[key].dtype != ref.dtype and ref.dtype.is_floating_point:
             state[key] = state[key].to(ref.dtype)
     model.load_state_dict(state, strict=True, assign=True)

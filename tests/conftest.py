@@ -13,6 +13,8 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["NO_COLOR"] = "1"
+# the measured kernel choices (bbx.nn.kernels) go to a throwaway cache, probed once per session
+os.environ["BBX_CACHE"] = tempfile.mkdtemp(prefix="bbx-test-cache-")
 
 
 import pytest  # noqa: E402

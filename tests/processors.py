@@ -76,3 +76,51 @@ def hf_pixels(proc: Any, images: list[Image.Image | np.ndarray], **kwargs: Any) 
     images = [Image.fromarray(i) if isinstance(i, np.ndarray) else i for i in images]
     assert all(i.mode == "RGB" for i in images)
     return proc(images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
+def mode_images(width: int = 300, height: int = 200, seed: int = 1) -> dict[str, Image.Image]:
+    """A photo in every 8-bit pixel mode a decoder hands over (transparent ones with varying alpha
+    and a transparent palette entry), to compare with a processor that converts to RGB itself."""
+    from tests.util import photo
+
+    base = photo(width, height, seed=seed)
+    rgba = np.asarray(base.convert("RGBA")).copy()
+    rgba[..., 3] = np.linspace(0, 255, width)[None].astype(np.uint8)
+    transparent = Image.fromarray(rgba, "RGBA")
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE)
+    palette_t = palette.copy()
+    palette_t.info["transparency"] = 3
+    return {
+        "RGB": base,
+        "L": base.convert("L"),
+        "LA": transparent.convert("LA"),
+        "RGBA": transparent,
+        "P": palette,
+        "P-transparency": palette_t,
+        "CMYK": base.convert("CMYK"),
+        "1": base.convert("1"),
+    }
+
+
+def assert_same_pixels(
+    folder: Path, pre: dict[str, Any], model_type: str | None = None, sizes: tuple[tuple[int, int], ...] = ()
+) -> None:
+    """bbx's preprocessing of ``pre`` gives AutoImageProcessor's (PIL backend) ``pixel_values`` bit
+    for bit, on photos of ``sizes`` ((width, height); default: portraits, landscapes, a square,
+    small and extreme aspect ratios) and (for processors that convert to RGB themselves) in every
+    8-bit pixel mode."""
+    from bbx import images
+    from bbx.preprocess import Preprocess
+    from tests.util import photo
+
+    proc = hf_processor(folder, pre, model_type)
+    recipe = Preprocess.from_config(pre, model_type or "")
+    default = ((300, 451), (640, 427), (97, 61), (37, 53), (300, 200), (224, 224), (640, 97), (500, 333))
+    shots = [photo(w, h, seed=i) for i, (w, h) in enumerate(sizes or default)]
+    if getattr(proc, "do_convert_rgb", False):
+        shots += list(mode_images().values())
+    for img in shots:
+        want = proc([img], return_tensors="pt")["pixel_values"]
+        got = images.normalize(torch.from_numpy(images.prepare(img, recipe))[None], recipe)
+        assert got.shape == want.shape, (img.mode, img.size, tuple(got.shape), tuple(want.shape))
+        assert torch.equal(got, want), (img.mode, img.size, float((got - want).abs().max()))

@@ -95,7 +95,7 @@ def test_out_features_completes_the_last_item_of_a_comma_list():
         ("--dtype", ["float32", "float16", "bfloat16"]),
         ("--store-dtype", ["float32", "float16", "bfloat16"]),
         ("--format", ["hdf5", "safetensors"]),
-        ("--pool", ["none", "avg", "max"]),
+        ("--pool", ["none", "avg", "max", "cls"]),
         ("--stage-norm", ["hf", "none", "final"]),
         ("--on-error", ["skip", "stop"]),
     ],

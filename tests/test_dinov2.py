@@ -221,3 +221,26 @@ def test_too_small_input_is_refused():
     model = bbx.load_backbone("dinov2-small", pretrained=False)
     with pytest.raises(ValueError, match="14x14"):
         model.map_sizes((13, 224))
+
+
+def _readouts(registers: bool, stage_norm: str):
+    """transformers' Dinov2(WithRegisters)Model: hidden states (layernormed under "hf", as the
+    backbone's apply_layernorm), class token 0 (registers follow it), pooler_output."""
+
+    def readouts(folder, x):
+        model = _CLASSES[(registers, "model")][1].from_pretrained(folder).eval()
+        norm = model.layernorm if stage_norm == "hf" else None
+        out = parity.hidden_states(model, x, prefix=1 + model.config.num_register_tokens if registers else 1,
+                                   final_norm=norm, embedding=lambda o: o.pooler_output)  # fmt: skip
+        return out
+
+    return readouts
+
+
+@pytest.mark.parametrize("registers", [False, True], ids=["dinov2", "registers"])
+def test_class_tokens_and_embedding_match_transformers(tmp_path, registers):
+    folder = _checkpoint(tmp_path, {**TINY, "image_size": 518}, registers=registers)
+    for stage_norm in ("hf", "none"):
+        ref = _readouts(registers, stage_norm)
+        parity.compare_readouts(folder, 56, reference=ref, stage_norm=stage_norm, optimized=True)
+    parity.compare_readouts(folder, (42, 70), n=2, reference=_readouts(registers, "hf"))

@@ -409,14 +409,21 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
 
     from bbx.nn import layers
 
-    family = importlib.import_module(f"bbx.families.{kind}.model")
+    # where the block calls it: Swin's own model, ConvNeXt's shared block (bbx.nn.blocks)
+    family = importlib.import_module("bbx.nn.blocks" if kind == "convnext" else f"bbx.families.{kind}.model")
     slices = []
 
     def spy(fn, x, *more, width):
-        return layers.in_row_slices(lambda *a: slices.append(a[0].shape[0]) or fn(*a), x, *more, width=width)
+        return layers.in_row_slices(
+            lambda *a: slices.append(a[0].shape[0]) or fn(*a), x, *more, width=width, force=True
+        )
 
     monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", 8)
-    monkeypatch.setattr(family, "in_row_slices", spy)
+    from bbx.nn import blocks
+
+    for module in (family, blocks):  # wherever the family's blocks live (ConvNeXt's: bbx.nn.blocks)
+        if hasattr(module, "in_row_slices"):
+            monkeypatch.setattr(module, "in_row_slices", spy)
     _assert_extract_equals_the_recipe(kind, photos, tmp_path)
     assert len(slices) > 4 * len(photos[1]) and min(slices) < 4 * 56 * 56  # it did slice
 

@@ -34,8 +34,10 @@ def test_row_slices_give_the_numbers_of_one_call(monkeypatch):
         calls.append(a[0].shape[0])
         return fn(*a)
 
+    from bbx.nn import kernels
+
     x, r = torch.randn(3, 37, 41, 16), torch.randn(3, 37, 41, 16)
-    with torch.inference_mode():
+    with torch.inference_mode(), kernels.override("float32", row_slices=True):
         whole = fn(x, r)
         monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", 64)
         sliced = layers.in_row_slices(counted, x, r, width=64)
@@ -57,18 +59,22 @@ def _qkv(b: int, heads: int, n: int, d: int, dtype: torch.dtype):
     return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the strided views a fused projection gives
 
 
-@pytest.mark.skipif(not layers._onednn_bf16_matmul(), reason="bf16 attention keeps SDPA on this CPU")
+@pytest.mark.skipif(not layers.onednn_bf16_matmul(), reason="bf16 attention keeps SDPA on this CPU")
 @pytest.mark.parametrize("budget", [None, 1])
 def test_low_precision_attention_on_cpu_matches_sdpa(monkeypatch, budget):
     """bf16 runs as matmul + softmax + matmul, a few images at a time (budget 1: one image per
     slice); its error against fp32 attention is that of bf16 (SDPA's own is about half)."""
+    from bbx.nn import kernels
+
     if budget is not None:
         monkeypatch.setattr(layers, "SLICE_BYTES_PER_THREAD", budget)
     q, k, v = _qkv(5, 3, 50, 16, torch.bfloat16)
     exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
-    with torch.inference_mode():
+    with torch.inference_mode(), kernels.override("bfloat16", attention="sliced"):
         got = layers.attention(q, k, v)
         fused_kernel = F.scaled_dot_product_attention(q, k, v)
+    with torch.inference_mode(), kernels.override("bfloat16", attention="sdpa"):
+        assert torch.equal(layers.attention(q, k, v), fused_kernel)  # the other choice keeps SDPA
     assert got.dtype == torch.bfloat16 and got.shape == exact.shape
     assert not torch.equal(got, fused_kernel)  # the matmul path ran, not SDPA
     assert rel_err(got.double(), exact) <= 1e-2

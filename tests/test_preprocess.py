@@ -101,6 +101,16 @@ CONFIGS = [
     ("bit-no-resize", {"image_processor_type": BIT, "do_resize": False, "crop_size": 150}, None),
     ("bit-no-normalize", {"image_processor_type": BIT, "do_normalize": False}, None),
     ("bit-crop-null", {"image_processor_type": BIT, "do_center_crop": None}, None),
+    (
+        "pvt-hub",
+        {"image_processor_type": "PvtImageProcessor", "size": {"height": 224, "width": 224}, "resample": 2, **IMAGENET},
+        None,
+    ),
+    ("pvt-defaults", {"image_processor_type": "PvtImageProcessor"}, None),
+    ("pvt-int-size", {"image_processor_type": "PvtImageProcessorPil", "size": 200}, None),
+    ("model-type-pvt-v2", {}, "pvt_v2"),
+    ("model-type-regnet", {}, "regnet"),
+    ("model-type-focalnet", {}, "focalnet"),
     ("model-type-resnet", {}, "resnet"),
     ("model-type-swin", {}, "swin"),
     ("model-type-dinov2", {}, "dinov2"),
@@ -111,6 +121,7 @@ _HF_KIND = {
     "DeiTImageProcessorPil": "resize",
     "ConvNextImageProcessorPil": "crop_pct",
     "BitImageProcessorPil": "resize",
+    "PvtImageProcessorPil": "resize",
 }
 SIZES = [(37, 53), (300, 200), (224, 224), (13, 7), (640, 97)]  # (width, height)
 
@@ -179,7 +190,7 @@ def test_legacy_spellings_mean_the_same(old, new):
 @pytest.mark.parametrize(
     "cfg,model_type,words",
     [
-        ({"image_processor_type": "CLIPImageProcessor"}, "dinov2", "CLIPImageProcessor"),
+        ({"image_processor_type": "DonutImageProcessor"}, "dinov2", "DonutImageProcessor"),
         ({}, "vit_mae", "names no image processor"),
         ({"image_processor_type": VIT, "size": {"max_height": 10, "max_width": 10}}, "", "unsupported size"),
         ({"image_processor_type": VIT, "size": {"height": 10}}, "", "unsupported size"),
@@ -387,3 +398,33 @@ def test_geometry_options_refuse_what_they_cannot_do():
         shortest.with_image_size((100, 200))
     with pytest.raises(ValueError, match="resize mode"):
         shortest.with_resize("stretch")
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("mode", ["crop", "squash", "pad"])
+@pytest.mark.parametrize("size", [None, (160, 224)])
+def test_the_recorded_box_of_timm_recipes_is_where_each_input_pixel_came_from(crop_mode, mode, size):
+    """timm's eval transform (each crop mode), at its own size and at an HxW override, under every
+    --resize mode: the box Preprocess.geometry gives finds the photo's colours (as above); a
+    pixel outside the photo is the padding's colour."""
+    from bbx.family import timm_data
+
+    pre = Preprocess.from_config({"timm_data_config": timm_data(224, 0.875, crop_mode=crop_mode)}, "")
+    pre = pre.with_resize(mode)
+    if size is not None:
+        pre = pre.with_image_size(size)
+    fill = np.array(pre.pad_fill if mode == "crop" else (0, 0, 0), dtype=float)
+    for w, h in ((320, 240), (200, 500), (150, 120)):
+        im = _gradient(w, h)
+        pixels = images.prepare(im, pre).astype(float)
+        assert pixels.shape[:2] == (size or (224, 224))
+        top, left, bottom, right = pre.geometry(h, w)
+        ih, iw = pixels.shape[:2]
+        for i, j in ((ih // 4, iw // 3), (ih // 2, iw // 2), (3 * ih // 4, 2 * iw // 3), (1, 1)):
+            y = top + (i + 0.5) * (bottom - top) / ih
+            x = left + (j + 0.5) * (right - left) / iw
+            if 0 <= x < w and 0 <= y < h:
+                assert abs(pixels[i, j, 0] - x / (w - 1) * 255) <= 4, (crop_mode, mode, w, h, i, j)
+                assert abs(pixels[i, j, 1] - y / (h - 1) * 255) <= 4, (crop_mode, mode, w, h, i, j)
+            else:
+                assert np.abs(pixels[i, j] - fill).max() <= 1, (crop_mode, mode, w, h, i, j)

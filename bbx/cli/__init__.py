@@ -7,6 +7,7 @@ from bbx.cli import download as _download  # noqa: F401
 from bbx.cli import extract as _extract  # noqa: F401
 from bbx.cli import info as _info  # noqa: F401
 from bbx.cli import inspect as _inspect  # noqa: F401
+from bbx.cli import merge as _merge  # noqa: F401
 from bbx.cli import models as _models  # noqa: F401
 from bbx.cli import show as _show  # noqa: F401
 from bbx.cli._app import app, flush_stdout

@@ -40,12 +40,17 @@ DEVICES = choices(
     ("mps", "Apple Metal"),
 )
 DTYPES = choices(
-    ("float32", "32-bit float"),
-    ("float16", "16-bit float"),
+    ("float32", "single-precision float"),
+    ("float16", "half-precision float"),
     ("bfloat16", "bfloat16"),
 )
 FORMATS = choices(("hdf5", ".h5 file"), ("safetensors", ".safetensors file or shards"))
-POOLS = choices(("none", "maps [N, C, H, W]"), ("avg", "mean over H, W: [N, C]"), ("max", "max over H, W: [N, C]"))
+POOLS = choices(
+    ("none", "maps [N, C, H, W]"),
+    ("avg", "mean over H, W: [N, C]"),
+    ("max", "max over H, W: [N, C]"),
+    ("cls", "the class token: [N, C]"),
+)
 STAGE_NORMS = choices(
     ("hf", "as transformers' backbone returns"),
     ("none", "raw stage outputs"),
@@ -59,6 +64,7 @@ RESIZE_MODES = choices(
 )
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
+ENGINES = choices(("local", "this process (or --devices)"), ("ray", "a Ray cluster's actors"))
 
 
 def _expand(text: str) -> Path:
@@ -105,6 +111,10 @@ def complete_model(incomplete: str) -> Items:
         names += [(a, f"= {row.alias}") for a in row.extra_aliases]
         if incomplete:  # hub ids only once something is typed: they would crowd the alias list
             names.append((row.repo_id, f"= {row.alias}"))
+    if incomplete.startswith("timm"):  # timm's architectures, once asked for: there are many
+        for arch in registry.timm_architectures():
+            found = registry.timm_arch(arch)
+            names.append((f"timm:{arch}", f"= {found[1].repo_id}" if found else ""))
     seen: set[str] = set()
     unique = [(v, h) for v, h in names if not (v in seen or seen.add(v))]
     return _matching(unique, incomplete)
@@ -132,6 +142,14 @@ def stage_names_of_model(name: str | None) -> list[str]:
     row = registry.lookup(name)
     if row is not None:
         return list(row.stage_names)
+    if name.startswith("timm:"):
+        from bbx.checkpoints import timm_default
+        from bbx.errors import BbxError
+
+        try:
+            return stage_names_of_config(timm_default(name[len("timm:") :], name)[1])
+        except BbxError:
+            return []
     config = _expand(name) / "config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))

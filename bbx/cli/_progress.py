@@ -13,8 +13,9 @@ class PlainProgress:
     """Progress for a terminal with NO_COLOR: one line redrawn with a carriage return, at most
     twice a second, and no escape codes at all."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, label: str = "extracting", unit: str = "images") -> None:
         self.total = total
+        self.label, self.unit = label, unit
         self.last = 0.0
         self.t0 = time.monotonic()
 
@@ -24,7 +25,7 @@ class PlainProgress:
             return
         self.last = now
         rate = done / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\rextracting {done}/{self.total} ({rate:.1f} images/s)")
+        sys.stderr.write(f"\r{self.label} {done}/{self.total} ({rate:.1f} {self.unit}/s)")
         sys.stderr.flush()
 
     def stop(self) -> None:
@@ -35,11 +36,11 @@ class PlainProgress:
 class RichProgress:
     """A rich progress bar (images done of total, images/s, time left), cleared when it stops."""
 
-    def __init__(self, total: int, console: Any) -> None:
+    def __init__(self, total: int, console: Any, label: str = "extracting", unit: str = "images") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(
-            TextColumn("extracting"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
@@ -53,10 +54,11 @@ class RichProgress:
         self._task = self._bar.add_task("extract", total=total, rate="")
         self._t0 = time.monotonic()
         self._shown = False
+        self._unit = unit
 
     def update(self, done: int) -> None:
         elapsed = time.monotonic() - self._t0
-        rate = f"{done / elapsed:.1f} images/s" if done and elapsed > 0 else ""
+        rate = f"{done / elapsed:.1f} {self._unit}/s" if done and elapsed > 0 else ""
         # drawn at once the first time there is a rate (short runs end before rich's own refresh)
         self._bar.update(self._task, completed=done, rate=rate, refresh=not self._shown and bool(rate))
         self._shown = self._shown or bool(rate)
@@ -65,10 +67,12 @@ class RichProgress:
         self._bar.stop()
 
 
-def progress_for(total: int, console: Any, *, quiet: bool) -> PlainProgress | RichProgress | None:
-    """The display for a run of ``total`` images, or None where none is shown."""
+def progress_for(
+    total: int, console: Any, *, quiet: bool, label: str = "extracting", unit: str = "images"
+) -> PlainProgress | RichProgress | None:
+    """The display for a run of ``total`` images (or rows, ...), or None where none is shown."""
     if quiet or not sys.stderr.isatty():
         return None
     if os.environ.get("NO_COLOR"):
-        return PlainProgress(total)
-    return RichProgress(total, console)
+        return PlainProgress(total, label, unit)
+    return RichProgress(total, console, label, unit)

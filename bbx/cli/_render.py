@@ -43,13 +43,15 @@ def render_plan(plan: Plan, console: Any) -> None:
         f"device {plan.device}, compute {plan.compute_dtype}, store {plan.store_dtype}"
         + (f", pool {plan.pool}" if plan.pool != "none" else "")
     )
+    if plan.shard:
+        console.print(plan.shard)
     listing = table(">index", "stage", ">channels", ">stride", "per image", ">bytes/image")
-    for s in plan.stages:
+    for s in [*plan.stages, *([plan.embedding] if plan.embedding is not None else [])]:
         listing.add_row(
-            str(s.index),
+            "-" if s.index is None else str(s.index),
             s.name,
             str(s.channels),
-            str(s.stride),
+            "-" if s.stride is None else str(s.stride),
             f"{list(s.shape)} {s.dtype}",
             human_bytes(s.bytes_per_image),
         )
@@ -81,6 +83,11 @@ def render_summary(summary: Summary, console: Any) -> None:
             f"{human_bytes(summary.stored_bytes or 0)} ({summary.compression_ratio:.2f}x), "
             f"{summary.write_s:.1f} s writing them ({1000 * summary.write_s / max(1, summary.done):.1f} ms an image)"
         )
+    if summary.startup:
+        parts = {"import_s": "imports", "resolve_s": "model lookup", "weights_s": "weights", "prepare_s": "set-up"}
+        said = ", ".join(f"{label} {summary.startup[k]:.1f} s" for k, label in parts.items() if k in summary.startup)
+        first = summary.startup.get("first_batch_s")
+        console.print(f"start-up: {said}" + (f"; first batch {first:.1f} s" if first is not None else ""))
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     resume = "; --resume continues the run" if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""

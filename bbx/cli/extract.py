@@ -78,9 +78,14 @@ def extract(
     pool: str = typer.Option(
         "none",
         "--pool",
-        metavar="none|avg|max",
-        help="none: maps [N,C,H,W]; avg, max: vectors [N,C].",
+        metavar="none|avg|max|cls",
+        help="none: maps [N,C,H,W]; avg, max: vectors [N,C]; cls: each stage's class token [N,C].",
         autocompletion=_complete.POOLS,
+    ),
+    embedding: bool = typer.Option(
+        False,
+        "--embedding",
+        help="Also store the model's own image embedding [N,D] as 'embedding' (bbx inspect says if it has one).",
     ),
     workers: Optional[int] = typer.Option(
         None,
@@ -120,6 +125,40 @@ def extract(
         help="skip: skip bad images and report them; stop: end the run at the first.",
         autocompletion=_complete.ON_ERROR,
     ),
+    shard: Optional[str] = typer.Option(
+        None,
+        "--shard",
+        metavar="K/N|auto",
+        help="K/N: extract shard K (0-based) of N contiguous slices of the inputs; auto: from Slurm or torchrun.",
+    ),
+    devices: Optional[str] = typer.Option(
+        None,
+        "--devices",
+        metavar="DEV,...",
+        help="cuda:0,cuda:1,... (or cpu,cpu): one worker per device over contiguous slices, merged.",
+    ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        metavar="local|ray",
+        help="local, or ray: units on a Ray cluster's actors, merged.",
+        autocompletion=_complete.ENGINES,
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        metavar="ADDR",
+        help="With --engine ray: the cluster (auto: the one `ray start` made); default a local one.",
+    ),
+    actors: Optional[int] = typer.Option(
+        None,
+        "--actors",
+        metavar="N",
+        help="With --engine ray: model actors (default: one per GPU, or one per node on CPUs).",
+    ),
+    unit_size: int = typer.Option(
+        1000, "--unit-size", metavar="N", help="With --engine ray: inputs per unit (a .tar counts as one input)."
+    ),
     compile_model: Compile = False,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -133,11 +172,15 @@ def extract(
       find photos -name '*.jpg' -print0 | bbx extract -0 --model resnet-50 -o feats.h5 -
 
       bbx extract -m dinov2-small --pool avg --store-dtype float16 -o vecs.safetensors photos/
+
+      bbx extract -m clip-vit-base-patch32 --out-indices -1 --pool cls --embedding -o clip.h5 photos/
     """
     from bbx import inputs as inputs_mod
+    from bbx import shards as shards_mod
     from bbx.cli._progress import progress_for
     from bbx.cli._render import render_plan, render_summary
-    from bbx.extract import ExtractOptions, SignalGuard, plan, run
+    from bbx.extract import ExtractOptions, SignalGuard, device_of, plan, run
+    from bbx.report import Summary
     from bbx.runtime import planned_device
 
     opts = ExtractOptions(
@@ -153,6 +196,7 @@ def extract(
         dtype=dtype,
         store_dtype=store_dtype,
         pool=pool,
+        embedding=embedding,
         workers=workers,
         overwrite=overwrite,
         resume=resume,
@@ -167,6 +211,7 @@ def extract(
         progress=False if (quiet or as_json) else None,
         compile=compile_model,
         compression=compression,
+        shard=None if shard is None else shards_mod.parse(shard),
     )
     opts.validate()
     stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None
@@ -177,7 +222,7 @@ def extract(
         for note in notes:
             err.print(f"note: {note}", markup=False, highlight=False)
     if dry_run:
-        the_plan = plan(opts, files, device=planned_device(device))
+        the_plan = plan(opts, files, device=planned_device(device_of(opts)))
         if as_json:
             emit_json(the_plan.to_json())
         elif not quiet:
@@ -196,9 +241,40 @@ def extract(
         if progress_bar is not None:
             progress_bar.update(handled)
 
+    if engine not in ("local", "ray"):
+        from bbx.errors import UsageError
+
+        raise UsageError(f"--engine must be local or ray, got {engine!r}")
+    if engine != "ray" and (address is not None or actors is not None):
+        from bbx.errors import UsageError
+
+        raise UsageError("--address and --actors go with --engine ray")
+    if engine == "ray" and devices is not None:
+        from bbx.errors import UsageError
+
+        raise UsageError("--devices runs on this machine; with --engine ray the cluster's GPUs are used")
+    device_list = None
+    if devices is not None:
+        from bbx.engines.devices import parse_devices
+
+        device_list = parse_devices(devices)
+
+    def go() -> object:
+        if device_list is not None:
+            from bbx.engines import devices as devices_engine
+
+            return devices_engine.run(opts, files, device_list, progress=on_progress, on_plan=on_plan)
+        if engine == "ray":
+            from bbx.engines import ray as ray_engine
+
+            return ray_engine.run(
+                opts, files, address=address, actors=actors, unit_size=unit_size, progress=on_progress, on_plan=on_plan
+            )
+        return run(opts, files, progress=on_progress, on_plan=on_plan)
+
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        summary = run(opts, files, progress=on_progress, on_plan=on_plan)
+        summary = go()
     finally:
         if SignalGuard.seen:  # the run is over and its output closed: nothing more to stop
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -207,6 +283,7 @@ def extract(
             signal.signal(signal.SIGTERM, previous)
         if progress_bar is not None:
             progress_bar.stop()
+    assert isinstance(summary, Summary)
     if as_json:
         emit_json(summary.to_json())
     elif not quiet:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
 from bbx.cli._app import command, console, emit_json
+from bbx.errors import UsageError
 
 SHOWN_FAILURES = 20
 
 
 @command("info")
 def info(
-    file: Path = typer.Argument(
-        ...,
+    file: Optional[Path] = typer.Argument(  # noqa: UP045
+        None,
         help="An output of bbx extract: .h5, .safetensors, a shard set's .index.json, or a .partial.",
         show_default=False,
+    ),
+    system: bool = typer.Option(
+        False, "--system", help="Show this machine instead: CPU, torch, devices and the kernels bbx chose."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     list_paths: bool = typer.Option(
@@ -36,10 +41,16 @@ def info(
       bbx info feats.safetensors.index.json --json | jq .stages
 
       bbx info feats.h5 --paths | head
+
+      bbx info --system
     """
     from bbx.formats import open_output
     from bbx.report import human_bytes
 
+    if system:
+        return _system(as_json)
+    if file is None:
+        raise UsageError("give an output file (or --system for this machine)")
     out = open_output(file)
     if list_paths:
         end = "\0" if null else "\n"
@@ -71,6 +82,11 @@ def info(
         ("architecture", f"{f.get('architecture')}, {f.get('weights', '?')} weights"),
         ("input", f"{size_text}, stage norm {f.get('stage_norm', '?')}"),
         ("dtypes", f"compute {f.get('compute_dtype', '?')}, store {f.get('store_dtype', '?')}, pool {f.get('pool')}"),
+        *(
+            [("shard", f"{f['shard_index']} of {f['shard_count']}, of {f['input_count']} inputs ({f['input_digest']})")]
+            if f.get("shard_index") is not None
+            else []
+        ),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
     known = out.sources_recorded()
@@ -93,3 +109,35 @@ def info(
             con.print(f"  {escape(path)}: {escape(reason)}")
         if len(out.failed) > SHOWN_FAILURES:
             con.print(f"  ... and {len(out.failed) - SHOWN_FAILURES} more (bbx info --json lists them all)")
+
+
+def _system(as_json: bool) -> None:
+    """The machine as bbx sees it: versions, CPU, devices, and the measured kernel choices."""
+    import platform
+
+    import torch
+
+    from bbx import __version__
+    from bbx.nn import kernels
+
+    report: dict[str, Any] = {
+        "bbx": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        **kernels.report(),
+    }
+    if as_json:
+        emit_json(report)
+        return
+    m = report["machine"]
+    con = console()
+    con.print(f"bbx {report['bbx']}, python {report['python']}, torch {report['torch']}")
+    con.print(f"cpu          {m['cpu']} ({m['isa']}; {', '.join(m['flags']) or 'no AVX-512'}), {m['threads']} threads")
+    con.print(f"cuda         {', '.join(report['cuda']) or 'none'}")
+    con.print(f"kernel cache {report['cache']}")
+    for dtype, c in report["choices"].items():
+        slices = "row slices" if c["row_slices"] else "no row slices"
+        con.print(
+            f"{dtype:<13}linear {c['linear']}, conv {c['conv']}, attention {c['attention']}, {slices} ({c['source']})"
+        )

@@ -39,18 +39,28 @@ def inspect(
         f"[bold]{report.model}[/bold]  {report.checkpoint}  ({report.architecture}, input {h}x{w}, "
         f"stage norm {report.stage_norm})"
     )
-    table = make_table("", ">index", "name", ">channels", ">stride", "shape [C, H, W]")
+    columns = ["", ">index", "name", ">channels", ">stride", "shape [C, H, W]"]
+    if report.transformers_layout:
+        columns.append(f"{report.transformers_layout} (transformers)")
+    table = make_table(*columns)
     for s in report.stages:
-        table.add_row(
+        cells = [
             "*" if s.default else "",
             str(s.index),
             s.name,
             str(s.channels),
             str(s.stride),
             f"[{s.shape[0]}, {s.shape[1]}, {s.shape[2]}]",
-        )
+        ]
+        if report.transformers_layout:
+            cells.append(s.transformers_stage or "-")
+        table.add_row(*cells)
     print_table(out, table)
     out.print(f"stage norm {report.stage_norm}: {report.stage_norm_means}")
+    if report.class_token:
+        out.print("--pool cls: the class token of each stage, [C] per image")
+    if report.embedding_dim is not None:
+        out.print(f"--embedding: the model's own image embedding, [{report.embedding_dim}] per image")
     g = report.geometry
     if g:
         out.print(f"input: {g['recipe']} (--resize {g['resize']}); --image-size: {g['image_sizes']}", markup=False)

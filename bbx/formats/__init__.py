@@ -21,6 +21,7 @@ from types import ModuleType
 
 from bbx.errors import InputError, UsageError
 from bbx.formats.base import (
+    EMBEDDING_NAME,
     FORMAT_TAG,
     RESUME_KEYS,
     Output,
@@ -166,6 +167,7 @@ def open_output(path: Path) -> Output:
 
 
 __all__ = [
+    "EMBEDDING_NAME",
     "FORMATS",
     "FORMAT_TAG",
     "RESUME_KEYS",

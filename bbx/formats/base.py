@@ -16,6 +16,8 @@ from bbx import dtypes
 from bbx.errors import InputError, UsageError
 
 FORMAT_TAG = "bbx-features"
+#: the dataset holding the model's own image embedding ``[N, D]`` beside the stages (``--embedding``)
+EMBEDDING_NAME = "embedding"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class RunFacts:
     compute_dtype: str = "float32"
     store_dtype: str = "float32"
     pool: str = "none"
+    embedding: bool = False  # the image embedding is stored beside the stages (as EMBEDDING_NAME)
     exif: bool = True
     fast_decode: bool = False
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
@@ -83,6 +86,12 @@ class RunFacts:
     compression: str = "none"
     bbx_version: str = ""
     format: str = FORMAT_TAG
+    #: a shard of a bigger run (``bbx extract --shard K/N``): its index and count, how many inputs
+    #: the whole run's ordered list has and its digest (:func:`bbx.shards.digest`); None otherwise
+    shard_index: int | None = None
+    shard_count: int | None = None
+    input_count: int | None = None
+    input_digest: str | None = None
     #: metadata this bbx does not know (written by another version), kept as read
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -123,11 +132,16 @@ class RunFacts:
         for k in ("out_features", "out_indices", "input_size"):
             if isinstance(values.get(k), list):
                 values[k] = tuple(values[k])
-        for k in ("exif", "fast_decode"):
+        for k in ("exif", "fast_decode", "embedding"):
             if k in values and not isinstance(values[k], bool):
                 values[k] = values[k] in (True, 1, "true", "True", "1")
         _check_types(values)
         return cls(**values, extra=extra)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """What the output stores per image, in order: the stages, then the image embedding."""
+        return (*self.out_features, EMBEDDING_NAME) if self.embedding else tuple(self.out_features)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
@@ -137,10 +151,21 @@ class RunFacts:
     def with_(self, **changes: Any) -> RunFacts:
         return replace(self, **changes)
 
+    def shard_text(self) -> str:
+        """``shard 3/16 of 1000 inputs (sha256:...)``, or ``no shard``."""
+        if self.shard_index is None:
+            return "no shard"
+        return f"shard {self.shard_index}/{self.shard_count} of {self.input_count} inputs ({self.input_digest})"
+
     def check_resumable(self, new: RunFacts, path: Path) -> None:
         """Refuse to resume an output written with other settings (its rows would not mix)."""
         for key in RESUME_KEYS:
             old_v, new_v = _jsonable(getattr(self, key)), _jsonable(getattr(new, key))
+            if old_v != new_v and key in SHARD_KEYS:
+                raise UsageError(
+                    f"cannot resume {path}: it was written as {self.shard_text()}, this run is {new.shard_text()} "
+                    "(give the same inputs in the same order and the same --shard)"
+                )
             if old_v != new_v:
                 raise UsageError(
                     f"cannot resume {path}: it was written with {key}={_short(old_v)}, this run has "
@@ -155,8 +180,10 @@ def _check_types(values: Mapping[str, Any]) -> None:
         if f.name not in values or f.name == "extra":
             continue
         v = values[f.name]
-        if f.name == "revision":
+        if f.name in ("revision", "input_digest"):
             ok = v is None or isinstance(v, str)
+        elif f.name in ("shard_index", "shard_count", "input_count"):
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
         elif f.name == "out_features":
             ok = isinstance(v, tuple) and all(isinstance(x, str) for x in v)
         elif f.name == "out_indices":
@@ -165,7 +192,7 @@ def _check_types(values: Mapping[str, Any]) -> None:
             ok = isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
         elif f.name == "preprocessing":
             ok = isinstance(v, Mapping)
-        elif f.name in ("exif", "fast_decode"):
+        elif f.name in ("exif", "fast_decode", "embedding"):
             ok = isinstance(v, bool)
         else:
             ok = isinstance(v, str)
@@ -184,11 +211,18 @@ RESUME_KEYS = (
     "input_size",
     "store_dtype",
     "pool",
+    "embedding",
     "compute_dtype",
     "preprocessing",
     "exif",
     "fast_decode",
+    "shard_index",
+    "shard_count",
+    "input_count",
+    "input_digest",
 )
+#: the facts of a shard (compared by :mod:`bbx.merge`, dropped from the merged output)
+SHARD_KEYS = ("shard_index", "shard_count", "input_count", "input_digest")
 #: metadata keys that describe a file's state, not the run
 STATE_KEYS = frozenset(
     {"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images", "interrupted_by"}
@@ -287,11 +321,12 @@ class Output:
         return "unfinished" if self.unfinished else self.status
 
     def stage(self, name: str | None) -> StageLayout:
-        """The stage called ``name`` (the last stored one if None); UsageError listing them if unknown."""
+        """The stage called ``name`` (the last stored stage if None); UsageError listing them if unknown."""
         if not self.stages:
             raise InputError(f"{self.path} holds no stages")
         if name is None:
-            return self.stages[-1]
+            maps = [s for s in self.stages if s.name != EMBEDDING_NAME]
+            return (maps or self.stages)[-1]
         for s in self.stages:
             if s.name == name:
                 return s
@@ -385,6 +420,7 @@ class Output:
             "compute_dtype": f.compute_dtype,
             "store_dtype": f.store_dtype,
             "pool": f.pool,
+            "embedding": f.embedding,
             "stage_norm": f.stage_norm,
             "stages": [s.to_json() for s in self.stages],
             "images": self.images,
@@ -394,6 +430,14 @@ class Output:
             "bytes_on_disk": self.bytes_on_disk,
             "bbx_version": f.bbx_version,
             "preprocessing": _jsonable(f.preprocessing),
+            "shard": None
+            if f.shard_index is None
+            else {
+                "index": f.shard_index,
+                "count": f.shard_count,
+                "input_count": f.input_count,
+                "input_digest": f.input_digest,
+            },
         }
 
 

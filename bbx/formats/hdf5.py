@@ -3,11 +3,12 @@
 Layout::
 
     /features/<stage>   [N, C, H, W] (or [N, C] pooled), one chunk per image (per 256 pooled rows)
+    /features/embedding [N, D]: the model's own image embedding (with --embedding; facts: embedding)
     /paths              [N] UTF-8 strings: row i of every dataset belongs to paths[i]
     /failed/paths       skipped inputs
     /failed/reasons     why each was skipped
     attributes on /     bbx_version, model, checkpoint, revision, architecture, out_features,
-                        out_indices, input_size, compute_dtype, store_dtype, pool, stage_norm,
+                        out_indices, input_size, compute_dtype, store_dtype, pool, embedding, stage_norm,
                         preprocessing (JSON), status (running|interrupted|complete), rows
 
 bfloat16 has no HDF5 type: such datasets hold the raw 16-bit patterns as uint16 with the dataset
@@ -562,7 +563,7 @@ def open_hdf5(path: Path, *, named: Path, unfinished: bool) -> HDF5Output:
         if "failed" in f:
             failed = [(text(a), text(b)) for a, b in zip(f["failed/paths"][:], f["failed/reasons"][:])]
         stages = []
-        for name in facts.out_features or list(f["features"]):
+        for name in facts.datasets or list(f["features"]):
             ds = f["features"][name]
             dtype = text(ds.attrs.get("dtype", "float32"))
             if len(ds) < rows or dtype not in dtypes.DTYPES or len(ds.shape) not in (2, 4):

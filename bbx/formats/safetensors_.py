@@ -1,7 +1,8 @@
 """safetensors output, single file or hub-style shards: layout, writer and reader.
 
 A single file ``feats.safetensors`` holds one tensor per stage, named by the stage (``stage1``:
-``[N, C, H, W]``, or ``[N, C]`` pooled), and string metadata: ``paths`` (JSON list; row i belongs
+``[N, C, H, W]``, or ``[N, C]`` pooled; with ``--embedding`` also ``embedding``: ``[N, D]``), and
+string metadata: ``paths`` (JSON list; row i belongs
 to ``paths[i]``), ``failed`` (JSON list of ``[path, reason]``) and the run's facts (model,
 checkpoint, revision, stages, sizes, dtypes, preprocessing, status), JSON-encoded where not a
 string. ``safetensors.torch.load_file`` alone reads it.
@@ -104,8 +105,11 @@ def _stem(path: Path) -> str:
 _SOURCE_COST = 56
 
 
-def _source(geometry: Any) -> list[float]:
-    """A row's source as stored: [height, width, top, left, bottom, right] (see bbx.images.Geometry)."""
+def _source(geometry: Any) -> list[float] | None:
+    """A row's source as stored: [height, width, top, left, bottom, right] (see bbx.images.Geometry);
+    None for a row that records none (a size below 0: rows merged from an output without them)."""
+    if geometry is None or int(geometry.source[0]) < 0:
+        return None
     return [int(geometry.source[0]), int(geometry.source[1]), *(round(float(v), 2) for v in geometry.box)]
 
 
@@ -738,7 +742,10 @@ class SafetensorsOutput(Output):
             lo, hi = max(start, first), min(stop, first + count)
             if lo >= hi:
                 continue
-            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first)
+            cache = self.__dict__.setdefault("_headers", {})
+            if file not in cache:  # a header can hold megabytes of paths: parse it once
+                cache[file] = read_header(file)
+            out[at : at + hi - lo] = _st_rows(file, names[stage.name], stage, lo - first, hi - first, cache[file])
             at += hi - lo
         if at != len(out):  # pragma: no cover - rows are checked against the paths first
             raise InputError(f"{self.path}: rows {start}..{stop - 1} are not all in its files")
@@ -827,13 +834,23 @@ def _meta(header: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stage_of(key: str, names: Sequence[str] | None) -> str:
+    """The stage a tensor holds: ``stage`` or ``stage.00001`` (a shard's rows). Stage names may have
+    dots themselves (timm's ``blocks.11``): the known names are matched first."""
+    for name in names or ():
+        if key == name or (key.startswith(name + ".") and key[len(name) + 1 :].isdigit()):
+            return name
+    head, dot, tail = key.rpartition(".")
+    return head if dot and tail.isdigit() and len(tail) == 5 else key
+
+
 def _tensor_stages(path: Path, header: dict[str, Any], order: Sequence[str] | None) -> tuple[list[StageLayout], dict]:
     """Stage layouts and tensor names of one file (tensors are ``stage`` or ``stage.00001``)."""
     found: dict[str, tuple[StageLayout, str, int]] = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        stage = key.split(".")[0]
+        stage = _stage_of(key, order)
         dt = dtypes.BY_SAFETENSORS.get(info.get("dtype"))
         if dt is None:
             raise InputError(f"{path}: tensor {key} has dtype {info.get('dtype')}, which bbx does not write")
@@ -859,7 +876,7 @@ def _open_single(path: Path) -> SafetensorsOutput:
         failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     except (ValueError, TypeError) as e:
         raise InputError(f"{path} is damaged: {first_line(e)}") from None
-    stages, tensors = _tensor_stages(path, header, facts.out_features)
+    stages, tensors = _tensor_stages(path, header, facts.datasets)
     for name, (_, rows) in tensors.items():
         if rows != len(paths):
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
@@ -894,7 +911,7 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
     for shard in shards:
         file = index.parent / str(shard["file"])
         header, _ = read_header(file)
-        shard_stages, tensors = _tensor_stages(file, header, facts.out_features)
+        shard_stages, tensors = _tensor_stages(file, header, facts.datasets)
         if not stages:
             stages = shard_stages
         shard_meta = _meta(header)
@@ -1001,9 +1018,12 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     return out
 
 
-def _st_rows(file: Path, tensor: str, stage: StageLayout, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read."""
-    header, data_start = read_header(file)
+def _st_rows(
+    file: Path, tensor: str, stage: StageLayout, start: int, stop: int, parsed: tuple[dict, int] | None = None
+) -> Any:
+    """Rows ``start:stop`` of one tensor of a safetensors file, as stored, in one read
+    (``parsed``: the file's :func:`read_header`, when the caller has it)."""
+    header, data_start = parsed or read_header(file)
     begin = data_start + int(header[tensor]["data_offsets"][0]) + start * stage.row_bytes
     want = (stop - start) * stage.row_bytes
     with open(file, "rb") as f:

@@ -10,8 +10,15 @@ and implements two small methods:
 * ``stage_map(index, raw)`` turns a raw state into the ``[N, C, H, W]`` feature map of that stage
   (stage norm, token reshape, ...). Only selected stages pay for it.
 
+Vision transformers also implement ``stage_class_token(index, raw)`` (the class token ``[N, C]``,
+under the same stage norm) and, where the model defines one, ``embedding(raw_last)`` (its own
+image embedding ``[N, D]``); whether a model has them is its settings' (torch-free)
+``class_token`` / ``embedding_dim``.
+
 Selection (``out_indices`` / ``out_features``) follows :mod:`bbx.stages`; ``forward`` returns the
-selected maps as a tuple in stage order. No classification head exists in any bbx backbone.
+selected maps (or, after ``readout(cls=True)``, class tokens) as a tuple in stage order, followed
+by the embedding after ``readout(embedding=True)``. No classification head exists in any bbx
+backbone.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class Backbone(nn.Module):
         self.config = dict(config)
         self.stage_norm = stage_norm
         self._selection = select_stages(self.stage_names)
+        self._cls = False  # readout(): class tokens instead of maps
+        self._embedding = False  # readout(): the image embedding after the stages
 
     # --- metadata -------------------------------------------------------------------------
     @property
@@ -70,8 +79,28 @@ class Backbone(nn.Module):
 
     def select(self, out_indices: Sequence[int] | None = None, out_features: Sequence[str] | None = None) -> Backbone:
         """Choose the stages ``forward`` returns (transformers' rules); returns ``self``."""
-        self._selection = select_stages(self.stage_names, out_indices, out_features)
+        selection = select_stages(self.stage_names, out_indices, out_features)
+        kept = getattr(self, "_kept_through", None)
+        if kept is not None and selection.out_indices[-1] > kept:
+            raise ValueError(f"this model was truncated after stage {self.stage_names[kept]}")
+        self._selection = selection
         return self
+
+    #: the ModuleList attribute whose entry ``k`` computes stage ``k + stage_module_offset``
+    #: (``stages``, ``blocks``), so that :meth:`truncate` can drop what later stages need
+    stage_modules: str | None = None
+    stage_module_offset: int = 1
+
+    def truncate(self, last: int) -> None:
+        """Drop the layers that only stages after ``last`` need (frozen inference for a fixed
+        selection: their weights are never loaded, their memory never taken)."""
+        if self.stage_modules is None:
+            return
+        mods = getattr(self, self.stage_modules)
+        keep = max(0, last - self.stage_module_offset + 1)
+        if keep < len(mods):
+            setattr(self, self.stage_modules, nn.ModuleList(list(mods)[:keep]))
+        self._kept_through = last
 
     @property
     def selection(self) -> Selection:
@@ -90,29 +119,65 @@ class Backbone(nn.Module):
 
     def forward_stages(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
         """Maps of the stages ``indices`` (non-negative, increasing); computes nothing past the last."""
+        return self.forward_outputs(x, indices)[0]
+
+    def forward_outputs(
+        self, x: torch.Tensor, indices: Sequence[int], *, cls: bool = False, embedding: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(the maps of the stages ``indices``, or with ``cls`` their class tokens ``[N, C]``; the
+        image embedding ``[N, D]`` with ``embedding``, else None). Computes nothing past the last
+        stage asked for, which with ``embedding`` is the last stage of the model."""
         wanted = list(indices)
-        if not wanted:
-            return []
-        last = wanted[-1]
+        last = len(self.stage_specs) - 1 if embedding else (wanted[-1] if wanted else -1)
         out: list[torch.Tensor] = []
+        emb = None
+        if last < 0:
+            return out, emb
         stages = self.iter_stages(x)
         for i, raw in enumerate(stages):
             if i in wanted:
-                out.append(self.stage_map(i, raw))
+                out.append(self.stage_class_token(i, raw) if cls else self.stage_map(i, raw))
             if i == last:
+                if embedding:
+                    emb = self.embedding(raw)
                 break
         stages.close()
-        return out
+        return out, emb
+
+    def readout(self, *, cls: bool = False, embedding: bool = False) -> Backbone:
+        """What ``forward`` returns for each selected stage (its map, or with ``cls`` its class
+        token) and whether the image embedding follows them (``embedding``); returns ``self``.
+        ValueError when the model has no class token or no embedding."""
+        if cls and not self.has_class_token:
+            raise ValueError(f"{type(self).__name__} has no class token")
+        if embedding and not self.has_embedding:
+            raise ValueError(f"{type(self).__name__} defines no image embedding")
+        kept = getattr(self, "_kept_through", None)
+        if embedding and kept is not None and kept < len(self.stage_names) - 1:
+            raise ValueError(
+                f"the image embedding needs the last block, but this model was truncated after stage "
+                f"{self.stage_names[kept]}"
+            )
+        self._cls, self._embedding = cls, embedding
+        return self
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.forward_stages(pixel_values, self.out_indices))
+        """The selected stages' maps (or class tokens, see :meth:`readout`) in stage order, then
+        the image embedding when asked for."""
+        maps, emb = self.forward_outputs(pixel_values, self.out_indices, cls=self._cls, embedding=self._embedding)
+        return (*maps, emb) if emb is not None else tuple(maps)
 
     # --- tokens (vision transformers) ------------------------------------------------------------
-    #: whether stages carry a class token (``--pool cls``); families with one override the two below
-    has_class_token: bool = False
-    #: whether the model defines its own image embedding (``--embedding``: CLIP's projected class
-    #: token, SigLIP's pooling head, ...), computed from the last stage's raw state
-    has_embedding: bool = False
+    @property
+    def has_class_token(self) -> bool:
+        """Whether stages carry a class token (``--pool cls``): the settings say, torch-free."""
+        return self.settings.class_token
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the model defines its own image embedding (``--embedding``: CLIP's projected
+        class token, SigLIP's pooling head, ...), computed from the last stage's raw state."""
+        return self.settings.embedding_dim is not None
 
     def stage_class_token(self, index: int, raw: Any) -> torch.Tensor:
         """The class token ``[N, C]`` of stage ``index``'s raw state, under the same stage-norm

@@ -17,11 +17,13 @@ def rename(
     drop: tuple[str, ...] = (),
     strip: tuple[str, ...] = (),
     first_match: bool = False,
+    origin: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``state`` with its keys renamed: keys starting with a ``drop`` prefix are left out (task
     heads), the first matching ``strip`` prefix is removed (a head model's wrapper), then the
     ``rules`` are applied: every rule in turn, or only the first that matches (``first_match``).
-    Keys no rule matches keep their name, so a strict load reports them."""
+    Keys no rule matches keep their name, so a strict load reports them. ``origin``, when given,
+    receives new key -> checkpoint key (to name a checkpoint's keys in errors)."""
     out: dict[str, Any] = {}
     for key, value in state.items():
         if drop and key.startswith(drop):
@@ -39,4 +41,6 @@ def rename(
             else:
                 k = pattern.sub(repl, k)
         out[k] = value
+        if origin is not None:
+            origin[k] = key
     return out

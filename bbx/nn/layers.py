@@ -105,7 +105,7 @@ def onednn_fusion_available() -> bool:
         return False
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a linear/conv computes in: autocast's on CPU when it is on, else the input's."""
     if torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
@@ -140,13 +140,26 @@ def onednn_bf16_available() -> bool:
         return False
 
 
-def _fusable(x: torch.Tensor, act: str | None) -> bool:
-    if x.device.type != "cpu" or torch.is_grad_enabled() or (act is not None and act not in _ONEDNN_ACTS):
-        return False
-    dt = _compute_dtype(x)
-    if dt == torch.float32:
-        return onednn_fusion_available()
-    return dt == torch.bfloat16 and onednn_bf16_available()
+def _mode(x: torch.Tensor, kind: str, act: str | None) -> str:
+    """How a layer marked ``fused`` computes on ``x``: ``fused`` (one oneDNN kernel), ``eager``
+    (PyTorch's ops, through autocast) or ``float32`` (bf16 compute done in fp32, rounded after),
+    as this machine's measured kernel choice (:mod:`bbx.nn.kernels`) says for the compute dtype;
+    always ``eager`` off the CPU, with autograd, or for activations oneDNN does not fuse."""
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return "eager"
+    dt = compute_dtype(x)
+    if dt not in (torch.float32, torch.bfloat16):
+        return "eager"
+    from bbx.nn import kernels
+
+    mode = getattr(kernels.choice(dt), kind)
+    if mode == "fused":
+        ok = onednn_fusion_available() if dt == torch.float32 else onednn_bf16_available()
+        if not ok or (act is not None and act not in _ONEDNN_ACTS):
+            return "eager"
+    if mode == "float32" and dt == torch.float32:
+        return "eager"
+    return mode
 
 
 def linear_act(
@@ -161,8 +174,16 @@ def linear_act(
     ``fused`` and possible, else with the eager ops. A residual in another dtype than the compute
     dtype is added after the fused product, as autocast's type promotion does (a bf16 product
     added to an fp32 residual stream stays fp32)."""
-    if fused and _fusable(x, act) and (add is None or act is None):
-        dt = _compute_dtype(x)
+    mode = _mode(x, "linear", act) if fused else "eager"
+    if mode == "float32":
+        with torch.autocast("cpu", enabled=False):
+            y = F.linear(x.float(), linear.weight, linear.bias)
+            if act is not None:
+                y = _eager_act(act)(y)
+            y = y.to(torch.bfloat16)
+        return y + add if add is not None else y
+    if mode == "fused" and (add is None or act is None):
+        dt = compute_dtype(x)
         if add is not None and add.dtype != dt:
             return add + linear_act(x, linear, fused=True)
         w, b = _cast_params(linear, dt)
@@ -190,14 +211,21 @@ def conv_act(
     fused: bool = False,
 ) -> torch.Tensor:
     """``act(conv(x) [+ add])`` in one oneDNN kernel when ``fused`` and possible, else eager."""
+    mode = _mode(x, "conv", act) if fused else "eager"
+    if mode == "float32":
+        with torch.autocast("cpu", enabled=False):
+            y = F.conv2d(x.float(), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            y = y.to(torch.bfloat16)
+        if add is not None:
+            y = y + add
+        return _eager_act(act)(y) if act is not None else y
     if (
-        fused
-        and _fusable(x, act)
+        mode == "fused"
         and isinstance(conv.padding, tuple)
         and conv.padding_mode == "zeros"
-        and (add is None or add.dtype == _compute_dtype(x))
+        and (add is None or add.dtype == compute_dtype(x))
     ):
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         w, b = _cast_params(conv, dt)
         args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         name, algo = _ONEDNN_ACTS[act] if act is not None else ("none", "")
@@ -228,7 +256,9 @@ def fold_scale_(linear: nn.Linear, scale: torch.Tensor) -> None:
 SLICE_BYTES_PER_THREAD = 2 << 20
 
 
-def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch.Tensor, width: int) -> torch.Tensor:
+def in_row_slices(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch.Tensor, width: int, force: bool = False
+) -> torch.Tensor:
     """``fn(x, *more)`` for a row-wise ``fn`` (LayerNorm, linear layers, activation, residual
     sum: each output row depends on the same rows of the inputs only), run over slices of rows
     small enough that ``fn``'s intermediates, ``width`` values per row, stay in cache instead of
@@ -239,11 +269,16 @@ def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch
     the row count). Measured on 2 cores, the fused ConvNeXt MLP (LayerNorm, fc1 + GELU, fc2 +
     residual) on 50,176 rows of 96 channels: 78 -> 45 ms in fp32, 50 -> 30 ms in bf16; on 12,544
     rows of 192: 50 -> 40 ms. Tensors whose intermediate fits in a few caches gain nothing, and
-    are left whole."""
+    are left whole, and so is everything where this machine's kernel choice turns row slices off
+    (:mod:`bbx.nn.kernels`); ``force`` slices whatever the size and the choice (the probe times it)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    row_bytes = width * (2 if _compute_dtype(x) in (torch.bfloat16, torch.float16) else 4)
+    dt = compute_dtype(x)
+    row_bytes = width * (2 if dt in (torch.bfloat16, torch.float16) else 4)
     budget = SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads())
-    if x.device.type != "cpu" or rows * row_bytes <= 8 * budget or not all(t.is_contiguous() for t in (x, *more)):
+    small = rows * row_bytes <= 8 * budget
+    if not force and (x.device.type != "cpu" or small or not _row_slices_chosen(dt)):
+        return fn(x, *more)
+    if not all(t.is_contiguous() for t in (x, *more)):
         return fn(x, *more)
     slices = -(-rows * row_bytes // budget)
     step = max(256, -(-rows // slices))
@@ -258,8 +293,16 @@ def in_row_slices(fn: Callable[..., torch.Tensor], x: torch.Tensor, *more: torch
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _row_slices_chosen(dt: torch.dtype) -> bool:
+    if dt not in (torch.float32, torch.bfloat16):
+        return True
+    from bbx.nn import kernels
+
+    return kernels.choice(dt).row_slices
+
+
 @functools.lru_cache(maxsize=1)
-def _onednn_bf16_matmul() -> bool:
+def onednn_bf16_matmul() -> bool:
     """Whether torch runs bf16 matmuls on this CPU with oneDNN (AVX-512 or newer), not its slow
     reference kernel."""
     try:
@@ -270,15 +313,25 @@ def _onednn_bf16_matmul() -> bool:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` over ``[B, heads, N, d]``: ``scaled_dot_product_attention``,
-    except for bfloat16 on the CPU, where it runs as two matmuls and a softmax over a few
-    images at a time, so that each slice's scores stay in cache. There oneDNN's bf16
-    matmuls beat the fused kernel, which computes in fp32: measured on 2 cores, DINOv2-S (16 x 6
-    heads x 257 tokens) 14.8 -> 8.5 ms per layer. The probabilities are rounded to bf16
-    before the product with ``v``, as transformers' eager attention does under autocast (the
-    fused kernel keeps them in fp32); fp32 keeps the fused kernel, bit for bit, and so does float16
-    (CPUs without fp16 matrix units run fp16 matmuls 9x slower than the fused kernel)."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled() or not _onednn_bf16_matmul():
+    except for bfloat16 on the CPU where this machine's kernel choice picks
+    :func:`sliced_attention` (:mod:`bbx.nn.kernels`). fp32 keeps the fused kernel, bit for bit, and
+    so does float16 (CPUs without fp16 matrix units run fp16 matmuls 9x slower than the fused
+    kernel)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or torch.is_grad_enabled() or not onednn_bf16_matmul():
         return F.scaled_dot_product_attention(q, k, v)
+    from bbx.nn import kernels
+
+    if kernels.choice(torch.bfloat16).attention != "sliced":
+        return F.scaled_dot_product_attention(q, k, v)
+    return sliced_attention(q, k, v)
+
+
+def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention as two matmuls and a softmax over a few images at a time, so that each slice's
+    scores stay in cache. Where oneDNN's bf16 matmuls beat the fused kernel, which computes in
+    fp32 (measured on an AMD EPYC, 2 cores, DINOv2-S (16 x 6 heads x 257 tokens): 14.8 -> 8.5 ms per
+    layer), this is faster. The probabilities are rounded to bf16 before the product with ``v``,
+    as transformers' eager attention does under autocast (the fused kernel keeps them in fp32)."""
     b, heads, n, d = q.shape
     per_image = heads * n * k.shape[2] * 4  # the scores of one image, in fp32 terms
     step = max(1, SLICE_BYTES_PER_THREAD * max(1, torch.get_num_threads()) // per_image)

@@ -1,4 +1,4 @@
-"""bbx extract vs the transformers recipe, side by side, on one fixed corpus.
+"""bbx extract vs the transformers recipe (or timm's), side by side, on one fixed corpus.
 
 Run on purpose (never collected by the test suite)::
 
@@ -12,7 +12,13 @@ What it does, per case, one after the other in the same environment and thread c
   public full-size configs, and a corpus of JPEG photos of camera-like sizes (long side 480 to
   1024, seeded);
 * (a) the transformers recipe in a fresh process: the checkpoint's image processor and backbone,
-  batch 16, maps written to HDF5 with h5py;
+  batch 16, maps written to HDF5 with h5py; or, for the timm cases (recipe ``timm``, alias
+  ``timm:<architecture>``), the timm recipe in a fresh process of the timm oracle's venv
+  (``$BBX_TIMM_PYTHON`` or ``.venv-timm``, with h5py): ``timm.create_model("local-dir:...",
+  pretrained=True, features_only=True, out_indices=...)``, its eval transform
+  (``resolve_data_config`` + ``create_transform``) on each Pillow image (``convert("RGB")``),
+  batch 16, maps written to HDF5 with h5py; the checkpoint is made by timm itself
+  (tests/timm_oracle.py) with random weights;
 * (b) ``bbx extract`` in a fresh process on the same files, stages and batch size, HDF5 output;
 * times each from the first image to the last map written (imports and model loading excluded
   on both sides) and reads each process's peak memory (ru_maxrss).
@@ -28,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -45,11 +52,16 @@ class Case:
     out_features: tuple[str, ...] | None  # None: the last stage
     dtype: str  # compute dtype on both sides
     target: float  # bbx / transformers images/s the speed issue asks for
-    #: the transformers side: "backbone" (its backbone class, feature_maps of the stages) or
-    #: "model" (``hf_class``, default the model_type's AutoModel class, with output_hidden_states:
-    #: the hidden states of the stages, as the model returns them)
+    #: the peer: "backbone" (transformers' backbone class, feature_maps of the stages), "model"
+    #: (``hf_class``, default the model_type's AutoModel class, with output_hidden_states: the
+    #: hidden states of the stages, as the model returns them) or "timm" (timm's features_only
+    #: model, for an alias ``timm:<architecture>``)
     recipe: str = "backbone"
     hf_class: str | None = None
+    #: the environment variable naming the Python (a command line) the transformers side runs in,
+    #: when this one cannot run it: a processor that exists only in transformers' torchvision
+    #: backend (DINOv3's) needs torchvision, which does not import beside the torch bbx tests pin
+    hf_python: str | None = None
 
 
 def _cases() -> list[Case]:
@@ -64,6 +76,7 @@ def _cases() -> list[Case]:
             c["target"],
             c.get("recipe", "backbone"),
             c.get("hf_class"),
+            c.get("hf_python"),
         )
         for c in data["cases"]
     ]
@@ -97,7 +110,35 @@ def make_corpus(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def timm_python() -> str:
+    found = os.environ.get("BBX_TIMM_PYTHON") or str(ROOT / ".venv-timm" / "bin" / "python")
+    if not Path(found).is_file():
+        raise SystemExit("the timm cases need the timm oracle's venv: set BBX_TIMM_PYTHON (see DEVELOPERS.md)")
+    return found
+
+
+def make_timm_checkpoint(workdir: Path, alias: str) -> Path:
+    """A random-weight timm hub-layout checkpoint of ``timm:<architecture>``, made by timm."""
+    folder = workdir / "ckpt" / alias.replace(":", "-")
+    if (folder / "model.safetensors").exists():
+        return folder
+    request = {"op": "make", "arch": alias.split(":", 1)[1], "folder": str(folder), "seed": 7}
+    p = subprocess.run(
+        [timm_python(), str(ROOT / "tests" / "timm_oracle.py")],
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    reply = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {"ok": False, "error": p.stderr}
+    if not reply.get("ok"):
+        raise SystemExit(f"timm could not make {alias}: {reply.get('error', '')[-2000:]}")
+    return folder
+
+
 def make_checkpoint(workdir: Path, alias: str) -> Path:
+    if alias.startswith("timm:"):
+        return make_timm_checkpoint(workdir, alias)
     import transformers
 
     from bbx import registry
@@ -123,7 +164,7 @@ def make_checkpoint(workdir: Path, alias: str) -> Path:
 # the two recipes, each run in its own process
 
 
-def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str | None):
+def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str | None, device: str = "cpu"):
     """(a callable pixels -> the maps to write, the stage names): the transformers side of a case."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
@@ -132,42 +173,109 @@ def _hf_model(ckpt: Path, stages: list[str] | None, recipe: str, hf_class: str |
     from tests.util import hf_backbone
 
     if recipe == "backbone":
-        model = hf_backbone(ckpt, out_features=stages)
+        model = hf_backbone(ckpt, out_features=stages).to(device)
         return (lambda x: model(x).feature_maps), list(model.out_features)
     config = json.loads((ckpt / "config.json").read_text())
     cls = getattr(transformers, hf_class or MODEL_MAPPING_NAMES[config["model_type"]])
-    model = cls.from_pretrained(ckpt).eval()
+    model = cls.from_pretrained(ckpt).eval().to(device)
     names = hub.resolve(str(ckpt), weights=False).spec.stage_names
     chosen = stages or names[-1:]
     index = [names.index(s) for s in chosen]
     return (lambda x: [model(x, output_hidden_states=True).hidden_states[i] for i in index]), chosen
 
 
+class _Batches:
+    """The transformers recipe's input pipeline: PIL decode + the image processor, batch by
+    batch (a torch Dataset of batches, so a DataLoader's workers can run it)."""
+
+    def __init__(self, paths: list[Path], processor: object) -> None:
+        self.paths, self.processor = paths, processor
+
+    def __len__(self) -> int:
+        return (len(self.paths) + BATCH - 1) // BATCH
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        images = []
+        for p in self.paths[i * BATCH : (i + 1) * BATCH]:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        return self.processor(images, return_tensors="pt")["pixel_values"]
+
+
 def run_transformers(
-    ckpt: Path, listing: Path, out: Path, stages: list[str] | None, dtype: str, recipe: str, hf_class: str | None
+    ckpt: Path,
+    listing: Path,
+    out: Path,
+    stages: list[str] | None,
+    dtype: str,
+    recipe: str,
+    hf_class: str | None,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> dict:
     import contextlib
 
     import h5py
     import torch
-    from PIL import Image
     from transformers import AutoImageProcessor
 
     paths = [Path(p) for p in listing.read_text().splitlines() if p]
     processor = AutoImageProcessor.from_pretrained(ckpt)
-    forward, names = _hf_model(ckpt, stages, recipe, hf_class)
+    forward, names = _hf_model(ckpt, stages, recipe, hf_class, device)
+    kind = torch.device(device).type
+    ctx = torch.autocast(kind, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    batches = _Batches(paths, processor)
+    if workers:
+        batches = torch.utils.data.DataLoader(
+            batches, batch_size=None, num_workers=workers, pin_memory=kind == "cuda", prefetch_factor=4
+        )
+    t0 = time.perf_counter()
+    with h5py.File(out, "w") as f, torch.inference_mode(), ctx:
+        datasets = None
+        done = 0
+        for pixels in batches:
+            maps = [m.float().cpu() for m in forward(pixels.to(device, non_blocking=True))]
+            if datasets is None:
+                datasets = [
+                    f.create_dataset(n, shape=(len(paths), *m.shape[1:]), dtype="f4", chunks=(1, *m.shape[1:]))
+                    for n, m in zip(names, maps)
+                ]
+            for ds, m in zip(datasets, maps):
+                ds[done : done + len(m)] = m.numpy()
+            done += len(maps[0])
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "images": len(paths), "images_per_s": len(paths) / seconds}
+
+
+def run_timm(ckpt: Path, listing: Path, out: Path, indices: list[int], dtype: str) -> dict:
+    """The timm recipe (run with the timm venv's python)."""
+    import contextlib
+
+    import h5py
+    import timm
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    paths = [Path(p) for p in listing.read_text().splitlines() if p]
+    model = timm.create_model(f"local-dir:{ckpt}", pretrained=True, features_only=True, out_indices=indices).eval()
+    transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    names = [str(n) for n in model.feature_info.module_name()]
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     t0 = time.perf_counter()
     with h5py.File(out, "w") as f, torch.inference_mode(), ctx:
         datasets = None
         for i in range(0, len(paths), BATCH):
             batch = paths[i : i + BATCH]
-            images = []
+            pixels = []
             for p in batch:
                 with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
-            pixels = processor(images, return_tensors="pt")["pixel_values"]
-            maps = forward(pixels)
+                    pixels.append(transform(im.convert("RGB")))
+            maps = model(torch.stack(pixels))
             if datasets is None:
                 datasets = [
                     f.create_dataset(n, shape=(len(paths), *m.shape[1:]), dtype="f4", chunks=(1, *m.shape[1:]))
@@ -193,15 +301,44 @@ def _child(args: list[str]) -> tuple[dict, float]:
 
 
 def measure(
-    side: str, ckpt: Path, listing: Path, out: Path, case: Case, threads: int, extra: list[str] | None = None
+    side: str,
+    ckpt: Path,
+    listing: Path,
+    out: Path,
+    case: Case,
+    threads: int,
+    extra: list[str] | None = None,
+    *,
+    device: str = "cpu",
+    hf_workers: int = 0,
 ) -> tuple[dict, float]:
-    """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB)."""
-    args = [sys.executable, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
+    """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB). The
+    "hf" side of a timm case is the timm recipe, in the timm venv's python; a case with
+    ``hf_python`` runs its transformers side in the Python that environment variable names."""
+    python = [sys.executable]
+    if side == "hf" and case.recipe == "timm":
+        side, python = "timm", [timm_python()]
+    elif side == "hf" and case.hf_python:
+        spec = os.environ.get(case.hf_python)
+        if not spec:
+            raise SystemExit(
+                f"case {case.name}: its transformers side needs torchvision; set {case.hf_python} to a Python "
+                "(a command line) with torch, torchvision, transformers and h5py"
+            )
+        python = shlex.split(spec)
+    args = [*python, str(Path(__file__)), "--_child", side, "--ckpt", str(ckpt), "--listing", str(listing)]
     args += ["--out", str(out), "--dtype", case.dtype, "--threads", str(threads), "--recipe", case.recipe]
+    args += ["--device", device, "--hf-workers", str(hf_workers)]
     if case.hf_class:
         args += ["--hf-class", case.hf_class]
     if case.out_features:
         args += ["--stages", ",".join(case.out_features)]
+    if side == "timm":  # timm takes feature_info indices; bbx's stage list of a timm checkpoint is timm's
+        from bbx import hub
+
+        names = hub.resolve(str(ckpt), weights=False).spec.stage_names
+        chosen = list(case.out_features) if case.out_features else names[-1:]
+        args += ["--indices", ",".join(str(names.index(n)) for n in chosen)]
     if extra:
         args += ["--", *extra]
     return _child(args)
@@ -212,9 +349,20 @@ def child_main(ns: argparse.Namespace) -> None:
 
     torch.set_num_threads(ns.threads)
     stages = ns.stages.split(",") if ns.stages else None
-    if ns._child == "hf":
+    if ns._child == "timm":
+        indices = [int(i) for i in ns.indices.split(",")]
+        result = run_timm(Path(ns.ckpt), Path(ns.listing), Path(ns.out), indices, ns.dtype)
+    elif ns._child == "hf":
         result = run_transformers(
-            Path(ns.ckpt), Path(ns.listing), Path(ns.out), stages, ns.dtype, ns.recipe, ns.hf_class
+            Path(ns.ckpt),
+            Path(ns.listing),
+            Path(ns.out),
+            stages,
+            ns.dtype,
+            ns.recipe,
+            ns.hf_class,
+            ns.device,
+            ns.hf_workers,
         )
     else:
         from typer.testing import CliRunner
@@ -232,6 +380,8 @@ def child_main(ns: argparse.Namespace) -> None:
             str(BATCH),
             "--dtype",
             ns.dtype,
+            "--device",
+            ns.device,
             "--json",
             "-q",
             "-0",
@@ -250,6 +400,8 @@ def child_main(ns: argparse.Namespace) -> None:
             "images": rep["done"],
             "images_per_s": rep["images_per_s"],
             "first_batch_s": rep["first_batch_s"],
+            "startup": rep.get("startup"),
+            "phases": rep.get("phases"),
         }
     result["_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -279,12 +431,16 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also compare bbx's peak memory for 256 vs 2,048 images")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side; the best is kept")
     ap.add_argument("--bbx-args", default="", help="extra bbx extract options, e.g. --fast-decode (opt-in levers)")
-    ap.add_argument("--_child", choices=["hf", "bbx"], help=argparse.SUPPRESS)
+    ap.add_argument("--_child", choices=["hf", "bbx", "timm"], help=argparse.SUPPRESS)
+    ap.add_argument("--indices", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--listing", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
     ap.add_argument("--stages", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
+    ap.add_argument("--hf-workers", type=int, default=None, help="DataLoader workers of the transformers side")
+    ap.add_argument("--json-out", default=None, help="also write every measurement as JSON here")
     ap.add_argument("--recipe", default="backbone", help=argparse.SUPPRESS)
     ap.add_argument("--hf-class", default=None, help=argparse.SUPPRESS)
     ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
@@ -307,16 +463,21 @@ def main() -> None:
         + (f", bbx {ns.bbx_args}" if ns.bbx_args else "")
     )
     header = (
-        f"{'case':20} {'dtype':9} {'transformers img/s':>19} {'bbx img/s':>10} {'ratio':>6} {'target':>7} "
+        f"{'case':20} {'dtype':9} {'peer img/s':>19} {'bbx img/s':>10} {'ratio':>6} {'target':>7} "
         f"{'hf peak MB':>10} {'bbx peak MB':>11} {'bbx 1st batch s':>15}"
     )
     print(header)
+    hf_workers = (
+        ns.hf_workers if ns.hf_workers is not None else (0 if ns.device == "cpu" else min(8, os.cpu_count() or 1))
+    )
+    side = {"device": ns.device, "hf_workers": hf_workers}
+    records = []
     for case in chosen:
         ckpt = make_checkpoint(work, case.alias)
         hf_best, bx_best = None, None
         for _ in range(ns.repeat):
-            hf, hf_peak = measure("hf", ckpt, listing, work / "hf.h5", case, threads)
-            bx, bx_peak = measure("bbx", ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split())
+            hf, hf_peak = measure("hf", ckpt, listing, work / "hf.h5", case, threads, **side)
+            bx, bx_peak = measure("bbx", ckpt, listing, work / "bbx.h5", case, threads, ns.bbx_args.split(), **side)
             if hf_best is None or hf["images_per_s"] > hf_best[0]["images_per_s"]:
                 hf_best = (hf, hf_peak)
             if bx_best is None or bx["images_per_s"] > bx_best[0]["images_per_s"]:
@@ -329,6 +490,21 @@ def main() -> None:
             f">={case.target:<4} {ok:4} {hf_peak:10.0f} {bx_peak:11.0f} {bx['first_batch_s']:15.2f}",
             flush=True,
         )
+        records.append(
+            {
+                "case": case.name,
+                "dtype": case.dtype,
+                "device": ns.device,
+                "transformers": hf,
+                "bbx": bx,
+                "ratio": ratio,
+                "target": case.target,
+                "hf_peak_mb": hf_peak,
+                "bbx_peak_mb": bx_peak,
+            }
+        )
+        if ns.json_out:
+            Path(ns.json_out).write_text(json.dumps(records, indent=2))
     if ns.memory:
         case = CASES[0]
         ckpt = make_checkpoint(work, case.alias)

@@ -22,6 +22,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
 )
 
@@ -157,6 +158,11 @@ def _row(alias: str, repo_id: str, size: str, resolution: int, data: str = "") -
     )
 
 
+def _timm_stage(name: str) -> str | None:
+    """timm's stage ``stages.i`` of the same network -> this family's ``stage<i+1>``."""
+    return f"stage{int(name[7:]) + 1}" if name.startswith("stages.") else None
+
+
 FAMILY = Family(
     name="convnext",
     title="ConvNeXt",
@@ -192,4 +198,5 @@ FAMILY = Family(
         "hidden_sizes": [8, 16, 24, 32],
         "depths": [1, 1, 2, 1],
     },
+    timm_counterpart=TimmCounterpart(patterns=("convnext_*",), stage_of=_timm_stage),
 )

@@ -46,86 +46,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.convnext import ConvNextSettings
 from bbx.nn.backbone import Backbone
+from bbx.nn.blocks import ChannelNorm, DwConvBlock, NormDownsample, PatchifyStem
 from bbx.nn.keys import rename
-from bbx.nn.layers import Mlp, fold_scale_, in_row_slices
 
 #: eps of every LayerNorm transformers builds with a fixed value (stem, downsampling, blocks and
 #: ConvNextBackbone's stage norms); only the final norm takes ``layer_norm_eps`` from the config.
 INNER_EPS = 1e-6
 
 
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of an ``[N, C, H, W]`` map (permute, normalise the last
-    dimension, permute back: the same arithmetic as transformers' channels-first LayerNorm).
-    On a channels-last tensor both permutes are free views."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
-
-
-class Stem(nn.Module):
-    """Patchify: a ``p`` x ``p`` conv with stride ``p``, then a channel LayerNorm."""
-
-    def __init__(self, cin: int, cout: int, patch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size=patch, stride=patch)
-        self.norm = ChannelNorm(cout, eps=INNER_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
-class Downsample(nn.Module):
-    """Between stages: a channel LayerNorm, then a 2x2 conv with stride 2."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.norm = ChannelNorm(cin, eps=INNER_EPS)
-        self.conv = nn.Conv2d(cin, cout, kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
-
-
-class Block(nn.Module):
-    """``x + gamma * mlp(norm(dwconv7x7(x)))``, the MLP (``fc2(act(fc1(.)))``) on ``[N, H, W, C]``
-    rows."""
-
-    def __init__(self, dim: int, s: ConvNextSettings):
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=INNER_EPS)
-        self.mlp = Mlp(dim, 4 * dim, s.hidden_act)
-        # layer scale: a per-channel factor, absent (not even a parameter) when the config says 0
-        scale = float(s.layer_scale_init_value)
-        self.gamma = nn.Parameter(torch.full((dim,), scale)) if scale > 0 else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        rows = x.permute(0, 2, 3, 1)  # a free view when x is channels-last
-        if self.mlp.fused:  # layer scale folded into fc2, residual sum in its kernel, rows in slices
-            return in_row_slices(self._mlp, y, rows, width=self.mlp.fc1.out_features).permute(0, 3, 1, 2)
-        y = self.mlp(self.norm(y))
-        # residual sum with the layer scale in one pass (addcmul) rather than a product then a sum
-        out = rows + y if self.gamma is None else torch.addcmul(rows, y, self.gamma)
-        return out.permute(0, 3, 1, 2)
-
-    def _mlp(self, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(y), add=rows)
-
-    @torch.no_grad()
-    def fuse(self, *, kernels: bool = True) -> None:
-        """Frozen inference: fold the layer scale into fc2; ``kernels``: use the fused oneDNN
-        kernels."""
-        if self.gamma is not None:
-            fold_scale_(self.mlp.fc2, self.gamma)
-            self.gamma = None
-        self.mlp.fused = kernels
+def Block(dim: int, s: ConvNextSettings) -> DwConvBlock:
+    """A ConvNeXt block: depthwise conv, LayerNorm (eps 1e-6), MLP, layer scale (none when the
+    config says 0), residual."""
+    scale = float(s.layer_scale_init_value)
+    return DwConvBlock(dim, s.hidden_act, scale if scale > 0 else None, INNER_EPS)
 
 
 class Stage(nn.Module):
@@ -133,7 +69,7 @@ class Stage(nn.Module):
 
     def __init__(self, cin: int, cout: int, depth: int, downsample: bool, s: ConvNextSettings):
         super().__init__()
-        self.down = Downsample(cin, cout) if downsample else nn.Identity()
+        self.down = NormDownsample(cin, cout, eps=INNER_EPS) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[Block(cout, s) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +77,8 @@ class Stage(nn.Module):
 
 
 class ConvNext(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ConvNextSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -153,7 +91,7 @@ class ConvNext(Backbone):
             stages.append(Stage(cin, cout, depth, i > 0, s))
             cin = cout
         specs = self.stage_specs
-        self.stem = Stem(s.num_channels, widths[0], s.patch_size)
+        self.stem = PatchifyStem(s.num_channels, widths[0], s.patch_size, eps=INNER_EPS)
         self.stages = nn.ModuleList(stages)
         # ConvNextBackbone's per-stage norms, one per stage (only the selected ones are applied)
         self.stage_norms = nn.ModuleDict({spec.name: ChannelNorm(spec.channels, eps=INNER_EPS) for spec in specs})

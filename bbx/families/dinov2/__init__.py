@@ -21,6 +21,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
 )
 
@@ -93,6 +94,15 @@ class Dinov2Settings(Settings):
     def prefix_tokens(self) -> int:
         """Tokens before the patches: the class token and the registers."""
         return 1 + self.num_register_tokens
+
+    @property
+    def class_token(self) -> bool:
+        return True
+
+    @property
+    def embedding_dim(self) -> int:
+        """The normed class token (``Dinov2Model``'s ``pooler_output``)."""
+        return self.hidden_size
 
     def stages(self) -> list[StageInfo]:
         names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
@@ -170,7 +180,7 @@ _SIZES = {
 
 def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
     registers = "with-registers" in repo_id
-    hidden, layers, heads, vit = _SIZES[size]
+    hidden, layers, heads, arch = _SIZES[size]
     config: dict[str, Any] = {
         "model_type": "dinov2_with_registers" if registers else "dinov2",
         "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
@@ -194,9 +204,14 @@ def _row(alias: str, repo_id: str, size: str, *extra: str) -> CatalogRow:
         repo_id=repo_id,
         config=config,
         preprocessor=PREPROCESSOR,
-        description=f"DINOv2 {vit}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
+        description=f"DINOv2 {arch}" + (" with 4 registers" if registers else "") + " (self-supervised, LVD-142M)",
         extra_aliases=extra,
     )
+
+
+def _timm_stage(name: str) -> str | None:
+    """timm's stage ``blocks.i`` of the same network -> this family's ``stage<i+1>``."""
+    return f"stage{int(name[7:]) + 1}" if name.startswith("blocks.") else None
 
 
 FAMILY = Family(
@@ -229,5 +244,7 @@ FAMILY = Family(
     },
     notes="DINOv2 maps hold the patch tokens only (class and register tokens dropped), `[C, H/14, W/14]`; `stem` "
     "is the embedding output. Any input size of at least 14 works: the position embeddings are resampled as "
-    "transformers resamples them.",
+    "transformers resamples them. `--pool cls` gives the class token (never a register), under the same stage "
+    "norm; `--embedding` the normed class token (`pooler_output`).",
+    timm_counterpart=TimmCounterpart(patterns=("vit_*_dinov2",), stage_of=_timm_stage),
 )

@@ -50,78 +50,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bbx.families.dinov2 import Dinov2Settings
 from bbx.nn.backbone import Backbone
-from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused q/k/v projection."""
-
-    def __init__(self, dim: int, heads: int, qkv_bias: bool):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, *, fused: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention output, plus ``add`` (the residual) when given."""
-        n, t, c = x.shape
-        qkv = linear_act(x, self.qkv, fused=fused)
-        q, k, v = qkv.view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = (attention(q, k, v) if fused else F.scaled_dot_product_attention(q, k, v)).transpose(1, 2).reshape(n, t, c)
-        return linear_act(y, self.proj, add=add, fused=fused)
-
-
-class SwiGLU(nn.Module):
-    """``fc2(silu(gate) * up)`` where ``fc1`` computes gate and up together (gate first)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 2 * hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.fused = False
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        gate, up = linear_act(x, self.fc1, fused=self.fused).chunk(2, dim=-1)
-        return linear_act(F.silu(gate) * up, self.fc2, add=add, fused=self.fused)
-
-
-class Block(nn.Module):
-    """A pre-norm transformer block with layer scale on both residual branches."""
-
-    def __init__(self, s: Dinov2Settings):
-        super().__init__()
-        dim = s.hidden_size
-        self.norm1 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self.attn = Attention(dim, s.num_attention_heads, s.qkv_bias)
-        self.scale1 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
-        self.norm2 = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self.mlp = SwiGLU(dim, s.mlp_hidden) if s.use_swiglu_ffn else Mlp(dim, s.mlp_hidden, s.hidden_act)
-        self.scale2 = nn.Parameter(torch.full((dim,), float(s.layerscale_value)))
-        self.fused = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:  # layer scales folded into proj / fc2; residual sums inside their kernels
-            x = self.attn(self.norm1(x), fused=True, add=x)
-            return self.mlp(self.norm2(x), add=x)
-        # x + branch * scale in one kernel
-        x = torch.addcmul(x, self.attn(self.norm1(x)), self.scale1)
-        return torch.addcmul(x, self.mlp(self.norm2(x)), self.scale2)
-
-    @torch.no_grad()
-    def fuse(self, *, kernels: bool = True) -> None:
-        """Frozen inference: fold each layer scale into the projection before it (the scales become
-        1); ``kernels``: use the fused oneDNN kernels."""
-        for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
-            fold_scale_(linear, scale)
-            scale.fill_(1.0)
-        self.fused = self.mlp.fused = kernels
+from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
 
 
 class Dinov2(Backbone):
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = Dinov2Settings.from_config(config)
         dim, p = s.hidden_size, s.patch_size
@@ -135,23 +72,26 @@ class Dinov2(Backbone):
         else:
             self.register_tokens = None
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + s.grid * s.grid, dim), std=0.02))
-        self.blocks = nn.ModuleList(Block(s) for _ in range(s.num_hidden_layers))
+        block = {
+            "dim": s.hidden_size,
+            "heads": s.num_attention_heads,
+            "qkv_bias": s.qkv_bias,
+            "hidden": s.mlp_hidden,
+            "act": s.hidden_act,
+            "eps": s.layer_norm_eps,
+            "layer_scale": float(s.layerscale_value),
+            "swiglu": s.use_swiglu_ffn,
+        }
+        self.blocks = nn.ModuleList(Block(**block) for _ in range(s.num_hidden_layers))
         self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
         self._apply_norm = stage_norm == "final" or (stage_norm == "hf" and s.apply_layernorm)
         self._antialias = s.model_type == "dinov2_with_registers"
 
     def _patch_positions(self, gh: int, gw: int) -> torch.Tensor:
         """Position embeddings of the patch tokens for a ``gh`` x ``gw`` grid: ``[1, gh * gw, C]``."""
-        table = self.pos_embed[:, 1:]
-        g = self.settings.grid
-        if (gh, gw) == (g, g):
-            return table
-        c = table.shape[-1]
-        square = table.reshape(1, g, g, c).permute(0, 3, 1, 2)
-        resized = F.interpolate(
-            square.float(), size=(gh, gw), mode="bicubic", align_corners=False, antialias=self._antialias
-        ).to(table.dtype)
-        return resized.permute(0, 2, 3, 1).reshape(1, gh * gw, c)
+        return resize_positions(
+            self.pos_embed[:, 1:], self.settings.grid, (gh, gw), antialias=self._antialias, upcast=True
+        )
 
     def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for block in self.blocks:
@@ -171,12 +111,22 @@ class Dinov2(Backbone):
             x = block(x)
             yield x, grid
 
+    def _patches(self, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        return raw[0][:, self.settings.prefix_tokens :]
+
     def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        tokens, (gh, gw) = raw
-        patches = tokens[:, 1 + self.settings.num_register_tokens :]
+        patches = self._patches(raw)
         if self._apply_norm:
             patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
-        return patches.reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+        return patch_map(patches, raw[1])
+
+    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        cls = raw[0][:, 0]  # the registers follow it
+        return self.norm(cls) if self._apply_norm else cls
+
+    def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        """The normed class token: ``Dinov2Model``'s ``pooler_output``."""
+        return self.norm(raw_last[0][:, 0])
 
 
 # Checkpoint key -> bbx key, applied in order where they match (after the head prefix is removed).
@@ -207,8 +157,8 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
     concatenates q/k/v (and SwiGLU gate/up, when stored apart) into bbx's fused projections.
     Anything unrecognised, or a fused projection with parts missing, is kept under its own
     name, so the strict load reports it."""
-    out: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}  # bbx key -> the checkpoint's, for the parts of an incomplete set
     for key, value in state_dict.items():
         if key.startswith("classifier."):
             continue
@@ -221,20 +171,18 @@ def remap(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> 
             continue
         for pattern, repl in _RULES:
             k = pattern.sub(repl, k)
-        m = _FUSED.match(k)
-        if m is None:
-            out[k] = value
-            continue
-        attention = m["m"] is None
-        fused = f"{m['block']}.{'attn.qkv' if attention else 'mlp.fc1'}.{m['leaf']}"
-        parts.setdefault(fused, {})[_PART[m["a"] or m["b"] or m["m"]]] = (key, value)
-    for fused, got in parts.items():
-        wanted = 3 if ".attn." in fused else 2
-        if sorted(got) == list(range(wanted)):
-            out[fused] = torch.cat([got[i][1] for i in range(wanted)], dim=0)
-        else:
-            out.update(dict(got.values()))
-    return out
+        renamed[k], origin[k] = value, key
+    return fuse_parts(renamed, _fused_part, origin=origin)
+
+
+def _fused_part(key: str) -> tuple[str, int, int] | None:
+    """Where a q/k/v (or SwiGLU gate/up) tensor stored apart goes in bbx's fused projection."""
+    m = _FUSED.match(key)
+    if m is None:
+        return None
+    if m["m"] is None:
+        return f"{m['block']}.attn.qkv.{m['leaf']}", _PART[m["a"] or m["b"]], 3
+    return f"{m['block']}.mlp.fc1.{m['leaf']}", _PART[m["m"]], 2
 
 
 def build(config: Mapping[str, Any], *, stage_norm: str = "hf") -> Dinov2:

@@ -18,6 +18,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
 )
 
@@ -165,6 +166,12 @@ def _row(alias: str, repo_id: str, other: str, depths: list[int], layer_type: st
     )
 
 
+def _timm_stage(name: str) -> str | None:
+    """timm's ResNet stage -> transformers': ``layerK`` is ``stageK``; ``act1`` (before the max-pool)
+    has no counterpart (transformers' ``stem`` is after it)."""
+    return f"stage{name[len('layer') :]}" if name.startswith("layer") else None
+
+
 FAMILY = Family(
     name="resnet",
     title="ResNet",
@@ -190,4 +197,5 @@ FAMILY = Family(
         "depths": [1, 1, 1, 1],
         "layer_type": "basic",
     },
+    timm_counterpart=TimmCounterpart(patterns=("resnet*",), stage_of=_timm_stage),
 )

@@ -22,50 +22,9 @@ from torch import nn
 
 from bbx.families.resnet import ResNetSettings
 from bbx.nn.backbone import Backbone
+from bbx.nn.conv import ConvNormAct
 from bbx.nn.keys import rename
 from bbx.nn.layers import activation, conv_act
-
-
-class ConvNormAct(nn.Module):
-    """Conv (no bias, 'same' padding) -> BatchNorm -> optional activation."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, act: str | None = "relu"):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.act = activation(act) if act is not None else nn.Identity()
-        self.act_name = act
-        self.fused = False  # conv + activation (+ residual) in one oneDNN kernel, once BN is folded
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """``act(bn(conv(x)))``; with ``add`` (the last conv of a block, which has no activation of
-        its own): ``bn(conv(x)) + add``."""
-        if self.fused:
-            return conv_act(x, self.conv, self.act_name, add=add, fused=True)
-        y = self.act(self.bn(self.conv(x)))
-        return y if add is None else y + add
-
-    @torch.no_grad()
-    def fold_batchnorm(self) -> None:
-        """Fold the (frozen) BatchNorm into the conv's weight and a bias: one pass over the
-        activations instead of two. Exact up to fp32 rounding (relative error ~1e-7)."""
-        if isinstance(self.bn, nn.Identity):
-            return
-        bn, conv = self.bn, self.conv
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            bias=True,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        self.conv, self.bn = fused, nn.Identity()
 
 
 class Block(nn.Module):
@@ -103,6 +62,8 @@ class Block(nn.Module):
 
 
 class ResNet(Backbone):
+    stage_modules = "stages"  # stage k is the output of stages[k - 1]
+
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ResNetSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -124,8 +85,7 @@ class ResNet(Backbone):
     def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, ConvNormAct):
-                m.fold_batchnorm()
-                m.fused = fuse_kernels
+                m.fuse(kernels=fuse_kernels)
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         x = self.pool(self.stem(x))

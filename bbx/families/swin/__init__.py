@@ -22,6 +22,7 @@ from bbx.family import (
     Family,
     Settings,
     StageInfo,
+    TimmCounterpart,
     limit,
     map_shapes,
 )
@@ -185,6 +186,11 @@ def _row(alias: str, repo_id: str, size: str, image_size: int, *extra: str, in22
     )
 
 
+def _timm_stage(name: str) -> str | None:
+    """timm's stage ``layers.i`` of the same network -> this family's ``stage<i+1>``."""
+    return f"stage{int(name[7:]) + 1}" if name.startswith("layers.") else None
+
+
 FAMILY = Family(
     name="swin",
     title="Swin",
@@ -216,4 +222,5 @@ FAMILY = Family(
         "num_heads": [2, 2, 4, 4],
         "window_size": 7,
     },
+    timm_counterpart=TimmCounterpart(patterns=("swin_*",), stage_of=_timm_stage),
 )

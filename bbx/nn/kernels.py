@@ -1,0 +1,276 @@
+"""Which CPU kernels run, chosen by measuring them on the machine they run on.
+
+The inference levers in :mod:`bbx.nn.layers` (oneDNN's fused linear / conv + activation + residual
+kernels, the sliced bf16 attention, row slices) were tuned on one CPU; on another, a lever that
+won can lose (seen: the fused bf16 convolutions ran slower than plain autocast on an Intel Xeon
+with AVX-512 BF16 and no AMX, so bf16 was slower than fp32 there). So each lever is a measured
+choice per machine: the first run of a compute dtype times the candidate kernels on small
+representative shapes (about a second), keeps the fastest, and caches the choice per CPU model,
+instruction set, torch version and thread count in the user's cache folder
+(``$BBX_CACHE``, else ``$XDG_CACHE_HOME/bbx``, else ``~/.cache/bbx``). ``bbx info --system`` shows
+it. The candidates per dtype:
+
+* ``linear`` / ``conv``: ``fused`` (one oneDNN kernel with the activation and residual sum),
+  ``eager`` (PyTorch's ops, through autocast for half dtypes), and for bfloat16 also ``float32``
+  (computed in float32 and rounded to bfloat16 afterwards: more precise than autocast, and
+  chosen only where this CPU's bfloat16 kernels are slower than its float32 ones);
+* ``attention`` (bfloat16): ``sliced`` (two oneDNN matmuls and a softmax a few images at a time)
+  or ``sdpa`` (``scaled_dot_product_attention``);
+* ``row_slices``: whether row-wise blocks run over cache-sized slices of rows.
+
+Every candidate computes the same function (tests check each against the eager ops), so the
+choice changes speed, not results beyond rounding. ``BBX_KERNELS=eager`` turns every lever off
+(plain eager PyTorch); ``BBX_KERNELS=default`` skips the probe and uses the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+#: bump when the probe or its candidates change, so cached choices are measured again
+PROBE_VERSION = 1
+LINEAR_MODES = ("fused", "eager", "float32")
+ATTENTION_MODES = ("sliced", "sdpa")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernels one compute dtype uses on this machine."""
+
+    dtype: str
+    linear: str = "fused"
+    conv: str = "fused"
+    attention: str = "sdpa"
+    row_slices: bool = True
+    source: str = "default"  # default | probe | cache | eager (BBX_KERNELS) | override
+    #: candidate -> median milliseconds, as measured by the probe
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("BBX_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bbx"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags that decide which kernels oneDNN can use."""
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_ne_convert")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def machine() -> dict[str, Any]:
+    """What a cached choice is valid for."""
+    return {
+        "cpu": cpu_name(),
+        "flags": cpu_flags(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "probe": PROBE_VERSION,
+    }
+
+
+def _cache_file(info: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"kernels-{digest}.json"
+
+
+# --- the probe ----------------------------------------------------------------------------------
+
+
+def _median_ms(fn: Callable[[], Any], *, repeat: int = 3) -> float:
+    fn()  # warm-up: primitive creation, weight reorders
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return sorted(times)[len(times) // 2]
+
+
+def _candidates(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], Any]]]:
+    """Per lever, per mode: a closure computing a representative op that way."""
+    from bbx.nn import layers
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    half = dtype != torch.float32
+    # a transformer MLP's first layer (ViT-S / Swin-T widths) and a ResNet bottleneck's 3x3 conv
+    x, w, b = rand(8 * 197, 384), rand(1536, 384) * 0.05, rand(1536)
+    xi = rand(8, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    cw, cb = rand(64, 64, 3, 3) * 0.05, rand(64)
+    xd, wd, bd, xid, cwd = (t.to(dtype) for t in (x, w, b, xi, cw))
+    cbd = cb.to(dtype)
+    out: dict[str, dict[str, Callable[[], Any]]] = {"linear": {}, "conv": {}}
+    if layers.onednn_fusion_available() and (not half or layers.onednn_bf16_available()):
+        out["linear"]["fused"] = lambda: torch.ops.mkldnn._linear_pointwise(xd, wd, bd, "gelu", [], "none")
+        out["conv"]["fused"] = lambda: torch.ops.mkldnn._convolution_pointwise(
+            xid, cwd, cbd, [1, 1], [1, 1], [1, 1], 1, "relu", [], ""
+        )
+    out["linear"]["eager"] = lambda: F.gelu(F.linear(xd, wd, bd))
+    out["conv"]["eager"] = lambda: F.relu(F.conv2d(xid, cwd, cbd, padding=1))
+    if half:
+        out["linear"]["float32"] = lambda: F.gelu(F.linear(xd.float(), w, b)).to(dtype)
+        out["conv"]["float32"] = lambda: F.relu(F.conv2d(xid.float(), cw, cb, padding=1)).to(dtype)
+        q, k, v = (rand(8, 6, 197, 64).to(dtype) for _ in range(3))
+        out["attention"] = {
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+            "sliced": lambda: layers.sliced_attention(q, k, v),
+        }
+        if not layers.onednn_bf16_matmul():
+            del out["attention"]["sliced"]
+    # a ConvNeXt-T stage-1 block's MLP (LayerNorm, fc1 + GELU, fc2 + residual) over its rows
+    rows = rand(8 * 56 * 56, 96).to(dtype)  # a batch of 8: the widest intermediate is 38 MB in fp32
+    w1, b1, w2, b2 = (t.to(dtype) for t in (rand(384, 96) * 0.1, rand(384), rand(96, 384) * 0.05, rand(96)))
+    gamma, beta = torch.ones(96, dtype=dtype), torch.zeros(96, dtype=dtype)
+
+    def block(r: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(r, (96,), gamma, beta, 1e-6)
+        return F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2) + r
+
+    out["row_slices"] = {
+        "whole": lambda: block(rows),
+        "sliced": lambda: layers.in_row_slices(block, rows, width=384, force=True),
+    }
+    return out
+
+
+def probe(dtype_name: str, measure: Callable[[Callable[[], Any]], float] = _median_ms) -> Choice:
+    """Time every candidate for ``dtype_name`` on this machine and keep the fastest of each lever.
+    ``measure`` times one closure in milliseconds (tests pass fake timings)."""
+    global _probing
+    dtype = getattr(torch, dtype_name)
+    timings: dict[str, float] = {}
+    best: dict[str, str] = {}
+    _probing, before = True, _probing
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+            for lever, modes in _candidates(dtype).items():
+                for mode, fn in modes.items():
+                    timings[f"{lever}.{mode}"] = round(float(measure(fn)), 3)
+                best[lever] = min(modes, key=lambda m: timings[f"{lever}.{m}"])
+    finally:
+        _probing = before
+    return Choice(
+        dtype=dtype_name,
+        linear=best["linear"],
+        conv=best["conv"],
+        attention=best.get("attention", "sdpa"),
+        row_slices=best["row_slices"] == "sliced",
+        source="probe",
+        timings=timings,
+    )
+
+
+def _default(dtype_name: str) -> Choice:
+    from bbx.nn import layers
+
+    half = dtype_name != "float32"
+    fused = layers.onednn_fusion_available() and (not half or layers.onednn_bf16_available())
+    mode = "fused" if fused else "eager"
+    sliced = dtype_name == "bfloat16" and layers.onednn_bf16_matmul()
+    return Choice(dtype_name, mode, mode, "sliced" if sliced else "sdpa", True, "default")
+
+
+_overrides: dict[str, Choice] = {}
+
+
+@functools.lru_cache(maxsize=16)
+def _chosen(dtype_name: str, threads: int) -> Choice:
+    setting = os.environ.get("BBX_KERNELS", "probe").lower()
+    if setting == "eager":
+        return Choice(dtype_name, "eager", "eager", "sdpa", False, "eager")
+    if setting == "default" or dtype_name == "float16":
+        return _default(dtype_name)  # float16: no probe (CPUs without fp16 units run its matmuls slowly)
+    info = machine()
+    path = _cache_file(info)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("machine") == info and dtype_name in data.get("choices", {}):
+            c = data["choices"][dtype_name]
+            return replace(Choice(**{k: v for k, v in c.items() if k in Choice.__dataclass_fields__}), source="cache")
+    except (OSError, ValueError, TypeError):
+        data = {}
+    choice = probe(dtype_name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = data if data.get("machine") == info else {"machine": info, "choices": {}}
+        record["choices"][dtype_name] = choice.to_json()
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: probe again next time
+    return choice
+
+
+_probing = False
+
+
+def choice(dtype: torch.dtype | str) -> Choice:
+    """The kernels for compute dtype ``dtype`` on this machine (probed once, then cached)."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name in _overrides:
+        return _overrides[name]
+    if _probing:  # the probe's own candidates call the layers: they get the defaults
+        return _default(name)
+    return _chosen(name, torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def override(dtype: str, **modes: Any) -> Iterator[Choice]:
+    """Use the given modes for ``dtype`` inside the block (tests, benchmarks)."""
+    base = choice(dtype)
+    _overrides[dtype] = replace(base, **modes, source="override")
+    try:
+        yield _overrides[dtype]
+    finally:
+        _overrides.pop(dtype, None)
+
+
+def report() -> dict[str, Any]:
+    """What ``bbx info --system`` shows: the machine and the choice of each dtype."""
+    return {
+        "machine": machine(),
+        "cache": str(_cache_file(machine())),
+        "choices": {d: choice(d).to_json() for d in ("float32", "bfloat16")},
+    }

@@ -1,0 +1,139 @@
+"""The prepared GPU check (run by gpu_check.sh on a lent GPU machine; never by the test suite).
+
+1. ``parity``: for every family, the smallest public config with seeded random weights, CUDA
+   against CPU on a batch of photo-like images: fp32 with TF32 off (relative error <= 1e-4 per
+   stage) and bf16 (<= 1e-2 against CPU fp32).
+2. ``speed`` is compare_transformers.py --device cuda (gpu_check.sh drives it case by case while
+   sampling GPU utilisation); ``summary`` prints one table of everything from the JSON it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+#: where the check runs (cpu only to smoke-test this script on a machine without a GPU)
+DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
+sys.path.insert(0, str(ROOT))
+
+
+def _rel(a, b) -> float:
+    import torch
+
+    a, b = a.double(), b.double()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
+
+
+def _smallest(fam):
+    def size(row):
+        try:
+            return fam.parse(row.config).parameter_count() or 0
+        except Exception:  # a row the settings cannot estimate: keep the catalog's order
+            return 0
+
+    return min(fam.catalog, key=size) if fam.catalog else None
+
+
+def parity(out: Path) -> int:
+    import numpy as np
+    import torch
+
+    from bbx import registry
+    from bbx.extractor import Extractor
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    from tests.util import photo
+
+    rows, failures = [], 0
+    for fam in registry.families():
+        row = _smallest(fam)
+        if row is None:
+            continue
+        t = time.perf_counter()
+        try:
+            common = {"pretrained": False, "out_indices": list(range(len(row.stage_names)))}
+            cpu = Extractor(row.alias, device="cpu", **common)
+            gpu = Extractor(row.alias, device=DEVICE, **common)
+            gbf = Extractor(row.alias, device=DEVICE, dtype="bfloat16", **common)
+            h, w = cpu.input_size
+            batch = np.stack([np.asarray(photo(w, h, seed=i)) for i in range(4)])
+            want, got, low = cpu(batch), gpu(batch), gbf(batch)
+            fp32 = max(_rel(got[s], want[s]) for s in cpu.stages)
+            bf16 = max(_rel(low[s], want[s]) for s in cpu.stages)
+            ok = fp32 <= 1e-4 and bf16 <= 1e-2
+            rows.append(
+                {
+                    "family": fam.name,
+                    "alias": row.alias,
+                    "fp32": fp32,
+                    "bf16": bf16,
+                    "ok": ok,
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
+        except Exception as e:  # report and go on: one family must not hide the others
+            rows.append({"family": fam.name, "alias": row.alias, "error": f"{type(e).__name__}: {e}", "ok": False})
+        failures += not rows[-1]["ok"]
+        print(json.dumps(rows[-1]), flush=True)
+    (out / "parity.json").write_text(json.dumps(rows, indent=2))
+    return failures
+
+
+def summary(out: Path) -> None:
+    parity_rows = json.loads((out / "parity.json").read_text()) if (out / "parity.json").exists() else []
+    print("\nCUDA vs CPU parity (max relative error over all stages; fp32 TF32 off <= 1e-4, bf16 <= 1e-2)")
+    for r in parity_rows:
+        if "error" in r:
+            print(f"  {r['family']:18} {r['alias']:28} ERROR {r['error'][:120]}")
+        else:
+            verdict = "ok" if r["ok"] else "FAIL"
+            print(f"  {r['family']:18} {r['alias']:28} fp32 {r['fp32']:.2e}  bf16 {r['bf16']:.2e}  {verdict}")
+    print("\nend to end on the GPU, 256 photos, batch 16 (images/s; bbx phases in seconds; GPU utilisation %)")
+    for f in sorted(out.glob("speed-*.json")):
+        for rec in json.loads(f.read_text()):
+            bx, hf = rec["bbx"], rec["transformers"]
+            util = (
+                json.loads((out / f"{f.stem}.util.json").read_text()) if (out / f"{f.stem}.util.json").exists() else {}
+            )
+            ph = bx.get("phases") or {}
+            print(
+                f"  {rec['case']:24} transformers {hf['images_per_s']:8.1f}  bbx {bx['images_per_s']:8.1f}  "
+                f"ratio {rec['ratio']:5.2f}  decode {ph.get('decode_s', 0):.2f} compute {ph.get('compute_s', 0):.2f} "
+                f"write {ph.get('write_s', 0):.2f}  "
+                f"util mean {util.get('mean', float('nan')):.0f} max {util.get('max', float('nan')):.0f}"
+            )
+
+
+def utilisation(csv: Path, out: Path) -> None:
+    values = []
+    for line in csv.read_text().splitlines():
+        try:
+            values.append(float(line.split(",")[0]))
+        except ValueError:
+            pass
+    busy = [v for v in values if v > 0]
+    out.write_text(
+        json.dumps(
+            {
+                "samples": len(values),
+                "mean": sum(busy) / len(busy) if busy else 0.0,
+                "max": max(values) if values else 0.0,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    what, folder = sys.argv[1], Path(sys.argv[2])
+    folder.mkdir(parents=True, exist_ok=True)
+    if what == "parity":
+        sys.exit(1 if parity(folder) else 0)
+    if what == "util":
+        utilisation(Path(sys.argv[3]), folder / sys.argv[4])
+    if what == "summary":
+        summary(folder)

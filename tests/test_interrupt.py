@@ -245,10 +245,10 @@ def test_a_signal_during_the_close_is_acknowledged_and_the_close_finishes(
             os.kill(os.getpid(), first)
             time.sleep(0.2)  # the handler runs now, in the main thread
 
-    def finish(self, status):
+    def finish(self, status, reason=None):
         os.kill(os.getpid(), second)
         time.sleep(0.2)  # were it obeyed, it would cut the close here
-        return real_finish(self, status)
+        return real_finish(self, status, reason)
 
     monkeypatch.setattr(HDF5Writer, "write", write)
     monkeypatch.setattr(HDF5Writer, "finish", finish)

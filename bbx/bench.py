@@ -63,7 +63,7 @@ def benchmark(
     batch_size: int = 32,
     dtype: str = "float32",
     device: str = "auto",
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     out_indices: tuple[int, ...] | None = None,
     out_features: tuple[str, ...] | None = None,
     stage_norm: str = "hf",
@@ -80,16 +80,22 @@ def benchmark(
 
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise UsageError("--batch-size and --iters must be at least 1, --warmup at least 0")
-    ex = Extractor(
-        model_name,
+    from bbx import hub
+    from bbx.plan import check_memory, model_plan
+
+    plan = model_plan(
+        hub.resolve(model_name, revision=revision, weights=pretrained),
+        image_size=image_size,
         out_indices=out_indices,
         out_features=out_features,
+    )
+    check_memory(plan.ref, plan.settings, plan.input_size, batch=batch_size)  # before anything is built
+    ex = Extractor.from_plan(
+        plan,
         device=device,
         dtype=dtype,
         stage_norm=stage_norm,
-        image_size=image_size,
         pretrained=pretrained,
-        revision=revision,
         channels_last=channels_last,
         compile=compile,
     )

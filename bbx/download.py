@@ -335,11 +335,15 @@ def fetch(
     weights: bool = True,
     progress: bool | None = None,
     check: Callable[[Path], object] | None = None,
+    downloading: bool = False,
+    random_ok: bool = False,
 ) -> Snapshot:
     """Make ``repo_id``'s files local at ``revision`` (branch, tag or commit; default ``main``):
     config, preprocessing and, with ``weights``, the weights. ``check(folder)`` runs once the
     configs are local and before any weights are fetched (to refuse an unsupported model early).
-    ``progress``: download bars on stderr (default: when stderr is a terminal)."""
+    ``progress``: download bars on stderr (default: when stderr is a terminal). Errors advise
+    what helps: ``downloading`` (for ``bbx download`` itself, which only the network can help),
+    ``random_ok`` (the model's config is embedded: ``--no-pretrained`` runs it without weights)."""
     validate_repo_id(repo_id)
     if revision is not None:
         validate_revision(revision)
@@ -347,7 +351,7 @@ def fetch(
     pinned = _COMMIT.fullmatch(rev) is not None
     with _quiet_hub_logs():
         if is_offline():
-            snap = _offline(repo_id, rev, weights=weights)
+            snap = _offline(repo_id, rev, weights=weights, downloading=downloading, random_ok=random_ok)
         elif (snap := _from_cache(repo_id, rev, weights=weights) if pinned else None) is None:
             try:
                 return _online(repo_id, rev, weights=weights, progress=progress, check=check)
@@ -356,10 +360,15 @@ def fetch(
                 snap = None if pinned else _from_cache(repo_id, rev, weights=weights)
                 if snap is None:
                     what = f"{repo_id} (revision {rev})"
+                    if downloading:
+                        advice = "check the network (or HF_ENDPOINT) and rerun"
+                    else:
+                        advice = (
+                            f"check the network (or HF_ENDPOINT), run `{_download_hint(repo_id, revision)}` while "
+                            f"online, or pass a checkpoint folder{_random_hint(random_ok)}"
+                        )
                     raise NetworkError(
-                        f"cannot reach the hub at {_endpoint()}: {e.reason}, and {what} is not in the cache; "
-                        f"check the network (or HF_ENDPOINT), run `{_download_hint(repo_id, revision)}` while "
-                        "online, or pass a checkpoint folder"
+                        f"cannot reach the hub at {_endpoint()}: {e.reason}, and {what} is not in the cache; {advice}"
                     ) from e
                 snap = dataclasses.replace(snap, note=f"hub unreachable ({e.reason}): used the cached copy")
     if check is not None:
@@ -390,19 +399,28 @@ def _from_cache(repo_id: str, revision: str, *, weights: bool) -> Snapshot | Non
     return Snapshot(folder, folder.name, repo_id, revision, files, source="cache")
 
 
-def _offline(repo_id: str, revision: str, *, weights: bool) -> Snapshot:
+def _random_hint(random_ok: bool) -> str:
+    return ", or --no-pretrained to run it on random weights (nothing to download)" if random_ok else ""
+
+
+def _offline(repo_id: str, revision: str, *, weights: bool, downloading: bool, random_ok: bool) -> Snapshot:
     snap = _from_cache(repo_id, revision, weights=weights)
     if snap is None:
-        hint = f"run `{_download_hint(repo_id, None if revision == DEFAULT_REVISION else revision)}` while online"
+        if downloading:
+            hint = "downloading needs the network: unset HF_HUB_OFFLINE and rerun"
+        else:
+            rev = None if revision == DEFAULT_REVISION else revision
+            hint = f"run `{_download_hint(repo_id, rev)}` while online"
         partial = _from_cache(repo_id, revision, weights=False) if weights else None
         if partial is not None:
             raise OfflineError(
                 f"offline (HF_HUB_OFFLINE is set) and the weights of {repo_id} at {partial.commit} are not in "
-                f"the cache: {hint}"
+                f"the cache: {hint}{'' if downloading else _random_hint(random_ok)}"
             )
+        folder = "" if downloading else f", or pass a checkpoint folder{_random_hint(random_ok)}"
         raise OfflineError(
             f"offline (HF_HUB_OFFLINE is set) and {repo_id} (revision {revision}) is not in the cache at "
-            f"{cache_dir()}: {hint}, or pass a checkpoint folder"
+            f"{cache_dir()}: {hint}{folder}"
         )
     return snap
 

@@ -10,9 +10,11 @@ Exit statuses (documented in the README):
 ====  =====================================================================
  0    success: every input was extracted
  1    internal error (a bug: please report it, run with ``--debug``)
- 2    usage error: a bad option or option value
- 3    input error: a missing input path, an output that already exists, no disk space
- 4    model error: unknown model, unsupported architecture, weights that do not fit
+ 2    usage error: a bad option or option value, a batch too large for the machine's memory
+ 3    input error: a missing input path, an output that exists, is being written, is damaged or
+      cannot be written, no disk space (before or during the run)
+ 4    model error: unknown model, unsupported architecture, weights that do not fit, a config
+      out of range or too large for the machine's memory
  5    hub: repository not found
  6    hub: gated or private repository, token missing or refused
  7    hub: revision not found

@@ -11,6 +11,12 @@ device and dtypes :mod:`bbx.runtime`, the formats :mod:`bbx.formats`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import inspect
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,20 +24,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bbx.errors import InputError, Terminated
-from bbx.formats import Writer, open_writer
+from bbx.errors import InputError, Terminated, first_line
+from bbx.formats import Writer, discard_unfinished, open_writer, partial_path
 from bbx.plan import (
     ExtractOptions,
     RunPlan,
     begun_elsewhere,
-    check_space,
     done_keys,
-    dry_run_refusals,
     is_done,
     plan_run,
+    preflight,
     row_name,
 )
-from bbx.report import Plan, Summary
+from bbx.report import Plan, Summary, plural
 from bbx.runtime import default_workers, resolve_device
 
 __all__ = ["ExtractOptions", "plan", "run"]
@@ -39,9 +44,11 @@ __all__ = ["ExtractOptions", "plan", "run"]
 
 def plan(opts: ExtractOptions, inputs: Sequence[Path], *, device: str | None = None) -> Plan:
     """The shape report of a run, without weights (``--dry-run``), with what the real run would
-    refuse in its ``warnings``."""
+    refuse in its ``warnings`` and the status it would then exit with in ``exit_code``."""
     rp = plan_run(opts, inputs, device=device, weights=False)
-    rp.report.warnings = dry_run_refusals(opts, rp)
+    problems = preflight(opts, rp)
+    rp.report.warnings = [e.message for e in problems]
+    rp.report.exit_code = problems[0].exit_code if problems else 0
     return rp.report
 
 
@@ -110,9 +117,16 @@ def decoded(
 class _Stopped(Exception):
     """``--on-error stop`` met a bad input; the run ends like an interrupted one, then reports it."""
 
-    def __init__(self, error: InputError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.why = path, reason
+        self.reason = f"--on-error stop at {path}: {reason}"  # what the output records
+        self.nothing_written = False
+        super().__init__(self.reason)
+
+    @property
+    def error(self) -> InputError:
+        left = "; nothing was written" if self.nothing_written else ""
+        return InputError(f"{self.path}: {self.why} (stopped: --on-error stop{left})")
 
 
 class _Run:
@@ -122,16 +136,24 @@ class _Run:
         self.opts = opts
         self.device = device
         self.rp: RunPlan = plan_run(opts, inputs, device=device, weights=opts.pretrained)
-        check_space(self.rp.report, force=opts.force, resume=opts.resume)
-        self.writer: Writer = open_writer(
-            self.rp.output,
-            self.rp.fmt,
-            facts=self.rp.facts,
-            stages=self.rp.layouts,
-            overwrite=opts.overwrite,
-            resume=opts.resume,
-            shard_bytes=opts.shard_bytes,
-        )
+        problems = preflight(opts, self.rp)
+        if problems:
+            raise problems[0]
+        try:
+            self.writer: Writer = open_writer(
+                self.rp.output,
+                self.rp.fmt,
+                facts=self.rp.facts,
+                stages=self.rp.layouts,
+                overwrite=opts.overwrite,
+                resume=opts.resume,
+                shard_bytes=opts.shard_bytes,
+                check_space=not opts.force,
+                compression=opts.compression,
+            )
+        except OSError as e:  # the disk, the folder or the file system refused (the writer left nothing)
+            reason = e.strerror or first_line(e)
+            raise InputError(f"cannot write {self.rp.output}: {reason[:1].lower() + reason[1:]}{_hint(e)}") from None
         inputs = self.rp.inputs.items  # this shard's, tars listed
         self.todo = list(inputs)
         self.done_before = 0
@@ -180,30 +202,48 @@ def run(
     device = extractor.device if extractor is not None else resolve_device(device_of(opts))  # (imports torch)
     t_import = time.perf_counter()
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
-    r = _Run(opts, inputs, device)
+    with SignalGuard() as guard:
+        r = _Run(opts, inputs, device)
+        guard.output = r.rp.output
+        t_resolved = time.perf_counter()
+        r.summary.startup = {"import_s": t_import - t_start, "resolve_s": t_resolved - t_import}
+        return _run(r, opts, device, guard, progress, on_plan, t_start, extractor or Extractor)
+
+
+def _run(
+    r: _Run,
+    opts: ExtractOptions,
+    device: str,
+    guard: SignalGuard,
+    progress: Callable[[int, int], None] | None,
+    on_plan: Callable[[Plan], None] | None,
+    t_start: float,
+    extractor: Any,
+) -> Summary:
+    """The run once its output is open; ``extractor``: a :class:`bbx.Extractor` ready for it, or
+    the class to build one from the plan."""
     writer, summary = r.writer, r.summary
-    t_resolved = time.perf_counter()
-    summary.startup = {"import_s": t_import - t_start, "resolve_s": t_resolved - t_import}
     status, stop = "complete", None
     t0 = time.perf_counter()
     try:
         import bbx.loading  # noqa: F401  (the model code: timed apart from the weights)
 
         summary.startup["import_s"] += time.perf_counter() - t0
-        extractor = extractor or Extractor.from_plan(
-            r.rp.model,
-            device=device,
-            dtype=opts.dtype,
-            stage_norm=opts.stage_norm,
-            pool=opts.pool,
-            embedding=opts.embedding,
-            output_dtype=opts.store_dtype,
-            pretrained=opts.pretrained,
-            exif=opts.exif,
-            fast_decode=opts.fast_decode,
-            channels_last=opts.channels_last,
-            compile=opts.compile,
-        )
+        if isinstance(extractor, type):
+            extractor = extractor.from_plan(
+                r.rp.model,
+                device=device,
+                dtype=opts.dtype,
+                stage_norm=opts.stage_norm,
+                pool=opts.pool,
+                embedding=opts.embedding,
+                output_dtype=opts.store_dtype,
+                pretrained=opts.pretrained,
+                exif=opts.exif,
+                fast_decode=opts.fast_decode,
+                channels_last=opts.channels_last,
+                compile=opts.compile,
+            )
         summary.startup.update(getattr(extractor.model, "load_seconds", {}))
         if on_plan is not None:
             on_plan(r.rp.report)
@@ -214,43 +254,131 @@ def run(
     except Terminated:
         status, summary.interrupted = "interrupted", "SIGTERM"
     except _Stopped as e:
-        status, stop = "interrupted", e.error
+        status, stop = "interrupted", e
     except OSError as e:
-        writer.abort()
-        raise InputError(f"cannot write {r.rp.output}: {e.strerror or e}") from None
+        with guard.closing():
+            writer.abort()
+        raise _cannot_write(r, e) from None
     except BaseException:
         # an unexpected failure: keep what is committed, leave the partial output for --resume
-        writer.abort()
-        raise
-    summary.seconds = time.perf_counter() - t0
-    summary.rows_total = r.done_before + summary.done
-    if status != "complete" and summary.done == 0 and not r.resumed:
-        writer.abort()  # interrupted before anything was written: leave nothing behind
-    else:
-        try:
-            summary.files = [str(p) for p in _signals_deferred(writer.finish, status)]
-        except OSError as e:
+        with guard.closing():
             writer.abort()
-            raise InputError(f"cannot write {r.rp.output}: {e.strerror or e}") from None
+        raise
+    # From here on a signal is acknowledged, never obeyed: closing and renaming must not be cut in half.
+    with guard.closing():
+        summary.load_s = t0 - t_start
+        summary.rows_total = r.done_before + summary.done
+        if status != "complete" and summary.done == 0 and not r.resumed:
+            writer.abort()  # interrupted before anything was written: leave nothing behind
+            discard_unfinished(r.rp.output)
+            if stop is not None:
+                stop.nothing_written = True
+        else:
+            reason = stop.reason if stop is not None else summary.interrupted
+            stored = getattr(writer, "stored_bytes", None)  # before the close: the file is open
+            summary.stored_bytes = stored() if stored is not None else None
+            try:
+                summary.files = [str(p) for p in writer.finish(status, reason)]
+            except OSError as e:
+                writer.abort()
+                raise _cannot_write(r, e) from None
+    summary.seconds = time.perf_counter() - t_start  # the whole run, its close included
+    if guard.late is not None and summary.interrupted is None:
+        summary.late_signal = guard.late
+        summary.notes.append(f"{guard.late} arrived while the output was being closed: it was closed first, complete")
     if stop is not None:
-        raise stop
+        raise stop.error
     return summary
 
 
-def _signals_deferred(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn`` with SIGINT and SIGTERM held back (closing and renaming the output must not be
-    cut in half); a signal that arrived meanwhile is delivered afterwards."""
-    import signal
-    import threading
+class SignalGuard:
+    """SIGINT and SIGTERM during a run (main thread only; elsewhere it does nothing).
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        return fn(*args)
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    The first signal is obeyed: KeyboardInterrupt or :class:`Terminated` is raised where the run
+    is, and the run closes its output as ``interrupted``. Every later one, and any signal while the
+    output is being closed (:meth:`closing`), is acknowledged on stderr and otherwise ignored, so
+    that the close and the rename are never cut in half (process-directed signals reach whichever
+    thread does not block them, so masking them in one thread cannot do this). Once a signal has
+    arrived, the guard stays installed until the process ends: an interpreter on its way out
+    must not be interrupted either.
+
+    :attr:`seen` tells a caller that a signal arrived in this process; the command line then
+    ignores further ones until it exits (the interpreter's own shutdown puts the default handlers
+    back, and a signal then would kill it with the wrong status)."""
+
+    seen = False
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.first: str | None = None  # the signal obeyed
+        self.late: str | None = None  # a first signal that arrived while closing
+        self.output: Path | None = None
+        self._closing = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if self.active:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active and self.first is None and self.late is None:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        self._closing = True
+        try:
+            yield
+        finally:
+            self._closing = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        SignalGuard.seen = True
+        name = signal.Signals(signum).name
+        if self.first is None and self.late is None and not self._closing:
+            self.first = name
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        if self.first is None and self.late is None:
+            self.late = name
+        where = f"{self.output}" if self.output is not None else "the output"
+        kept = partial_path(self.output) if self.output is not None else "its .partial"
+        _say(
+            f"bbx: {name} again: still closing {where} with every finished image in it; "
+            f"if bbx is killed before that ends, --resume recovers the run from {kept}\n"
+            if self.first is not None
+            else f"bbx: {name} while closing {where}: the close finishes first "
+            f"(if bbx is killed before that ends, --resume recovers the run from {kept})\n"
+        )
+
+
+def _say(text: str) -> None:
     try:
-        return fn(*args)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.write(2, text.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _cannot_write(r: _Run, e: OSError) -> InputError:
+    """A write that failed (a full disk, an I/O error), in one line that says what is kept."""
+    reason = e.strerror or first_line(e)
+    kept = partial_path(r.rp.output)
+    rows = r.done_before + r.summary.done
+    if kept.exists() and rows:
+        what = f"the {plural(rows, 'image')} written so far are kept in {kept}: {fix(e)}rerun with --resume"
+    else:
+        what = f"nothing was written: {fix(e)}rerun"
+    return InputError(f"cannot write {r.rp.output}: {reason[:1].lower() + reason[1:]} ({what})")
+
+
+def fix(e: OSError) -> str:
+    return "free some space, then " if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+
+
+def _hint(e: OSError) -> str:
+    return " (nothing was written: free some space, then rerun)" if fix(e) else ""
 
 
 def _timed(items: Iterator[Any], phases: dict[str, float]) -> Iterator[Any]:
@@ -275,17 +403,27 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     t_loop = time.perf_counter()
     phases = summary.phases
 
-    def load(item: Any) -> Any:
-        return extractor.load(item.read() if isinstance(item, TarMember) else item)
+    def load(item: Any) -> Any:  # the pixels and where on the image they came from
+        return extractor.load_with_geometry(item.read() if isinstance(item, TarMember) else item)
+
+    takes_sources = "sources" in inspect.signature(writer.write).parameters
+    sources: list[Any] = []
 
     def flush(batch: list[Path], arrays: list[Any]) -> None:
         t0 = time.perf_counter()
         maps = extractor.run(np.stack(arrays))  # transfer, normalise, model, back to the host
+        stored = {name: to_storage(m) for name, m in maps.items()}
         t1 = time.perf_counter()
-        writer.write([r.row(p) for p in batch], {name: to_storage(m) for name, m in maps.items()})
+        if takes_sources:  # where each row came from: the image's size and the box the input covers
+            writer.write([r.row(p) for p in batch], stored, sources=list(sources))
+        else:
+            writer.write([r.row(p) for p in batch], stored)
+        sources.clear()
         t2 = time.perf_counter()
         phases["compute_s"] += t1 - t0
         phases["write_s"] += t2 - t1
+        summary.write_s += t2 - t1
+        summary.map_bytes += sum(a.nbytes for a in stored.values())
         summary.done += len(batch)
         if summary.first_batch_s is None:
             now = time.perf_counter()
@@ -298,7 +436,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     batch: list[Path] = []
     arrays: list[Any] = []
     total = len(r.todo)
-    for handled, (path, pixels, reason) in enumerate(
+    for handled, (path, loaded, reason) in enumerate(
         _timed(decoded(r.todo, load, workers, window, overlap=overlap), phases), 1
     ):
         if reason is not None:
@@ -307,10 +445,12 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
             if opts.on_error == "stop":
                 if batch:
                     flush(batch, arrays)  # the images before the bad one are fine: keep them
-                raise _Stopped(InputError(f"{path}: {reason} (stopped: --on-error stop)"))
+                    batch, arrays = [], []
+                raise _Stopped(path, reason)
         else:
             batch.append(path)
-            arrays.append(pixels)
+            arrays.append(loaded[0])  # the pixels,
+            sources.append(loaded[1])  # and where on the image they came from
             if len(batch) == opts.batch_size:
                 flush(batch, arrays)
                 batch, arrays = [], []

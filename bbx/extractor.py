@@ -32,7 +32,8 @@ class Extractor:
     ``out_indices`` / ``out_features``: the stages (transformers' rules; default the last).
     ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
     bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
-    instead of the checkpoint's. ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``),
+    or (height, width) instead of the checkpoint's; ``resize``: crop (the checkpoint's recipe),
+    squash or pad (the whole image). ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``),
     cls (each stage's class token, ``[N, C]``, for vision transformers that have one).
     ``embedding``: also return the model's own image embedding ``[N, D]`` as ``"embedding"``
     (CLIP's projected class token, SigLIP's pooling head, ...; the forward then runs to the last
@@ -51,7 +52,8 @@ class Extractor:
         device: str = "auto",
         dtype: str = "float32",
         stage_norm: str = "hf",
-        image_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        resize: str = "crop",
         pool: str = "none",
         embedding: bool = False,
         output_dtype: str = "float32",
@@ -76,7 +78,9 @@ class Extractor:
         if _plan is None:
             require = readout_check(model, pool=pool, embedding=embedding)
             ref = hub.resolve(model, revision=revision, weights=pretrained, require=require)
-            _plan = model_plan(ref, image_size=image_size, out_indices=out_indices, out_features=out_features)
+            _plan = model_plan(
+                ref, image_size=image_size, resize=resize, out_indices=out_indices, out_features=out_features
+            )
         check_readout(_plan.ref.spec, model, pool=pool, embedding=embedding)  # before any weights are loaded
         self.plan = _plan
         self.pool = pool
@@ -144,6 +148,26 @@ class Extractor:
         if tuple(pixels.shape[:2]) != (h, w):
             raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
         return pixels
+
+    def load_with_geometry(self, image: str | Path | bytes | Any) -> tuple[np.ndarray, Any]:
+        """:meth:`load`, with where the pixels came from (:class:`bbx.images.Geometry`: the image's
+        size and the box of it the input covers)."""
+        from bbx import images
+
+        if isinstance(image, (str, Path)):
+            pixels, geometry = images.load_with_geometry(
+                Path(image), self.preprocess, exif=self.exif, fast_decode=self.fast_decode
+            )
+        elif isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            pixels, geometry = images.load_with_geometry(
+                image, self.preprocess, exif=self.exif, fast_decode=self.fast_decode
+            )
+        else:
+            pixels, geometry = images.prepare(image, self.preprocess), images.geometry_of(image, self.preprocess)
+        h, w = self.input_size
+        if tuple(pixels.shape[:2]) != (h, w):
+            raise images.ImageError(f"preprocessing gave {pixels.shape[0]}x{pixels.shape[1]} pixels, expected {h}x{w}")
+        return pixels, geometry
 
     # -- the batch --------------------------------------------------------------------------------
     def __call__(self, images: Sequence[str | Path | Any] | Any) -> dict[str, torch.Tensor]:

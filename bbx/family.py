@@ -171,6 +171,12 @@ class Settings:
             values[f.name] = coerce(raw, hints[f.name], f.name, f.metadata.get("lo"), f.metadata.get("hi"))
         s = cls(**cls.adjust(config, values))
         s.check()
+        n = s.parameter_count()
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"it describes {n:.3g} parameters ({n * BYTES_PER_NUMBER / 1e12:.3g} TB of weights), "
+                f"more than any backbone bbx would build (at most {MAX_PARAMETERS:.3g})"
+            )
         return s
 
     @classmethod
@@ -196,9 +202,37 @@ class Settings:
         """The only input size the architecture accepts, or None when any size works."""
         return None
 
+    # -- memory ------------------------------------------------------------------------------------
+    #
+    # A config is refused before anything is built when the memory it implies does not fit (see
+    # :func:`memory_needed`): the numbers come from these three, which every family implements
+    # from its fields alone (no torch) and tests/test_families.py checks against real builds and
+    # forward passes.
+
     def parameter_count(self) -> int:
-        """About how many weights the network has (for refusing absurd configs); 0 if unknown."""
+        """Exactly how many numbers the network's state holds: its parameters and persistent
+        buffers, as built for stage norm ``hf`` (what ``state_dict()`` would hold). 0: unknown
+        (a family that has not implemented it yet; the contract test fails for it)."""
         return 0
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """Per image, the most numbers alive at once during a forward at ``image_size`` (height,
+        width): the input, the stage maps kept, and the widest moment inside a block (its input,
+        intermediates and output). The default reads it off the stage shapes alone: the input, every
+        stage map, and four times the largest (an input, two intermediates, an output); families
+        whose blocks widen more (an MLP's hidden layer, attention scores) override it."""
+        shapes = map_shapes(self, image_size)
+        maps = [c * h * w for c, h, w in shapes]
+        return self.num_channels_in() * image_size[0] * image_size[1] + sum(maps) + 4 * max(maps)
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """Numbers a forward at ``image_size`` holds once, whatever the batch: tables cached per
+        input size, attention scores computed one image at a time, resampled position
+        embeddings. 0 by default."""
+        return 0
+
+    def num_channels_in(self) -> int:
+        return int(getattr(self, "num_channels", 3))
 
     # what a run may read out besides the stage maps (torch-free, so that plans, ``--dry-run`` and
     # ``inspect`` know before any weights are loaded)
@@ -211,6 +245,75 @@ class Settings:
     def embedding_dim(self) -> int | None:
         """The width of the model's own image embedding (``--embedding``), None when it defines none."""
         return None
+
+
+#: the most numbers a network's state may hold whatever the machine (about 1.1 TB in float32):
+#: no public backbone comes within a hundredfold of it; a config past it is refused as it is read
+MAX_PARAMETERS = 1 << 38
+#: bytes per number bbx assumes for memory estimates (float32: weights load and compute in it)
+BYTES_PER_NUMBER = 4
+
+
+def token_activations(
+    image_size: tuple[int, int], *, channels: int, patch: int, dim: int, layers: int, hidden: int, prefix: int
+) -> int:
+    """Per image, a plain vision transformer's peak (``prefix`` tokens before the patches): the
+    input, every stage map (the patch tokens of the stem and of each block), and the widest moment
+    of a block: attention (input, norm, q/k/v and their per-head copies, output and its copy) or
+    the MLP (input, norm, the ``hidden`` layer, output)."""
+    h, w = image_size
+    patches = (h // patch) * (w // patch)
+    t = patches + prefix
+    return channels * h * w + (layers + 1) * dim * patches + max(10 * dim * t, (3 * dim + hidden) * t)
+
+
+def token_workspace(image_size: tuple[int, int], *, patch: int, dim: int, heads: int, prefix: int, table: int) -> int:
+    """One image's attention scores and their softmax (kernels compute a few images at a time),
+    and a position table of ``table`` rows resampled to the input's grid."""
+    patches = (image_size[0] // patch) * (image_size[1] // patch)
+    t = patches + prefix
+    return 2 * heads * t * t + (table + patches) * dim
+
+
+def window_stage_activations(
+    grid: tuple[int, int], dim: int, heads: int, window: int, hidden: int, *, bias_hidden: int = 0
+) -> int:
+    """The widest moment of a shifted-window transformer stage (Swin's kind) on a ``grid`` of
+    tokens: its attention (input, norm, the grid padded to whole windows and cut into them, q/k/v
+    twice, output, projection, back in place; the scores with their softmax: each window's tokens
+    against each other; ``bias_hidden``: a position-bias MLP's hidden layer over the window's
+    relative offsets), its MLP, or its patch merging (the 2x2 gather, its norm, the input)."""
+    a, b = grid
+    ap, bp = -(-a // window) * window, -(-b // window) * window
+    offsets = (2 * window - 1) ** 2
+    attention = 2 * dim * a * b + 8 * dim * ap * bp + 2 * ap * bp * heads * window * window
+    attention += offsets * (bias_hidden + heads) if bias_hidden else 0
+    mlp = (3 * dim + hidden) * a * b
+    merge = 3 * 2 * dim * a * b
+    return max(attention, mlp, merge)
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What a forward pass needs in memory, in bytes: the weights (twice: kernels and autocast
+    keep a converted copy), the per-size workspace, and the activations of one image."""
+
+    weights: int
+    workspace: int
+    per_image: int
+
+    def total(self, batch: int) -> int:
+        return self.weights + self.workspace + batch * self.per_image
+
+
+def memory_needed(settings: Settings, image_size: tuple[int, int]) -> MemoryNeed:
+    """The memory a forward at ``image_size`` needs, from the settings' own counts."""
+    b = BYTES_PER_NUMBER
+    return MemoryNeed(
+        weights=2 * b * settings.parameter_count(),
+        workspace=b * settings.workspace_count(image_size),
+        per_image=b * settings.activation_count(image_size),
+    )
 
 
 @dataclass(frozen=True)
@@ -258,10 +361,43 @@ class PatchTransformerSettings(Settings):
             raise ValueError(f"input must be at least {p}x{p} (the patch size)")
         return [(h // p, w // p)] * (self.num_hidden_layers + 1)
 
+    #: tokens before the patches (the class token)
+    prefix_tokens: ClassVar[int] = 1
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        return token_activations(
+            image_size,
+            channels=self.num_channels,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            layers=self.num_hidden_layers,
+            hidden=self.intermediate_size,
+            prefix=self.prefix_tokens,
+        )
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        return token_workspace(
+            image_size,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            heads=self.num_attention_heads,
+            prefix=self.prefix_tokens,
+            table=self.grid**2,
+        )
+
+    def block_parameters(self) -> int:
+        """One pre-norm block's numbers: two LayerNorms, fused qkv (biased unless ``qkv_bias`` is
+        false), the output projection, the MLP."""
+        d, h = self.hidden_size, self.intermediate_size
+        qkv_bias = 3 * d if getattr(self, "qkv_bias", True) else 0
+        return 4 * d + 3 * d * d + qkv_bias + d * d + d + d * h + h + h * d + d
+
     def parameter_count(self) -> int:
-        d = self.hidden_size
-        block = 4 * d * d + 2 * d * self.intermediate_size
-        return self.num_hidden_layers * block + self.grid**2 * d + self.num_channels * d * self.patch_size**2
+        """ViT's layout: blocks, a biased patch convolution, a class token with its position and
+        the grid's, the final LayerNorm; families that differ add or take away."""
+        d, p = self.hidden_size, self.patch_size
+        embed = self.num_channels * d * p * p + d + (1 + self.grid**2) * d + d
+        return self.num_hidden_layers * self.block_parameters() + embed + 2 * d
 
 
 def map_shapes(settings: Settings, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:

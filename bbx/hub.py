@@ -109,6 +109,15 @@ def read_folder(folder: Path, where: str | None = None) -> Checkpoint:
     return recognise(config, pre, f"{where} {CONFIG}" if where else str(folder / CONFIG))
 
 
+def expand(name: str) -> Path:
+    """``name`` with ``~`` / ``~user`` expanded; as given when there is no such user or home
+    (then it names no folder, and is reported as such)."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        return Path(name)
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
@@ -119,6 +128,7 @@ def resolve(
     revision: str | None = None,
     weights: bool = True,
     progress: bool | None = None,
+    downloading: bool = False,
     require: Callable[[Checkpoint], object] | None = None,
 ) -> ModelRef:
     """Resolve MODEL. With ``weights`` the checkpoint's files are made local (downloaded or taken
@@ -127,7 +137,7 @@ def resolve(
     its configs. ``progress``: download bars on stderr (default: when stderr is a terminal).
     ``require(checkpoint)`` runs as soon as the config is known, before any weights are fetched
     (an alias's embedded config answers first), to refuse what the run cannot do."""
-    path = Path(name).expanduser()
+    path = expand(name)
     if path.is_dir():
         if revision is not None:
             raise UsageError(f"--revision applies to hub ids, but {name!r} is a local folder")
@@ -143,7 +153,9 @@ def resolve(
         if not weights and revision is None:
             spec = recognise(config, None, f"{name}'s embedded config")
             return ModelRef(given=name, source="alias", spec=spec, repo_id=repo_id, alias=name)
-        return _from_hub(name, repo_id, revision, weights=weights, alias=name, progress=progress)
+        return _from_hub(
+            name, repo_id, revision, weights=weights, alias=name, progress=progress, downloading=downloading
+        )
 
     row = registry.lookup(name)
     if row is not None:
@@ -167,13 +179,23 @@ def resolve(
             weights=weights,
             alias=row.alias,
             progress=progress,
+            downloading=downloading,
             require=require,
         )
 
     if _looks_like_path(name):
         raise InputError(f"no such checkpoint folder: {name}")
     if "/" in name:
-        return _from_hub(name, name, revision, weights=weights, alias=None, progress=progress, require=require)
+        return _from_hub(
+            name,
+            name,
+            revision,
+            weights=weights,
+            alias=None,
+            progress=progress,
+            downloading=downloading,
+            require=require,
+        )
     close = registry.suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ModelError(
@@ -189,6 +211,7 @@ def _from_hub(
     weights: bool,
     alias: str | None,
     progress: bool | None,
+    downloading: bool = False,
     require: Callable[[Checkpoint], object] | None = None,
 ) -> ModelRef:
     from bbx import download
@@ -203,7 +226,16 @@ def _from_hub(
         if require is not None:
             require(read[folder])
 
-    snap = download.fetch(repo_id, revision=revision, weights=weights, progress=progress, check=check)
+    random_ok = alias is not None and weights and revision is None and not downloading  # its config is embedded
+    snap = download.fetch(
+        repo_id,
+        revision=revision,
+        weights=weights,
+        progress=progress,
+        check=check,
+        downloading=downloading,
+        random_ok=random_ok,
+    )
     spec = read[snap.folder] if snap.folder in read else read_folder(snap.folder, where(snap.folder))
     return ModelRef(
         given=given,

@@ -34,6 +34,7 @@ import functools
 import io
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 
@@ -123,6 +124,13 @@ def _ensure_plugins() -> None:
 
 
 def decode(path: Source, *, exif: bool = True, draft: tuple[int, int] | None = None) -> Image.Image:
+    """See :func:`decode_sized`; the image alone."""
+    return decode_sized(path, exif=exif, draft=draft)[0]
+
+
+def decode_sized(
+    path: Source, *, exif: bool = True, draft: tuple[int, int] | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """The first frame of an image file as an 8-bit RGB image (see the module docstring).
     ``path`` may also be the file's bytes or a binary file object (read from its position).
 
@@ -144,6 +152,9 @@ def decode(path: Source, *, exif: bool = True, draft: tuple[int, int] | None = N
         try:
             _check_pixels(im)
             stored = _orientation(im)
+            full = (im.height, im.width)  # as stored; turned with the image below
+            if exif and stored in (5, 6, 7, 8):
+                full = (full[1], full[0])
             if draft is not None:
                 w, h = (draft[1], draft[0]) if exif and stored in (5, 6, 7, 8) else draft
                 im.draft(None, (max(1, int(w)), max(1, int(h))))
@@ -157,7 +168,7 @@ def decode(path: Source, *, exif: bool = True, draft: tuple[int, int] | None = N
                     image = im.transpose(_STORED[stored])
             elif exif and left in _UPRIGHT:
                 image = im.transpose(_UPRIGHT[left])
-            return to_rgb(image)
+            return to_rgb(image), full
         except ImageError:
             raise
         except Exception as e:
@@ -330,6 +341,16 @@ def _float_to_uint8(values: np.ndarray) -> np.ndarray:
 # -- resize and crop ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where one model input came from: the image's size as decoded, upright (height, width), and
+    the box (top, left, bottom, right), in that image's pixels, that the model input covers (past
+    the image's edges where it was padded)."""
+
+    source: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+
 def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
     """``image`` resized and cropped as ``pre`` says: uint8 ``[H, W, 3]`` (C-contiguous, writable),
     or for a ``float_resize`` recipe float32 ``[H, W, 3]``, the rescaled pixels (not normalised).
@@ -352,6 +373,14 @@ def prepare(image: Image.Image, pre: Preprocess) -> np.ndarray:
     if target is not None:
         image = image.resize((target[1], target[0]), resample=Image.Resampling(pre.resample))
     pixels = np.asarray(image)
+    if pre.resize_mode == "pad" and pre.target is not None:
+        th, tw = pre.target
+        canvas = np.zeros((th, tw, 3), dtype=np.uint8)
+        top, left = (th - pixels.shape[0]) // 2, (tw - pixels.shape[1]) // 2
+        canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+        return canvas
+    if pre.resize_mode != "crop":  # squash: the whole image, resized to the target; no crop
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
     if pre.kind == "timm":
         assert pre.crop_size is not None
         pixels = center_crop_or_pad(pixels, pre.crop_size, pre.pad_fill)
@@ -383,7 +412,13 @@ def _prepare_float(pixels: np.ndarray, pre: Preprocess, target: tuple[int, int] 
             x = F.interpolate(
                 x[None], size=list(target), mode=mode, align_corners=False if smooth else None, antialias=smooth
             )[0]
-        if pre.do_center_crop and pre.crop_size is not None:
+        if pre.resize_mode == "pad" and pre.target is not None:
+            th, tw = pre.target
+            canvas = torch.zeros((x.shape[0], th, tw), dtype=x.dtype)
+            top, left = (th - x.shape[1]) // 2, (tw - x.shape[2]) // 2
+            canvas[:, top : top + x.shape[1], left : left + x.shape[2]] = x
+            x = canvas
+        elif pre.resize_mode == "crop" and pre.do_center_crop and pre.crop_size is not None:
             x = _float_center_crop(x, pre.crop_size)
         return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
 
@@ -452,8 +487,26 @@ def load(path: Source, pre: Preprocess, *, exif: bool = True, fast_decode: bool 
     ``fast_decode``: decode JPEGs at reduced size (never below what the resize needs). It changes
     the pixels slightly, so it is off unless asked for.
     """
+    return load_with_geometry(path, pre, exif=exif, fast_decode=fast_decode)[0]
+
+
+def load_with_geometry(
+    path: Source, pre: Preprocess, *, exif: bool = True, fast_decode: bool = False
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`load`, with where the pixels came from on the full-size image."""
     draft = pre.min_decode_size() if fast_decode else None
-    return prepare(decode(path, exif=exif, draft=draft), pre)
+    image, full = decode_sized(path, exif=exif, draft=draft)
+    return prepare(image, pre), geometry_of(image, pre, full)
+
+
+def geometry_of(image: Image.Image, pre: Preprocess, full: tuple[int, int] | None = None) -> Geometry:
+    """The :class:`Geometry` of ``image`` under ``pre``; ``full``: the size of the image it was
+    decoded from at reduced size, which the box is given in."""
+    h, w = image.height, image.width
+    top, left, bottom, right = pre.geometry(h, w)
+    fh, fw = full or (h, w)
+    sy, sx = fh / h, fw / w
+    return Geometry((fh, fw), (top * sy, left * sx, bottom * sy, right * sx))
 
 
 # -- normalisation --------------------------------------------------------------------------------

@@ -10,8 +10,10 @@
   with a brace range that does not exist as written (``data/{00000..00099}.tar``) stands for the
   names it expands to.
 
-Every path must exist before any work starts; the same file named twice (by two spellings or
-through a folder and directly) is extracted once, at its first position.
+Every path must exist before any work starts; the same file named twice (by two spellings, a
+symbolic link, or through a folder and directly) is extracted once, at its first position, and
+said once. Inside folders, symbolic links to image files are followed; links to folders are not
+descended into (a link cycle cannot loop, and a tree is read once).
 """
 
 from __future__ import annotations
@@ -65,9 +67,13 @@ def read_list(stream: BinaryIO, *, null: bool) -> list[str]:
     return out
 
 
-def discover(args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool = False) -> list[Path]:
+def discover(
+    args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool = False, notes: list[str] | None = None
+) -> list[Path]:
     """The files to extract, in order, without duplicates. InputError (before any work) if a path
-    does not exist, is not a file or folder, or cannot be stored as UTF-8; or if nothing is found."""
+    does not exist, is not a file or folder, or cannot be stored as UTF-8; or if nothing is found.
+    ``notes`` receives one line when some files were named more than once (two spellings, a
+    symbolic link, a folder and the file)."""
     if not args:
         raise UsageError("no inputs: give image files, folders, or - to read a list of paths from stdin")
     if null and "-" not in args:
@@ -111,14 +117,23 @@ def discover(args: Sequence[str], *, stdin: BinaryIO | None = None, null: bool =
         raise InputError(
             f"no image files found in {', '.join(args)} (searched for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    return list(dedupe(files))
+    twice: list[tuple[Path, Path]] = []
+    unique = list(dedupe(files, twice))
+    if twice and notes is not None:
+        again, first = twice[0]
+        more = f" and {len(twice) - 1} more" if len(twice) > 1 else ""
+        notes.append(f"{again} is the same file as {first}{more}: each file is extracted once, at its first place")
+    return unique
 
 
-def dedupe(paths: Iterable[Path]) -> Iterable[Path]:
-    seen: set[str] = set()
+def dedupe(paths: Iterable[Path], twice: list[tuple[Path, Path]] | None = None) -> Iterable[Path]:
+    """``paths`` without a second name for a file already given (``twice`` collects the pairs)."""
+    seen: dict[str, Path] = {}
     for p in paths:
         key = os.path.realpath(p)
         if key in seen:
+            if twice is not None:
+                twice.append((p, seen[key]))
             continue
-        seen.add(key)
+        seen[key] = p
         yield p

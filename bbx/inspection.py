@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bbx import hub, registry
@@ -51,6 +51,10 @@ class ModelReport:
     default_indices: tuple[int, ...]
     stages: tuple[StageRow, ...]
     preprocessing: dict[str, Any]
+    #: bytes: weights (counted twice, as a run holds them), workspace, one image; the machine's memory
+    memory: dict[str, Any] = field(default_factory=dict)
+    #: how images become inputs: the recipe in words, the --resize mode, the sizes the model takes
+    geometry: dict[str, Any] = field(default_factory=dict)
     class_token: bool = False  # stages carry a class token (--pool cls)
     embedding_dim: int | None = None  # width of the model's own image embedding (--embedding), if any
     #: the transformers-layout family of the same network (a timm checkpoint's), e.g. "ResNet"
@@ -82,6 +86,8 @@ class ModelReport:
                 for s in self.stages
             ],
             "preprocessing": self.preprocessing,
+            "memory": self.memory,
+            "input_geometry": self.geometry,
             "task": self.task.to_json() if self.task else None,
             "class_token": self.class_token,
             "embedding": {"shape": [self.embedding_dim]} if self.embedding_dim is not None else None,
@@ -97,7 +103,12 @@ def _task_info(ref: hub.ModelRef) -> TaskInfo | None:
 
 
 def inspect_model(
-    name: str, *, revision: str | None = None, image_size: ImageSize | None = None, stage_norm: str = "hf"
+    name: str,
+    *,
+    revision: str | None = None,
+    image_size: ImageSize | None = None,
+    resize: str = "crop",
+    stage_norm: str = "hf",
 ) -> ModelReport:
     """Stage table of MODEL at its input size (or ``image_size``), from its config alone: no
     torch, no weights, nothing downloaded for an alias or a folder. A checkpoint whose own
@@ -105,7 +116,9 @@ def inspect_model(
     stages without map shapes."""
     check_stage_norm(stage_norm)
     ref = hub.resolve(name, revision=revision, weights=False)
-    pre = recipe(ref, image_size)
+    pre = recipe(ref, image_size, resize)
+    memory: dict[str, Any] = {}
+    geometry: dict[str, Any] = {}
     if pre.output_size is None and pre.size_required:
         settings = ref.spec.settings()
         stages = settings.stages()
@@ -113,10 +126,11 @@ def inspect_model(
         shapes: list[tuple[int, int, int] | None] = [None] * len(stages)
         size = None
     else:
-        mp = model_plan(ref, image_size=image_size)
+        mp = model_plan(ref, image_size=image_size, resize=resize, check=False)  # inspect reports the memory
         stages, selection, pre, size = list(mp.stages), mp.selection, mp.preprocess, mp.input_size
         settings = mp.settings
         shapes = list(mp.shapes)
+        memory, geometry = _memory(mp), _geometry(mp)
     default = set(selection.out_indices)
     layout, counterpart = None, None
     if ref.spec.family.timm is not None:  # a timm network (a timm checkpoint, or a task model's backbone)
@@ -141,8 +155,71 @@ def inspect_model(
         default_indices=tuple(selection.out_indices),
         stages=rows,
         preprocessing=pre.describe(),
+        memory=memory,
+        geometry=geometry,
         class_token=settings.class_token,
         embedding_dim=settings.embedding_dim,
         transformers_layout=layout,
         task=_task_info(ref),
     )
+
+
+def _geometry(mp: Any) -> dict[str, Any]:
+    fixed = mp.settings.fixed_input_size()
+    smallest = None if fixed else _smallest_input(mp.settings)
+    return {
+        "recipe": mp.preprocess.explain(),
+        "resize": mp.preprocess.resize_mode,
+        "resize_modes": {
+            "crop": "the checkpoint's own resize and crop (the default)",
+            "squash": "the whole image resized to the input size, its aspect ratio not kept",
+            "pad": "the whole image resized to fit inside the input size, black around it",
+        },
+        "image_sizes": (
+            f"{fixed[0]}x{fixed[1]} only"
+            if fixed
+            else f"any N or HxW from {smallest}x{smallest} up"
+            if smallest
+            else "any N or HxW"
+        ),
+        "fixed_input_size": list(fixed) if fixed else None,
+        "smallest_input": smallest,
+    }
+
+
+def _smallest_input(settings: Any) -> int | None:
+    """The smallest square input the architecture takes (its size arithmetic alone)."""
+
+    def fits(n: int) -> bool:
+        try:
+            settings.map_sizes((n, n))
+            return True
+        except ValueError:
+            return False
+
+    hi = 1
+    while not fits(hi):
+        hi *= 2
+        if hi > 1 << 16:
+            return None
+    lo = hi // 2
+    while lo + 1 < hi:  # fits(hi), not fits(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _memory(mp: Any) -> dict[str, Any]:
+    from bbx.family import memory_needed
+    from bbx.runtime import machine_memory
+
+    need = memory_needed(mp.settings, mp.input_size)
+    have = machine_memory()
+    return {
+        "parameters": mp.settings.parameter_count(),
+        "weights_bytes": need.weights,
+        "workspace_bytes": need.workspace,
+        "per_image_bytes": need.per_image,
+        "machine_bytes": have,
+        "fits": have is None or need.total(1) <= have,
+    }

@@ -11,7 +11,7 @@ from bbx import hub, weights
 from bbx.errors import ModelError, UsageError
 from bbx.family import STAGE_NORMS
 from bbx.nn.backbone import Backbone
-from bbx.plan import RANDOM_SEED
+from bbx.plan import RANDOM_SEED, check_weights
 
 
 def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.device = "cpu") -> Backbone:
@@ -19,7 +19,9 @@ def build(ref: hub.ModelRef, *, stage_norm: str = "hf", device: str | torch.devi
     only, nothing allocated) and the family's own random initialisation."""
     if stage_norm not in STAGE_NORMS:
         raise UsageError(f"stage norm must be hf, none or final, got {stage_norm!r}")
-    ref.family.parse(ref.config, f"{ref.checkpoint}: config.json")  # one line for a config that does not fit
+    settings = ref.family.parse(ref.config, f"{ref.checkpoint}: config.json")  # one line for a config that does not fit
+    if str(device) != "meta":
+        check_weights(ref, settings)
     try:
         with torch.device(device):
             model = ref.family.build(ref.config, stage_norm=stage_norm)
@@ -68,6 +70,9 @@ def prepare_for_inference(
         # (the compiler fuses for itself: the hand-fused oneDNN calls, left off above, would only
         # break its graphs)
         # compiling the bound forward keeps the module's attributes (stages, selection) reachable
+        # inductor imports torch.utils.mkldnn, whose classes still use torch.jit.script_method:
+        # torch's own deprecation (14 warnings), nothing bbx calls
+        warnings.filterwarnings("ignore", r"`torch.jit.script_method` is deprecated", DeprecationWarning)
         model.forward = torch.compile(model.forward, dynamic=False)  # type: ignore[method-assign]
         # Swin's window tables are lru_cached pure functions of the grid size: dynamo tracing
         # through the cache is what we want, and says so at length

@@ -13,6 +13,7 @@ digest); a missing shard, two files claiming one shard, an unfinished shard (unl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from bbx.errors import InputError, Terminated, UsageError
-from bbx.formats import Output, RunFacts, format_for, leftovers, open_output, open_writer, partial_path
+from bbx.formats import (
+    Output,
+    RunFacts,
+    check_target,
+    format_for,
+    leftovers,
+    name_extra,
+    open_output,
+    open_writer,
+    partial_path,
+)
 from bbx.formats.base import SHARD_KEYS
 from bbx.shards import SHARD_NAME
 
@@ -283,17 +294,29 @@ def merge(
     sources = {os.path.realpath(f) for s in mp.shards for f in s.out.files}
     if os.path.realpath(output) in sources or os.path.realpath(partial_path(output)) in sources:
         raise UsageError(f"-o {output} is one of the shards being merged: choose another name")
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder: give a file name (.h5 or .safetensors)")
+    check_target(output, extra=name_extra(fmt))  # a folder, a FIFO, a name too long, a folder not writable
     found, leftover = leftovers(output, fmt)
     if resume and found is not None and leftover is None:
         raise InputError(f"{found} is a finished output: pass --overwrite to merge again into it")
     layouts = list(mp.shards[0].out.stages) if mp.shards else []
     if not mp.shards:
         raise InputError("no complete shard to merge")
-    writer = open_writer(
-        output, fmt, facts=mp.facts, stages=layouts, overwrite=overwrite, resume=resume, shard_bytes=shard_bytes
-    )
+    # an HDF5 output keeps the shards' compression (the first's: they may differ); safetensors has none
+    compression = mp.facts.compression if fmt == "hdf5" else "none"
+    facts = dataclasses.replace(mp.facts, compression=compression)
+    try:
+        writer = open_writer(
+            output,
+            fmt,
+            facts=facts,
+            stages=layouts,
+            overwrite=overwrite,
+            resume=resume,
+            shard_bytes=shard_bytes,
+            compression=compression,
+        )
+    except OSError as e:  # the disk, the folder or the file system refused (the writer left nothing)
+        raise InputError(f"cannot write {output}: {e.strerror or e}") from None
     summary = MergeSummary(str(output), fmt, len(mp.shards), mp.count, mp.rows, len(mp.failed), mp.left_out)
     summary.notes.extend(getattr(writer, "notes", []))
     try:
@@ -347,9 +370,22 @@ def _copy_rows(
         while start < n:
             stop = min(n, start + step)
             maps = {st.name: s.out.read_raw(st, start, stop) for st in stages}
-            writer.write(s.out.paths[start:stop], maps)
+            writer.write(s.out.paths[start:stop], maps, sources=_sources(s.out, start, stop))
             del maps
             if progress is not None:
                 progress(at + stop, total)
             start = stop
         at += n
+
+
+def _sources(out: Output, start: int, stop: int) -> list[Any] | None:
+    """Where rows ``start:stop`` of a shard came from, as the writers take it (one
+    :class:`bbx.images.Geometry` a row, size -1 and a NaN box for a row that records none), or
+    None when the shard records none."""
+    found = out.read_sources(range(start, stop))
+    if found is None:
+        return None
+    from bbx.images import Geometry
+
+    size, box = found
+    return [Geometry((int(h), int(w)), tuple(float(v) for v in b)) for (h, w), b in zip(size.tolist(), box.tolist())]

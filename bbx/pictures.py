@@ -194,8 +194,70 @@ def render(
     return Picture(compose(table), [t is not None for t in tiles])
 
 
-def save(image: Any, path: Path) -> None:
-    """Write the picture; the format comes from the suffix (.png, .jpg, .webp, ...)."""
+#: how much of the map shows over the photo with --overlay
+OVERLAY_ALPHA = 0.6
+
+
+def render_overlay(
+    maps: Any,
+    inputs: Sequence[str],
+    sources: tuple[Any, Any],
+    *,
+    size: int = 256,
+    cwd: str | None = None,
+    exif: bool = True,
+) -> Picture:
+    """Each row's PCA map drawn over its whole photo, on the region it came from (``sources``:
+    the rows' recorded image sizes and boxes, :meth:`bbx.formats.Output.read_sources`): a crop
+    lands inside the photo, a pad reaches past its edges, a squash covers it all. The photo is
+    scaled so its longer side (or the box's, when that is larger) is ``size`` pixels; where the
+    photo is gone, the map alone is drawn where it would lie."""
+    import numpy as np
+    from PIL import Image
+
+    if size < 8:
+        raise UsageError(f"--size must be at least 8 pixels, got {size}")
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    rgb = pca_rgb(maps)
+    sizes, boxes = sources
+    rows: list[list[Any]] = []
+    shown: list[bool] = []
+    for i, stored in enumerate(inputs):
+        (ih, iw), (top, left, bottom, right) = sizes[i], boxes[i]
+        if ih < 1 or not np.isfinite(boxes[i]).all():
+            raise InputError(f"row {i} ({stored}) has no recorded source: it was extracted before bbx recorded them")
+        # the canvas spans the photo and the box
+        y0, x0 = min(0.0, top), min(0.0, left)
+        y1, x1 = max(float(ih), bottom), max(float(iw), right)
+        scale = size / max(y1 - y0, x1 - x0)
+        canvas = Image.new("RGB", (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))), BACKGROUND)
+        path = find_input(stored, cwd)
+        photo = None
+        if path is not None:
+            from bbx.images import ImageError, decode
+
+            try:
+                photo = decode(path, exif=exif)
+            except (ImageError, OSError):
+                photo = None
+        if photo is not None:
+            pw, ph = max(1, round(iw * scale)), max(1, round(ih * scale))
+            canvas.paste(photo.resize((pw, ph), Image.Resampling.BICUBIC), (round(-x0 * scale), round(-y0 * scale)))
+        bw, bh = max(1, round((right - left) * scale)), max(1, round((bottom - top) * scale))
+        where = (round((left - x0) * scale), round((top - y0) * scale))
+        view = Image.fromarray(rgb[i]).resize((bw, bh), Image.Resampling.NEAREST)
+        under = canvas.crop((where[0], where[1], where[0] + bw, where[1] + bh))
+        alpha = OVERLAY_ALPHA if photo is not None else 1.0
+        canvas.paste(Image.blend(under, view, alpha), where)
+        rows.append([canvas])
+        shown.append(photo is not None)
+    return Picture(compose(rows), shown)
+
+
+def save(image: Any, path: Path, *, overwrite: bool = False) -> None:
+    """Write the picture; the format comes from the suffix (.png, .jpg, .webp, ...). An existing
+    file is replaced only with ``overwrite`` (and never half: the picture is written aside, then
+    moved into place)."""
     from PIL import Image
 
     ext = path.suffix.lower()
@@ -205,10 +267,35 @@ def save(image: Any, path: Path) -> None:
         raise UsageError(f"-o {path}: cannot tell the picture format from {path.name!r} (use .png, .jpg or .webp)")
     if not path.parent.is_dir():
         raise InputError(f"-o {path}: no such folder {path.parent}")
+    if not overwrite and os.path.lexists(path):
+        raise exists(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         image.save(tmp, format=Image.registered_extensions()[ext])
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except FileExistsError:
+        raise exists(path) from None
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def exists(path: Path) -> InputError:
+    return InputError(f"{path} exists: pass --overwrite to replace it, or choose another -o")
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless something appeared there meanwhile (FileExistsError): a
+    hard link fails on an existing name; where links are not supported, check, then rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)

@@ -149,9 +149,16 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         out = ()
-    if len(out) != 3:
-        raise _bad(f"{what} needs one number or 3 (RGB), got {value!r}")
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise _bad(f"{what} needs one finite number or 3 (RGB), got {value!r}")
     return out[0], out[1], out[2]
+
+
+def _nonzero(values: tuple[float, float, float], what: str) -> tuple[float, float, float]:
+    """A divisor: every value finite and not 0 (a 0 std would give infinities, not pixels)."""
+    if not all(math.isfinite(v) and v != 0 for v in values):
+        raise _bad(f"{what} must be finite and non-zero, got {list(values)}")
+    return values
 
 
 def _number(value: Any, what: str) -> float:
@@ -177,6 +184,11 @@ class Preprocess:
     do_normalize: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    #: how the image becomes the model's input: "crop" (the checkpoint's own recipe, above), or a
+    #: mode that keeps the whole image at ``target`` = (height, width): "squash" (resized to it,
+    #: aspect ignored) or "pad" (resized to fit inside it, aspect kept, the rest black)
+    resize_mode: str = "crop"
+    target: tuple[int, int] | None = None
     crop_mode: str | None = None  # timm only: "center" | "squash" | "border"
     #: why the checkpoint's own processing gives every image its own size ("" when it does not):
     #: then a run needs an explicit size (``--image-size``), which :meth:`with_image_size` gives
@@ -314,7 +326,7 @@ class Preprocess:
             rescale_factor=_number(get("rescale_factor", 1 / 255), "rescale_factor"),
             do_normalize=flag("do_normalize", True),
             mean=_triple(get("image_mean", defaults.mean), "image_mean"),
-            std=_triple(get("image_std", defaults.std), "image_std"),
+            std=_nonzero(_triple(get("image_std", defaults.std), "image_std"), "image_std"),
         )
 
     @property
@@ -399,6 +411,10 @@ class Preprocess:
     def resize_size(self, height: int, width: int) -> tuple[int, int] | None:
         """(height, width) the resize step produces for a ``height`` x ``width`` image (for
         convnext below 384, the size before its own crop), or None when nothing is resized."""
+        if self.resize_mode == "squash" and self.target is not None:
+            return self.target
+        if self.resize_mode == "pad" and self.target is not None:
+            return fit_inside(height, width, self.target)
         if not self.do_resize:
             return None
         s = self.size
@@ -417,7 +433,12 @@ class Preprocess:
     def inner_crop(self) -> tuple[int, int] | None:
         """ConvNeXt's processor below 384: after resizing the short side to ``edge / crop_pct``,
         it crops the central ``edge`` x ``edge`` itself (whatever ``do_center_crop`` says); else None."""
-        if self.do_resize and self.kind == "crop_pct" and self.size["shortest_edge"] < 384:
+        if (
+            self.resize_mode == "crop"
+            and self.do_resize
+            and self.kind == "crop_pct"
+            and self.size["shortest_edge"] < 384
+        ):
             edge = self.size["shortest_edge"]
             return (edge, edge)
         return None
@@ -431,6 +452,8 @@ class Preprocess:
     @property
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) of every preprocessed image, or None when it depends on the image."""
+        if self.resize_mode != "crop":
+            return self.target
         if self.size_required:
             return None
         if self.do_center_crop and self.crop_size is not None:
@@ -448,6 +471,8 @@ class Preprocess:
         """(width, height) a decoded image must at least have so that reduced-size decoding
         (``--fast-decode``) still feeds the resize at least as many pixels as it produces, in the
         image's displayed orientation; None when nothing is resized (the image size then matters)."""
+        if self.resize_mode != "crop" and self.target is not None:
+            return (self.target[1], self.target[0])  # at least the target on both sides
         if not self.do_resize:
             return None
         if self.kind == "timm":
@@ -463,35 +488,85 @@ class Preprocess:
         e = self.size["shortest_edge"]
         return (e, e)
 
-    def with_image_size(self, n: int) -> Preprocess:
-        """The same recipe producing ``n`` x ``n`` images (``--image-size``).
+    def with_image_size(self, size: int | tuple[int, int]) -> Preprocess:
+        """The same recipe producing ``size`` images (``--image-size N`` or ``HxW``).
 
-        convnext: target ``n`` with the same ``crop_pct`` rule (so warping from 384 up). With a
-        center crop: crop ``n`` x ``n`` after a resize scaled in the checkpoint's resize/crop ratio
-        (DINOv2's 256/224: 448 -> resize 512, crop 448). Without one: resize to ``n`` x ``n``
-        (or a shortest edge ``n``, whose output size then follows the image).
+        convnext, square: target ``n`` with the same ``crop_pct`` rule (so warping from 384 up).
+        With a center crop: crop ``H`` x ``W`` after a resize scaled in the checkpoint's resize/crop
+        ratio (DINOv2's 256/224: 448 -> resize 512, crop 448; 448x672 -> shortest edge 768, crop
+        448x672). Without one: resize to ``H`` x ``W`` (or a shortest edge ``n``, whose output size
+        then follows the image). ConvNeXt's recipe at a non-square size is that of the center-crop
+        recipes (short side to ``max(H, W) / crop_pct``, then the crop; a warp from 384 up):
+        transformers' ConvNext processor has no non-square sizes.
         """
-        if n < 1:
+        h, w = (size, size) if isinstance(size, int) else size
+        if h < 1 or w < 1:
             raise ValueError("image size must be positive")
-        if self.size_required:  # a task processor's varying size: resize straight to n x n
-            return self.with_height_width(n, n)
-        if self.kind == "timm":  # timm's input_size override: (3, n, n), crop_pct and mode kept
-            return replace(self, size={"height": n, "width": n}, crop_size=(n, n))
+        if self.resize_mode != "crop":
+            return replace(self, target=(h, w), size_required="")
+        if self.size_required:  # a task processor's varying size: resize straight to h x w
+            return self.with_height_width(h, w)
+        if self.kind == "timm":  # timm's input_size override: (3, h, w), crop_pct and mode kept
+            return replace(self, size={"height": h, "width": w}, crop_size=(h, w))
         if self.kind == "crop_pct":
-            crop = (n, n) if self.do_center_crop else None
-            return replace(self, do_resize=True, size={"shortest_edge": n}, crop_size=crop)
+            if h == w:
+                crop = (h, h) if self.do_center_crop else None
+                return replace(self, do_resize=True, size={"shortest_edge": h}, crop_size=crop)
+            if max(h, w) >= 384:
+                return replace(self, kind="resize", do_resize=True, size={"height": h, "width": w}, crop_pct=None)
+            edge = int(max(h, w) / (self.crop_pct or _DEFAULT_CROP_PCT))
+            return replace(
+                self, kind="resize", size={"shortest_edge": edge}, crop_pct=None, do_center_crop=True, crop_size=(h, w)
+            )
         if not self.do_center_crop or self.crop_size is None:
             if "height" in self.size or not self.do_resize:
-                return replace(self, do_resize=True, size={"height": n, "width": n})
-            return replace(self, size=_scaled(self.size, n / self.size["shortest_edge"], n))
+                return replace(self, do_resize=True, size={"height": h, "width": w})
+            if h != w:
+                raise ValueError(
+                    "this recipe resizes the shortest edge without a crop, so it has no HxW size: "
+                    "use --resize squash or pad for one"
+                )
+            return replace(self, size=_scaled(self.size, h / self.size["shortest_edge"], h))
         ch, cw = self.crop_size
         s = self.size
         if "height" in s:
-            size = {"height": max(n, round(n * s["height"] / ch)), "width": max(n, round(n * s["width"] / cw))}
+            size_ = {"height": max(h, round(h * s["height"] / ch)), "width": max(w, round(w * s["width"] / cw))}
         else:
-            edge = max(n, round(n * s["shortest_edge"] / min(ch, cw)))
-            size = _scaled(s, edge / s["shortest_edge"], edge)
-        return replace(self, size=size, crop_size=(n, n))
+            edge = max(h, w, round(max(h, w) * s["shortest_edge"] / min(ch, cw)))
+            size_ = _scaled(s, edge / s["shortest_edge"], edge)
+        return replace(self, size=size_, crop_size=(h, w))
+
+    def with_resize(self, mode: str) -> Preprocess:
+        """The recipe with ``--resize``: ``crop`` (the checkpoint's own), ``squash`` or ``pad``
+        (keep the whole image), at the recipe's own output size until :meth:`with_image_size`."""
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+        if mode == "crop":
+            return self
+        return replace(self, resize_mode=mode, target=self.output_size or self.target)
+
+    def geometry(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """Where the model's input lies on a ``height`` x ``width`` image (as decoded, upright):
+        (top, left, bottom, right) in the image's pixels, the box the input covers once the
+        resize is undone. A crop gives a box inside the image; a pad (or a crop larger than the
+        resized image) one that reaches past it; a squash the whole image."""
+        resized = self.resize_size(height, width) or (height, width)
+        rh, rw = resized
+        top = left = 0.0
+        box_h, box_w = float(rh), float(rw)
+        if self.resize_mode == "pad" and self.target is not None:
+            th, tw = self.target
+            top, left = float(-((th - rh) // 2)), float(-((tw - rw) // 2))
+            box_h, box_w = float(th), float(tw)
+        crops = [c for c in (self.inner_crop, self.crop_size if self.do_center_crop else None) if c]
+        if self.resize_mode != "crop":
+            crops = []
+        for ch, cw in crops:
+            dy = (box_h - ch) // 2 if ch <= box_h else -((ch - box_h + 1) // 2)
+            dx = (box_w - cw) // 2 if cw <= box_w else -((cw - box_w + 1) // 2)
+            top, left, box_h, box_w = top + dy, left + dx, float(ch), float(cw)
+        sy, sx = height / rh, width / rw
+        return (top * sy, left * sx, (top + box_h) * sy, (left + box_w) * sx)
 
     @property
     def resizes_to_fixed_size(self) -> bool:
@@ -525,12 +600,52 @@ class Preprocess:
             "do_normalize": self.do_normalize,
             "image_mean": list(self.mean),
             "image_std": list(self.std),
+            **(
+                {"resize_mode": self.resize_mode, "target": list(self.target or ())}
+                if self.resize_mode != "crop"
+                else {}
+            ),
         }
         if self.size_required:  # only when set: outputs written before these existed resume unchanged
             out["size_required"] = self.size_required
         if self.multiple_of > 1:
             out["multiple_of"] = self.multiple_of
         return out
+
+    def explain(self) -> str:
+        """The recipe in words (``bbx inspect``)."""
+        filt = RESAMPLE_NAMES[self.resample]
+        if self.resize_mode == "squash" and self.target:
+            return f"resize to {self.target[0]}x{self.target[1]} ({filt}, the aspect ratio not kept)"
+        if self.resize_mode == "pad" and self.target:
+            return f"resize to fit inside {self.target[0]}x{self.target[1]} ({filt}), padded with black"
+        steps = []
+        if self.do_resize:
+            s = self.size
+            if self.kind == "crop_pct":
+                edge = self._crop_pct_edge()
+                steps.append(f"resize the shortest edge to {edge}" if self.inner_crop else f"resize to {edge}x{edge}")
+            elif "height" in s:
+                steps.append(f"resize to {s['height']}x{s['width']}")
+            else:
+                cap = f" (longest at most {s['longest_edge']})" if "longest_edge" in s else ""
+                steps.append(f"resize the shortest edge to {s['shortest_edge']}{cap}")
+            steps[-1] += f" ({filt})"
+        for crop in (self.inner_crop, self.crop_size if self.do_center_crop else None):
+            if crop:
+                steps.append(f"center crop {crop[0]}x{crop[1]}")
+        return ", then ".join(steps) if steps else "no resize"
+
+
+RESIZE_MODES = ("crop", "squash", "pad")
+
+
+def fit_inside(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The size of a ``height`` x ``width`` image scaled to fit inside ``target`` (height, width)
+    with its aspect ratio: one side equals the target's, the other is rounded, at least 1."""
+    th, tw = target
+    scale = min(th / height, tw / width)
+    return (min(th, max(1, round(height * scale))), min(tw, max(1, round(width * scale))))
 
 
 def _family_processor(model_type: str) -> str | None:

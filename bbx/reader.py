@@ -127,6 +127,12 @@ class Features:
     def failed(self) -> list[tuple[str, str]]:
         return list(self.output.failed)
 
+    def sources(self, rows: Sequence[int] | None = None) -> tuple[Any, Any] | None:
+        """Where rows came from: (image sizes ``[k, 2]`` (height, width), boxes ``[k, 4]``
+        (top, left, bottom, right) in the image's pixels, the region the model input covered),
+        for ``rows`` (default: all), or None for an output written before bbx recorded them."""
+        return self.output.read_sources(range(len(self)) if rows is None else rows)
+
     @property
     def status(self) -> str:
         """complete, interrupted or unfinished."""

@@ -51,6 +51,8 @@ class Plan:
     free_bytes: int | None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # what the run would refuse (--dry-run)
+    exit_code: int = 0  # the status the run would end with at once (--dry-run): the first refusal's
+    compression: str = "none"  # HDF5's filter; the projected bytes are before it
     #: for a task checkpoint: the prefix of the backbone's tensors in it (nothing else is read)
     weight_prefix: str = ""
     embedding: StagePlan | None = None  # the model's image embedding, stored beside the stages (--embedding)
@@ -86,7 +88,9 @@ class Plan:
             "output": self.output,
             "format": self.format,
             "free_bytes": self.free_bytes,
+            "compression": self.compression,
             "warnings": self.warnings,
+            "exit_code": self.exit_code,
             "shard": self.shard,
         } | ({"weight_prefix": self.weight_prefix} if self.weight_prefix else {})
 
@@ -109,9 +113,14 @@ class Summary:
     done: int = 0  # images extracted by this run
     already: int = 0  # inputs skipped because the output already had them (--resume)
     failed: list[tuple[str, str]] = field(default_factory=list)  # this run's skipped inputs
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run: planning, loading the model, extracting, closing the output
+    load_s: float = 0.0  # of which from the start to the model ready to run
     files: list[str] = field(default_factory=list)
     interrupted: str | None = None  # "SIGINT" / "SIGTERM"
+    late_signal: str | None = None  # a signal that arrived while a complete output was being closed
+    write_s: float = 0.0  # spent writing batches (compressing them, with --compression)
+    map_bytes: int = 0  # the maps this run wrote, as computed
+    stored_bytes: int | None = None  # what they take in the output (known for compressed HDF5)
     notes: list[str] = field(default_factory=list)
     rows_total: int = 0  # rows in the output after the run
     first_batch_s: float | None = None  # from the start of the run (model load included) to the first batch written
@@ -124,8 +133,17 @@ class Summary:
     phases: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0})
 
     @property
+    def compression_ratio(self) -> float | None:
+        """Bytes of maps per byte stored (with --compression)."""
+        if not self.stored_bytes or self.plan.compression == "none":
+            return None
+        return round(self.map_bytes / self.stored_bytes, 3)
+
+    @property
     def images_per_s(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+        """The extraction rate: images per second once the model is loaded."""
+        busy = self.seconds - self.load_s
+        return self.done / busy if busy > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,11 +153,17 @@ class Summary:
             "skipped": [{"path": p, "reason": r} for p, r in self.failed],
             "rows_in_output": self.rows_total,
             "seconds": round(self.seconds, 3),
+            "load_s": round(self.load_s, 3),
             "images_per_s": round(self.images_per_s, 2),
             "files": self.files,
             "first_batch_s": round(self.first_batch_s, 3) if self.first_batch_s is not None else None,
             "startup": {k: round(v, 3) for k, v in self.startup.items()},
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "interrupted": self.interrupted,
+            "late_signal": self.late_signal,
             "notes": self.notes,
+            "write_s": round(self.write_s, 3),
+            "map_bytes": self.map_bytes,
+            "stored_bytes": self.stored_bytes,
+            "compression_ratio": self.compression_ratio,
         }

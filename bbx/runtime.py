@@ -43,6 +43,27 @@ def resolve_device(name: str) -> str:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+def planned_device(name: str) -> str:
+    """The device a run with ``--device name`` would use, as cheaply as can be known: ``cpu``
+    and ``auto`` on a machine without a GPU driver need no torch (the dry run and the shape
+    report stay fast); anything else asks torch, as :func:`resolve_device` does."""
+    n = name.lower()
+    if n == "cpu" or (n == "auto" and not _gpu_driver_present()):
+        return "cpu"
+    return resolve_device(name)
+
+
+def _gpu_driver_present() -> bool:
+    """Whether this machine shows any sign of a CUDA (or ROCm) driver; False only where torch
+    could not find a GPU either (no device nodes, no driver)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True  # no cheap answer elsewhere: ask torch
+    signs = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+    return any(os.path.exists(p) for p in signs)
+
+
 def compute_context(device: str, dtype: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
     """A factory of the context a forward pass runs in for ``--dtype``: autocast to float16 or
     bfloat16 on ``device``'s type, nothing for float32. UsageError for bfloat16 on a GPU without it."""
@@ -70,3 +91,22 @@ def default_workers(device: str) -> int:
     if device == "cpu":
         return min(cpus, 8) if cpus > 1 else 0
     return max(1, min(8, cpus - 1))
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process can have: the machine's physical memory, or its control
+    group's limit when that is lower (a container, a scheduler's job); None if unknown."""
+    total: int | None = None
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text)) if total else int(text)
+    return total or None

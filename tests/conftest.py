@@ -49,3 +49,57 @@ def hub_server(tmp_path):
 
     with HubServer(home=tmp_path / "hf-home") as server:
         yield server
+
+
+class SmallDisk:
+    """Small tmpfs file systems mounted for one test (full-disk cases), unmounted after it."""
+
+    def __init__(self, root):
+        self.root = root
+        self.mounted = []
+
+    def __call__(self, size: str):
+        """A fresh folder on a tmpfs of ``size`` (``3m``); skips the test where none can be mounted."""
+        import subprocess
+
+        if os.geteuid() != 0:
+            pytest.skip("full-disk cases mount a small tmpfs, which needs root")
+        folder = self.root / f"disk{len(self.mounted)}"
+        folder.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
+        self.mounted.append(folder)
+        return folder
+
+    def resize(self, folder, size: str) -> None:
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    @staticmethod
+    def fill(folder) -> None:
+        """Take every free byte of the disk ``folder`` is on."""
+        with open(folder / "filler", "wb", buffering=0) as f:
+            for n in (1 << 16, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * n)
+                except OSError:
+                    pass
+
+    def unmount(self) -> None:
+        import subprocess
+
+        for folder in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """``small_disk("3m")`` -> a folder on a tmpfs of that size (root only; the test skips, saying
+    why, elsewhere). ``small_disk.resize(folder, "16m")`` grows it, ``small_disk.fill(folder)``
+    leaves it no free byte."""
+    disks = SmallDisk(tmp_path)
+    yield disks
+    disks.unmount()

@@ -118,3 +118,51 @@ def test_image_size_on_a_shortest_edge_recipe_without_crop_says_why_it_cannot_ba
     r = run("inspect", folder, "--image-size", "64")
     assert r.exit_code == 2 and "aspect ratios" in r.stderr and "pass --image-size" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_home_folder_of_nobody_is_no_such_folder(photos):
+    """``~nonexist/x``: Python cannot expand it (no such user); it names no checkpoint folder."""
+    for args in (("inspect", "~nonexist-bbx-user/x"), ("download", "~nonexist-bbx-user/x")):
+        r = run(*args)
+        assert r.exit_code == 3, (args, r.stderr)
+        assert r.stderr == "bbx: error: no such checkpoint folder: ~nonexist-bbx-user/x\n", r.stderr
+    r = run("extract", "-m", "~nonexist-bbx-user/x", "--dry-run", photos[0])
+    assert r.exit_code == 3 and "no such checkpoint folder" in r.stderr
+
+
+def _on_a_terminal(args: list[str], columns: int) -> str:
+    """What bbx prints on stdout when it is a terminal of ``columns`` columns."""
+    import os
+    import pty
+    import sys
+
+    from tests.cli import proc_env
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [sys.executable, "-m", "bbx", *args], proc_env(COLUMNS=str(columns), NO_COLOR="1"))
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    os.waitpid(pid, 0)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_models_at_80_columns_and_in_a_pipe():
+    from bbx import registry
+
+    piped = run("models").stdout.splitlines()
+    assert all(line == line.rstrip() for line in piped), "no padding after the last column in a pipe"
+    narrow = _on_a_terminal(["models"], 80)
+    assert max(len(ln) for ln in narrow.splitlines()) <= 80
+    for row in registry.checkpoints():
+        assert row.repo_id in narrow and row.alias in narrow  # never cut
+    assert "…" not in narrow
+    wide = _on_a_terminal(["models"], 200)
+    assert "architecture" in wide and all(row.repo_id in wide for row in registry.checkpoints())

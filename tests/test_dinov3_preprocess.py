@@ -203,3 +203,27 @@ def _write_data() -> None:
 
 if __name__ == "__main__":
     _write_data()
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad"])
+def test_the_float_recipe_keeps_the_whole_image_under_resize_squash_and_pad(mode):
+    """--resize squash / pad with DINOv3's float recipe: the input is the whole photo (squashed, or
+    fitted inside and padded with 0), and the recorded box says where each pixel came from."""
+
+    from bbx import images
+    from tests.test_preprocess import _gradient
+
+    pre = Preprocess.from_config({"image_processor_type": "DINOv3ViTImageProcessor"}, "")
+    pre = pre.with_resize(mode).with_image_size((96, 128))
+    for w, h in ((320, 240), (100, 300)):
+        pixels = images.prepare(_gradient(w, h), pre) * 255  # rescaled floats back to 0..255
+        assert pixels.shape == (96, 128, 3) and pixels.dtype == np.float32
+        top, left, bottom, right = pre.geometry(h, w)
+        for i, j in ((24, 40), (48, 64), (72, 90), (2, 2), (93, 125)):
+            y = top + (i + 0.5) * (bottom - top) / 96
+            x = left + (j + 0.5) * (right - left) / 128
+            if 0 <= x < w and 0 <= y < h:
+                assert abs(pixels[i, j, 0] - x / (w - 1) * 255) <= 4, (mode, w, h, i, j)
+                assert abs(pixels[i, j, 1] - y / (h - 1) * 255) <= 4, (mode, w, h, i, j)
+            else:
+                assert mode == "pad" and pixels[i, j].max() == 0, (mode, w, h, i, j)

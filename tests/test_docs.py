@@ -37,6 +37,31 @@ def test_every_command_has_help_with_an_example():
         assert "Example" in r.stdout, f"`bbx {name} --help` has no example"
 
 
+def test_help_at_80_columns_reads_well():
+    """Flags show no value type, fixed choices show the choices (or a name the help explains),
+    arguments are FILE / [INPUTS]... in the usage line, and prose wraps to the width, not at the
+    source's line breaks."""
+    from bbx.cli import app
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for name in names:
+        r = run(name, "--help", env={"COLUMNS": "80"})
+        text = r.stdout
+        assert "<bool>" not in text and "<str>" not in text and "<list[" not in text, (name, text)
+        usage = next(ln for ln in text.splitlines() if "Usage:" in ln)
+        assert "{" not in usage, usage
+        assert max(len(ln) for ln in text.splitlines()) <= 80, name
+        prose = []  # the description: lines between the usage and the first panel
+        for ln in text.splitlines()[text.splitlines().index(usage) + 1 :]:
+            if ln.startswith(("╭", "│")):
+                break
+            prose.append(ln.strip())
+        for line, after in zip(prose, prose[1:]):
+            if line and after and not line.startswith("bbx ") and not after.startswith("bbx "):
+                assert len(line) >= 55, (name, line)  # a line that is followed by more of its paragraph is full
+    assert "skip|stop" in run("extract", "--help", env={"COLUMNS": "80"}).stdout
+
+
 def test_readme_model_tables_are_generated_from_the_catalog():
     """README's model and stage-norm tables are `bbx models --markdown`; if this fails, run
     `python -m bbx.catalog_docs README.md`."""

@@ -426,3 +426,57 @@ def test_blocks_run_in_row_slices_stay_at_parity(kind, photos, tmp_path, monkeyp
             monkeypatch.setattr(module, "in_row_slices", spy)
     _assert_extract_equals_the_recipe(kind, photos, tmp_path)
     assert len(slices) > 4 * len(photos[1]) and min(slices) < 4 * 56 * 56  # it did slice
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compressed_hdf5_holds_the_same_maps_and_reports_its_ratio(tiny_resnet, photos, tmp_path, compression):
+    folder, paths = photos
+    plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
+    stages = ("--out-features", "stem,stage4")
+    assert run("extract", "-m", tiny_resnet, "-o", plain, *stages, "-q", folder).exit_code == 0
+    r = run("extract", "-m", tiny_resnet, "-o", packed, *stages, "--compression", compression, "--json", folder)
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["compression"] == compression and rep["stored_bytes"] < rep["map_bytes"]
+    assert rep["compression_ratio"] == pytest.approx(rep["map_bytes"] / rep["stored_bytes"], rel=1e-3)
+    assert rep["compression_ratio"] > 1.2 and rep["write_s"] > 0
+    with h5py.File(plain) as a, h5py.File(packed) as b:
+        for s in ("stem", "stage4"):
+            assert b[f"features/{s}"].compression == compression and b[f"features/{s}"].shuffle
+            assert b[f"features/{s}"].chunks[0] == 1  # still one image per chunk
+            assert np.array_equal(a[f"features/{s}"][:], b[f"features/{s}"][:])
+        assert b.attrs["compression"] == compression
+    info = json.loads(run("info", packed, "--json").stdout)["compression"]
+    assert info["filter"] == compression and info["ratio"] > 1.2
+    assert f"stored       {compression}" in run("info", packed).stdout
+    dry = run("extract", "-m", tiny_resnet, "-o", tmp_path / "d.h5", "--compression", compression, "--dry-run", folder)
+    assert f"compression {compression} (with byte shuffling): the projected size is before it" in dry.stderr
+
+
+def test_compression_is_for_hdf5_only(tiny_resnet, photos, tmp_path):
+    folder, _ = photos
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.safetensors", "--compression", "gzip", folder)
+    assert r.exit_code == 2 and "--compression applies to HDF5 output only" in r.stderr
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "--compression", "zstd", folder)
+    assert r.exit_code == 2 and "--compression must be none, gzip or lzf" in r.stderr
+
+
+def test_non_square_sizes_and_resize_modes_end_to_end(tiny_resnet, photos, tmp_path):
+    import bbx
+
+    folder, paths = photos
+    out = tmp_path / "p.h5"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--image-size", "96x128", "--resize", "pad", "--json", folder)
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["input_size"] == [96, 128] and rep["stages"][0]["shape"] == [32, 3, 4]
+    info = json.loads(run("info", out, "--json").stdout)
+    assert info["input_size"] == [96, 128] and info["preprocessing"]["resize_mode"] == "pad"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--image-size", "96x128", "--resume", folder)
+    assert r.exit_code == 2 and "preprocessing" in r.stderr  # the run of another recipe does not mix in
+    ex = bbx.Extractor(str(tiny_resnet), image_size=(96, 128), resize="pad")
+    with h5py.File(out) as f:
+        first = f["features/stage4"][0]
+    assert np.allclose(ex([paths[0]])["stage4"][0].numpy(), first, atol=0, rtol=0)
+    r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "q.h5", "--image-size", "96x", folder)
+    assert r.exit_code == 2 and "--image-size takes N or HxW" in r.stderr

@@ -44,7 +44,7 @@ def test_a_full_disk_is_one_line_and_resume_recovers_every_committed_batch(tiny_
 
     monkeypatch.setattr(h5py.File, "flush", flaky_flush)
     r = run("extract", "-m", tiny_resnet, "-o", out, "-b", "2", folder)
-    _one_line(r, 3, "cannot write", "No space left on device")
+    _one_line(r, 3, "cannot write", "no space left on device", "--resume")
     monkeypatch.setattr(h5py.File, "flush", real_flush)
     partial = out.with_name("f.h5.partial")
     with h5py.File(partial) as f:
@@ -184,7 +184,32 @@ def test_dry_run_says_what_the_run_would_refuse(tiny_resnet, photos, tmp_path):
     rep = json.loads(run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", "--json", "--resume", folder).stdout)
     assert rep["warnings"] == [] and rep["todo"] == len(paths) - 1
     r = run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", "--resume", "--out-indices", "1", folder)
-    assert r.exit_code == 0 and "would be refused" in r.stderr and "out_features" in r.stderr
+    assert r.exit_code == 2 and "would be refused" in r.stderr and "out_features" in r.stderr
+
+
+def test_dry_run_exits_with_the_status_the_real_run_would_give(tiny_resnet, photos, tmp_path, monkeypatch):
+    """So that a script can check first: the dry run's status is the real run's refusal's."""
+    import bbx.plan
+
+    folder, paths = photos
+    out = tmp_path / "f.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", folder).exit_code == 0
+    run("extract", "-m", tiny_resnet, "-o", out, str(paths[0]))
+    cases = [
+        ((), 3),  # the output exists
+        (("--resume", "--out-indices", "1"), 2),  # a resume with other settings
+        (("--resume",), 0),
+        (("--overwrite", "--resume"), 2),
+    ]
+    for extra, code in cases:
+        dry = run("extract", "-m", tiny_resnet, "-o", out, "--dry-run", *extra, folder)
+        assert dry.exit_code == code, (extra, dry.stderr)
+        if code:
+            real = run("extract", "-m", tiny_resnet, "-o", out, *extra, folder)
+            assert real.exit_code == code, (extra, real.stderr)
+    monkeypatch.setattr(bbx.plan, "free_space", lambda output: 10)
+    rep = run("extract", "-m", tiny_resnet, "-o", tmp_path / "g.h5", "--dry-run", "--json", folder)
+    assert rep.exit_code == 3 and json.loads(rep.stdout)["exit_code"] == 3
 
 
 def test_a_malicious_pickle_message_gives_no_advice_to_disable_the_safety(tmp_path, tiny_resnet):
@@ -248,3 +273,27 @@ def test_hdf5_next_to_an_unfinished_safetensors_run_of_the_same_name(tiny_resnet
     r = run("extract", "-m", tiny_resnet, "-o", out, "--format", "hdf5", "--overwrite", folder)
     assert r.exit_code == 0, r.stderr
     assert h5py.is_hdf5(out) and not (tmp_path / "f.out.partial").exists()
+
+
+def test_a_suffix_that_contradicts_the_format_is_refused(tiny_resnet, photos, tmp_path, monkeypatch):
+    folder, _ = photos
+    for name, fmt in (("weird.h5", "safetensors"), ("weird.hdf5", "safetensors"), ("w.safetensors", "hdf5")):
+        _one_line(run("extract", "-m", tiny_resnet, "-o", tmp_path / name, "--format", fmt, folder), 2, name, fmt)
+        assert not list(tmp_path.glob("w*"))
+    # a suffix bbx does not know takes --format; agreeing ones and the default name are fine
+    assert (
+        run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.out", "--format", "safetensors", "-q", folder).exit_code
+        == 0
+    )
+    assert run("extract", "-m", tiny_resnet, "-o", tmp_path / "g.h5", "--format", "h5", "-q", folder).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    r = run("extract", "-m", tiny_resnet, "--format", "safetensors", "--dry-run", "--json", folder)
+    assert json.loads(r.stdout)["output"].endswith("_stage4.safetensors")
+
+
+def test_report_times_nest_load_first_batch_whole_run(tiny_resnet, photos, tmp_path):
+    """``seconds`` is the whole run, so the model load and the first batch lie within it."""
+    folder, paths = photos
+    rep = json.loads(run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "-b", "2", "--json", folder).stdout)
+    assert 0 < rep["load_s"] <= rep["first_batch_s"] <= rep["seconds"], rep
+    assert rep["images_per_s"] == pytest.approx(len(paths) / (rep["seconds"] - rep["load_s"]), rel=0.02)

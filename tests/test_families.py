@@ -14,9 +14,10 @@ from bbx import registry, weights
 from bbx.checkpoints import recognise
 from bbx.cli._complete import stage_names_of_config, stage_names_of_model
 from bbx.errors import ModelError
-from bbx.family import STAGE_NORMS, map_shapes
+from bbx.family import MAX_PARAMETERS, STAGE_NORMS, map_shapes
 from bbx.inspection import inspect_model
 from bbx.preprocess import Preprocess
+from tests.util import LivePeak, state_numbers
 
 FAMILIES = registry.families()
 ROWS = registry.family_rows()  # task checkpoints' rows have their own contract (tests/test_tasks.py)
@@ -114,6 +115,144 @@ def test_names_are_unique_across_the_catalog():
     names = [n for r in registry.checkpoints() for n in {x.lower() for x in r.names}]
     assert len(names) == len(set(names))
     assert all(registry.lookup(n) is not None for n in names)
+
+
+# --- memory: what a config implies, honestly -------------------------------------------------------
+
+
+def _variants(fam, model_type):
+    """The tiny config, and variants of it: each switch flipped, each size-like number grown."""
+    import dataclasses
+    import typing
+
+    base = fam.tiny_config(model_type)
+    yield base
+    hints = typing.get_type_hints(fam.settings)
+    settings = fam.parse(base)
+    for f in dataclasses.fields(fam.settings):
+        value = getattr(settings, f.name)
+        if hints[f.name] is bool:
+            yield base | {f.name: not value}
+        elif hints[f.name] is int and f.metadata.get("hi") and f.name not in ("image_size",):
+            yield base | {f.name: value + 1}
+            yield base | {f.name: value * 2 + 1}
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_parameter_count_is_exactly_the_state_of_a_real_build(fam, model_type):
+    """parameter_count() must be what a build holds, number for number: it is what refuses a
+    config before anything is allocated, so a family must not guess."""
+    checked = 0
+    for config in _variants(fam, model_type):
+        try:
+            settings = fam.parse(config)
+        except ModelError:
+            continue  # a variant the family refuses (heads that no longer divide the width, ...)
+        with torch.device("meta"):
+            model = fam.build(config)
+        assert settings.parameter_count() == state_numbers(model), config
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.alias for r in ROWS])
+def test_parameter_count_of_every_catalog_row(row):
+    ck = recognise(row.config_dict(), row.preprocessor_dict())
+    with torch.device("meta"):
+        model = ck.family.build(ck.config)
+    assert ck.settings().parameter_count() == state_numbers(model)
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_activation_estimate_covers_a_real_forward_and_is_not_inflated(fam, model_type):
+    """What a forward really holds at its peak (every tensor it creates, measured as it runs,
+    with and without the inference rewrites) lies below the estimate, and the estimate's
+    activations and workspace are at most eight times it (the weights are counted exactly apart:
+    in a tiny config they can outweigh the activations)."""
+    from bbx.nn import kernels
+
+    kernels.choice(torch.float32)  # the kernel probe: once a process, on tensors of its own fixed sizes
+    config = fam.tiny_config(model_type)
+    settings = fam.parse(config)
+    model = _tiny_model(fam, model_type)
+    model.select(out_indices=list(range(len(model.stage_names))))
+    for fused in (False, True):
+        if fused:
+            model.optimize_for_inference(fuse_kernels=True)
+        for size in ((64, 64), (77, 101)):
+            for batch in (1, 3):
+                x = torch.randn(batch, 3, *size)
+                with torch.inference_mode(), LivePeak() as live:
+                    maps = model(x)
+                del maps
+                activations = batch * settings.activation_count(size) + settings.workspace_count(size)
+                # weights once more: fused kernels and autocast may keep a converted copy
+                estimate = activations + settings.parameter_count()
+                measured = live.peak / 4
+                assert measured <= estimate and activations <= 8 * measured, (
+                    fused,
+                    size,
+                    batch,
+                    measured,
+                    activations,
+                    estimate,
+                )
+
+
+def _size_fields(fam):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(fam.settings)
+    for f in dataclasses.fields(fam.settings):
+        hi = f.metadata.get("hi")
+        if hi is not None and (hints[f.name] in (int, float) or typing.get_origin(hints[f.name]) is tuple):
+            yield f.name, hints[f.name], hi
+
+
+@pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])
+def test_every_size_at_its_limit_is_refused_or_estimated_before_anything_is_built(fam, model_type, monkeypatch):
+    """Each size-like field of the family at the top of its range (and all of them at once) is
+    either refused as the config is read, or gets an estimate; a model plan then refuses, in one
+    line with exit 4, whatever would not fit a machine of 16 GB, and nothing is ever built."""
+    import bbx.runtime
+    from bbx import hub
+    from bbx.errors import BbxError
+    from bbx.plan import check_memory, model_plan
+
+    monkeypatch.setattr(bbx.runtime, "machine_memory", lambda: 16 * 10**9)
+    monkeypatch.setattr(type(fam), "build", lambda *a, **k: pytest.fail("nothing may be built"))
+    base = fam.tiny_config(model_type)
+    current = fam.parse(base)
+    grown = dict(base)
+    configs = []
+    for name, hint, hi in _size_fields(fam):
+        value = getattr(current, name)
+        big = [hi] * len(value) if isinstance(value, tuple) else (int(hi) if hint is int else float(hi))
+        configs.append(base | {name: big})
+        grown[name] = big
+    configs.append(grown)
+    refused = 0
+    for config in configs:
+        try:
+            settings = fam.parse(config)
+        except ModelError as e:
+            assert "\n" not in e.message
+            refused += 1
+            continue
+        assert settings.parameter_count() <= MAX_PARAMETERS
+        ref = hub.ModelRef(given="x", source="folder", spec=recognise(config, None, "config.json"))
+        try:
+            mp = model_plan(ref)  # the config's own input size, one image: exit 4 if it does not fit
+        except BbxError as e:
+            assert e.exit_code == 4 and "\n" not in e.message, e.message
+            refused += 1
+            continue
+        try:
+            check_memory(ref, settings, mp.input_size, batch=32)
+        except BbxError as e:  # only the batch is too large: a usage error
+            assert e.exit_code == 2 and "--batch-size" in e.message and "\n" not in e.message, e.message
+    assert refused, "at least the config with every size at its limit is refused"
 
 
 @pytest.mark.parametrize(("fam", "model_type"), TINY, ids=[mt for _, mt in TINY])

@@ -283,7 +283,7 @@ def test_show_missing_input_image_gets_a_placeholder(made, tmp_path, tiny_resnet
     assert pic.shape == (35 + 4 + 35, 35 + 4 + 35, 3)
     assert (pic[39:, :35] == 200).all()  # gray where the vanished photo was
     photos[0].unlink()
-    r = run("show", out, "-i", "0", "-i", "1", "--size", "35", "-o", pic_path)
+    r = run("show", out, "-i", "0", "-i", "1", "--size", "35", "-o", pic_path, "--overwrite")
     assert _png(pic_path).shape == (35 + 4 + 35, 35, 3)  # no inputs at all: maps only
 
 
@@ -381,3 +381,132 @@ def test_the_input_is_shown_as_extraction_saw_it(tiny_resnet, tmp_path):
     assert run("show", out, "--stage", "stage4", "-o", tmp_path / "s.png").exit_code == 0
     with Image.open(tmp_path / "s.png") as pic:
         assert pic.convert("RGB").getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_show_names_too_long_for_the_file_system(made, tmp_path, monkeypatch):
+    _one_line_error(run("show", made["h5"], "-o", tmp_path / ("p" * 300 + ".png")), 3, "too long")
+    long = tmp_path / ("z" * 240 + ".h5")
+    shutil.copyfile(made["h5"], long)
+    monkeypatch.chdir(tmp_path)
+    r = run("show", long, "--json")
+    assert r.exit_code == 0, r.stderr
+    picture = Path(json.loads(r.stdout)["output"])
+    assert picture.is_file() and len(picture.name) < 160 and picture.name.startswith("zzz")
+
+
+def test_info_says_why_an_output_is_interrupted_or_unfinished(tiny_resnet, tmp_path):
+    """--on-error stop at the first input leaves nothing; at a later one, info names the input
+    the run stopped at (not a signal); a .partial whose run is gone is 'killed or failed'."""
+    folder = tmp_path / "imgs"
+    make_photos(folder, [(64, 64)] * 3)
+    (folder / "img000.jpg").write_bytes(b"broken")
+    out = tmp_path / "f.h5"
+    r = run("extract", "-m", tiny_resnet, "-o", out, "--on-error", "stop", "-q", folder)
+    assert r.exit_code == 3 and "nothing was written" in r.stderr, r.stderr
+    assert not out.exists() and not out.with_name("f.h5.partial").exists()
+    assert run("extract", "-m", tiny_resnet, "-o", out, "-q", folder).exit_code == 10  # nothing in the way
+
+    (folder / "img000.jpg").unlink()
+    (folder / "img002.jpg").write_bytes(b"broken too")
+    for suffix in (".h5", ".safetensors"):
+        out = tmp_path / f"g{suffix}"
+        r = run("extract", "-m", tiny_resnet, "-o", out, "--on-error", "stop", "-q", folder)
+        assert r.exit_code == 3, r.stderr
+        text = run("info", out).stdout
+        assert "stopped at a bad input (--on-error stop at " in text and "img002.jpg" in text, text
+        assert "signal" not in text
+        rep = json.loads(run("info", out, "--json").stdout)
+        assert rep["interrupted_by"].startswith("--on-error stop at ") and rep["images"] == 1
+    shutil.copyfile(tmp_path / "g.h5", tmp_path / "k.h5.partial")  # as a killed run leaves it
+    text = run("info", tmp_path / "k.h5").stdout
+    assert "unfinished (the run that wrote it was killed or failed): resume with --resume" in text, text
+
+
+def test_show_never_replaces_a_file_without_overwrite(made, tmp_path, monkeypatch):
+    photo = tmp_path / "mine.jpg"
+    photo.write_bytes(b"a photo of mine")
+    _one_line_error(run("show", made["h5"], "-o", photo), 3, "exists", "--overwrite")
+    assert photo.read_bytes() == b"a photo of mine"
+    monkeypatch.chdir(tmp_path)
+    assert run("show", made["h5"], "-q").exit_code == 0  # the default picture ...
+    again = run("show", made["h5"], "-q")  # ... is not rewritten silently either
+    _one_line_error(again, 3, "f-stage4-pca.png exists")
+    assert run("show", made["h5"], "-q", "--overwrite").exit_code == 0
+    assert run("show", made["h5"], "-o", photo, "--overwrite", "-q").exit_code == 0
+    assert Image.open(photo).format == "JPEG"
+
+
+def test_show_index_takes_comma_lists_like_extract(made, tmp_path):
+    one = run("show", made["h5"], "-i", "0,-1", "--json", "-o", tmp_path / "a.png")
+    two = run("show", made["h5"], "-i", "0", "--index", "-1", "--json", "-o", tmp_path / "b.png")
+    assert one.exit_code == two.exit_code == 0, one.stderr
+    assert (
+        [r["index"] for r in json.loads(one.stdout)["rows"]]
+        == [0, 3]
+        == [r["index"] for r in json.loads(two.stdout)["rows"]]
+    )
+    _one_line_error(run("show", made["h5"], "-i", "0,x"), 2, "--index takes integers")
+
+
+# --- where each map came from ------------------------------------------------------------------
+
+
+def _expected_sources(made, ckpt):
+    """The image size and box of every stored row, computed from the photos themselves."""
+    from bbx import hub
+    from bbx.preprocess import Preprocess
+
+    pre = Preprocess.from_checkpoint(hub.resolve(str(ckpt), weights=False).spec)
+    out = open_output(made["h5"])
+    sizes, boxes = [], []
+    for p in out.paths:
+        with Image.open(p) as im:
+            w, h = im.size
+        sizes.append((h, w))
+        boxes.append(pre.geometry(h, w))
+    return np.array(sizes), np.array(boxes, dtype=np.float32)
+
+
+@pytest.mark.parametrize("key", ["h5", "st", "sharded", "bf16"])
+def test_every_row_records_the_image_size_and_the_box_it_came_from(made, tiny_resnet, key):
+    import bbx
+
+    want_sizes, want_boxes = _expected_sources(made, tiny_resnet)
+    with bbx.open(made[key]) as f:
+        sizes, boxes = f.sources()
+    assert np.array_equal(sizes, want_sizes)
+    assert np.allclose(boxes, want_boxes, atol=0.01)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= sizes[:, 0] + 0.01).all()  # a crop lies inside
+    rep = json.loads(run("info", made[key], "--json").stdout)
+    assert rep["sources_recorded"] == rep["images"] == len(want_sizes)
+    assert "sources      4 of 4 images" in run("info", made[key]).stdout
+
+
+def test_an_output_from_before_sources_gets_them_for_new_rows_only(made, tiny_resnet, tmp_path):
+    import h5py
+
+    import bbx
+
+    old = tmp_path / "old.h5"
+    shutil.copyfile(made["h5"], old)
+    with h5py.File(old, "r+") as f:
+        del f["source"]  # as bbx wrote outputs before it recorded sources
+    extra = make_photos(tmp_path / "more", [(90, 60)], "jpg", start_seed=40)
+    r = run("extract", "-m", tiny_resnet, "--out-features", "stem,stage4", "-o", old, "--resume", *map(str, extra))
+    assert r.exit_code == 0, r.stderr
+    with bbx.open(old) as f:
+        sizes, boxes = f.sources()
+    assert (sizes[:4] == -1).all() and np.isnan(boxes[:4]).all() and tuple(sizes[4]) == (60, 90)
+    assert json.loads(run("info", old, "--json").stdout)["sources_recorded"] == 1
+
+
+def test_show_overlay_draws_each_map_over_its_whole_photo(made, tmp_path):
+    out = tmp_path / "o.png"
+    r = run("show", made["h5"], "-i", "0,3", "--overlay", "--size", "120", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert all(row["input_shown"] for row in rep["rows"])
+    pic = _png(out)
+    # row 0 is a 96 x 72 photo: 120 x 90 at this size; row 3 is 120 x 64: 120 x 64
+    assert pic.shape == (90 + 4 + 64, 120, 3)
+    _one_line_error(run("show", made["h5"], "--overlay", "--mode", "grid", "-o", tmp_path / "g.png"), 2, "--overlay")

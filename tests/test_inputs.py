@@ -61,3 +61,22 @@ def test_duplicates_are_extracted_once_at_first_position(tmp_path):
 def test_no_inputs_is_a_usage_error():
     with pytest.raises(UsageError):
         discover([])
+
+
+def test_a_file_named_twice_through_a_symlink_is_said_once(tmp_path):
+    import os
+
+    real = _touch(tmp_path / "photos" / "a.jpg")
+    _touch(tmp_path / "photos" / "b.jpg")
+    os.symlink(real, tmp_path / "link.jpg")
+    os.symlink(tmp_path / "photos", tmp_path / "folder-link")
+    notes: list[str] = []
+    found = discover([str(tmp_path / "photos"), str(tmp_path / "link.jpg"), str(real)], notes=notes)
+    assert found == [real, tmp_path / "photos" / "b.jpg"]
+    said = f"{tmp_path / 'link.jpg'} is the same file as {real} and 1 more"
+    assert notes == [f"{said}: each file is extracted once, at its first place"]
+    # in a folder, links to files are followed and links to folders are not descended into
+    (tmp_path / "top").mkdir()
+    os.symlink(real, tmp_path / "top" / "l.jpg")
+    os.symlink(tmp_path / "photos", tmp_path / "top" / "sub")
+    assert discover([str(tmp_path / "top")]) == [tmp_path / "top" / "l.jpg"]

@@ -154,3 +154,138 @@ def test_extending_a_finished_file_works_on_a_copy(tiny_resnet, many, tmp_path):
     p = _start_and_signal(_cmd(tiny_resnet, out, many, "--resume"), out.with_name("f.h5.partial"), signal.SIGKILL)
     assert p.returncode == -signal.SIGKILL
     assert _read(out) == before  # the finished file is untouched
+
+
+def _wait_for_rows(p: subprocess.Popen, partial: Path, rows: int = 2) -> None:
+    from bbx.errors import BbxError
+    from bbx.formats import open_output
+
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        try:
+            if partial.exists() and open_output(partial).images >= rows:
+                return
+        except (BbxError, OSError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended (or stalled) before writing {rows} rows: {p.poll()}")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
+def test_an_output_another_run_is_writing_is_refused_whatever_the_options(tiny_resnet, many, tmp_path, suffix):
+    """A second run on the same output, with --overwrite, --resume or neither, is refused while
+    the first writes (it used to unlink the first's live HDF5 .partial), and says why."""
+    from bbx.formats import open_output
+    from tests.cli import run
+
+    out = tmp_path / f"c{suffix}"
+    partial = out.with_name(out.name + ".partial")
+    other = tmp_path / "other"
+    make_photos(other, [(64, 48)] * 3)
+    a = subprocess.Popen(_cmd(tiny_resnet, out, many), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_rows(a, partial)
+        for extra in ((), ("--overwrite",), ("--resume",), ("--overwrite", "--dry-run")):
+            r = run("extract", "-m", tiny_resnet, "-o", out, *extra, other)
+            errors = [ln for ln in r.stderr.splitlines() if "being written by another bbx run" in ln]
+            assert errors and "unfinished run" not in r.stderr, (extra, r.stderr)
+            if "--dry-run" not in extra:
+                assert r.exit_code == 3 and r.stderr.count("bbx: error:") == 1, (extra, r.stderr)
+            assert a.poll() is None, "the first run must still be writing"
+    finally:
+        a.send_signal(signal.SIGINT)
+        _, err = a.communicate(timeout=60)
+    assert a.returncode == 130, err
+    kept = open_output(out)
+    assert kept.status == "interrupted" and kept.images >= 2
+    assert all(Path(p).parent == many for p in kept.paths), "the output holds the first run's rows only"
+
+
+@pytest.fixture()
+def restore_signal_handlers():
+    """Tests that send real signals to this process leave bbx's guard installed: put back
+    Python's own handlers afterwards."""
+    import bbx.extract
+
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(bbx.extract, "SignalGuard"):
+        bbx.extract.SignalGuard.seen = False
+
+
+@pytest.mark.parametrize(
+    "first,second,code",
+    [(None, signal.SIGINT, 130), (signal.SIGINT, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGINT, 143)],
+    ids=["during-close", "sigint-twice", "sigterm-then-sigint"],
+)
+def test_a_signal_during_the_close_is_acknowledged_and_the_close_finishes(
+    tiny_resnet, photos, tmp_path, monkeypatch, capfd, restore_signal_handlers, first, second, code
+):
+    """The first signal stops the run; one that arrives while the output is being closed (a
+    second one, or the first once every batch is in) is said on stderr and the close finishes.
+    The signals are real and process-directed, with another thread alive to receive them (as
+    torch's and the decoders' are): blocking them in the main thread does not hold them back."""
+    import os
+    import threading
+
+    from bbx.formats import open_output
+    from bbx.formats.hdf5 import HDF5Writer
+    from tests.cli import run
+
+    folder, paths = photos
+    out = tmp_path / "f.h5"
+    real_write, real_finish = HDF5Writer.write, HDF5Writer.finish
+    calls = {"write": 0}
+
+    def write(self, rows, maps):
+        real_write(self, rows, maps)
+        calls["write"] += 1
+        if first is not None and calls["write"] == 2:
+            os.kill(os.getpid(), first)
+            time.sleep(0.2)  # the handler runs now, in the main thread
+
+    def finish(self, status, reason=None):
+        os.kill(os.getpid(), second)
+        time.sleep(0.2)  # were it obeyed, it would cut the close here
+        return real_finish(self, status, reason)
+
+    monkeypatch.setattr(HDF5Writer, "write", write)
+    monkeypatch.setattr(HDF5Writer, "finish", finish)
+    stop = threading.Event()
+    bystander = threading.Thread(target=stop.wait, daemon=True)
+    bystander.start()
+    try:
+        r = run("extract", "-m", tiny_resnet, "-o", out, "-b", "2", "-j", "0", folder)
+    finally:
+        stop.set()
+    said = capfd.readouterr().err  # the acknowledgement goes straight to the process's stderr
+    assert r.exit_code == code, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "--resume recovers the run" in said and str(out) in said, said
+    kept = open_output(out)
+    assert not out.with_name("f.h5.partial").exists()
+    if first is None:
+        assert kept.status == "complete" and kept.images == len(paths)
+    else:
+        assert kept.status == "interrupted" and kept.images == 4
+        assert "--resume continues the run" in r.stderr
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT)])
+def test_two_signals_50_ms_apart_leave_a_valid_interrupted_file(tiny_resnet, many, tmp_path, signals):
+    from bbx.formats import open_output
+
+    out = tmp_path / "f.h5"
+    p = subprocess.Popen(_cmd(tiny_resnet, out, many), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_rows(p, out.with_name("f.h5.partial"), rows=3)
+    p.send_signal(signals[0])
+    time.sleep(0.05)
+    if p.poll() is None:
+        p.send_signal(signals[1])
+    _, err = p.communicate(timeout=60)
+    err = err.decode()
+    assert p.returncode == (130 if signals[0] == signal.SIGINT else 143), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert not out.with_name("f.h5.partial").exists()
+    assert open_output(out).status == "interrupted"

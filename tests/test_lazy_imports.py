@@ -93,3 +93,25 @@ print(sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_a_dry_run_imports_nothing_heavy(tmp_path):
+    """--dry-run answers from the config and the catalog: no torch (devices are known without it
+    on a machine without a GPU driver), no numpy or h5py (the format modules import them only to
+    read and write)."""
+    import os
+
+    (tmp_path / "a.jpg").write_bytes(b"")
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        for argv in (
+            ["bbx", "extract", "-m", "resnet-50", "--dry-run", "-q", "a.jpg"],
+            ["bbx", "extract", "-m", "swin-tiny", "--dry-run", "--json", "-o", "x.safetensors", "a.jpg"],
+        ):
+            heavy = set(_heavy(argv))
+            gpu = any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd"))
+            allowed = {"torch", "numpy"} if gpu else set()  # (a GPU machine asks torch whether it works)
+            assert heavy <= allowed, (argv, heavy)
+    finally:
+        os.chdir(cwd)

@@ -160,6 +160,7 @@ def test_progress_bar_on_a_terminal_never_takes_stdout(tiny_resnet, photos, tmp_
     assert code == 0, tty
     assert json.loads(out)["done"] == len(paths)  # all of stdout is the JSON report
     assert "extracting" in tty and f"{len(paths)}/{len(paths)}" in tty  # the bar, on the terminal
+    assert "images/s" in tty and "images/s" in tty2  # with the rate, in colour or not
     assert ESC in tty and ESC not in out
     assert COLOR.search(tty)  # a terminal gets colours ...
     assert code2 == 0 and json.loads(out2)["done"] == len(paths)
@@ -234,3 +235,37 @@ def test_readme_pipeline_example_runs(tiny_resnet, tmp_path):
     assert "3 images" in p.stdout and "stage4" in p.stdout  # bbx info's report
     with Image.open(tmp_path / "map.png") as im:
         assert im.size == (256 + 4 + 256, 256)  # the input photo beside the stage4 map
+
+
+def test_the_exit_table_says_what_each_refusal_gives(tiny_resnet, photos, tmp_path, monkeypatch):
+    """The cases of the robustness work, run: each gives the status whose README row names it."""
+    import json
+
+    import bbx.runtime
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Exit status") :]
+    rows = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \| (.*) \|$", table, re.M)}
+    folder, paths = photos
+    out = tmp_path / "f.h5"
+    assert run("extract", "-m", tiny_resnet, "-o", out, "-q", str(paths[0])).exit_code == 0
+    damaged = tmp_path / "d.h5"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "config.json").write_text(json.dumps({"model_type": "resnet", "depths": [10**7, 2, 2, 2]}))
+    monkeypatch.setattr(bbx.runtime, "machine_memory", lambda: 3 * 10**9)
+    cases = [
+        (["extract", "-m", tiny_resnet, "-o", out, folder], 3, "an output that exists"),
+        (["info", damaged], 3, "damaged"),
+        (["extract", "-m", tiny_resnet, "-o", tmp_path / ("x" * 300 + ".h5"), folder], 3, "a name too long"),
+        (["inspect", "~nobody-bbx/x"], 3, "missing or unusable input path"),
+        (["extract", "-m", tiny_resnet, "-o", tmp_path / "w.h5", "--format", "safetensors", folder], 2, "bad option"),
+        (["extract", "-m", "resnet-50", "--no-pretrained", "-b", "4096", "-o", tmp_path / "b.h5", folder], 2, "batch"),
+        (["inspect", hostile], 4, "out of range"),
+        (["extract", "-m", tiny_resnet, "-o", out, "--dry-run", folder], 3, "an output that exists"),
+    ]
+    for args, code, words in cases:
+        r = run(*args)
+        assert r.exit_code == code, (args, r.exit_code, r.stderr)
+        assert words in rows[code], (code, words, rows[code])

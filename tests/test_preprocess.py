@@ -207,6 +207,9 @@ def test_legacy_spellings_mean_the_same(old, new):
         ({"image_processor_type": CONVNEXT, "crop_pct": 0}, "", "crop_pct"),
         ({"image_processor_type": CONVNEXT, "crop_pct": "0.9"}, "", "crop_pct"),
         ({"image_processor_type": VIT, "rescale_factor": [1]}, "", "rescale_factor"),
+        ({"image_processor_type": VIT, "image_std": 0}, "", "image_std must be finite and non-zero"),
+        ({"image_processor_type": VIT, "image_std": [0.2, 0.0, 0.2]}, "", "non-zero"),
+        ({"image_processor_type": VIT, "image_mean": [0.5, float("nan"), 0.5]}, "", "finite"),
     ],
 )
 def test_refuses_what_it_cannot_reproduce(cfg, model_type, words):
@@ -289,3 +292,139 @@ def test_with_image_size_keeps_shortest_edge_recipes_and_refuses_nonsense():
     assert dict(pre.with_image_size(200).size) == {"shortest_edge": 200}
     with pytest.raises(ValueError):
         pre.with_image_size(0)
+
+
+# --- input geometry: HxW sizes, --resize squash|pad, where each input came from -----------------
+
+# kind, (h, w), the processor's own arguments for that output (written out, not derived from bbx)
+HXW_CASES = [
+    ("squash", (300, 200), {"size": {"height": 300, "width": 200}}),
+    ("short_edge_crop", (448, 672), {"size": {"shortest_edge": 768}, "crop_size": {"height": 448, "width": 672}}),
+    ("short_edge_crop", (224, 160), {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 160}}),
+]
+
+
+@pytest.mark.parametrize("kind,size,kwargs", HXW_CASES, ids=[f"{c[0]}-{c[1][0]}x{c[1][1]}" for c in HXW_CASES])
+def test_non_square_image_sizes_match_the_processor(tmp_path, kind, size, kwargs):
+    proc = hf_processor(tmp_path, KINDS[kind])
+    pre = Preprocess.from_config(KINDS[kind], "").with_image_size(size)
+    assert pre.output_size == size
+    imgs = [photo(333, 517, seed=1), photo(700, 90, seed=2)]
+    want = hf_pixels(proc, imgs, **kwargs)
+    got = images.normalize(torch.from_numpy(np.stack([images.prepare(i, pre) for i in imgs])), pre)
+    assert got.shape == want.shape == (2, 3, *size)
+    assert float((got - want).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_squash_is_the_plain_resize_of_the_whole_image(tmp_path, kind):
+    """--resize squash: every recipe becomes transformers' plain resize to the input size (its
+    filter kept), the whole image in, the aspect ratio given up."""
+    squash = hf_processor(tmp_path / "vit", {**SQUASH, "resample": KINDS[kind].get("resample", 3)})
+    pre = Preprocess.from_config(KINDS[kind], "").with_resize("squash").with_image_size((192, 256))
+    imgs = [photo(333, 517, seed=3), photo(700, 90, seed=4)]
+    want = hf_pixels(squash, imgs, size={"height": 192, "width": 256})
+    got = images.normalize(torch.from_numpy(np.stack([images.prepare(i, pre) for i in imgs])), pre)
+    assert float((got - want).abs().max()) <= 1e-6
+
+
+def test_pad_fits_the_whole_image_inside_and_pads_with_black(tmp_path):
+
+    vit = hf_processor(tmp_path, SQUASH)
+    pre = Preprocess.from_config(CROP_PCT, "").with_resize("pad").with_image_size((200, 300))
+    for w, h in ((400, 100), (90, 700), (300, 200)):
+        im = photo(w, h, seed=w)
+        got = images.prepare(im, pre)
+        assert got.shape == (200, 300, 3)
+        fh, fw = pre_size = images_fit = __import__("bbx.preprocess", fromlist=["fit_inside"]).fit_inside(
+            h, w, (200, 300)
+        )
+        assert (fh == 200 or fw == 300) and pre_size == images_fit
+        top, left = (200 - fh) // 2, (300 - fw) // 2
+        inner = hf_pixels(vit, [im], size={"height": fh, "width": fw}, do_normalize=False, do_rescale=False)[0]
+        assert np.array_equal(got[top : top + fh, left : left + fw], inner.permute(1, 2, 0).round().byte().numpy())
+        outside = np.ones((200, 300), bool)
+        outside[top : top + fh, left : left + fw] = False
+        assert (got[outside] == 0).all()
+
+
+def _gradient(w: int, h: int):
+    """R and G grow with x and y: a pixel's colour says where on the image it came from."""
+    from PIL import Image
+
+    x = np.linspace(0, 255, w)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h)[:, None].repeat(w, 1)
+    return Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("mode", ["crop", "squash", "pad"])
+def test_the_recorded_box_is_where_each_input_pixel_came_from(kind, mode):
+    """The box Preprocess.geometry gives, mapped back onto the photo, finds for input pixels the
+    colours the photo has there (a colour gradient encodes the position)."""
+    pre = Preprocess.from_config(KINDS[kind], "").with_resize(mode)
+    for w, h in ((320, 240), (200, 500)):
+        im = _gradient(w, h)
+        pixels = images.prepare(im, pre).astype(float)
+        top, left, bottom, right = pre.geometry(h, w)
+        ih, iw = pixels.shape[:2]
+        for i, j in ((ih // 4, iw // 3), (ih // 2, iw // 2), (3 * ih // 4, 2 * iw // 3)):
+            y = top + (i + 0.5) * (bottom - top) / ih
+            x = left + (j + 0.5) * (right - left) / iw
+            if 0 <= x < w and 0 <= y < h:
+                assert abs(pixels[i, j, 0] - x / (w - 1) * 255) <= 3, (kind, mode, i, j)
+                assert abs(pixels[i, j, 1] - y / (h - 1) * 255) <= 3, (kind, mode, i, j)
+            else:  # a padded pixel
+                assert pixels[i, j].max() == 0
+    if mode == "squash":
+        assert pre.geometry(240, 320) == (0.0, 0.0, 240.0, 320.0)
+
+
+def test_reduced_size_decoding_keeps_the_box_on_the_full_image(tmp_path):
+    from bbx.images import load_with_geometry
+
+    path = tmp_path / "big.jpg"
+    _gradient(1600, 1200).save(path, quality=95)
+    pre = Preprocess.from_config(SHORT_EDGE_CROP, "")
+    _, full = load_with_geometry(path, pre)
+    _, fast = load_with_geometry(path, pre, fast_decode=True)
+    assert full.source == fast.source == (1200, 1600)
+    assert np.allclose(full.box, fast.box, atol=2.0)
+
+
+def test_geometry_options_refuse_what_they_cannot_do():
+    shortest = Preprocess.from_config({"image_processor_type": VIT, "size": {"shortest_edge": 120}}, "")
+    with pytest.raises(ValueError, match="--resize squash or pad"):
+        shortest.with_image_size((100, 200))
+    with pytest.raises(ValueError, match="resize mode"):
+        shortest.with_resize("stretch")
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("mode", ["crop", "squash", "pad"])
+@pytest.mark.parametrize("size", [None, (160, 224)])
+def test_the_recorded_box_of_timm_recipes_is_where_each_input_pixel_came_from(crop_mode, mode, size):
+    """timm's eval transform (each crop mode), at its own size and at an HxW override, under every
+    --resize mode: the box Preprocess.geometry gives finds the photo's colours (as above); a
+    pixel outside the photo is the padding's colour."""
+    from bbx.family import timm_data
+
+    pre = Preprocess.from_config({"timm_data_config": timm_data(224, 0.875, crop_mode=crop_mode)}, "")
+    pre = pre.with_resize(mode)
+    if size is not None:
+        pre = pre.with_image_size(size)
+    fill = np.array(pre.pad_fill if mode == "crop" else (0, 0, 0), dtype=float)
+    for w, h in ((320, 240), (200, 500), (150, 120)):
+        im = _gradient(w, h)
+        pixels = images.prepare(im, pre).astype(float)
+        assert pixels.shape[:2] == (size or (224, 224))
+        top, left, bottom, right = pre.geometry(h, w)
+        ih, iw = pixels.shape[:2]
+        for i, j in ((ih // 4, iw // 3), (ih // 2, iw // 2), (3 * ih // 4, 2 * iw // 3), (1, 1)):
+            y = top + (i + 0.5) * (bottom - top) / ih
+            x = left + (j + 0.5) * (right - left) / iw
+            if 0 <= x < w and 0 <= y < h:
+                assert abs(pixels[i, j, 0] - x / (w - 1) * 255) <= 4, (crop_mode, mode, w, h, i, j)
+                assert abs(pixels[i, j, 1] - y / (h - 1) * 255) <= 4, (crop_mode, mode, w, h, i, j)
+            else:
+                assert np.abs(pixels[i, j] - fill).max() <= 1, (crop_mode, mode, w, h, i, j)

@@ -149,6 +149,44 @@ def test_shards_merged_equal_a_single_run_bit_for_bit_either_format(tiny_resnet,
         assert open_output(merged).facts.shard_index is None  # a whole run again
 
 
+def _sources(path: Path):
+    out = open_output(path)
+    try:
+        size, box = out.read_sources(range(out.images))
+        return dict(zip(out.paths, zip(size.tolist(), box.tolist())))
+    finally:
+        out.close()
+
+
+def test_merge_carries_every_rows_source_and_keeps_the_shards_compression(tiny_resnet, photos, tmp_path):
+    """Where each row came from (image size, box) survives bbx merge in either format, and an
+    HDF5 merge of compressed shards is compressed the same way (safetensors has no compression)."""
+    import h5py
+
+    folder, _ = photos
+    single = tmp_path / "single.h5"
+    _extract(tiny_resnet, single, folder, "--resize", "pad")
+    want = _sources(single)
+    assert want and all(s[0][0] > 0 for s in want.values())
+    shards = tmp_path / "shards"
+    for k in range(3):
+        _extract(
+            tiny_resnet, shards / "feats.h5", folder, "--resize", "pad", "--shard", f"{k}/3", "--compression", "gzip"
+        )
+    for suffix in (".h5", ".safetensors"):
+        merged = tmp_path / f"merged{suffix}"
+        r = run("merge", "-o", merged, shards)
+        assert r.exit_code == 0, r.stderr
+        got = _sources(merged)
+        assert got.keys() == want.keys()
+        for key, (size, box) in want.items():
+            assert got[key][0] == size and np.allclose(got[key][1], box, atol=0.01), key
+    assert open_output(tmp_path / "merged.h5").facts.compression == "gzip"
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        assert {f["features"][n].compression for n in f["features"]} == {"gzip"}
+    assert open_output(tmp_path / "merged.safetensors").facts.compression == "none"
+
+
 def test_a_shard_records_its_place_and_info_shows_it(tiny_resnet, corpus, tmp_path):
     out = tmp_path / "f.h5"
     _extract(tiny_resnet, out, corpus, "--shard", "1/3")

@@ -179,3 +179,65 @@ def photo_batch(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0
         out.append((t - mean) / std)
     return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+class LivePeak:
+    """The peak of the bytes held by the tensors created while the context is open (inputs and
+    weights made before it are not counted): a ``TorchDispatchMode`` that follows every op's
+    outputs until the last tensor sharing their storage is freed. Works on any device."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._now = 0
+        self._bytes: dict[int, int] = {}
+        self._refs: dict[int, int] = {}
+        self._mode: Any = None
+
+    def __enter__(self) -> LivePeak:
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        def drop(key: int) -> None:
+            tracker._refs[key] -= 1
+            if tracker._refs[key] == 0:
+                tracker._now -= tracker._bytes.pop(key)
+                del tracker._refs[key]
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if not isinstance(t, torch.Tensor):
+                        continue
+                    storage = t.untyped_storage()
+                    key = storage.data_ptr()
+                    if key == 0:
+                        continue
+                    if key not in tracker._refs:
+                        tracker._refs[key] = 0
+                        tracker._bytes[key] = storage.nbytes()
+                        tracker._now += storage.nbytes()
+                        tracker.peak = max(tracker.peak, tracker._now)
+                    tracker._refs[key] += 1
+                    weakref.finalize(t, drop, key)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+
+
+def state_numbers(model: torch.nn.Module) -> int:
+    """How many numbers a module's state holds (parameters and persistent buffers)."""
+    return sum(t.numel() for t in model.state_dict().values())

@@ -22,6 +22,7 @@ class _Group(TyperGroup):
     typed value) said in one line, like every other bbx error, instead of a usage box."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        _tidy_help(self)
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -49,6 +50,42 @@ class _Group(TyperGroup):
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 fail(message[:1].lower() + message[1:] + hint, code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _tidy_help(group: Any) -> None:
+    """How the parameters read in ``--help``: a flag takes no value, so it shows none (Typer would
+    show ``<bool>``); an argument is ``FILE`` or ``[INPUTS]...`` in the usage line, as in every
+    other command-line tool (Typer writes ``{file}``). Options with fixed values name them with
+    their own ``metavar``."""
+    import types
+
+    def usage_name(param: Any) -> str:
+        name = (param.metavar or param.name or "").upper()
+        name = name if param.required else f"[{name}]"
+        return name + ("..." if param.nargs != 1 else "")
+
+    def quiet_flag(option: Any) -> Any:
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    for command in [group, *getattr(group, "commands", {}).values()]:
+        if hasattr(command, "get_help_option") and not hasattr(command.get_help_option, "_bbx"):
+            made = command.get_help_option  # -h/--help is made on demand: a flag too
+
+            def get_help_option(ctx: Any, made: Any = made) -> Any:
+                return quiet_flag(made(ctx))
+
+            get_help_option._bbx = True  # type: ignore[attr-defined]
+            command.get_help_option = get_help_option
+        for param in getattr(command, "params", []):
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            elif getattr(param, "param_type_name", "") == "argument":
+                if param.metavar is None:
+                    param.metavar = (param.name or "").upper()
+                param._usage_display_name = types.MethodType(usage_name, param)
+                param.display_type_rich = lambda ctx: None  # its name says what it is
 
 
 app = typer.Typer(
@@ -103,10 +140,30 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                     EXIT_INTERNAL,
                 ) from None
 
+        wrapper.__doc__ = reflow(fn.__doc__)
         app.command(*args, **kwargs)(wrapper)
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def reflow(doc: str | None) -> str | None:
+    """A command's docstring as help text: each paragraph of prose on one line, for the help to
+    wrap at the terminal's width (Typer keeps the source's line breaks, which wrap raggedly at 80
+    columns); example command lines (``bbx ...``) stay one per line."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    out = []
+    for para in paragraphs:
+        lines = para.splitlines()
+        if any(ln.lstrip().startswith(("bbx ", "find ")) for ln in lines):
+            out.append("\n".join(ln.strip() for ln in lines))
+        else:
+            out.append(" ".join(ln.strip() for ln in lines))
+    return "\n\n".join(out)
 
 
 def _stdout_is_devnull() -> bool:

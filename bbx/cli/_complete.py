@@ -56,22 +56,35 @@ STAGE_NORMS = choices(
     ("none", "raw stage outputs"),
     ("final", "the checkpoint's final norm on the last stage"),
 )
+COMPRESSIONS = choices(("none", "no compression"), ("gzip", "smaller, slower"), ("lzf", "faster, larger"))
+RESIZE_MODES = choices(
+    ("crop", "the checkpoint's own resize and crop"),
+    ("squash", "the whole image, aspect ratio not kept"),
+    ("pad", "the whole image, fitted and padded with black"),
+)
 ON_ERROR = choices(("skip", "skip bad images and list them"), ("stop", "stop at the first bad image"))
 SHOW_MODES = choices(("pca", "3 main components as RGB"), ("grid", "channels as grayscale tiles"))
 ENGINES = choices(("local", "this process (or --devices)"), ("ray", "a Ray cluster's actors"))
+
+
+def _expand(text: str) -> Path:
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user with no such user
+        return Path(text)
 
 
 def _looks_like_path(text: str) -> bool:
     if text.startswith((".", "/", "~")):
         return True
     head, sep, _ = text.rpartition("/")
-    return bool(sep) and Path(head).expanduser().is_dir()
+    return bool(sep) and _expand(head).is_dir()
 
 
 def _folders(incomplete: str) -> Items:
     """Directories below the typed prefix (checkpoint folders and the way to them)."""
     head, sep, tail = incomplete.rpartition("/")
-    base = Path(head or "/").expanduser() if sep else Path(".")
+    base = _expand(head or "/") if sep else Path(".")
     try:
         entries = sorted(base.iterdir())
     except OSError:
@@ -137,7 +150,7 @@ def stage_names_of_model(name: str | None) -> list[str]:
             return stage_names_of_config(timm_default(name[len("timm:") :], name)[1])
         except BbxError:
             return []
-    config = Path(name).expanduser() / "config.json"
+    config = _expand(name) / "config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -212,7 +225,7 @@ def complete_stored_stage(ctx: typer.Context, incomplete: str) -> Items:
     try:
         from bbx.formats import open_output
 
-        names = [s.name for s in open_output(Path(file).expanduser()).stages]
+        names = [s.name for s in open_output(_expand(file)).stages]
     except Exception:  # a completion must never fail loudly
         return []
     return [(n, "") for n in names if n.startswith(incomplete)]

@@ -20,50 +20,80 @@ Model = Annotated[
 ModelOption = Annotated[
     str,
     typer.Option(
-        "--model", "-m", help="Alias, checkpoint folder or hub id org/name.", autocompletion=_complete.complete_model
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="Alias, checkpoint folder or hub id org/name.",
+        autocompletion=_complete.complete_model,
     ),
 ]
 OutIndices = Annotated[
     Optional[list[str]],  # noqa: UP045 (typer needs Optional on 3.10)
-    typer.Option("--out-indices", help="Stages by index: 1,3 or -1 (repeatable). Default: the last stage."),
+    typer.Option(
+        "--out-indices", metavar="I,...", help="Stages by index: 1,3 or -1 (repeatable). Default: the last stage."
+    ),
 ]
 OutFeatures = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option(
         "--out-features",
+        metavar="NAME,...",
         help="Stages by name: stage1,stage3 (repeatable).",
         autocompletion=_complete.complete_out_features,
     ),
 ]
 ImageSize = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option("--image-size", help="Input size N (NxN pixels) instead of the checkpoint's."),
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--image-size",
+        metavar="N|HxW",
+        help="Input size: N (NxN pixels) or HxW (height x width) instead of the checkpoint's.",
+    ),
+]
+Resize = Annotated[
+    str,
+    typer.Option(
+        "--resize",
+        metavar="crop|squash|pad",
+        help="crop: the checkpoint's own recipe; squash: the whole image to the input size; "
+        "pad: the whole image fitted inside it, padded with black.",
+        autocompletion=_complete.RESIZE_MODES,
+    ),
 ]
 Device = Annotated[
     str,
     typer.Option(
-        "--device", help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).", autocompletion=_complete.DEVICES
+        "--device",
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:N or mps (auto: CUDA when present).",
+        autocompletion=_complete.DEVICES,
     ),
 ]
 Dtype = Annotated[
     str,
     typer.Option(
-        "--dtype", help="Compute dtype: float32, float16 or bfloat16 (autocast).", autocompletion=_complete.DTYPES
+        "--dtype",
+        metavar="DTYPE",
+        help="Compute dtype: float32, float16 or bfloat16 (autocast).",
+        autocompletion=_complete.DTYPES,
     ),
 ]
 StageNorm = Annotated[
     str,
     typer.Option(
         "--stage-norm",
-        help="Stage norms: hf (transformers' backbone), none, or final.",
+        metavar="hf|none|final",
+        help="Stage norms: hf (transformers' backbone), none (raw), final (the trained final norm).",
         autocompletion=_complete.STAGE_NORMS,
     ),
 ]
 Revision = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--revision", help="Hub branch, tag or commit sha (for an alias: that revision's config)."),
+    typer.Option(
+        "--revision", metavar="REV", help="Hub branch, tag or commit sha (for an alias: that revision's config)."
+    ),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", metavar="N", help="Images per batch.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (nothing else there).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Compile = Annotated[
@@ -82,7 +112,7 @@ OutputFile = Annotated[
 BATCH_SIZE = 32
 
 
-def parse_indices(values: list[str] | None) -> tuple[int, ...] | None:
+def parse_indices(values: list[str] | None, option: str = "--out-indices") -> tuple[int, ...] | None:
     """``--out-indices 1,3`` / repeated options / negatives -> a tuple of ints."""
     if not values:
         return None
@@ -95,8 +125,22 @@ def parse_indices(values: list[str] | None) -> tuple[int, ...] | None:
             try:
                 out.append(int(part))
             except ValueError:
-                raise UsageError(f"--out-indices takes integers (e.g. 1,3 or -1), got {part!r}") from None
+                raise UsageError(f"{option} takes integers (e.g. 1,3 or -1), got {part!r}") from None
     return tuple(out)
+
+
+def parse_image_size(value: str | None) -> int | tuple[int, int] | None:
+    """``--image-size 448`` -> 448, ``448x672`` -> (448, 672)."""
+    if value is None:
+        return None
+    parts = value.lower().replace(" ", "").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers, default=0) < 1:
+        raise UsageError(f"--image-size takes N or HxW in pixels (448, 448x672), got {value!r}")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
 def parse_names(values: list[str] | None) -> tuple[str, ...] | None:

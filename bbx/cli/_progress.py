@@ -53,12 +53,15 @@ class RichProgress:
         self._bar.start()
         self._task = self._bar.add_task("extract", total=total, rate="")
         self._t0 = time.monotonic()
+        self._shown = False
         self._unit = unit
 
     def update(self, done: int) -> None:
         elapsed = time.monotonic() - self._t0
         rate = f"{done / elapsed:.1f} {self._unit}/s" if done and elapsed > 0 else ""
-        self._bar.update(self._task, completed=done, rate=rate)
+        # drawn at once the first time there is a rate (short runs end before rich's own refresh)
+        self._bar.update(self._task, completed=done, rate=rate, refresh=not self._shown and bool(rate))
+        self._shown = self._shown or bool(rate)
 
     def stop(self) -> None:
         self._bar.stop()

@@ -18,6 +18,20 @@ def table(*columns: str) -> Any:
     return t
 
 
+def print_table(console: Any, table: Any) -> None:
+    """A table on ``console``: as rich lays it out on a terminal; elsewhere (a pipe, a file) the
+    same text without the padding rich puts after the last column, so lines end where their
+    text does."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    console.file.write(text + "\n")
+    console.file.flush()
+
+
 def render_plan(plan: Plan, console: Any) -> None:
     h, w = plan.input_size
     console.print(
@@ -45,13 +59,15 @@ def render_plan(plan: Plan, console: Any) -> None:
             f"{list(s.shape)} {s.dtype}",
             human_bytes(s.bytes_per_image),
         )
-    console.print(listing)
+    print_table(console, listing)
     free = f", {human_bytes(plan.free_bytes)} free" if plan.free_bytes is not None else ""
     extra = f" ({plan.inputs - plan.todo} already in the output)" if plan.inputs != plan.todo else ""
     console.print(
         f"{plural(plan.todo, 'image')}{extra} x {human_bytes(plan.bytes_per_image)} = "
         f"{human_bytes(plan.projected_bytes)} projected -> {plan.output} ({plan.format}{free})"
     )
+    if plan.compression != "none":
+        console.print(f"compression {plan.compression} (with byte shuffling): the projected size is before it")
     for warning in plan.warnings:
         console.print(f"the run would be refused: {warning}")
 
@@ -65,14 +81,22 @@ def render_summary(summary: Summary, console: Any) -> None:
             console.print(f"  {path}: {reason}")
         if len(summary.failed) > 20:
             console.print(f"  ... and {len(summary.failed) - 20} more (all listed in the output)")
+    if summary.compression_ratio is not None:
+        console.print(
+            f"compression {summary.plan.compression}: {human_bytes(summary.map_bytes)} of maps stored in "
+            f"{human_bytes(summary.stored_bytes or 0)} ({summary.compression_ratio:.2f}x), "
+            f"{summary.write_s:.1f} s writing them ({1000 * summary.write_s / max(1, summary.done):.1f} ms an image)"
+        )
     if summary.startup:
         parts = {"import_s": "imports", "resolve_s": "model lookup", "weights_s": "weights", "prepare_s": "set-up"}
         said = ", ".join(f"{label} {summary.startup[k]:.1f} s" for k, label in parts.items() if k in summary.startup)
         first = summary.startup.get("first_batch_s")
         console.print(f"start-up: {said}" + (f"; first batch {first:.1f} s" if first is not None else ""))
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
+    resume = "; --resume continues the run" if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""
     console.print(
         f"{state}{plural(summary.done, 'image')} extracted{already}, {len(summary.failed)} skipped in "
-        f"{summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) -> {', '.join(summary.files) or '-'}"
+        f"{summary.seconds:.1f} s ({summary.load_s:.1f} s to load the model, then {summary.images_per_s:.1f} "
+        f"images/s) -> {', '.join(summary.files) or '-'}{resume}"
     )

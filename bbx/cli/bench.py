@@ -18,6 +18,7 @@ from bbx.cli._options import (
     OutIndices,
     Revision,
     StageNorm,
+    parse_image_size,
     parse_indices,
     parse_names,
 )
@@ -34,11 +35,11 @@ def bench(
     out_features: OutFeatures = None,
     stage_norm: StageNorm = "hf",
     pretrained: bool = typer.Option(
-        False, "--pretrained/--no-pretrained", help="Load the checkpoint's weights (default: random, no download)."
+        False, "--pretrained", help="Load the checkpoint's weights (default: random, no download)."
     ),
     revision: Revision = None,
-    warmup: int = typer.Option(2, "--warmup", help="Untimed batches first."),
-    iters: int = typer.Option(10, "--iters", help="Timed batches (the median is reported)."),
+    warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed batches first."),
+    iters: int = typer.Option(10, "--iters", metavar="N", help="Timed batches (the median is reported)."),
     compile_model: Compile = False,
     as_json: Json = False,
 ) -> None:
@@ -57,7 +58,7 @@ def bench(
         batch_size=batch_size,
         dtype=dtype,
         device=device,
-        image_size=image_size,
+        image_size=parse_image_size(image_size),
         out_indices=parse_indices(out_indices),
         out_features=parse_names(out_features),
         stage_norm=stage_norm,

@@ -19,7 +19,7 @@ def download(
         ..., help="Hub id org/name, or an alias (see `bbx models`).", autocompletion=_complete.complete_model
     ),
     revision: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--revision", help="Hub branch, tag or commit sha (default: main)."
+        None, "--revision", metavar="REV", help="Hub branch, tag or commit sha (default: main)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print what was fetched as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary (errors still print)."),
@@ -34,13 +34,11 @@ def download(
 
     Example: bbx download microsoft/resnet-50 --revision main
     """
-    from pathlib import Path
-
     from bbx import hub
 
-    if Path(model).expanduser().is_dir():
+    if hub.expand(model).is_dir():
         raise UsageError(f"{model} is a local checkpoint folder: there is nothing to download")
-    ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None)
+    ref = hub.resolve(model, revision=revision, weights=True, progress=False if quiet else None, downloading=True)
     snap = ref.snapshot
     assert snap is not None  # every hub checkpoint resolves with one; folders are refused above
     if as_json:

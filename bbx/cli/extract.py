@@ -23,8 +23,10 @@ from bbx.cli._options import (
     OutFeatures,
     OutIndices,
     Quiet,
+    Resize,
     Revision,
     StageNorm,
+    parse_image_size,
     parse_indices,
     parse_names,
     parse_size,
@@ -40,30 +42,44 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def extract(
     model: ModelOption,
     inputs: list[str] = typer.Argument(
-        None, help="Image files, folders (searched recursively) or - to read paths from stdin.", show_default=False
+        None,
+        metavar="INPUTS",
+        help="Image files, folders (searched recursively) or - to read paths from stdin.",
+        show_default=False,
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here."
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Output file (.h5/.hdf5 or .safetensors). Default: <model>_<stages>.h5 here.",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="hdf5 or safetensors (default: from the suffix).", autocompletion=_complete.FORMATS
+        None,
+        "--format",
+        metavar="FORMAT",
+        help="hdf5 or safetensors (default: from the suffix).",
+        autocompletion=_complete.FORMATS,
     ),
     out_indices: OutIndices = None,
     out_features: OutFeatures = None,
     image_size: ImageSize = None,
+    resize: Resize = "crop",
     batch_size: BatchSize = BATCH_SIZE,
     device: Device = "auto",
     dtype: Dtype = "float32",
     store_dtype: str = typer.Option(
         "float32",
         "--store-dtype",
+        metavar="DTYPE",
         help="Stored dtype: float32, float16 or bfloat16.",
         autocompletion=_complete.DTYPES,
     ),
     pool: str = typer.Option(
         "none",
         "--pool",
-        help="none (maps [N,C,H,W]), avg or max (vectors [N,C]), cls (each stage's class token [N,C]).",
+        metavar="none|avg|max|cls",
+        help="none: maps [N,C,H,W]; avg, max: vectors [N,C]; cls: each stage's class token [N,C].",
         autocompletion=_complete.POOLS,
     ),
     embedding: bool = typer.Option(
@@ -75,6 +91,7 @@ def extract(
         None,
         "--workers",
         "-j",
+        metavar="N",
         help="Decoding threads (default: one per core, at most 8); on CPU between batches, on a GPU alongside.",
     ),
     null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin are NUL-separated (find -print0)."),
@@ -87,39 +104,60 @@ def extract(
         False, "--fast-decode", help="Reduced-size JPEG decoding (faster, changes pixels slightly)."
     ),
     stage_norm: StageNorm = "hf",
-    pretrained: bool = typer.Option(
-        True, "--pretrained/--no-pretrained", help="--no-pretrained: random weights from the config, offline."
+    no_pretrained: bool = typer.Option(
+        False, "--no-pretrained", help="Random weights from the config (seed 0), offline: no download."
     ),
     revision: Revision = None,
-    shard_size: Optional[str] = typer.Option(None, "--shard-size", help="safetensors shard size (default 5GB)."),
+    compression: str = typer.Option(
+        "none",
+        "--compression",
+        metavar="none|gzip|lzf",
+        help="HDF5: compress the maps (gzip: smaller, lzf: faster), each with byte shuffling.",
+        autocompletion=_complete.COMPRESSIONS,
+    ),
+    shard_size: Optional[str] = typer.Option(
+        None, "--shard-size", metavar="SIZE", help="safetensors shard size (default 5GB)."
+    ),
     on_error: str = typer.Option(
         "skip",
         "--on-error",
-        help="skip: skip bad images and report them; stop: stop.",
+        metavar="skip|stop",
+        help="skip: skip bad images and report them; stop: end the run at the first.",
         autocompletion=_complete.ON_ERROR,
     ),
     shard: Optional[str] = typer.Option(
         None,
         "--shard",
+        metavar="K/N|auto",
         help="K/N: extract shard K (0-based) of N contiguous slices of the inputs; auto: from Slurm or torchrun.",
     ),
     devices: Optional[str] = typer.Option(
-        None, "--devices", help="cuda:0,cuda:1,... (or cpu,cpu): one worker per device over contiguous slices, merged."
+        None,
+        "--devices",
+        metavar="DEV,...",
+        help="cuda:0,cuda:1,... (or cpu,cpu): one worker per device over contiguous slices, merged.",
     ),
     engine: str = typer.Option(
         "local",
         "--engine",
+        metavar="local|ray",
         help="local, or ray: units on a Ray cluster's actors, merged.",
         autocompletion=_complete.ENGINES,
     ),
     address: Optional[str] = typer.Option(
-        None, "--address", help="With --engine ray: the cluster (auto: the one `ray start` made); default a local one."
+        None,
+        "--address",
+        metavar="ADDR",
+        help="With --engine ray: the cluster (auto: the one `ray start` made); default a local one.",
     ),
     actors: Optional[int] = typer.Option(
-        None, "--actors", help="With --engine ray: model actors (default: one per GPU, or one per node on CPUs)."
+        None,
+        "--actors",
+        metavar="N",
+        help="With --engine ray: model actors (default: one per GPU, or one per node on CPUs).",
     ),
     unit_size: int = typer.Option(
-        1000, "--unit-size", help="With --engine ray: inputs per unit (a .tar counts as one input)."
+        1000, "--unit-size", metavar="N", help="With --engine ray: inputs per unit (a .tar counts as one input)."
     ),
     compile_model: Compile = False,
     as_json: Json = False,
@@ -141,9 +179,9 @@ def extract(
     from bbx import shards as shards_mod
     from bbx.cli._progress import progress_for
     from bbx.cli._render import render_plan, render_summary
-    from bbx.extract import ExtractOptions, device_of, plan, run
+    from bbx.extract import ExtractOptions, SignalGuard, device_of, plan, run
     from bbx.report import Summary
-    from bbx.runtime import resolve_device
+    from bbx.runtime import planned_device
 
     opts = ExtractOptions(
         model=model,
@@ -151,7 +189,8 @@ def extract(
         format=fmt,
         out_indices=parse_indices(out_indices),
         out_features=parse_names(out_features),
-        image_size=image_size,
+        image_size=parse_image_size(image_size),
+        resize=resize,
         batch_size=batch_size,
         device=device,
         dtype=dtype,
@@ -165,25 +204,30 @@ def extract(
         exif=not no_exif,
         fast_decode=fast_decode,
         stage_norm=stage_norm,
-        pretrained=pretrained,
+        pretrained=not no_pretrained,
         revision=revision,
         shard_bytes=parse_size(shard_size),
         on_error=on_error,
         progress=False if (quiet or as_json) else None,
         compile=compile_model,
+        compression=compression,
         shard=None if shard is None else shards_mod.parse(shard),
     )
     opts.validate()
     stdin = sys.stdin.buffer if "-" in (inputs or []) and sys.stdin is not None else None
-    files = inputs_mod.discover(inputs or [], stdin=stdin, null=null)
+    notes: list[str] = []
+    files = inputs_mod.discover(inputs or [], stdin=stdin, null=null, notes=notes)
     err = console(stderr=True)
+    if not quiet:
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
     if dry_run:
-        the_plan = plan(opts, files, device=resolve_device(device_of(opts)))
+        the_plan = plan(opts, files, device=planned_device(device_of(opts)))
         if as_json:
             emit_json(the_plan.to_json())
         elif not quiet:
             render_plan(the_plan, err)
-        return
+        raise typer.Exit(the_plan.exit_code)  # the status the real run would give at once
 
     progress_bar = None
 
@@ -232,7 +276,11 @@ def extract(
     try:
         summary = go()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if SignalGuard.seen:  # the run is over and its output closed: nothing more to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        elif signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
         if progress_bar is not None:
             progress_bar.stop()
     assert isinstance(summary, Summary)
@@ -243,8 +291,9 @@ def extract(
     elif summary.failed:
         for path, reason in summary.failed:
             sys.stderr.write(f"bbx: skipped {path}: {reason}\n")
-    if summary.interrupted == "SIGINT":
+    signalled = summary.interrupted or summary.late_signal
+    if signalled == "SIGINT":
         raise typer.Exit(EXIT_SIGINT)
-    if summary.interrupted == "SIGTERM":
+    if signalled == "SIGTERM":
         raise typer.Exit(EXIT_SIGTERM)
     raise typer.Exit(EXIT_PARTIAL if summary.failed else EXIT_OK)

@@ -14,14 +14,6 @@ from bbx.errors import UsageError
 SHOWN_FAILURES = 20
 
 
-def _status_line(state: str) -> str:
-    if state == "unfinished":
-        return "unfinished (the run was killed or is still running): resume with --resume"
-    if state == "interrupted":
-        return "interrupted (holds every image finished before the signal): resume with --resume"
-    return state
-
-
 @command("info")
 def info(
     file: Optional[Path] = typer.Argument(  # noqa: UP045
@@ -70,13 +62,14 @@ def info(
         return
     from rich.markup import escape
 
+    from bbx.cli._render import print_table
     from bbx.cli._render import table as make_table
     from bbx.report import plural
 
     f = out.facts.to_json()
     con = console()
     con.print(
-        f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {_status_line(out.state)}, "
+        f"[bold]{escape(str(out.path))}[/bold]  {out.format}, {escape(out.describe_state())}, "
         f"{plural(out.images, 'image')}, {human_bytes(out.bytes_on_disk)} on disk"
         + (f" in {len(out.files)} files" if len(out.files) > 1 else "")
     )
@@ -96,10 +89,20 @@ def info(
         ),
     ):
         con.print(f"[bold]{key:<13}[/bold]{escape(value)}")
+    known = out.sources_recorded()
+    if known is not None:
+        con.print(
+            f"[bold]{'sources':<13}[/bold]{known} of {plural(out.images, 'image')}: the image size and the box the "
+            "input covers (bbx show --overlay draws the maps over the photos)"
+        )
+    if out.storage is not None and out.storage[2] != "none":
+        logical, stored, kind = out.storage
+        ratio = f" ({logical / stored:.2f}x)" if stored else ""
+        con.print(f"[bold]{'stored':<13}[/bold]{kind}, {human_bytes(logical)} of maps in {human_bytes(stored)}{ratio}")
     table = make_table("stage", "per image", "dtype", ">bytes/image")
     for s in out.stages:
         table.add_row(s.name, str(list(s.shape)), s.dtype, human_bytes(s.row_bytes))
-    con.print(table)
+    print_table(con, table)
     if out.failed:
         con.print(f"{plural(len(out.failed), 'failed input')}:")
         for path, reason in out.failed[:SHOWN_FAILURES]:

@@ -22,20 +22,33 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @command("merge")
 def merge(
     shards: list[str] = typer.Argument(
-        None, help="Shard outputs (feats.shard-00000-of-00016.h5 ...) or their folder.", show_default=False
+        None,
+        metavar="SHARDS",
+        help="Shard outputs (feats.shard-00000-of-00016.h5 ...) or their folder.",
+        show_default=False,
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="The merged output (.h5/.hdf5 or .safetensors). Default: the shards' name."
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="The merged output (.h5/.hdf5 or .safetensors). Default: the shards' name.",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="hdf5 or safetensors (default: from the suffix).", autocompletion=_complete.FORMATS
+        None,
+        "--format",
+        metavar="FORMAT",
+        help="hdf5 or safetensors (default: from the suffix).",
+        autocompletion=_complete.FORMATS,
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     resume: bool = typer.Option(False, "--resume", help="Continue a merge that was killed or interrupted."),
     complete_only: bool = typer.Option(
         False, "--complete-only", help="Merge the complete shards, leaving out missing and unfinished ones (exit 10)."
     ),
-    shard_size: Optional[str] = typer.Option(None, "--shard-size", help="safetensors file size (default 5GB)."),
+    shard_size: Optional[str] = typer.Option(
+        None, "--shard-size", metavar="SIZE", help="safetensors file size (default 5GB)."
+    ),
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:

@@ -57,19 +57,37 @@ def models(
     if as_json:
         emit_json(rows)
         return
+    from bbx.cli._render import print_table
     from bbx.cli._render import table as make_table
 
-    table = make_table("alias", "checkpoint", "architecture", "input", "stages")
+    cells = []
     for r in rows:
         size = r["input_size"]
         stages = r["stages"]
         assert isinstance(stages, list)
         at = f"@{r['revision']}" if r["revision"] else ""
-        table.add_row(
-            str(r["alias"]),
-            f"{r['checkpoint']}{at}",
-            f"{r['architecture']} in {r['task']}" if r["task"] else str(r["architecture"]),
-            f"{size[0]}x{size[1]}" if isinstance(size, list) else "varies",
-            f"{stages[0]}, {stages[1]} .. {stages[-1]} ({len(stages)})",
+        cells.append(
+            [
+                str(r["alias"]),
+                f"{r['checkpoint']}{at}",
+                f"{r['architecture']} in {r['task']}" if r["task"] else str(r["architecture"]),
+                f"{size[0]}x{size[1]}" if isinstance(size, list) else "varies",
+                f"{stages[0]}, {stages[1]} .. {stages[-1]} ({len(stages)})",
+            ]
         )
-    console().print(table)
+    headers = ["alias", "checkpoint", "architecture", "input", "stages"]
+    con = console()
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    if not con.is_terminal or sum(widths) + 2 * (len(widths) - 1) <= con.width:
+        table = make_table(*headers)
+        for c in cells:
+            table.add_row(*c)
+        print_table(con, table)
+        return
+    # a terminal too narrow for the table: ids are never cut, the details go on a second line
+    from rich.markup import escape
+
+    pad = widths[0] if widths[0] + 2 + widths[1] <= con.width else 0
+    for alias, checkpoint, architecture, size, stages in cells:
+        con.print(f"[bold]{escape(alias)}[/bold]{' ' * (pad - len(alias))}  {escape(checkpoint)}", crop=False)
+        con.print(f"    {architecture}, input {size}, stages {stages}")

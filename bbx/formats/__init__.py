@@ -25,10 +25,14 @@ from bbx.formats.base import (
     FORMAT_TAG,
     RESUME_KEYS,
     Output,
+    ResumeSource,
     RunFacts,
     StageLayout,
     Writer,
+    busy,
+    check_target,
     fsync_dir,
+    held_elsewhere,
     partial_path,
     refuse_to_replace,
 )
@@ -44,23 +48,64 @@ def module(fmt: str) -> ModuleType:
     return importlib.import_module(_MODULES[fmt])
 
 
+def format_name(fmt: str) -> str:
+    """``--format`` as a format name (hdf5 or safetensors; ``h5`` means hdf5)."""
+    f = fmt.lower()
+    if f in ("h5", "hdf5"):
+        return "hdf5"
+    if f == "safetensors":
+        return "safetensors"
+    raise UsageError(f"--format must be hdf5 or safetensors, got {fmt!r}")
+
+
 def format_for(path: Path, fmt: str | None) -> str:
-    """The output format: ``--format`` if given, else from the suffix."""
-    if fmt is not None:
-        f = fmt.lower()
-        if f in ("h5", "hdf5"):
-            return "hdf5"
-        if f == "safetensors":
-            return "safetensors"
-        raise UsageError(f"--format must be hdf5 or safetensors, got {fmt!r}")
+    """The output format: from the suffix, or ``--format`` (which must not contradict a suffix
+    bbx knows: ``-o x.h5 --format safetensors`` would write safetensors under an HDF5 name)."""
     suffix = path.suffix.lower()
-    if suffix in SUFFIXES:
-        return SUFFIXES[suffix]
+    by_suffix = SUFFIXES.get(suffix)
+    if fmt is not None:
+        name = format_name(fmt)
+        if by_suffix is not None and by_suffix != name:
+            raise UsageError(
+                f"-o {path.name} has the suffix of {by_suffix} output but --format is {name}: "
+                f"name it {path.stem}{suffix_of(name)}, or drop --format"
+            )
+        return name
+    if by_suffix is not None:
+        return by_suffix
     raise UsageError(f"cannot tell the output format from {path.name!r}: use .h5/.hdf5 or .safetensors, or --format")
 
 
 def suffix_of(fmt: str) -> str:
     return ".h5" if fmt == "hdf5" else ".safetensors"
+
+
+def resume_source(path: Path, fmt: str) -> ResumeSource | None:
+    """What ``--resume`` of ``path`` in ``fmt`` would continue (see the format modules)."""
+    return module(fmt).resume_source(path)
+
+
+def space_needed(fmt: str, new_bytes: int, carried: int = 0, shard_bytes: int | None = None) -> int:
+    """The disk bytes a run of ``fmt`` needs for ``new_bytes`` of new rows, carrying ``carried``."""
+    return module(fmt).space_needed(new_bytes, carried, shard_bytes)
+
+
+def discard_unfinished(path: Path) -> None:
+    """Remove what a run that wrote nothing left under ``path`` (its ``.partial``, a file or a
+    staging folder); only for a run that created it."""
+    import shutil
+
+    partial = partial_path(path)
+    if partial.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+def name_extra(fmt: str) -> int:
+    """The most bytes a format adds to the output's name for the files it writes beside it
+    (temporary names, staging folders, shard names)."""
+    return module(fmt).NAME_EXTRA
 
 
 def leftovers(path: Path, fmt: str) -> tuple[Path | None, Path | None]:
@@ -78,13 +123,25 @@ def open_writer(
     overwrite: bool = False,
     resume: bool = False,
     shard_bytes: int | None = None,
+    check_space: bool = True,
+    compression: str = "none",
 ) -> Writer:
+    """The writer of a run. ``check_space``: refuse a batch the disk has no room for before
+    writing it (a run with --force leaves it to the disk to fail)."""
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     if fmt == "hdf5":
         from bbx.formats.hdf5 import HDF5Writer
 
-        return HDF5Writer(path, facts=facts, stages=stages, overwrite=overwrite, resume=resume)
+        return HDF5Writer(
+            path,
+            facts=facts,
+            stages=stages,
+            overwrite=overwrite,
+            resume=resume,
+            check_space=check_space,
+            compression=compression,
+        )
     if fmt == "safetensors":
         from bbx.formats.safetensors_ import SafetensorsWriter
 
@@ -114,16 +171,25 @@ __all__ = [
     "FORMATS",
     "FORMAT_TAG",
     "RESUME_KEYS",
+    "ResumeSource",
     "SUFFIXES",
     "Output",
     "RunFacts",
     "StageLayout",
     "Writer",
+    "busy",
+    "check_target",
+    "discard_unfinished",
     "format_for",
+    "format_name",
     "fsync_dir",
+    "held_elsewhere",
     "leftovers",
+    "name_extra",
     "open_output",
     "open_writer",
     "partial_path",
     "refuse_to_replace",
+    "resume_source",
+    "space_needed",
 ]

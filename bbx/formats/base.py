@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -80,6 +82,8 @@ class RunFacts:
     fast_decode: bool = False
     preprocessing: Mapping[str, Any] = field(default_factory=dict)
     cwd: str = ""
+    #: how the maps are stored (HDF5: none, gzip, lzf); not a resume setting: the numbers are the same
+    compression: str = "none"
     bbx_version: str = ""
     format: str = FORMAT_TAG
     #: a shard of a bigger run (``bbx extract --shard K/N``): its index and count, how many inputs
@@ -131,6 +135,7 @@ class RunFacts:
         for k in ("exif", "fast_decode", "embedding"):
             if k in values and not isinstance(values[k], bool):
                 values[k] = values[k] in (True, 1, "true", "True", "1")
+        _check_types(values)
         return cls(**values, extra=extra)
 
     @property
@@ -168,6 +173,33 @@ class RunFacts:
                 )
 
 
+def _check_types(values: Mapping[str, Any]) -> None:
+    """ValueError naming the first fact whose stored value has the wrong type (a damaged or
+    hand-edited file): readers must not meet an ``out_features`` that is a number."""
+    for f in fields(RunFacts):
+        if f.name not in values or f.name == "extra":
+            continue
+        v = values[f.name]
+        if f.name in ("revision", "input_digest"):
+            ok = v is None or isinstance(v, str)
+        elif f.name in ("shard_index", "shard_count", "input_count"):
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
+        elif f.name == "out_features":
+            ok = isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+        elif f.name == "out_indices":
+            ok = isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        elif f.name == "input_size":
+            ok = isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        elif f.name == "preprocessing":
+            ok = isinstance(v, Mapping)
+        elif f.name in ("exif", "fast_decode", "embedding"):
+            ok = isinstance(v, bool)
+        else:
+            ok = isinstance(v, str)
+        if not ok:
+            raise ValueError(f"its {f.name} is {_short(v) if isinstance(v, (str, list, tuple, dict)) else repr(v)}")
+
+
 #: facts that must agree between a file and a run that resumes it
 RESUME_KEYS = (
     "checkpoint",
@@ -192,7 +224,9 @@ RESUME_KEYS = (
 #: the facts of a shard (compared by :mod:`bbx.merge`, dropped from the merged output)
 SHARD_KEYS = ("shard_index", "shard_count", "input_count", "input_digest")
 #: metadata keys that describe a file's state, not the run
-STATE_KEYS = frozenset({"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images"})
+STATE_KEYS = frozenset(
+    {"status", "rows", "paths", "failed", "run", "row_offset", "shards", "total_size", "num_images", "interrupted_by"}
+)
 
 
 def decode(v: Any) -> Any:
@@ -237,6 +271,10 @@ class Output:
     failed: list[tuple[str, str]]
     status: str  # complete | interrupted | running
     unfinished: bool  # a .partial: the run was killed (or is still running)
+    #: why an interrupted run stopped: "SIGINT", "SIGTERM", or "--on-error stop at <path>: <reason>"
+    interrupted_by: str | None = None
+    #: (bytes of maps, bytes they take on disk, the filter), where the format knows (HDF5)
+    storage: tuple[int, int, str] | None = None
 
     @property
     def images(self) -> int:
@@ -251,6 +289,31 @@ class Output:
             except OSError:
                 pass
         return total
+
+    @property
+    def being_written(self) -> bool:
+        """An unfinished output whose run is writing it right now (it holds its lock)."""
+        return self.unfinished and any(held_elsewhere(f) for f in self._unfinished_files())
+
+    def _unfinished_files(self) -> list[Path]:
+        return [f for f in self.files if f.name.endswith(".partial")] or [
+            p for p in {f.parent for f in self.files} if p.name.endswith(".partial")
+        ]
+
+    def describe_state(self) -> str:
+        """What state the output is in, in words a user can act on."""
+        if self.unfinished:
+            if self.being_written:
+                return "unfinished: a run is writing it now"
+            return "unfinished (the run that wrote it was killed or failed): resume with --resume"
+        if self.status != "interrupted":
+            return self.status
+        why = self.interrupted_by
+        if why is None:
+            return "interrupted (holds every image finished before it stopped): resume with --resume"
+        if why.startswith("--on-error stop"):
+            return f"stopped at a bad input ({why}); it holds the images before it: resume with --resume"
+        return f"interrupted by {why} (holds every image finished before it): resume with --resume"
 
     @property
     def state(self) -> str:
@@ -314,6 +377,20 @@ class Output:
         """The maps of ``rows`` as a float32 numpy array ``[len(rows), *stage.shape]``."""
         return dtypes.to_float32(self.read_rows(stage, rows), stage.dtype)
 
+    def read_sources(self, rows: Sequence[int]) -> tuple[Any, Any] | None:
+        """Where ``rows`` came from: (image sizes ``[k, 2]`` as (height, width), boxes ``[k, 4]``
+        as (top, left, bottom, right) in the image's pixels: what the model input covers), or None
+        when the output does not record it. Formats implement it."""
+        return None
+
+    def sources_recorded(self) -> int | None:
+        """How many rows record where they came from; None when the output records none."""
+        try:
+            found = self.read_sources(range(self.images))
+        except InputError:
+            return None
+        return None if found is None else int((found[0][:, 0] >= 0).sum())
+
     def close(self) -> None:
         """Release open file handles (readers that keep one open)."""
 
@@ -324,6 +401,16 @@ class Output:
             "format": self.format,
             "status": self.state,
             "resume_hint": "resume with --resume" if self.unfinished or self.status != "complete" else None,
+            "interrupted_by": self.interrupted_by,
+            "being_written": self.being_written,
+            "compression": None
+            if self.storage is None
+            else {
+                "filter": self.storage[2],
+                "map_bytes": self.storage[0],
+                "stored_bytes": self.storage[1],
+                "ratio": round(self.storage[0] / self.storage[1], 3) if self.storage[1] else None,
+            },
             "model": f.model,
             "checkpoint": f.checkpoint,
             "revision": f.revision,
@@ -337,6 +424,7 @@ class Output:
             "stage_norm": f.stage_norm,
             "stages": [s.to_json() for s in self.stages],
             "images": self.images,
+            "sources_recorded": self.sources_recorded(),
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "files": [str(p) for p in self.files],
             "bytes_on_disk": self.bytes_on_disk,
@@ -351,6 +439,18 @@ class Output:
                 "input_digest": f.input_digest,
             },
         }
+
+
+@dataclass(frozen=True)
+class ResumeSource:
+    """What a ``--resume`` of an output continues, as planning sees it without opening anything
+    for writing: the rows already there and the facts they were written with, and ``carried``,
+    the bytes of them the writer copies or rewrites on the way (extending a finished HDF5 file
+    works on a copy; a .partial is extended in place)."""
+
+    facts: RunFacts
+    paths: list[str]
+    carried: int
 
 
 def not_bbx(path: Path, why: str) -> InputError:
@@ -369,25 +469,168 @@ class Writer(Protocol):
     existing_facts: RunFacts | None
     notes: list[str]
 
-    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None: ...
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any], sources: Sequence[Any] | None = None) -> None:
+        """Commit a batch; ``sources`` (one :class:`bbx.images.Geometry` a row, optional): where
+        each row came from. A writer that records no sources may leave the parameter out."""
+        ...
 
     def fail(self, path: str, reason: str) -> None: ...
 
     def forget_failed(self, paths: set[str]) -> None: ...
 
-    def finish(self, status: str) -> list[Path]: ...
+    def finish(self, status: str, reason: str | None = None) -> list[Path]:
+        """Close the output as ``status`` (complete | interrupted); ``reason``: why an interrupted
+        run stopped, stored as ``interrupted_by`` for readers to say."""
+        ...
 
     def abort(self) -> None: ...
 
 
-def refuse_to_replace(found: Path | None, leftover: Path | None) -> None:
-    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one."""
+# --- one run per output ------------------------------------------------------------------------------
+#
+# A run holds an exclusive advisory lock (flock) on what it writes for as long as it writes: the
+# HDF5 ``.partial`` file itself, or the ``lock`` file in a safetensors staging folder. Another run
+# that would touch that output (to replace, resume or extend it) asks for the same lock first and
+# is refused while it is held. The lock dies with the process, so a killed run leaves none.
+
+#: the lock file of a staging folder (safetensors)
+LOCK = "lock"
+
+
+def busy(where: Path) -> InputError:
+    return InputError(f"{where} is being written by another bbx run: wait for it to end, or choose another -o")
+
+
+def take_lock(path: Path, *, create: bool = False) -> int | None:
+    """Hold an exclusive lock on the file ``path`` (created empty with ``create``) until
+    :func:`release_lock`; :func:`busy` when another process holds it. None where the system or
+    the file system has no locks (then nothing keeps a second run out)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # a lock needs no write access
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise busy(path) from None
+    except OSError:  # a file system without locks
+        pass
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def held_elsewhere(leftover: Path) -> bool:
+    """Whether another process holds the lock of ``leftover`` (an HDF5 ``.partial`` file, or a
+    staging folder with its ``lock`` file): a run is writing it right now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    target = leftover / LOCK if leftover.is_dir() else leftover
+    try:
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+    return False
+
+
+def refuse_to_replace(found: Path | None, leftover: Path | None, *, probe: bool = True) -> None:
+    """Without --overwrite or --resume a run never replaces an output, nor an unfinished one; an
+    output another run is writing is refused whatever the options (``probe=False``: the caller
+    holds the lock itself, so nobody else does)."""
+    if probe and leftover is not None and held_elsewhere(leftover):
+        raise busy(leftover)
     if found is not None:
         raise InputError(f"{found} exists: pass --overwrite to replace it or --resume to add to it")
     if leftover is not None:
         raise InputError(
             f"{leftover} is left from an unfinished run: pass --resume to continue it or --overwrite to start over"
         )
+
+
+# --- where an output can go ------------------------------------------------------------------------
+
+
+def existing_folder(path: Path) -> Path:
+    """The folder ``path`` lies in, or its nearest ancestor that exists (outputs create the
+    rest); InputError when that is not a folder."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"output {path}: {parent} is not a folder")
+    return parent
+
+
+def name_limits(folder: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the file system of ``folder``."""
+    try:
+        name_max = int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    try:
+        path_max = int(os.pathconf(folder, "PC_PATH_MAX"))
+    except (OSError, ValueError, AttributeError):
+        path_max = 4096
+    return name_max, path_max
+
+
+def check_target(path: Path, *, extra: int = 0, what: str = "output") -> None:
+    """Refuse, in one line and before anything is written, a file bbx could not create at
+    ``path``: an existing non-regular file (a FIFO would block, a device would be clobbered), a
+    name longer than the file system takes (``extra``: the bytes bbx appends for its temporary
+    and staging names), a folder nobody may write in. ``what`` names it in messages (``-o``)."""
+    folder = existing_folder(path)
+    name_max, path_max = name_limits(folder)
+    size = len(os.fsencode(path.name)) + extra
+    if size > name_max:
+        more = f" (with the {extra} bytes bbx adds for its temporary files)" if extra else ""
+        raise InputError(
+            f"{what} name {path.name[:40]}... is too long: {size} bytes{more}, and this file system takes names "
+            f"of at most {name_max}; choose a shorter name"
+        )
+    if len(os.fsencode(os.path.abspath(path))) + extra >= path_max:
+        raise InputError(f"{what} path {str(path)[:40]}... is too long for this system (at most {path_max} bytes)")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"cannot use {what} {path}: {e.strerror or e}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InputError(f"{what} {path} is a folder: give a file name (.h5 or .safetensors)")
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+        )
+        raise InputError(f"{what} {path} is {kind}, not a regular file: choose another file name")
+    probe = folder / f".bbx-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {folder} is not writable ({e.strerror or e})") from None
+    os.unlink(probe)
 
 
 def check_shapes(stages: Sequence[StageLayout], n: int, maps: Mapping[str, Any]) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -47,17 +48,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-import numpy as np
-
 from bbx import dtypes
 from bbx.errors import InputError, first_line
 from bbx.formats.base import (
     FORMAT_TAG,
+    LOCK,
     Output,
+    ResumeSource,
     RunFacts,
     StageLayout,
+    busy,
     check_shapes,
     fsync_dir,
+    held_elsewhere,
     not_bbx,
     partial_path,
     refuse_to_replace,
@@ -73,11 +76,13 @@ DEFAULT_SHARD_BYTES = 5 * 10**9
 HEADER_CAP = 32 * 10**6
 _HEADER_BASE = 4  # the quotes and brackets around a stored paths list
 _COPY = 16 << 20
-LOCK = "lock"
 #: the staging folder's journal
 JOURNAL = "journal.jsonl"
 NAME = "safetensors"
 SUFFIXES = (".safetensors",)
+#: bytes added to the output's name: shards ``<stem>-00001-of-00002.safetensors`` written as
+#: ``....tmp`` first (the longest; ``.index.json.tmp`` and ``.partial`` are shorter)
+NAME_EXTRA = len("-00001-of-00002") + len(".tmp")
 
 #: where a tensor's bytes come from: (file, offset, bytes), concatenated in order
 Segment = tuple[Path, int, int]
@@ -95,9 +100,33 @@ def _stem(path: Path) -> str:
     return name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
 
 
+#: header bytes a row's source takes at most in a stored ``sources`` list: ``[h,w,top,left,bottom,right]``
+#: with the numbers rounded to hundredths (the budget of a shard's header counts it for every row)
+_SOURCE_COST = 56
+
+
+def _source(geometry: Any) -> list[float] | None:
+    """A row's source as stored: [height, width, top, left, bottom, right] (see bbx.images.Geometry);
+    None for a row that records none (a size below 0: rows merged from an output without them)."""
+    if geometry is None or int(geometry.source[0]) < 0:
+        return None
+    return [int(geometry.source[0]), int(geometry.source[1]), *(round(float(v), 2) for v in geometry.box)]
+
+
+def _row_cost(path: str) -> int:
+    """Header bytes one row takes: its path and its source."""
+    return _path_cost(path) + _SOURCE_COST
+
+
 def _path_cost(path: str) -> int:
     """Header bytes one path takes in a stored ``paths`` list (JSON in a JSON string), comma included."""
     return len(json.dumps(json.dumps(path, ensure_ascii=False), ensure_ascii=False).encode()) - 1
+
+
+def _contiguous(array: Any) -> bytes:
+    import numpy as np
+
+    return np.ascontiguousarray(array).tobytes()
 
 
 def _copy(src: Path, offset: int, nbytes: int, out: BinaryIO) -> None:
@@ -193,6 +222,8 @@ class SafetensorsWriter:
         self.old_sharded = False  # the output being extended is a shard set (its index stays until replaced)
         self.sealed: list[tuple[str, list[str]]] = []  # shard files in the staging folder
         self.staged: list[str] = []  # rows in the current raw files, from row ``base``
+        #: where each row came from (stored as the files' ``sources``), by its path: rows are unique
+        self.sources: dict[str, list[float] | None] = {}
         self.base = 0
         self.gen = 0
         self.failed: list[tuple[str, str]] = []
@@ -202,6 +233,7 @@ class SafetensorsWriter:
         self._journal: Any = None
         self._lock: Any = None
         self._created = False
+        self.reason: str | None = None  # why an interrupted run stopped (stored as interrupted_by)
         try:
             self._open(overwrite=overwrite, resume=resume)
         except BaseException:
@@ -212,6 +244,8 @@ class SafetensorsWriter:
     def _open(self, *, overwrite: bool, resume: bool) -> None:
         folder = self.stage_dir
         if folder.exists() and not folder.is_dir():
+            if held_elsewhere(folder):  # an HDF5 run writing under this name
+                raise busy(folder)
             if not overwrite:
                 raise InputError(
                     f"{folder} is not a safetensors staging folder (an HDF5 run's?): resume it with --format hdf5, "
@@ -221,7 +255,7 @@ class SafetensorsWriter:
         if folder.is_dir():
             self._take_lock()  # before anything else: another run may be writing it
         if not overwrite and not resume:
-            refuse_to_replace(*leftovers(self.path))
+            refuse_to_replace(*leftovers(self.path), probe=self._lock is None)
         if overwrite:
             replaced = self._current_files()
             earlier, _ = scan_journal(folder) if folder.is_dir() else ([], 0)
@@ -257,6 +291,7 @@ class SafetensorsWriter:
             self.existing_paths, self.existing_facts = list(existing.paths), existing.facts
             self.failed = list(existing.failed)
             self.old_files = [(f, names, existing.paths[first : first + n]) for f, names, first, n in existing.parts]
+            self.sources.update(zip(existing.paths, existing.sources or []))
             self.old_sharded = existing.format == "safetensors-sharded"
         if usable:
             self._sweep(entries, keep=set(existing.files) if existing is not None else set(), spent=False)
@@ -272,7 +307,7 @@ class SafetensorsWriter:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.close()
-                raise InputError(f"{self.stage_dir} is being written by another bbx run (wait for it to end)") from None
+                raise busy(self.stage_dir) from None
             except OSError:
                 pass  # a file system without locks
         if self._lock is not None:
@@ -312,10 +347,15 @@ class SafetensorsWriter:
         }
         if replaces is not None:
             first["replaces"] = sorted({f.name for f in replaces})
-        self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
-        self._log(first)
-        self._raw = {s.name: open(self._raw_path(s), "w+b") for s in self.stages}
-        fsync_dir(folder)
+        try:
+            self._journal = open(folder / JOURNAL, "w", encoding="utf-8")
+            self._log(first)
+            self._raw = {s.name: open(self._raw_path(s), "w+b") for s in self.stages}
+            fsync_dir(folder)
+        except BaseException:  # (a full disk): a folder without its first entry would block the next run
+            self._close_files()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._created = True
 
     def _replay(self, entries: list[dict[str, Any]], end: int) -> None:
@@ -331,6 +371,7 @@ class SafetensorsWriter:
             for e in entries[1:]:
                 if "rows" in e:
                     self.staged.extend(str(p) for p in e["rows"])
+                    self.sources.update(zip((str(p) for p in e["rows"]), e.get("sources") or []))
                 elif "failed" in e:
                     failed_now.append((str(e["failed"][0]), str(e["failed"][1])))
                 elif "forget" in e:
@@ -376,7 +417,7 @@ class SafetensorsWriter:
         if self.existing_facts is None:
             self.existing_facts = RunFacts.from_metadata(first["facts"])
         self.existing_paths += [p for _, ps in self.sealed for p in ps] + list(self.staged)
-        self._header = sum(_path_cost(p) for p in self.staged)
+        self._header = sum(_row_cost(p) for p in self.staged)
         if done:
             self.notes.append(f"recovered {done} images from the unfinished run in {folder.name}")
         # the shard size may be smaller than the run that staged these rows had
@@ -417,14 +458,16 @@ class SafetensorsWriter:
         limit = min(len(paths), self.rows_per_shard - rows)
         n = 0
         while n < limit:
-            header += _path_cost(paths[n])
+            header += _row_cost(paths[n])
             if header + _HEADER_BASE > HEADER_CAP:
                 break
             n += 1
         return n if n or rows else min(1, len(paths))
 
-    def write(self, paths: Sequence[str], maps: Mapping[str, Any]) -> None:
-        """Stage a batch; a batch that crosses the shard size is split between shards."""
+    def write(self, paths: Sequence[str], maps: Mapping[str, Any], sources: Sequence[Any] | None = None) -> None:
+        """Stage a batch; a batch that crosses the shard size is split between shards. ``sources``:
+        one :class:`bbx.images.Geometry` per row."""
+        stored = [_source(g) for g in sources] if sources is not None and len(sources) == len(paths) else None
         check_shapes(self.stages, len(paths), maps)
         start = 0
         while start < len(paths):
@@ -436,13 +479,17 @@ class SafetensorsWriter:
             for s in self.stages:
                 f = self._raw[s.name]
                 f.seek(at * s.bytes_per_image)  # after the committed rows, whatever a failed batch left
-                f.write(np.ascontiguousarray(maps[s.name][start : start + n]).tobytes())
+                f.write(_contiguous(maps[s.name][start : start + n]))
                 f.flush()
                 os.fsync(f.fileno())
             rows = [str(p) for p in paths[start : start + n]]
-            self._log({"rows": rows})  # the commit point
+            entry: dict[str, Any] = {"rows": rows}
+            if stored is not None:
+                entry["sources"] = stored[start : start + n]
+                self.sources.update(zip(rows, entry["sources"]))
+            self._log(entry)  # the commit point
             self.staged.extend(rows)
-            self._header += sum(_path_cost(p) for p in rows)
+            self._header += sum(_row_cost(p) for p in rows)
             start += n
             if len(self.staged) >= self.rows_per_shard:
                 self._seal(len(self.staged))
@@ -478,7 +525,7 @@ class SafetensorsWriter:
         self._log({"sealed": name, "count": count, "gen": gen})
         self.sealed.append((name, rows))
         self.staged = rest
-        self._header = sum(_path_cost(p) for p in rest)
+        self._header = sum(_row_cost(p) for p in rest)
         if gen == self.gen:
             self.base += count
             return
@@ -493,7 +540,12 @@ class SafetensorsWriter:
         meta = self.facts.to_strings()
         meta.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()})
         meta["paths"] = json.dumps(list(paths), ensure_ascii=False)
+        known = [self.sources.get(p) for p in paths]
+        if any(k is not None for k in known):
+            meta["sources"] = json.dumps(known, separators=(",", ":"))
         meta["status"] = status
+        if self.reason and status == "interrupted":
+            meta["interrupted_by"] = self.reason
         return meta
 
     def _staged_segments(self, s: StageLayout, at: int, rows: int) -> list[Segment]:
@@ -524,9 +576,10 @@ class SafetensorsWriter:
         if len(paths) > self.rows_per_shard:
             return False
         failed = json.dumps(json.dumps([list(x) for x in self.failed], ensure_ascii=False), ensure_ascii=False)
-        return sum(_path_cost(p) for p in paths) + _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
+        return sum(_row_cost(p) for p in paths) + 2 * _HEADER_BASE + len(failed.encode()) <= HEADER_CAP
 
-    def finish(self, status: str) -> list[Path]:
+    def finish(self, status: str, reason: str | None = None) -> list[Path]:
+        self.reason = reason
         parent = self.path.parent
         single = self._fits_one_file()
         if single:
@@ -597,6 +650,8 @@ class SafetensorsWriter:
             offset += len(paths)
         meta = {k: v for k, v in self.facts.to_json().items() if v is not None}
         meta.update({"status": status, "shards": shards_meta, "failed": [list(x) for x in self.failed]})
+        if self.reason and status == "interrupted":
+            meta["interrupted_by"] = self.reason
         meta.update({"total_size": total, "num_images": offset, "run": self.run})
         _write_json(self.index, {"metadata": meta, "weight_map": weight_map})
 
@@ -614,12 +669,15 @@ class SafetensorsWriter:
         self._close()
 
     def _close_files(self) -> None:
-        for f in self._raw.values():
-            f.close()
-        self._raw = {}
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        """Close the raw files and the journal. Closing flushes: after a failed write (a full disk)
+        it fails the same way, and what was committed was fsynced before, so that is ignored."""
+        files = [*self._raw.values(), *([self._journal] if self._journal is not None else [])]
+        self._raw, self._journal = {}, None
+        for f in files:
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def _close(self) -> None:
         self._close_files()
@@ -656,6 +714,19 @@ class SafetensorsOutput(Output):
 
     #: where each row's data lies: (file, {tensor name per stage}, first row, rows)
     parts: list[tuple[Path, dict[str, str], int, int]]
+    #: per row, [height, width, top, left, bottom, right] or None (see :meth:`read_sources`)
+    sources: list[Any] | None = None
+
+    def read_sources(self, rows: Sequence[int]) -> tuple[Any, Any] | None:
+        import numpy as np
+
+        if not self.sources or not any(x is not None for x in self.sources):
+            return None
+        picked = [self.sources[int(r)] if int(r) < len(self.sources) else None for r in rows]
+        size = np.array([p[:2] if p else (-1, -1) for p in picked], dtype=np.int32).reshape(-1, 2)
+        box = np.array([p[2:6] if p else (np.nan,) * 4 for p in picked], dtype=np.float32).reshape(-1, 4)
+        return size, box
+
     run: str | None = None  # the token of the run that wrote it
 
     def read_raw(self, stage: StageLayout, start: int, stop: int) -> Any:
@@ -663,6 +734,8 @@ class SafetensorsOutput(Output):
             raise InputError(
                 f"{self.path} is an unfinished safetensors output: finish it with bbx extract --resume first"
             )
+        import numpy as np
+
         out = np.empty((max(0, stop - start), *stage.shape), dtype=stage.storage)
         at = 0
         for file, names, first, count in self.parts:
@@ -719,10 +792,36 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
     except (ValueError, struct.error) as e:
         raise InputError(f"{path} is neither HDF5 nor safetensors, or it is damaged ({e})") from None
     start = 8 + n
+    problem = _header_problem(header)
+    if problem:
+        raise InputError(f"{path} is damaged: {problem}")
     for key, info in header.items():
         if key != "__metadata__" and start + int(info["data_offsets"][1]) > size:
             raise InputError(f"{path} is damaged: it is shorter than its header says (truncated?)")
     return header, start
+
+
+def _header_problem(header: dict[str, Any]) -> str:
+    """What is wrong with a safetensors header's structure ("" when nothing): metadata must map
+    strings to strings, every tensor have a dtype, a shape of sizes and offsets that fit it."""
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        return "its metadata is not a table of strings"
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            return f"tensor {key!r} is not described"
+        shape, offsets, dt = info.get("shape"), info.get("data_offsets"), info.get("dtype")
+        ints = (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in [*shape, *offsets]
+        )
+        if not ints or not isinstance(dt, str) or offsets[0] > offsets[1]:
+            return f"tensor {key!r} has a broken shape, dtype or offsets"
+        known = dtypes.BY_SAFETENSORS.get(dt)
+        if known is not None and offsets[1] - offsets[0] != math.prod(shape) * known.itemsize:
+            return f"tensor {key!r} holds {offsets[1] - offsets[0]} bytes for its shape {shape}"
+    return ""
 
 
 def _meta(header: dict[str, Any]) -> dict[str, Any]:
@@ -769,18 +868,24 @@ def _open_single(path: Path) -> SafetensorsOutput:
     meta = _meta(header)
     if meta.get("format") != FORMAT_TAG:
         raise not_bbx(path, "its metadata has no bbx format tag")
-    facts = RunFacts.from_metadata(meta)
-    paths = [str(p) for p in meta.get("paths", [])]
+    try:
+        facts = RunFacts.from_metadata(meta)
+        paths = meta.get("paths", [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("its paths are not a list of strings")
+        failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path} is damaged: {first_line(e)}") from None
     stages, tensors = _tensor_stages(path, header, facts.datasets)
     for name, (_, rows) in tensors.items():
         if rows != len(paths):
             raise InputError(f"{path} is damaged: stage {name} has {rows} rows for {len(paths)} paths")
-    failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     status = str(meta.get("status", "complete"))
     parts = [(path, {n: t for n, (t, _) in tensors.items()}, 0, len(paths))]
-    return _output(
-        path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run")
-    )
+    out = _output(path, NAME, [path], facts, stages, paths, failed, status, status == "running", parts, meta.get("run"))
+    out.interrupted_by = _reason(meta)
+    out.sources = _sources(meta.get("sources"), len(paths))
+    return out
 
 
 def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
@@ -794,18 +899,24 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         raise InputError(f"{index} is not a bbx shard index ({first_line(e)})") from None
     if meta.get("format") != FORMAT_TAG:
         raise not_bbx(index, "its metadata has no bbx format tag")
-    facts = RunFacts.from_metadata(meta)
+    try:
+        facts = RunFacts.from_metadata(meta)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{index} is damaged: {first_line(e)}") from None
     paths: list[str] = []
     parts: list[tuple[Path, dict[str, str], int, int]] = []
     stages: list[StageLayout] = []
     files: list[Path] = []
+    sources: list[Any] = []
     for shard in shards:
         file = index.parent / str(shard["file"])
         header, _ = read_header(file)
         shard_stages, tensors = _tensor_stages(file, header, facts.datasets)
         if not stages:
             stages = shard_stages
-        shard_paths = [str(p) for p in _meta(header).get("paths", [])]
+        shard_meta = _meta(header)
+        shard_paths = [str(p) for p in shard_meta.get("paths", [])]
+        sources += _sources(shard_meta.get("sources"), len(shard_paths))
         if any(rows != len(shard_paths) for _, rows in tensors.values()) or len(shard_paths) != int(shard["rows"]):
             raise InputError(f"{file} is damaged: its rows do not match the index")
         parts.append((file, {n: t for n, (t, _) in tensors.items()}, len(paths), len(shard_paths)))
@@ -813,7 +924,7 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         files.append(file)
     failed = [(str(a), str(b)) for a, b in meta.get("failed", [])]
     status = str(meta.get("status", "complete"))
-    return _output(
+    out = _output(
         named,
         "safetensors-sharded",
         files + [index],
@@ -826,6 +937,21 @@ def _open_sharded(index: Path, *, named: Path) -> SafetensorsOutput:
         parts,
         meta.get("run"),
     )
+    out.interrupted_by = _reason(meta)
+    out.sources = sources
+    return out
+
+
+def _sources(value: Any, rows: int) -> list[Any]:
+    """A stored ``sources`` list, or Nones (an output without them, or a damaged one)."""
+    ok = isinstance(value, list) and len(value) == rows
+    ok = ok and all(v is None or (isinstance(v, list) and len(v) == 6) for v in value)
+    return list(value) if ok else [None] * rows
+
+
+def _reason(meta: Mapping[str, Any]) -> str | None:
+    value = meta.get("interrupted_by")
+    return str(value) if value else None
 
 
 def read_journal(folder: Path) -> list[dict[str, Any]]:
@@ -868,19 +994,28 @@ def _open_staging(folder: Path, *, named: Path) -> SafetensorsOutput:
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{folder}: damaged journal ({e})") from None
     paths: list[str] = []
+    sources: list[Any] = []
     failed: list[tuple[str, str]] = []
     for e in entries[1:]:
         if "rows" in e:
             paths.extend(str(p) for p in e["rows"])
+            rows_sources = e.get("sources")
+            sources += (
+                rows_sources
+                if isinstance(rows_sources, list) and len(rows_sources) == len(e["rows"])
+                else [None] * len(e["rows"])
+            )
         elif "failed" in e:
             failed.append((str(e["failed"][0]), str(e["failed"][1])))
         elif "forget" in e:
             gone = set(e["forget"])
             failed = [(p, r) for p, r in failed if p not in gone]
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return _output(
+    out = _output(
         named, "safetensors-staging", files, facts, stages, paths, failed, "running", True, [], entries[0].get("run")
     )
+    out.sources = sources
+    return out
 
 
 def _st_rows(
@@ -896,7 +1031,46 @@ def _st_rows(
         raw = f.read(want)
     if len(raw) != want:
         raise InputError(f"{file} is damaged: rows {start}..{stop - 1} of {tensor} are cut short")
+    import numpy as np
+
     return np.frombuffer(raw, dtype=stage.storage).reshape(stop - start, *stage.shape)
+
+
+def resume_source(path: Path) -> ResumeSource | None:
+    """What ``--resume`` of ``path`` continues: the finished output and the rows staged beside
+    it. ``carried``: the bytes a finish rewrites besides the new rows (a single file extended in
+    place of itself, the staged rows); None when nothing is there."""
+    found, folder = leftovers(path)
+    finished = open_output_st(path) if found is not None else None
+    staged = None
+    if folder is not None and folder.is_dir():
+        try:
+            staged = _open_staging(folder, named=path)
+        except InputError:
+            staged = None  # no usable journal: the run starts the folder over
+    if finished is None and staged is None:
+        return None
+    if staged is not None and finished is not None and staged.run is not None and staged.run == finished.run:
+        staged = None  # spent: the output already holds it
+    facts = finished.facts if finished is not None else staged.facts  # type: ignore[union-attr]
+    paths = (list(finished.paths) if finished is not None else []) + (list(staged.paths) if staged else [])
+    carried = staged.bytes_on_disk if staged is not None else 0
+    if finished is not None and finished.format == NAME:
+        carried += finished.bytes_on_disk
+    return ResumeSource(facts, paths, carried)
+
+
+def open_output_st(path: Path) -> SafetensorsOutput:
+    out = locate(path)
+    if not isinstance(out, SafetensorsOutput) or out.format == "safetensors-staging":
+        raise InputError(f"{path} is not a finished safetensors output")
+    return out
+
+
+def space_needed(new_bytes: int, carried: int, shard_bytes: int | None = None) -> int:
+    """Disk bytes a run needs: the new rows staged (and their journal), then the largest file
+    assembled from them and the rows it carries, before the staged ones are removed."""
+    return int(new_bytes * 1.1) + min(new_bytes + carried, shard_bytes or DEFAULT_SHARD_BYTES)
 
 
 def locate(path: Path) -> Output | None:

@@ -21,6 +21,8 @@ from bbx.family import (
     Settings,
     StageInfo,
     limit,
+    token_activations,
+    token_workspace,
 )
 
 
@@ -96,13 +98,46 @@ class BeitSettings(Settings):
         return [(h // p, w // p)] * (self.num_hidden_layers + 1)
 
     def parameter_count(self) -> int:
-        d = self.hidden_size
+        d, h, p = self.hidden_size, self.intermediate_size, self.patch_size
         gh, gw = self.grid
-        return (
-            self.num_hidden_layers * (4 * d * d + 2 * d * self.intermediate_size)
-            + self.num_channels * d * self.patch_size**2
-            + (gh * gw + 1) * d
+        bias_table = ((2 * gh - 1) * (2 * gw - 1) + 3) * self.num_attention_heads
+        block = 4 * d + 3 * d * d + 3 * d + d * d + d + d * h + h + h * d + d
+        block += 2 * d if self.layer_scale_init_value > 0 else 0
+        block += bias_table if self.use_relative_position_bias else 0
+        n = self.num_hidden_layers * block + self.num_channels * d * p * p + d + d  # patches, class token
+        n += (gh * gw + 1) * d if self.use_absolute_position_embeddings else 0
+        n += bias_table if self.use_shared_relative_position_bias else 0
+        return n + 4 * d  # the final and the pooler's LayerNorm
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        return token_activations(
+            image_size,
+            channels=self.num_channels,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            layers=self.num_hidden_layers,
+            hidden=self.intermediate_size,
+            prefix=1,
         )
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """Scores and positions (:func:`token_workspace`), and the relative position biases cached
+        per input size: one per block, or one shared."""
+        gh, gw = self.grid
+        patches = (image_size[0] // self.patch_size) * (image_size[1] // self.patch_size)
+        t = patches + 1
+        biases = self.num_hidden_layers if self.use_relative_position_bias else 0
+        biases += 1 if self.use_shared_relative_position_bias else 0
+        table = gh * gw + 1 if self.use_absolute_position_embeddings else 0
+        ws = token_workspace(
+            image_size,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            heads=self.num_attention_heads,
+            prefix=1,
+            table=table,
+        )
+        return ws + biases * self.num_attention_heads * t * t
 
 
 # --- catalog: microsoft/beit-{base,large}-patch16-224-pt22k[-ft22k] ---------------------------------

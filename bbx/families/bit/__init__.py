@@ -154,13 +154,21 @@ class BitSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.embedding_size * 49
-        cin = self.embedding_size
+        e = self.embedding_size
+        pre = self.layer_type == "preactivation"
+        n = self.num_channels * e * 49 + (0 if pre else 2 * e)  # the stem's 7x7 conv (and its norm)
+        cin = e
         for cout, depth in zip(self.widths, self.depths):
             mid = make_div(cout * 0.25)
-            n += cin * cout + depth * (cout * mid * 2 + 9 * mid * mid)
+            # the first block's projecting shortcut (normed after it in the bottleneck layout)
+            n += cin * cout + (0 if pre else 2 * cout)
+            for j in range(depth):
+                c_in = cin if j == 0 else cout
+                convs = c_in * mid + 9 * mid * mid + mid * cout  # weight-standardised, no biases
+                norms = 2 * c_in + 4 * mid if pre else 4 * mid + 2 * cout  # GroupNorms
+                n += convs + norms
             cin = cout
-        return n
+        return n + (2 * self.hidden_sizes[-1] if pre else 0)  # BitModel's final norm
 
 
 # --- catalog: google/bit-50 ----------------------------------------------------------------------

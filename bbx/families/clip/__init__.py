@@ -98,7 +98,12 @@ class ClipSettings(PatchTransformerSettings):
         return self.projection_dim if self.has_projection else self.hidden_size
 
     def parameter_count(self) -> int:
-        return super().parameter_count() + (self.hidden_size * self.projection_dim if self.has_projection else 0)
+        # ViT's layout with an unbiased patch convolution and a pre-norm (+ d), and the projection
+        return (
+            super().parameter_count()
+            + self.hidden_size
+            + (self.hidden_size * self.projection_dim if self.has_projection else 0)
+        )
 
 
 # --- catalog: openai/clip-vit-* ----------------------------------------------------------------------

@@ -81,12 +81,32 @@ class ConvNextSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.widths[0] * self.patch_size**2
-        cin = self.widths[0]
-        for cout, depth in zip(self.widths, self.depths):
-            n += 4 * cin * cout + depth * (49 * cout + 8 * cout * cout)
-            cin = cout
-        return n
+        w0 = self.widths[0]
+        n = self.num_channels * w0 * self.patch_size**2 + w0 + 2 * w0  # patchify conv and its norm
+        scale = 1 if self.layer_scale_init_value > 0 else 0
+        cin = w0
+        for i, (d, depth) in enumerate(zip(self.widths, self.depths)):
+            if i > 0:  # a channel norm, then a 2x2 conv
+                n += 2 * cin + cin * d * 4 + d
+            # depthwise 7x7, norm, MLP d -> 4d -> d, layer scale
+            n += depth * (49 * d + d + 2 * d + d * 4 * d + 4 * d + 4 * d * d + d + scale * d)
+            cin = d
+        n += sum(2 * st.channels for st in self.stages())  # transformers' backbone norms
+        return n + 2 * self.widths[-1]  # the final norm
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        h, w = image_size
+        sizes = self.map_sizes(image_size)
+        maps = sum(st.channels * a * b for st, (a, b) in zip(self.stages(), sizes))
+        widest = 2 * self.widths[0] * sizes[0][0] * sizes[0][1]  # the patchify conv and its norm
+        cin, (ph, pw) = self.widths[0], sizes[0]
+        for i, (d, (a, b)) in enumerate(zip(self.widths, sizes[1:])):
+            if i > 0:  # downsampling: its input, its norm, its output
+                widest = max(widest, 2 * cin * ph * pw + d * a * b)
+            # a block: its input, the depthwise conv, the norm, the MLP's 4d hidden and its output
+            widest = max(widest, 8 * d * a * b)
+            cin, (ph, pw) = d, (a, b)
+        return self.num_channels * h * w + 2 * maps + widest  # maps: raw, and through their norms
 
 
 # --- catalog: facebook/convnext-* (converted from the original repository; every hub config keeps

@@ -78,12 +78,25 @@ class ConvNextV2Settings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.widths[0] * self.patch_size**2
-        cin = self.widths[0]
-        for cout, depth in zip(self.widths, self.depths):
-            n += 4 * cin * cout + depth * (49 * cout + 8 * cout * cout)
-            cin = cout
-        return n
+        w0 = self.widths[0]
+        n = self.num_channels * w0 * self.patch_size**2 + w0 + 2 * w0  # patchify conv and its norm
+        cin = w0
+        for i, (d, depth) in enumerate(zip(self.widths, self.depths)):
+            if i > 0:  # a channel norm, then a 2x2 conv
+                n += 2 * cin + cin * d * 4 + d
+            # depthwise 7x7, norm, MLP d -> 4d (with the GRN's weight and bias) -> d
+            n += depth * (49 * d + d + 2 * d + d * 4 * d + 4 * d + 2 * 4 * d + 4 * d * d + d)
+            cin = d
+        n += sum(2 * st.channels for st in self.stages())  # ConvNextV2Backbone's stage norms
+        return n + 2 * self.widths[-1]  # the final norm
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """The default (input, stage maps, four times the largest) plus the widest block: its
+        input, the depthwise output, its norm, and the 4x hidden layer three times (fc1, the
+        activation, the GRN's output)."""
+        sizes = self.map_sizes(image_size)[1:]
+        widest = max((3 * d + 3 * 4 * d) * h * w for d, (h, w) in zip(self.widths, sizes))
+        return super().activation_count(image_size) + widest
 
 
 # --- catalog: facebook/convnextv2-* -------------------------------------------------------------

@@ -26,6 +26,7 @@ class DeitSettings(PatchTransformerSettings):
 
     model_type: str = "deit"
     qkv_bias: bool = True
+    prefix_tokens = 2  # the class and distillation tokens
 
     def check(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -40,6 +41,9 @@ class DeitSettings(PatchTransformerSettings):
     def embedding_dim(self) -> int:
         """The normed class token (``DeiTModel``'s ``last_hidden_state[:, 0]``)."""
         return self.hidden_size
+
+    def parameter_count(self) -> int:
+        return super().parameter_count() + 2 * self.hidden_size  # the distillation token and its position
 
 
 # --- catalog: facebook/deit-*-distilled-patch16-224 --------------------------------------------------

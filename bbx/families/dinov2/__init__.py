@@ -116,11 +116,37 @@ class Dinov2Settings(Settings):
         return [(h // p, w // p)] * (self.num_hidden_layers + 1)
 
     def parameter_count(self) -> int:
+        d, hidden = self.hidden_size, self.mlp_hidden
+        n = self.num_channels * d * self.patch_size**2 + d  # patch embedding
+        n += d + self.num_register_tokens * d + (1 + self.grid**2) * d  # class token, registers, positions
+        attention = d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d
+        if self.use_swiglu_ffn:
+            mlp = d * 2 * hidden + 2 * hidden + hidden * d + d
+        else:
+            mlp = d * hidden + hidden + hidden * d + d
+        n += self.num_hidden_layers * (2 * d + attention + d + 2 * d + mlp + d)  # norms, layer scales
+        return n + 2 * d  # the final norm
+
+    def _tokens(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        gh, gw = image_size[0] // self.patch_size, image_size[1] // self.patch_size
+        return gh * gw, self.prefix_tokens + gh * gw
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        h, w = image_size
         d = self.hidden_size
-        mlp = (3 if self.use_swiglu_ffn else 2) * d * self.mlp_hidden
-        return (
-            self.num_hidden_layers * (4 * d * d + mlp) + self.grid**2 * d + self.num_channels * d * self.patch_size**2
-        )
+        patches, t = self._tokens(image_size)
+        maps = (self.num_hidden_layers + 1) * d * patches
+        # attention: input, norm, q/k/v and their per-head copies, output and its copy; the MLP:
+        # input, norm, the hidden layer (SwiGLU: both halves, then their product), output
+        hidden = (3 if self.use_swiglu_ffn else 1) * self.mlp_hidden
+        widest = max(10 * d * t, (3 * d + hidden) * t, 3 * d * t)
+        return self.num_channels * h * w + maps + widest
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """One image's attention scores and their softmax (the bfloat16 CPU kernel computes a few
+        images at a time; the fused kernels none), and the position table resampled to the grid."""
+        patches, t = self._tokens(image_size)
+        return 2 * self.num_attention_heads * t * t + (self.grid**2 + patches) * self.hidden_size
 
 
 # --- catalog: facebook/dinov2-* and facebook/dinov2-with-registers-* (BitImageProcessor) -----------

@@ -79,12 +79,14 @@ class Dinov3ConvNextSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.hidden_sizes[0] * 16
-        cin = self.hidden_sizes[0]
-        for cout, depth in zip(self.hidden_sizes, self.depths):
-            n += 4 * cin * cout + depth * (49 * cout + 8 * cout * cout)
-            cin = cout
-        return n
+        n, cin = 0, self.num_channels
+        for i, (d, depth) in enumerate(zip(self.hidden_sizes, self.depths)):
+            # stage 1 opens with a 4x4 conv and a norm, the others with a norm and a 2x2 conv
+            n += (cin * d * 16 + d + 2 * d) if i == 0 else (2 * cin + cin * d * 4 + d)
+            # depthwise 7x7, norm, MLP d -> 4d -> d, layer scale (always a parameter)
+            n += depth * (49 * d + d + 2 * d + d * 4 * d + 4 * d + 4 * d * d + d + d)
+            cin = d
+        return n + 2 * self.hidden_sizes[-1]  # the final norm
 
 
 # --- catalog: facebook/dinov3-convnext-{tiny,small,base,large}-pretrain-lvd1689m --------------------

@@ -23,6 +23,8 @@ from bbx.family import (
     Settings,
     StageInfo,
     limit,
+    token_activations,
+    token_workspace,
 )
 
 
@@ -99,9 +101,41 @@ class Dinov3VitSettings(Settings):
         return [(h // p, w // p)] * (self.num_hidden_layers + 1)
 
     def parameter_count(self) -> int:
-        d = self.hidden_size
-        mlp = (3 if self.use_gated_mlp else 2) * d * self.intermediate_size
-        return self.num_hidden_layers * (4 * d * d + mlp) + self.num_channels * d * self.patch_size**2
+        d, h, p = self.hidden_size, self.intermediate_size, self.patch_size
+        qkv = 3 * d * d + (3 * d if self.query_bias or self.key_bias or self.value_bias else 0)
+        proj = d * d + (d if self.proj_bias else 0)
+        if self.use_gated_mlp:  # fc1 computes gate and up together
+            mlp = 2 * d * h + h * d + ((2 * h + d) if self.mlp_bias else 0)
+        else:
+            mlp = d * h + h + h * d + d
+        block = 4 * d + qkv + proj + mlp + 2 * d  # two LayerNorms, attention, MLP, two layer scales
+        embed = self.num_channels * d * p * p + d + d + self.num_register_tokens * d  # patches, class, registers
+        return self.num_hidden_layers * block + embed + 2 * d
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        hidden = (3 if self.use_gated_mlp else 1) * self.intermediate_size  # gated: both halves, then their product
+        return token_activations(
+            image_size,
+            channels=self.num_channels,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            layers=self.num_hidden_layers,
+            hidden=hidden,
+            prefix=self.prefix_tokens,
+        )
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """Scores (:func:`token_workspace`) and the rotary tables (sines and cosines per patch)."""
+        patches = (image_size[0] // self.patch_size) * (image_size[1] // self.patch_size)
+        ws = token_workspace(
+            image_size,
+            patch=self.patch_size,
+            dim=self.hidden_size,
+            heads=self.num_attention_heads,
+            prefix=self.prefix_tokens,
+            table=0,
+        )
+        return ws + 2 * patches * self.head_dim
 
 
 # --- catalog: facebook/dinov3-vit{s,b,l}16-pretrain-lvd1689m ---------------------------------------

@@ -125,11 +125,29 @@ class EfficientNetSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.in_chans * self.stem * 9
+        bn = lambda c: 4 * c + 1  # noqa: E731  (BatchNorm's weight, bias, running statistics, batch count)
+        n = self.in_chans * self.stem * 9 + bn(self.stem)
         for stage in self.block_stages():
             for b in stage:
-                n += b.cin * b.mid * (b.kind == "ir") + b.mid * b.kernel**2 + 2 * b.mid * b.se + b.mid * b.cout
+                if b.kind == "ir":  # the 1x1 expansion
+                    n += b.cin * b.mid + bn(b.mid)
+                n += b.mid * b.kernel**2 + bn(b.mid)  # depthwise
+                n += b.mid * b.se + b.se + b.se * b.mid + b.mid  # squeeze-excite: two biased 1x1 convs
+                n += b.mid * b.cout + bn(b.cout)  # the projection
         return n
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """The default (input, stage maps, four times the largest) plus the widest block: an
+        inverted residual holds its input, the expanded map, the depthwise output and its
+        projection at once."""
+        h, w = (image_size[0] + 1) // 2, (image_size[1] + 1) // 2  # after the stem
+        widest = 0
+        for stage in self.block_stages():
+            for b in stage:
+                ho, wo = (h + 1) // 2 if b.stride == 2 else h, (w + 1) // 2 if b.stride == 2 else w
+                widest = max(widest, (b.cin + b.mid) * h * w + (b.mid + b.cout) * ho * wo)
+                h, w = ho, wo
+        return super().activation_count(image_size) + widest
 
 
 # timm 1.0.31's efficientnet.py: each entrypoint's channel and depth multipliers (tf_: bn_eps

@@ -112,14 +112,33 @@ class FocalNetSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.embed_dim * (49 if self.use_conv_embed else self.patch_size**2)
+        e = self.embed_dim
+        # the embedding: a patchify (or 7x7) conv and its norm
+        n = self.num_channels * e * (49 if self.use_conv_embed else self.patch_size**2) + e + 2 * e
         for i, (d, depth) in enumerate(zip(self.dims, self.depths)):
             levels, window = self.focal_levels[i], self.focal_windows[i]
-            focal = sum((2 * k + window) ** 2 for k in range(levels)) * d
-            n += depth * (d * (2 * d + levels + 1) + 2 * d * d + focal + 2 * d * int(self.mlp_ratio * d))
-            if i < len(self.depths) - 1:
-                n += d * 2 * d * (9 if self.use_conv_embed else 4)
-        return n
+            focal = sum((2 * k + window) ** 2 for k in range(levels)) * d  # depthwise, no bias
+            mod = d * (2 * d + levels + 1) + (2 * d + levels + 1) + focal + 2 * (d * d + d)  # in, ctx, out
+            mod += 2 * d if self.use_post_layernorm_in_modulation else 0
+            hidden = int(self.mlp_ratio * d)
+            mlp = d * hidden + hidden + hidden * d + d
+            n += depth * (2 * d + mod + 2 * d + mlp + (2 * d if self.use_layerscale else 0))
+            if i < len(self.depths) - 1:  # downsampling to twice the width: a conv and a norm
+                n += d * 2 * d * (9 if self.use_conv_embed else 4) + 2 * d + 2 * 2 * d
+        return n + 2 * self.dims[-1]  # the final norm
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """The default (input, stage maps, four times the largest) plus the widest block: the
+        modulation (input, norm, the projection in, every focal level, context, modulator,
+        output) or the MLP (input, norm, hidden layer, output)."""
+        sizes = self.map_sizes(image_size)[1:]
+        widest = 0
+        for i, (d, (h, w)) in enumerate(zip(self.dims, sizes)):
+            levels = self.focal_levels[i]
+            modulation = (2 * d + (2 * d + levels + 1) + (levels + 1) * d + 3 * d) * h * w
+            mlp = (3 * d + int(self.mlp_ratio * d)) * h * w
+            widest = max(widest, modulation, mlp)
+        return super().activation_count(image_size) + widest
 
 
 # --- catalog: microsoft/focalnet-* ----------------------------------------------------------------

@@ -108,15 +108,36 @@ class PvtV2Settings(Settings):
         for i in range(self.num_encoder_blocks):
             d, sr = self.hidden_sizes[i], self.sr_ratios[i]
             hidden = int(d * self.mlp_ratios[i])
-            n += cin * d * self.patch_sizes[i] ** 2
-            block = 4 * d * d + 2 * d * hidden + 9 * hidden
-            if self.linear_attention:
-                block += d * d
-            elif sr > 1:
-                block += d * d * sr * sr
-            n += self.depths[i] * block
+            n += cin * d * self.patch_sizes[i] ** 2 + d + 2 * d  # overlapping patch embedding, its norm
+            attention = 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d  # query, keys+values, out
+            if self.linear_attention:  # a 1x1 conv after the pooling, and a norm
+                attention += d * d + d + 2 * d
+            elif sr > 1:  # spatial reduction: an sr x sr conv, and a norm
+                attention += d * d * sr * sr + d + 2 * d
+            mlp = d * hidden + hidden + 9 * hidden + hidden + hidden * d + d  # fc1, 3x3 depthwise, fc2
+            n += self.depths[i] * (2 * d + attention + 2 * d + mlp)
+            n += 2 * d  # the stage's norm
             cin = d
         return n
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """The default (input, stage maps, four times the largest) plus the widest block: its MLP
+        (input, the hidden layer before and after the depthwise conv and its activation, output)
+        or its attention (queries, the reduced keys and values, the scores of every head)."""
+        widest = 0
+        for i, (h, w) in enumerate(self.map_sizes(image_size)):
+            d, t = self.hidden_sizes[i], h * w
+            hidden = int(d * self.mlp_ratios[i])
+            sr = self.sr_ratios[i]
+            if self.linear_attention:
+                reduced = 49  # pooled to 7 x 7
+            elif sr > 1:
+                reduced = (h // sr) * (w // sr)
+            else:
+                reduced = t
+            attention = 2 * d * t + 3 * d * reduced + self.num_attention_heads[i] * t * reduced
+            widest = max(widest, t * (2 * d + 3 * hidden), attention)
+        return super().activation_count(image_size) + widest
 
 
 # --- catalog: OpenGVLab/pvt_v2_* ------------------------------------------------------------------

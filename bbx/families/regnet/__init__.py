@@ -99,13 +99,21 @@ class RegNetSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.num_channels * self.embedding_size * 9
-        cin = self.embedding_size
-        for cout, depth in zip(self.hidden_sizes, self.depths):
-            per = 2 * cout * cout + 9 * cout * (cout // self.groups(cout))
-            n += depth * per + cin * cout * 2
-            if self.layer_type == "y":
-                n += depth * 2 * cout * se_width(cout)
+        bn = lambda c: 4 * c + 1  # noqa: E731  (weight, bias, running mean and variance, the batch count)
+        e = self.embedding_size
+        n = self.num_channels * e * 9 + bn(e)  # the stem
+        cin = e
+        for cout, depth, stride in zip(self.hidden_sizes, self.depths, self.first_strides()):
+            for j in range(depth):
+                c_in = cin if j == 0 else cout
+                n += c_in * cout + bn(cout)  # conv1, 1x1
+                n += cout * (cout // self.groups(cout)) * 9 + bn(cout)  # conv2, 3x3 grouped
+                n += cout * cout + bn(cout)  # conv3, 1x1
+                if self.layer_type == "y":  # squeeze-excitation: two biased 1x1 convs
+                    se = se_width(c_in)
+                    n += cout * se + se + se * cout + cout
+                if c_in != cout or (j == 0 and stride != 1):  # a projecting shortcut
+                    n += c_in * cout + bn(cout)
             cin = cout
         return n
 

@@ -48,6 +48,8 @@ class ResNetSettings(Settings):
             raise ValueError("hidden_sizes and depths must be non-empty and of the same length")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+        if len(self.hidden_sizes) > 64:
+            raise ValueError(f"{len(self.hidden_sizes)} stages: bbx builds ResNets of at most 64")
         if self.layer_type == "bottleneck" and min(self.hidden_sizes) < 4:
             raise ValueError("a bottleneck stage needs at least 4 channels (it reduces them by 4)")
 
@@ -75,15 +77,57 @@ class ResNetSettings(Settings):
             sizes.append((h, w))
         return sizes
 
-    def parameter_count(self) -> int:
-        n = self.num_channels * self.embedding_size * 49
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """Every distinct kind of residual block, stage by stage: (input channels, output
+        channels, stride, how many of them): each stage's first block, then its other ones."""
+        out = []
         cin = self.embedding_size
-        for cout, depth in zip(self.hidden_sizes, self.depths):
-            mid = cout // 4 if self.layer_type == "bottleneck" else cout
-            per = cin * mid + 9 * mid * mid + mid * cout if self.layer_type == "bottleneck" else 9 * (cin + cout) * cout
-            n += per * depth + cin * cout
+        for cout, depth, first in zip(self.hidden_sizes, self.depths, self.first_strides()):
+            out.append((cin, cout, first, 1))
+            if depth > 1:
+                out.append((cout, cout, 1, depth - 1))
             cin = cout
+        return out
+
+    def parameter_count(self) -> int:
+        def conv_bn(cin: int, cout: int, k: int) -> int:  # conv weight, BatchNorm's 4 vectors and its counter
+            return cin * cout * k * k + 4 * cout + 1
+
+        n = conv_bn(self.num_channels, self.embedding_size, 7)
+        for cin, cout, stride, count in self.blocks():
+            if self.layer_type == "basic":
+                block = conv_bn(cin, cout, 3) + conv_bn(cout, cout, 3)
+            else:
+                mid = cout // 4
+                block = conv_bn(cin, mid, 1) + conv_bn(mid, mid, 3) + conv_bn(mid, cout, 1)
+            if cin != cout or stride != 1:
+                block += conv_bn(cin, cout, 1)  # the projection shortcut
+            n += count * block
         return n
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        h, w = image_size
+        sizes = self.map_sizes(image_size)
+        maps = sum(st.channels * a * b for st, (a, b) in zip(self.stages(), sizes))
+        stem = self.embedding_size * (halve(h) * halve(w) + sizes[0][0] * sizes[0][1])  # conv, then pool
+        widest = stem
+        grids = zip(self.blocks(), self._block_grids(sizes), self._block_grids(sizes, out=True))
+        for (cin, cout, _, _), (hi, wi), (ho, wo) in grids:
+            mid = cout if self.layer_type == "basic" else cout // 4
+            inner = mid * hi * wi + mid * ho * wo if self.layer_type == "bottleneck" else mid * ho * wo
+            # the block's input, its inner maps, the shortcut and the output
+            widest = max(widest, cin * hi * wi + inner + 2 * cout * ho * wo)
+        return self.num_channels * h * w + maps + widest
+
+    def _block_grids(self, sizes: list[tuple[int, int]], *, out: bool = False) -> list[tuple[int, int]]:
+        """The input (or output) grid of each entry of :meth:`blocks`."""
+        grids = []
+        for i, depth in enumerate(self.depths):
+            before, after = sizes[i], sizes[i + 1]
+            grids.append(after if out else before)
+            if depth > 1:
+                grids.append(after)
+        return grids
 
 
 # --- catalog: microsoft/resnet-* (converted from timm; ConvNeXt-style preprocessing) -----------------

@@ -54,6 +54,7 @@ class SiglipSettings(PatchTransformerSettings):
     hidden_act: str = "gelu_pytorch_tanh"
     layer_norm_eps: float = limit(1e-6, 0, 1)
     vision_use_head: bool = True
+    prefix_tokens = 0  # no class token
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SiglipSettings:
@@ -72,9 +73,11 @@ class SiglipSettings(PatchTransformerSettings):
         return self.hidden_size if self.vision_use_head else None
 
     def parameter_count(self) -> int:
-        d = self.hidden_size
-        head = 4 * d * d + 2 * d * self.intermediate_size if self.vision_use_head else 0
-        return super().parameter_count() + head
+        d, h = self.hidden_size, self.intermediate_size
+        # the attention-pooling head: probe, q, kv, projection, LayerNorm, MLP
+        head = d + (d * d + d) + (2 * d * d + 2 * d) + (d * d + d) + 2 * d + (d * h + h + h * d + d)
+        # ViT's layout without a class token (nor its position)
+        return super().parameter_count() - 2 * d + (head if self.vision_use_head else 0)
 
 
 # --- catalog: google/siglip-* ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from bbx.family import (
     StageInfo,
     TimmCounterpart,
     limit,
+    map_shapes,
 )
 
 
@@ -86,10 +87,52 @@ class SwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        hidden = [int(self.mlp_ratio * d) for d in self.dims]
-        blocks = sum(depth * (4 * d * d + 2 * d * h) for d, h, depth in zip(self.dims, hidden, self.depths))
-        merges = sum(4 * d * 2 * d for d in self.dims[:-1])
-        return blocks + merges + self.num_channels * self.embed_dim * self.patch_size**2
+        e, w = self.embed_dim, self.window_size
+        n = self.num_channels * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
+        if self.use_absolute_embeddings:
+            n += self.grid[0] * self.grid[1] * e
+        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
+            if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
+                half = d // 2
+                n += 2 * 4 * half + 4 * half * d
+            hidden = int(self.mlp_ratio * d)
+            attention = d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d + (2 * w - 1) ** 2 * heads
+            mlp = d * hidden + hidden + hidden * d + d
+            n += depth * (2 * d + attention + 2 * d + mlp)
+        n += sum(2 * st.channels for st in self.stages())  # transformers' backbone norms, one per stage
+        return n + 2 * self.dims[-1]  # the final norm
+
+    def _grids(self, image_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        """Per stage: its token grid and that grid padded to whole windows."""
+        w = self.window_size
+        return [(h, x, -(-h // w) * w, -(-x // w) * w) for h, x in self.map_sizes(image_size)[1:]]
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        h, w = image_size
+        p, win = self.patch_size, self.window_size
+        maps = sum(c * a * b for c, a, b in (map_shapes(self, image_size)))
+        gh, gw = -(-h // p), -(-w // p)
+        widest = self.num_channels * gh * gw * p * p + 2 * self.embed_dim * gh * gw  # padded input, conv, norm
+        for (a, b, ap, bp), d, heads in zip(self._grids(image_size), self.dims, self.num_heads):
+            hidden = int(self.mlp_ratio * d)
+            # attention: input, norm, padded copy, windows, q/k/v twice, output, projection, back in
+            # place, and the scores with their softmax (one window's tokens against each other)
+            attention = 2 * d * a * b + 8 * d * ap * bp + 2 * ap * bp * heads * win * win
+            mlp = (3 * d + hidden) * a * b
+            merge = 3 * 4 * (d // 2) * a * b  # the 2x2 gather, its norm, and the input before it
+            widest = max(widest, attention, mlp, merge)
+        return self.num_channels * h * w + 2 * maps + widest  # maps: raw, and through their norms
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        """The attention biases each block caches per input size (with the shifted-window mask:
+        one bias per window) and the masks themselves."""
+        n = 0
+        win2 = self.window_size**2
+        for (_, _, ap, bp), heads, depth in zip(self._grids(image_size), self.num_heads, self.depths):
+            windows = (ap * bp) // win2
+            plain, shifted = (depth + 1) // 2, depth // 2
+            n += plain * heads * win2 * win2 + shifted * (windows * heads * win2 * win2) + windows * win2 * win2
+        return n
 
 
 # --- catalog: microsoft/swin-* (converted from the official weights; ViT-style preprocessing) ------

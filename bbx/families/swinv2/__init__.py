@@ -24,6 +24,8 @@ from bbx.family import (
     Settings,
     StageInfo,
     limit,
+    map_shapes,
+    window_stage_activations,
 )
 
 #: the hidden width of the continuous position bias MLP (fixed in transformers and the original code)
@@ -117,14 +119,34 @@ class Swinv2Settings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        hidden = [int(self.mlp_ratio * d) for d in self.dims]
-        per_block = [
-            4 * d * d + 2 * d * hid + CPB_HIDDEN * (3 + heads)
-            for d, hid, heads in zip(self.dims, hidden, self.num_heads)
-        ]
-        blocks = sum(depth * n for n, depth in zip(per_block, self.depths))
-        merges = sum(4 * d * 2 * d for d in self.dims[:-1])
-        return blocks + merges + self.num_channels * self.embed_dim * self.patch_size**2
+        e = self.embed_dim
+        n = self.num_channels * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
+        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
+            if i > 0:  # patch merging from half the width: 4 x -> 2 x (no bias), then a norm of 2 x
+                half = d // 2
+                n += 4 * half * d + 2 * d
+            hidden = int(self.mlp_ratio * d)
+            # logit scales, qkv, the output projection, the position-bias MLP (2 -> hidden -> heads)
+            attention = heads + d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d
+            attention += 2 * CPB_HIDDEN + CPB_HIDDEN + CPB_HIDDEN * heads
+            mlp = d * hidden + hidden + hidden * d + d
+            n += depth * (attention + 2 * d + mlp + 2 * d)
+        return n + 2 * self.dims[-1]  # the final norm (Swinv2Backbone has no stage norms)
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """Input, every stage map, the padded patch embedding, and the widest stage moment
+        (attention with its position-bias MLP, MLP or merging; :func:`window_stage_activations`)."""
+        h, w = image_size
+        p = self.patch_size
+        maps = sum(c * a * b for c, a, b in map_shapes(self, image_size))
+        gh, gw = -(-h // p), -(-w // p)
+        widest = self.num_channels * gh * gw * p * p + 2 * self.embed_dim * gh * gw
+        for grid, d, heads, (window, _) in zip(
+            self.map_sizes(image_size)[1:], self.dims, self.num_heads, self.windows()
+        ):
+            hidden = int(self.mlp_ratio * d)
+            widest = max(widest, window_stage_activations(grid, d, heads, window, hidden, bias_hidden=CPB_HIDDEN))
+        return self.num_channels * h * w + maps + widest
 
 
 # --- catalog: microsoft/swinv2-* ----------------------------------------------------------------

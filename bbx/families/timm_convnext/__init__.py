@@ -68,11 +68,17 @@ class TimmConvNextSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.in_chans * self.dims[0] * self.patch_size**2
-        cin = self.dims[0]
-        for cout, depth in zip(self.dims, self.depths):
-            n += 4 * cin * cout + depth * (self.kernel_sizes**2 * cout + 2 * int(self.mlp_ratio * cout) * cout)
-            cin = cout
+        w0, k = self.dims[0], self.kernel_sizes
+        n = self.in_chans * w0 * self.patch_size**2 + w0 + 2 * w0  # patchify conv and its norm
+        scale = 0 if self.ls_init_value is None else 1
+        cin = w0
+        for i, (d, depth) in enumerate(zip(self.dims, self.depths)):
+            if i > 0:  # a channel norm, then a 2x2 conv
+                n += 2 * cin + cin * d * 4 + d
+            h = int(self.mlp_ratio * d)
+            # depthwise k x k, norm, MLP d -> h -> d, layer scale
+            n += depth * (k * k * d + d + 2 * d + d * h + h + h * d + d + scale * d)
+            cin = d
         return n
 
 

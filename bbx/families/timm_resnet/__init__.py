@@ -109,13 +109,26 @@ class TimmResNetSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = self.in_chans * self.stem_out * 49
+        def conv_bn(cin: int, cout: int, k: int, groups: int = 1) -> int:
+            return cout * (cin // groups) * k * k + 4 * cout + 1  # no conv bias; BatchNorm's state
+
+        if "deep" in self.stem_type:
+            a, b = self.stem_widths()
+            n = conv_bn(self.in_chans, a, 3) + conv_bn(a, b, 3) + conv_bn(b, self.stem_out, 3)
+        else:
+            n = conv_bn(self.in_chans, self.stem_out, 7)
         cin = self.stem_out
-        for planes, depth in zip(self.channels, self.layers):
+        for i, (planes, depth) in enumerate(zip(self.channels, self.layers)):
             cout = planes * self.expansion
-            mid = self.bottleneck_width(planes) if self.block == "bottleneck" else planes
-            per = cin * mid + 9 * mid * mid + mid * cout if self.block == "bottleneck" else 9 * (cin + cout) * cout
-            n += per * depth + cin * cout
+            for j in range(depth):
+                c_in = cin if j == 0 else cout
+                if self.block == "bottleneck":
+                    w = self.bottleneck_width(planes)
+                    n += conv_bn(c_in, w, 1) + conv_bn(w, w, 3, self.cardinality) + conv_bn(w, cout, 1)
+                else:
+                    n += conv_bn(c_in, planes, 3) + conv_bn(planes, cout, 3)
+                if j == 0 and (i > 0 or c_in != cout):  # the projecting shortcut
+                    n += conv_bn(c_in, cout, 1)
             cin = cout
         return n
 

@@ -16,7 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bbx.family import MAX_SIZE, Family, Settings, StageInfo, TimmArch, TimmLayout, limit, timm_data
+from bbx.family import (
+    MAX_SIZE,
+    Family,
+    Settings,
+    StageInfo,
+    TimmArch,
+    TimmLayout,
+    limit,
+    timm_data,
+    window_stage_activations,
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +83,29 @@ class TimmSwinSettings(Settings):
         return grids
 
     def parameter_count(self) -> int:
-        hidden = [int(self.mlp_ratio * d) for d in self.dims]
-        blocks = sum(depth * (4 * d * d + 2 * d * h) for d, h, depth in zip(self.dims, hidden, self.depths))
-        return blocks + sum(8 * d * d for d in self.dims[:-1]) + self.in_chans * self.embed_dim * self.patch_size**2
+        e, w = self.embed_dim, self.window_size
+        n = self.in_chans * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
+        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
+            if i > 0:  # patch merging from half the width: a norm of 4 x, then 4 x -> 2 x (no bias)
+                half = d // 2
+                n += 2 * 4 * half + 4 * half * d
+            hidden = int(self.mlp_ratio * d)
+            attention = (2 * w - 1) ** 2 * heads + d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d
+            mlp = d * hidden + hidden + hidden * d + d
+            n += depth * (2 * d + attention + 2 * d + mlp)
+        return n + 2 * self.dims[-1]  # the final norm
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        """Input, every stage map, the patch embedding, and the widest stage moment (attention,
+        MLP or merging; :func:`window_stage_activations`)."""
+        h, w = image_size
+        grids = self.map_sizes(image_size)
+        maps = sum(d * a * b for d, (a, b) in zip(self.dims, grids))
+        widest = self.in_chans * h * w + 2 * self.embed_dim * grids[0][0] * grids[0][1]
+        for grid, d, heads in zip(grids, self.dims, self.num_heads):
+            hidden = int(self.mlp_ratio * d)
+            widest = max(widest, window_stage_activations(grid, d, heads, self.window_size, hidden))
+        return self.in_chans * h * w + maps + widest
 
 
 # timm 1.0.31's swin_transformer.py: each architecture's model_args and its default pretrained

@@ -27,6 +27,8 @@ from bbx.family import (
     TimmLayout,
     limit,
     timm_data,
+    token_activations,
+    token_workspace,
 )
 
 #: timm's act_layer names -> bbx's activation names
@@ -118,9 +120,42 @@ class TimmVitSettings(Settings):
         return [(h // p, w // p)] * self.depth
 
     def parameter_count(self) -> int:
-        d = self.embed_dim
-        mlp = (3 if self.mlp_layer == "swiglu_packed" else 2) * d * self.mlp_hidden
-        return self.depth * (4 * d * d + mlp) + self.grid[0] * self.grid[1] * d + self.in_chans * d * self.patch_size**2
+        d, h, p = self.embed_dim, self.mlp_hidden, self.patch_size
+        gh, gw = self.grid
+        if self.mlp_layer == "swiglu_packed":  # fc1 computes gate and up together
+            mlp = d * 2 * h + 2 * h + h * d + d
+        else:
+            mlp = d * h + h + h * d + d
+        block = 4 * d + 3 * d * d + (3 * d if self.qkv_bias else 0) + d * d + d + mlp
+        block += 2 * d if self.init_values is not None else 0
+        n = self.depth * block + self.in_chans * d * p * p + (0 if self.pre_norm else d)
+        n += (int(self.class_token) + self.reg_tokens) * d
+        n += (gh * gw + (0 if self.no_embed_class else self.prefix_tokens)) * d
+        n += 2 * d if self.pre_norm else 0
+        return n + (2 * d if self.has_norm else 0)
+
+    def activation_count(self, image_size: tuple[int, int]) -> int:
+        hidden = 3 * self.mlp_hidden if self.mlp_layer == "swiglu_packed" else self.mlp_hidden
+        return token_activations(
+            image_size,
+            channels=self.in_chans,
+            patch=self.patch_size,
+            dim=self.embed_dim,
+            layers=self.depth,
+            hidden=hidden,
+            prefix=self.prefix_tokens,
+        )
+
+    def workspace_count(self, image_size: tuple[int, int]) -> int:
+        gh, gw = self.grid
+        return token_workspace(
+            image_size,
+            patch=self.patch_size,
+            dim=self.embed_dim,
+            heads=self.num_heads,
+            prefix=self.prefix_tokens,
+            table=gh * gw,
+        )
 
 
 # timm 1.0.31's vision_transformer.py: each architecture's model_args (norm_layer's eps as

@@ -78,10 +78,18 @@ class MaskFormerSwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        hidden = [int(self.mlp_ratio * d) for d in self.dims]
-        blocks = sum(depth * (4 * d * d + 2 * d * h) for d, h, depth in zip(self.dims, hidden, self.depths))
-        merges = sum(4 * d * 2 * d for d in self.dims[:-1])
-        return blocks + merges + self.num_channels * self.embed_dim * self.patch_size**2
+        e, w = self.embed_dim, self.window_size
+        n = self.num_channels * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
+        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
+            if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
+                half = d // 2
+                n += 2 * 4 * half + 4 * half * d
+            hidden = int(self.mlp_ratio * d)
+            attention = d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d + (2 * w - 1) ** 2 * heads
+            mlp = d * hidden + hidden + hidden * d + d
+            n += depth * (2 * d + attention + 2 * d + mlp)
+        # every stage's hidden_states_norms LayerNorm, and the encoder's final norm
+        return n + sum(2 * d for d in self.dims) + 2 * self.dims[-1]
 
 
 FAMILY = Family(

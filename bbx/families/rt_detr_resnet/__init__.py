@@ -75,13 +75,22 @@ class RTDetrResNetSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
+        def conv(cin: int, cout: int, k: int) -> int:  # a bias-free conv and its BatchNorm (4 C + 1)
+            return cin * cout * k * k + 4 * cout + 1
+
         e = self.embedding_size
-        n = self.num_channels * (e // 2) * 9 + (e // 2) ** 2 * 9 + (e // 2) * e * 9
+        n = conv(self.num_channels, e // 2, 3) + conv(e // 2, e // 2, 3) + conv(e // 2, e, 3)
         cin = e
-        for cout, depth in zip(self.hidden_sizes, self.depths):
-            mid = cout // 4 if self.layer_type == "bottleneck" else cout
-            per = cin * mid + 9 * mid * mid + mid * cout if self.layer_type == "bottleneck" else 9 * (cin + cout) * cout
-            n += per * depth + cin * cout
+        for cout, depth, stride in zip(self.hidden_sizes, self.depths, self.first_strides()):
+            for j in range(depth):
+                c, st = (cin, stride) if j == 0 else (cout, 1)
+                if self.layer_type == "basic":
+                    n += conv(c, cout, 3) + conv(cout, cout, 3)
+                    n += conv(c, cout, 1) if j == 0 else 0  # the first block's shortcut, always
+                else:
+                    mid = cout // 4
+                    n += conv(c, mid, 1) + conv(mid, mid, 3) + conv(mid, cout, 1)
+                    n += conv(c, cout, 1) if (c != cout or st != 1) else 0
             cin = cout
         return n
 

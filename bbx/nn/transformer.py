@@ -15,13 +15,14 @@ with its residual sum as one oneDNN kernel (:func:`bbx.nn.layers.linear_act`). P
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bbx.nn.backbone import Backbone
 from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
 
 
@@ -190,3 +191,60 @@ def fuse_parts(
         else:
             out.update({(origin or {}).get(k, k): v for k, v in got.values()})
     return out
+
+
+class TokenBackbone(Backbone):
+    """What transformers-layout plain ViTs (ViT, DeiT, CLIP's and SigLIP's towers) share around
+    their encoder: ``blocks`` of :class:`Block` (:meth:`encoder`), stage 0 the embedded tokens and
+    stage k the output of ``blocks[k - 1]``, each stage's tokens ``[prefix tokens, patches]`` with the
+    class token first, and ``norm`` the final LayerNorm, applied to the maps with stage norm
+    ``final`` (transformers' backbones leave them raw) and to the class token of the embedding."""
+
+    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+    #: tokens before the patches (the class token first); 0: patches only
+    prefix_tokens: ClassVar[int] = 1
+
+    def encoder(self, settings: Any, *, qkv_bias: bool = True) -> None:
+        """``blocks`` and ``norm`` from the plain-transformer fields of ``settings``."""
+        s = settings
+        self.blocks = nn.ModuleList(
+            Block(
+                s.hidden_size,
+                s.num_attention_heads,
+                hidden=s.intermediate_size,
+                act=s.hidden_act,
+                eps=s.layer_norm_eps,
+                qkv_bias=qkv_bias,
+            )
+            for _ in range(s.num_hidden_layers)
+        )
+        self.norm = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        self._apply_norm = self.stage_norm == "final"
+
+    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
+        for block in self.blocks:
+            block.fuse(kernels=fuse_kernels)
+
+    def run_blocks(self, x: torch.Tensor, grid: tuple[int, int]) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+        """The stages from the embedded tokens ``x`` on a patch ``grid``."""
+        yield x, grid
+        for block in self.blocks:
+            x = block(x)
+            yield x, grid
+
+    def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        patches = raw[0][:, self.prefix_tokens :]
+        if self._apply_norm:
+            patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
+        return patch_map(patches, raw[1])
+
+    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        if not self.prefix_tokens:
+            return super().stage_class_token(index, raw)  # patches only: none to give
+        cls = raw[0][:, 0]
+        return self.norm(cls) if self._apply_norm else cls
+
+    def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
+        if not self.prefix_tokens:
+            return super().embedding(raw_last)
+        return self.norm(raw_last[0][:, 0])

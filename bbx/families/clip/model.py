@@ -35,14 +35,11 @@ import torch
 from torch import nn
 
 from bbx.families.clip import ClipSettings
-from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
-from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
+from bbx.nn.transformer import TokenBackbone, fuse_parts, resize_positions
 
 
-class Clip(Backbone):
-    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
-
+class Clip(TokenBackbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = ClipSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -51,17 +48,8 @@ class Clip(Backbone):
         self.class_embedding = nn.Parameter(nn.init.trunc_normal_(torch.empty(dim), std=0.02))
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1 + s.grid * s.grid, dim), std=0.02))
         self.pre_norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self.blocks = nn.ModuleList(
-            Block(dim, s.num_attention_heads, hidden=s.intermediate_size, act=s.hidden_act, eps=s.layer_norm_eps)
-            for _ in range(s.num_hidden_layers)
-        )
-        self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.encoder(s)
         self.proj = nn.Linear(dim, s.projection_dim, bias=False) if s.has_projection else None
-        self._apply_norm = stage_norm == "final"
-
-    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
-        for block in self.blocks:
-            block.fuse(kernels=fuse_kernels)
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
         n = x.shape[0]
@@ -69,21 +57,7 @@ class Clip(Backbone):
         grid = (patches.shape[2], patches.shape[3])
         patches = patches.flatten(2).transpose(1, 2) + resize_positions(self.pos_embed[1:], self.settings.grid, grid)
         cls = (self.class_embedding + self.pos_embed[0]).expand(n, 1, -1)
-        x = self.pre_norm(torch.cat([cls, patches], dim=1))
-        yield x, grid
-        for block in self.blocks:
-            x = block(x)
-            yield x, grid
-
-    def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        patches = raw[0][:, 1:]
-        if self._apply_norm:
-            patches = self.norm(patches)
-        return patch_map(patches, raw[1])
-
-    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        cls = raw[0][:, 0]
-        return self.norm(cls) if self._apply_norm else cls
+        yield from self.run_blocks(self.pre_norm(torch.cat([cls, patches], dim=1)), grid)
 
     def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
         pooled = self.norm(raw_last[0][:, 0])

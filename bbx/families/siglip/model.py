@@ -35,10 +35,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.families.siglip import SiglipSettings
-from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
 from bbx.nn.layers import Mlp, attention, linear_act
-from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
+from bbx.nn.transformer import TokenBackbone, fuse_parts, resize_positions
 
 
 class AttentionPool(nn.Module):
@@ -66,8 +65,8 @@ class AttentionPool(nn.Module):
         return self.mlp(self.norm(h), add=h)[:, 0]
 
 
-class Siglip(Backbone):
-    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
+class Siglip(TokenBackbone):
+    prefix_tokens = 0  # patches only: no class token
 
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = SiglipSettings.from_config(config)
@@ -75,21 +74,15 @@ class Siglip(Backbone):
         dim, p = s.hidden_size, s.patch_size
         self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(s.grid * s.grid, dim), std=0.02))
-        self.blocks = nn.ModuleList(
-            Block(dim, s.num_attention_heads, hidden=s.intermediate_size, act=s.hidden_act, eps=s.layer_norm_eps)
-            for _ in range(s.num_hidden_layers)
-        )
-        self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
+        self.encoder(s)
         self.pool = (
             AttentionPool(dim, s.num_attention_heads, s.intermediate_size, s.hidden_act, s.layer_norm_eps)
             if s.vision_use_head
             else None
         )
-        self._apply_norm = stage_norm == "final"
 
     def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
-        for block in self.blocks:
-            block.fuse(kernels=fuse_kernels)
+        super().optimize_for_inference(fuse_kernels=fuse_kernels)
         if self.pool is not None:
             self.pool.fused = self.pool.mlp.fused = fuse_kernels
 
@@ -97,14 +90,7 @@ class Siglip(Backbone):
         patches = self.patch_embed(x.to(self.patch_embed.weight.dtype))
         grid = (patches.shape[2], patches.shape[3])
         x = patches.flatten(2).transpose(1, 2) + resize_positions(self.pos_embed, self.settings.grid, grid)
-        yield x, grid
-        for block in self.blocks:
-            x = block(x)
-            yield x, grid
-
-    def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        tokens = self.norm(raw[0]) if self._apply_norm else raw[0]
-        return patch_map(tokens, raw[1])
+        yield from self.run_blocks(x, grid)
 
     def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
         if self.pool is None:  # pragma: no cover - refused by the plan (SiglipSettings.embedding_dim)

@@ -33,14 +33,11 @@ import torch
 from torch import nn
 
 from bbx.families.vit import VitSettings
-from bbx.nn.backbone import Backbone
 from bbx.nn.keys import rename
-from bbx.nn.transformer import Block, fuse_parts, patch_map, resize_positions
+from bbx.nn.transformer import TokenBackbone, fuse_parts, resize_positions
 
 
-class Vit(Backbone):
-    stage_modules = "blocks"  # stage k is the output of blocks[k - 1]
-
+class Vit(TokenBackbone):
     def __init__(self, config: Mapping[str, Any], stage_norm: str = "hf"):
         s = VitSettings.from_config(config)
         super().__init__(s, config=config, stage_norm=stage_norm)
@@ -48,23 +45,7 @@ class Vit(Backbone):
         self.patch_embed = nn.Conv2d(s.num_channels, dim, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, dim), std=0.02))
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + s.grid * s.grid, dim), std=0.02))
-        self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                s.num_attention_heads,
-                hidden=s.intermediate_size,
-                act=s.hidden_act,
-                eps=s.layer_norm_eps,
-                qkv_bias=s.qkv_bias,
-            )
-            for _ in range(s.num_hidden_layers)
-        )
-        self.norm = nn.LayerNorm(dim, eps=s.layer_norm_eps)
-        self._apply_norm = stage_norm == "final"
-
-    def optimize_for_inference(self, *, fuse_kernels: bool = True) -> None:
-        for block in self.blocks:
-            block.fuse(kernels=fuse_kernels)
+        self.encoder(s, qkv_bias=s.qkv_bias)
 
     def iter_stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
         n = x.shape[0]
@@ -72,23 +53,7 @@ class Vit(Backbone):
         grid = (patches.shape[2], patches.shape[3])
         patches = patches.flatten(2).transpose(1, 2) + resize_positions(self.pos_embed[:, 1:], self.settings.grid, grid)
         x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(n, -1, -1), patches], dim=1)
-        yield x, grid
-        for block in self.blocks:
-            x = block(x)
-            yield x, grid
-
-    def stage_map(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        patches = raw[0][:, 1:]
-        if self._apply_norm:
-            patches = self.norm(patches)  # per token: the same as normalising all tokens, then slicing
-        return patch_map(patches, raw[1])
-
-    def stage_class_token(self, index: int, raw: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        cls = raw[0][:, 0]
-        return self.norm(cls) if self._apply_norm else cls
-
-    def embedding(self, raw_last: tuple[torch.Tensor, tuple[int, int]]) -> torch.Tensor:
-        return self.norm(raw_last[0][:, 0])
+        yield from self.run_blocks(x, grid)
 
 
 # Checkpoint key -> bbx key (after the head model's ``vit.`` prefix is removed); the hub's names

@@ -17,6 +17,13 @@ os.environ["NO_COLOR"] = "1"
 os.environ["BBX_CACHE"] = tempfile.mkdtemp(prefix="bbx-test-cache-")
 
 
+# Under pytest-xdist (one worker per core), each worker's torch and the bbx processes it starts
+# share the cores instead of each taking them all: oversubscribed OpenMP threads spin against each
+# other. Before torch is imported; the processes inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 import pytest  # noqa: E402
 
 

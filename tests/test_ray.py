@@ -50,7 +50,17 @@ def corpus(tmp_path_factory, tiny_resnet):
         os.link(seeds[i % len(seeds)], folder / f"img{i:03d}.jpg")
     (folder / "img005b.jpg").write_bytes(b"\xff\xd8\xff not really")
     single = tmp_path_factory.mktemp("single") / "single.h5"
-    assert run("extract", "-m", tiny_resnet, "-o", single, "-b", "1", folder).exit_code == 10
+    # a local Ray's actors run torch on every core (plan_resources), whatever OMP_NUM_THREADS this
+    # (xdist) worker has: the reference runs on as many threads, so that it reads the same measured
+    # kernel choice and sums in the same order as the actors (one thread differed in the last bits)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        assert run("extract", "-m", tiny_resnet, "-o", single, "-b", "1", folder).exit_code == 10
+    finally:
+        torch.set_num_threads(before)
     return folder, _raw(single)
 
 

@@ -254,6 +254,33 @@ MAX_PARAMETERS = 1 << 38
 BYTES_PER_NUMBER = 4
 
 
+def window_stage_parameters(
+    *,
+    channels: int,
+    embed: int,
+    patch: int,
+    window: int,
+    dims: tuple[int, ...] | list[int],
+    heads: tuple[int, ...] | list[int],
+    depths: tuple[int, ...] | list[int],
+    mlp_ratio: float,
+    qkv_bias: bool,
+) -> int:
+    """The numbers of a shifted-window transformer's patch embedding (with its norm), patch
+    mergings and blocks (two LayerNorms, qkv, output projection, relative position bias table,
+    MLP); the stage and final norms are the caller's."""
+    n = channels * embed * patch**2 + embed + 2 * embed
+    for i, (d, h, depth) in enumerate(zip(dims, heads, depths)):
+        if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
+            half = d // 2
+            n += 2 * 4 * half + 4 * half * d
+        hidden = int(mlp_ratio * d)
+        attention = d * 3 * d + (3 * d if qkv_bias else 0) + d * d + d + (2 * window - 1) ** 2 * h
+        mlp = d * hidden + hidden + hidden * d + d
+        n += depth * (2 * d + attention + 2 * d + mlp)
+    return n
+
+
 def token_activations(
     image_size: tuple[int, int], *, channels: int, patch: int, dim: int, layers: int, hidden: int, prefix: int
 ) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bbx.family import ACTIVATIONS, MAX_SIZE, Family, Settings, StageInfo, limit
+from bbx.family import ACTIVATIONS, MAX_SIZE, Family, Settings, StageInfo, limit, window_stage_parameters
 
 
 @dataclass(frozen=True)
@@ -78,16 +78,17 @@ class MaskFormerSwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        e, w = self.embed_dim, self.window_size
-        n = self.num_channels * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
-        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
-            if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
-                half = d // 2
-                n += 2 * 4 * half + 4 * half * d
-            hidden = int(self.mlp_ratio * d)
-            attention = d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d + (2 * w - 1) ** 2 * heads
-            mlp = d * hidden + hidden + hidden * d + d
-            n += depth * (2 * d + attention + 2 * d + mlp)
+        n = window_stage_parameters(
+            channels=self.num_channels,
+            embed=self.embed_dim,
+            patch=self.patch_size,
+            window=self.window_size,
+            dims=self.dims,
+            heads=self.num_heads,
+            depths=self.depths,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+        )
         # every stage's hidden_states_norms LayerNorm, and the encoder's final norm
         return n + sum(2 * d for d in self.dims) + 2 * self.dims[-1]
 

@@ -25,6 +25,7 @@ from bbx.family import (
     TimmCounterpart,
     limit,
     map_shapes,
+    window_stage_parameters,
 )
 
 
@@ -87,18 +88,19 @@ class SwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        e, w = self.embed_dim, self.window_size
-        n = self.num_channels * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
+        n = window_stage_parameters(
+            channels=self.num_channels,
+            embed=self.embed_dim,
+            patch=self.patch_size,
+            window=self.window_size,
+            dims=self.dims,
+            heads=self.num_heads,
+            depths=self.depths,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+        )
         if self.use_absolute_embeddings:
-            n += self.grid[0] * self.grid[1] * e
-        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
-            if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
-                half = d // 2
-                n += 2 * 4 * half + 4 * half * d
-            hidden = int(self.mlp_ratio * d)
-            attention = d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d + (2 * w - 1) ** 2 * heads
-            mlp = d * hidden + hidden + hidden * d + d
-            n += depth * (2 * d + attention + 2 * d + mlp)
+            n += self.grid[0] * self.grid[1] * self.embed_dim
         n += sum(2 * st.channels for st in self.stages())  # transformers' backbone norms, one per stage
         return n + 2 * self.dims[-1]  # the final norm
 

@@ -26,6 +26,7 @@ from bbx.family import (
     limit,
     timm_data,
     window_stage_activations,
+    window_stage_parameters,
 )
 
 
@@ -83,16 +84,17 @@ class TimmSwinSettings(Settings):
         return grids
 
     def parameter_count(self) -> int:
-        e, w = self.embed_dim, self.window_size
-        n = self.in_chans * e * self.patch_size**2 + e + 2 * e  # patch embedding and its norm
-        for i, (d, heads, depth) in enumerate(zip(self.dims, self.num_heads, self.depths)):
-            if i > 0:  # patch merging from half the width: a norm of 4 x, then 4 x -> 2 x (no bias)
-                half = d // 2
-                n += 2 * 4 * half + 4 * half * d
-            hidden = int(self.mlp_ratio * d)
-            attention = (2 * w - 1) ** 2 * heads + d * 3 * d + (3 * d if self.qkv_bias else 0) + d * d + d
-            mlp = d * hidden + hidden + hidden * d + d
-            n += depth * (2 * d + attention + 2 * d + mlp)
+        n = window_stage_parameters(
+            channels=self.in_chans,
+            embed=self.embed_dim,
+            patch=self.patch_size,
+            window=self.window_size,
+            dims=self.dims,
+            heads=self.num_heads,
+            depths=self.depths,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+        )
         return n + 2 * self.dims[-1]  # the final norm
 
     def activation_count(self, image_size: tuple[int, int]) -> int:

@@ -88,6 +88,7 @@ class Extractor:
         self.stage_norm = stage_norm
         self.exif = exif
         self.fast_decode = fast_decode
+        self.compiled = compile
         self.model, self.channels_last = load_for_inference(
             _plan.ref,
             pretrained=pretrained,
@@ -195,8 +196,39 @@ class Extractor:
         with ``pool="cls"``), then the embedding if asked for, as computed."""
         import torch
 
-        with torch.inference_mode(), self._autocast():
+        lanes = self._lanes(x)
+        if lanes > 1:  # one single-threaded lane per torch thread, each over its share of the batch
+            from bbx.nn import kernels
+
+            parts = kernels.in_lanes(self._forward, x, lanes)
+            with torch.inference_mode():
+                return tuple(torch.cat(maps) for maps in zip(*parts))
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        import torch
+
+        with torch.inference_mode(), self._autocast():  # thread-local: entered in each lane
             return self.model(x)
+
+    def _lanes(self, x: torch.Tensor) -> int:
+        """How many lanes the batch ``x`` runs in: torch's thread count on a CPU whose measured
+        kernel choice says lanes win (:mod:`bbx.nn.kernels`), at most one per image; else 1."""
+        import torch
+
+        threads = torch.get_num_threads()
+        if (
+            x.device.type != "cpu"
+            or self.device != "cpu"
+            or threads < 2
+            or x.shape[0] < 2
+            or self.compiled
+            or self.dtype == "float16"
+        ):
+            return 1
+        from bbx.nn import kernels
+
+        return min(threads, x.shape[0]) if kernels.choice(self.dtype).lanes else 1
 
     def run(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage maps of a uint8 batch ``[N, H, W, 3]`` (the preprocessed pixels; float32 for a
@@ -220,10 +252,29 @@ class Extractor:
         if cuda:
             host = host.pin_memory()
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = images.normalize(host.to(dev, non_blocking=cuda), self.preprocess, memory_format=memory_format)
-        maps = self.forward(x)
+
+        def through(pixels: torch.Tensor) -> list[torch.Tensor]:
+            x = images.normalize(pixels.to(dev, non_blocking=cuda), self.preprocess, memory_format=memory_format)
+            return self._finish(self._forward(x))
+
+        lanes = self._lanes(host) if not cuda else 1
+        if lanes > 1:  # each lane normalises, runs and lays out its share: the copies run in parallel too
+            from bbx.nn import kernels
+
+            parts = kernels.in_lanes(through, host, lanes)
+            with torch.inference_mode():
+                maps = [torch.cat(ms) for ms in zip(*parts)]
+        else:
+            maps = through(host)
+        return dict(zip(self.outputs, maps))
+
+    def _finish(self, maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The model's outputs as returned: pooled as asked, in the output dtype, contiguous, on
+        the CPU."""
+        import torch
+
         store = dtypes.DTYPES[self.output_dtype].torch()
-        out: dict[str, torch.Tensor] = {}
+        out = []
         with torch.inference_mode():
             for name, m in zip(self.outputs, maps):
                 if name == EMBEDDING or self.pool == "cls":
@@ -232,5 +283,5 @@ class Extractor:
                     m = m.float().mean(dim=(2, 3))
                 elif self.pool == "max":
                     m = m.amax(dim=(2, 3))
-                out[name] = m.to(store).contiguous().cpu()
+                out.append(m.to(store).contiguous().cpu())
         return out

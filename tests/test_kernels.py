@@ -14,10 +14,9 @@ from tests.util import rel_err
 
 
 def _probe_with(dtype: str, slow: set[str]) -> kernels.Choice:
-    """probe() with every candidate timed as fast except ``slow`` (lever.mode names)."""
-    names = [f"{lever}.{mode}" for lever, modes in kernels._candidates(getattr(torch, dtype)).items() for mode in modes]
-    order = iter(names)
-    return kernels.probe(dtype, measure=lambda fn: 100.0 if next(order) in slow else 1.0)
+    """probe() with every candidate timed as fast except ``slow`` (lever.mode names); no
+    candidate runs."""
+    return kernels.probe(dtype, measure=lambda name, fn: 100.0 if name in slow else 1.0)
 
 
 def test_the_probe_picks_another_path_where_fused_bf16_is_slower(monkeypatch):
@@ -96,7 +95,14 @@ def test_bbx_kernels_eager_turns_every_lever_off(monkeypatch):
     kernels._chosen.cache_clear()
     try:
         c = kernels.choice("float32")
-        assert (c.linear, c.conv, c.attention, c.row_slices, c.source) == ("eager", "eager", "sdpa", False, "eager")
+        assert (c.linear, c.conv, c.attention, c.row_slices, c.lanes, c.source) == (
+            "eager",
+            "eager",
+            "sdpa",
+            False,
+            False,
+            "eager",
+        )
     finally:
         kernels._chosen.cache_clear()
 
@@ -109,3 +115,73 @@ def test_a_real_probe_runs_quickly_and_names_every_lever():
     assert time.perf_counter() - t < 20
     assert c.linear in kernels.LINEAR_MODES and c.conv in kernels.LINEAR_MODES
     assert {"linear.eager", "conv.eager", "row_slices.whole", "row_slices.sliced"} <= set(c.timings)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads (an xdist worker runs on one), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_probe_picks_lanes_only_where_they_are_faster(two_threads):
+    faster = _probe_with("float32", slow={"lanes.whole"})
+    slower = _probe_with("float32", slow={"lanes.lanes"})
+    assert faster.lanes and not slower.lanes
+    torch.set_num_threads(1)
+    assert "lanes.whole" not in _probe_with("float32", slow=set()).timings  # one thread: no lanes to run
+
+
+def test_a_real_probe_times_lanes_with_two_threads(two_threads):
+    c = kernels.probe("float32")
+    assert c.timings["lanes.whole"] > 0 and c.timings["lanes.lanes"] > 0
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lanes_give_the_whole_batch_maps_in_order(monkeypatch, two_threads, dtype):
+    """A batch run as lanes (each thread its share of the images, one torch thread each) gives
+    each image the maps the whole batch gives it, in batch order, under the same compute dtype,
+    and leaves torch's thread count as it was."""
+    import threading
+
+    from bbx.extractor import Extractor
+
+    ex = Extractor("convnext-tiny", pretrained=False, dtype=dtype, out_indices=[0, -1])
+    x = photos(64, 5).contiguous(memory_format=torch.channels_last)
+    with kernels.override(dtype, lanes=False):
+        assert ex._lanes(x) == 1
+        whole = ex.forward(x)
+    seen: list[tuple[str, int, int]] = []
+    real = ex.model.forward
+
+    def spy(t):
+        seen.append((threading.current_thread().name, torch.get_num_threads(), len(t)))
+        return real(t)
+
+    monkeypatch.setattr(ex.model, "forward", spy)
+    with kernels.override(dtype, lanes=True):
+        assert ex._lanes(x) == 2 and ex._lanes(x[:1]) == 1
+        laned = ex.forward(x)
+    assert sorted(n for _, _, n in seen) == [2, 3] and {t for _, t, _ in seen} == {1}
+    assert len({name for name, _, _ in seen}) == 2  # two threads ran the model
+    assert torch.get_num_threads() == 2
+    for a, b in zip(laned, whole):
+        assert a.dtype == b.dtype == getattr(torch, dtype) and a.shape == b.shape
+        assert rel_err(a.float(), b.float()) < (1e-5 if dtype == "float32" else 1e-2)
+        for i in range(len(x)):  # each image where it was
+            assert rel_err(a[i].float(), b[i].float()) < (1e-5 if dtype == "float32" else 1e-2)
+
+
+def test_an_error_in_a_lane_reaches_the_caller_and_restores_the_threads(two_threads):
+    def fn(part):
+        if part[0] > 0:
+            raise MemoryError("lane out of memory")
+        return part
+
+    with pytest.raises(MemoryError, match="lane out of memory"):
+        kernels.in_lanes(fn, torch.arange(4), 2)
+    assert torch.get_num_threads() == 2
+    assert [p.tolist() for p in kernels.in_lanes(lambda p: p * 10, torch.arange(5), 2)] == [[0, 10, 20], [30, 40]]

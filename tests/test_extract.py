@@ -476,7 +476,8 @@ def test_non_square_sizes_and_resize_modes_end_to_end(tiny_resnet, photos, tmp_p
     assert r.exit_code == 2 and "preprocessing" in r.stderr  # the run of another recipe does not mix in
     ex = bbx.Extractor(str(tiny_resnet), image_size=(96, 128), resize="pad")
     with h5py.File(out) as f:
-        first = f["features/stage4"][0]
-    assert np.allclose(ex([paths[0]])["stage4"][0].numpy(), first, atol=0, rtol=0)
+        rows, written = [p.decode() for p in f["paths"][:]], f["features/stage4"][:]
+    # the same batch, to the bit (another batch size may pick other conv algorithms: last bits)
+    assert np.array_equal(ex(rows)["stage4"].numpy(), written)
     r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "q.h5", "--image-size", "96x", folder)
     assert r.exit_code == 2 and "--image-size takes N or HxW" in r.stderr

@@ -31,10 +31,12 @@ class Extractor:
     ``model``: an alias, a checkpoint folder or a hub id (as for ``bbx extract --model``).
     ``out_indices`` / ``out_features``: the stages (transformers' rules; default the last).
     ``device``: auto, cpu, cuda, cuda:N or mps. ``dtype``: the compute dtype (float32, or float16 /
-    bfloat16 through autocast). ``stage_norm``: hf, none or final. ``image_size``: N for NxN inputs
-    or (height, width) instead of the checkpoint's; ``resize``: crop (the checkpoint's recipe),
-    squash or pad (the whole image). ``pool``: none (maps ``[N, C, H, W]``), avg or max (``[N, C]``),
-    cls (each stage's class token, ``[N, C]``, for vision transformers that have one).
+    bfloat16 through autocast; bfloat16 on a CPU whose bf16 kernels measure slower than its fp32
+    ones computes in fp32 and rounds the maps to bf16). ``stage_norm``: hf, none or final.
+    ``image_size``: N for NxN inputs or (height, width) instead of the checkpoint's; ``resize``:
+    crop (the checkpoint's recipe), squash or pad (the whole image). ``pool``: none (maps
+    ``[N, C, H, W]``), avg or max (``[N, C]``), cls (each stage's class token, ``[N, C]``, for
+    vision transformers that have one).
     ``embedding``: also return the model's own image embedding ``[N, D]`` as ``"embedding"``
     (CLIP's projected class token, SigLIP's pooling head, ...; the forward then runs to the last
     block).
@@ -208,8 +210,23 @@ class Extractor:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         import torch
 
+        if self._float32_for(x):
+            # this CPU's bf16 matmuls and convolutions both measured slower than its fp32 ones (no
+            # bf16 instructions): the whole forward runs in fp32 and its maps are rounded to bf16,
+            # more precise than autocast and as fast as fp32, rather than leaving the ops between
+            # the layers (depthwise convs, attention, norms) in slow emulated bf16
+            with torch.inference_mode():
+                return tuple(m.to(torch.bfloat16) for m in self.model(x))
         with torch.inference_mode(), self._autocast():  # thread-local: entered in each lane
             return self.model(x)
+
+    def _float32_for(self, x: torch.Tensor) -> bool:
+        if self.dtype != "bfloat16" or x.device.type != "cpu" or self.compiled:
+            return False
+        from bbx.nn import kernels
+
+        c = kernels.choice("bfloat16")
+        return c.linear == c.conv == "float32"
 
     def _lanes(self, x: torch.Tensor) -> int:
         """How many lanes the batch ``x`` runs in: torch's thread count on a CPU whose measured

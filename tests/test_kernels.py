@@ -66,12 +66,31 @@ def test_the_model_follows_the_choice_at_parity(monkeypatch, mode):
     calls = _conv_calls(monkeypatch)
     ex = Extractor("resnet-18", pretrained=False, dtype="bfloat16", out_indices=[2])
     x = photos(64, 2).contiguous(memory_format=torch.channels_last)
-    with kernels.override("bfloat16", conv=mode, linear=mode):
+    with (
+        kernels.override("bfloat16", conv=mode, linear=mode, lanes=False),
+        kernels.override("float32", conv="eager", linear="eager"),
+    ):
         (got,) = ex.forward(x)
     with torch.inference_mode(), kernels.override("float32", conv="eager", linear="eager"):
         (want,) = ex.model(x)  # the same weights, fp32, plain eager ops
     assert (len(calls) > 0) == (mode == "fused")
     assert got.dtype == torch.bfloat16 and rel_err(got.float(), want) < 2e-2
+    if mode == "float32":  # bf16 convs and linears both slower than fp32: the whole forward is fp32, rounded
+        assert torch.equal(got, want.to(torch.bfloat16))
+
+
+def test_bf16_keeps_autocast_where_only_some_bf16_kernels_are_slower():
+    from bbx.extractor import Extractor
+
+    ex = Extractor("resnet-18", pretrained=False, dtype="bfloat16", out_indices=[2])
+    x = photos(64, 2).contiguous(memory_format=torch.channels_last)
+    with kernels.override("bfloat16", conv="eager", linear="float32"):
+        assert not ex._float32_for(x)
+        (got,) = ex.forward(x)
+    with kernels.override("bfloat16", conv="float32", linear="float32"):
+        assert ex._float32_for(x)
+        (fp32,) = ex.forward(x)
+    assert got.dtype == fp32.dtype == torch.bfloat16 and not torch.equal(got, fp32)  # bf16 convs ran
 
 
 def test_choices_are_cached_per_machine(tmp_path, monkeypatch):
@@ -185,3 +204,26 @@ def test_an_error_in_a_lane_reaches_the_caller_and_restores_the_threads(two_thre
         kernels.in_lanes(fn, torch.arange(4), 2)
     assert torch.get_num_threads() == 2
     assert [p.tolist() for p in kernels.in_lanes(lambda p: p * 10, torch.arange(5), 2)] == [[0, 10, 20], [30, 40]]
+
+
+@pytest.mark.parametrize("pool, output_dtype", [("none", "float32"), ("avg", "bfloat16")])
+def test_a_laned_run_gives_what_a_whole_run_gives(two_threads, pool, output_dtype):
+    """Extractor.run in lanes (each lane normalises, runs, pools and lays out its share) returns
+    the whole batch's tensors: same names, shapes, dtypes and layout, to rounding."""
+    import numpy as np
+
+    from bbx.extractor import Extractor
+
+    ex = Extractor("resnet-18", pretrained=False, out_indices=[1, -1], pool=pool, output_dtype=output_dtype)
+    h, w = ex.input_size
+    batch = np.random.default_rng(0).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+    with kernels.override("float32", lanes=False):
+        whole = ex.run(batch)
+    with kernels.override("float32", lanes=True):
+        assert ex._lanes(torch.as_tensor(batch)) == 2
+        laned = ex.run(batch)
+    assert list(laned) == list(whole) == ["stage1", "stage4"]
+    for name in whole:
+        a, b = laned[name], whole[name]
+        assert a.dtype == b.dtype == getattr(torch, output_dtype) and a.shape == b.shape and a.is_contiguous()
+        assert rel_err(a.float(), b.float()) < (1e-5 if output_dtype == "float32" else 1e-2)

@@ -254,23 +254,16 @@ MAX_PARAMETERS = 1 << 38
 BYTES_PER_NUMBER = 4
 
 
-def window_stage_parameters(
-    *,
-    channels: int,
-    embed: int,
-    patch: int,
-    window: int,
-    dims: tuple[int, ...] | list[int],
-    heads: tuple[int, ...] | list[int],
-    depths: tuple[int, ...] | list[int],
-    mlp_ratio: float,
-    qkv_bias: bool,
-) -> int:
+def window_stage_parameters(s: Any, *, channels: int) -> int:
     """The numbers of a shifted-window transformer's patch embedding (with its norm), patch
     mergings and blocks (two LayerNorms, qkv, output projection, relative position bias table,
-    MLP); the stage and final norms are the caller's."""
+    MLP), from settings ``s`` with ``embed_dim``, ``patch_size``, ``window_size``, ``dims``,
+    ``num_heads``, ``depths``, ``mlp_ratio`` and ``qkv_bias`` (``channels``: the input's, whose
+    name differs between the formats); the stage and final norms are the caller's."""
+    embed, patch, window, mlp_ratio = s.embed_dim, s.patch_size, s.window_size, s.mlp_ratio
+    qkv_bias = s.qkv_bias
     n = channels * embed * patch**2 + embed + 2 * embed
-    for i, (d, h, depth) in enumerate(zip(dims, heads, depths)):
+    for i, (d, h, depth) in enumerate(zip(s.dims, s.num_heads, s.depths)):
         if i > 0:  # patch merging from half the width: a norm over 4 x, then a projection to 2 x
             half = d // 2
             n += 2 * 4 * half + 4 * half * d

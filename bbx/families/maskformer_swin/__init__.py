@@ -78,17 +78,7 @@ class MaskFormerSwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = window_stage_parameters(
-            channels=self.num_channels,
-            embed=self.embed_dim,
-            patch=self.patch_size,
-            window=self.window_size,
-            dims=self.dims,
-            heads=self.num_heads,
-            depths=self.depths,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-        )
+        n = window_stage_parameters(self, channels=self.num_channels)
         # every stage's hidden_states_norms LayerNorm, and the encoder's final norm
         return n + sum(2 * d for d in self.dims) + 2 * self.dims[-1]
 

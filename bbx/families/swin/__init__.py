@@ -88,17 +88,7 @@ class SwinSettings(Settings):
         return sizes
 
     def parameter_count(self) -> int:
-        n = window_stage_parameters(
-            channels=self.num_channels,
-            embed=self.embed_dim,
-            patch=self.patch_size,
-            window=self.window_size,
-            dims=self.dims,
-            heads=self.num_heads,
-            depths=self.depths,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-        )
+        n = window_stage_parameters(self, channels=self.num_channels)
         if self.use_absolute_embeddings:
             n += self.grid[0] * self.grid[1] * self.embed_dim
         n += sum(2 * st.channels for st in self.stages())  # transformers' backbone norms, one per stage

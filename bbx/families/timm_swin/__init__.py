@@ -84,17 +84,7 @@ class TimmSwinSettings(Settings):
         return grids
 
     def parameter_count(self) -> int:
-        n = window_stage_parameters(
-            channels=self.in_chans,
-            embed=self.embed_dim,
-            patch=self.patch_size,
-            window=self.window_size,
-            dims=self.dims,
-            heads=self.num_heads,
-            depths=self.depths,
-            mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias,
-        )
+        n = window_stage_parameters(self, channels=self.in_chans)
         return n + 2 * self.dims[-1]  # the final norm
 
     def activation_count(self, image_size: tuple[int, int]) -> int:

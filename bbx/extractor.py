@@ -196,16 +196,21 @@ class Extractor:
         """The model alone on a normalised float batch ``[N, 3, H, W]`` on the device (in the
         model's memory format), under the compute dtype: the selected stages' maps (class tokens
         with ``pool="cls"``), then the embedding if asked for, as computed."""
+        return tuple(self._laned(self._forward, x))
+
+    def _laned(self, fn: Any, x: torch.Tensor) -> list[torch.Tensor]:
+        """``fn(x)`` (a list of batch-first tensors), or, where lanes run (:meth:`_lanes`), ``fn``
+        over each lane's share of ``x`` at once, its results concatenated in batch order."""
         import torch
 
         lanes = self._lanes(x)
-        if lanes > 1:  # one single-threaded lane per torch thread, each over its share of the batch
-            from bbx.nn import kernels
+        if lanes == 1:
+            return list(fn(x))
+        from bbx.nn import kernels
 
-            parts = kernels.in_lanes(self._forward, x, lanes)
-            with torch.inference_mode():
-                return tuple(torch.cat(maps) for maps in zip(*parts))
-        return self._forward(x)
+        parts = kernels.in_lanes(fn, x, lanes)
+        with torch.inference_mode():
+            return [torch.cat(ms) for ms in zip(*parts)]
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         import torch
@@ -234,14 +239,7 @@ class Extractor:
         import torch
 
         threads = torch.get_num_threads()
-        if (
-            x.device.type != "cpu"
-            or self.device != "cpu"
-            or threads < 2
-            or x.shape[0] < 2
-            or self.compiled
-            or self.dtype == "float16"
-        ):
+        if self.device != "cpu" or threads < 2 or x.shape[0] < 2 or self.compiled or self.dtype == "float16":
             return 1
         from bbx.nn import kernels
 
@@ -274,16 +272,8 @@ class Extractor:
             x = images.normalize(pixels.to(dev, non_blocking=cuda), self.preprocess, memory_format=memory_format)
             return self._finish(self._forward(x))
 
-        lanes = self._lanes(host) if not cuda else 1
-        if lanes > 1:  # each lane normalises, runs and lays out its share: the copies run in parallel too
-            from bbx.nn import kernels
-
-            parts = kernels.in_lanes(through, host, lanes)
-            with torch.inference_mode():
-                maps = [torch.cat(ms) for ms in zip(*parts)]
-        else:
-            maps = through(host)
-        return dict(zip(self.outputs, maps))
+        # in lanes, each normalises, runs and lays out its share: the copies run in parallel too
+        return dict(zip(self.outputs, self._laned(through, host)))
 
     def _finish(self, maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """The model's outputs as returned: pooled as asked, in the output dtype, contiguous, on

@@ -219,13 +219,13 @@ def _lane_candidates(dtype: torch.dtype) -> dict[str, Callable[[], Any]]:
     threads = torch.get_num_threads()
     if threads < 2:
         return {}
-    work = _lane_workload(dtype, images=max(16, 2 * threads))
-    return {"whole": lambda: work(None), "lanes": lambda: in_lanes(work, None, threads)}
+    tokens, work = _lane_workload(dtype, images=max(16, 2 * threads))
+    return {"whole": lambda: work(tokens), "lanes": lambda: in_lanes(work, tokens, threads)}
 
 
-def _lane_workload(dtype: torch.dtype, images: int) -> Callable[[Any], Any]:
-    """A batch of ``images`` through a ViT-S block (LayerNorm, attention, MLP); called with a
-    ``slice`` of the batch (None: all of it). A single large matmul or convolution misleads here:
+def _lane_workload(dtype: torch.dtype, images: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """The tokens of ``images`` and a ViT-S block (LayerNorm, attention, MLP) to run a batch of
+    them through. A single large matmul or convolution misleads here:
     on a 2-core AMD EPYC either ran as fast whole as in lanes (within 5%), while the block, and
     whole models, ran 10-20% faster in lanes, the gain being in the ops between the matmuls; and
     8 images (4 a lane) showed half the gain of 16."""
@@ -238,16 +238,14 @@ def _lane_workload(dtype: torch.dtype, images: int) -> Callable[[Any], Any]:
     qkv_w, proj_w = (rand(3 * 384, 384) * 0.05).to(dtype), (rand(384, 384) * 0.05).to(dtype)
     w1, w2 = (rand(1536, 384) * 0.05).to(dtype), (rand(384, 1536) * 0.05).to(dtype)
 
-    def work(part: slice | None) -> torch.Tensor:
-        x = tokens if part is None else tokens[part]
+    def work(x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         q, k, v = F.linear(F.layer_norm(x, (384,)), qkv_w).view(b, 197, 3, 6, 64).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 197, 384)
         x = x + F.linear(a, proj_w)
         return x + F.linear(F.gelu(F.linear(F.layer_norm(x, (384,)), w1)), w2)
 
-    work.images = images  # type: ignore[attr-defined]
-    return work
+    return tokens, work
 
 
 # --- lanes --------------------------------------------------------------------------------------
@@ -261,21 +259,15 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def in_lanes(fn: Callable[[Any], Any], x: torch.Tensor | None, lanes: int) -> list[Any]:
+def in_lanes(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, lanes: int) -> list[Any]:
     """``fn`` over ``lanes`` slices of the batch ``x`` (along its first dimension) at once, each
     in its own thread with one torch thread, the calling thread being the first lane; returns each
-    slice's result, in batch order. ``fn`` takes the slice (a tensor; with ``x`` None, the probe's
-    ``slice`` of its own batch) and enters whatever thread-local context it needs (autocast,
-    inference mode). Inside a lane, :func:`choice` is the choice of the thread count outside it
+    slice's result, in batch order. ``fn`` takes the slice and enters whatever thread-local context
+    it needs (autocast, inference mode). Inside a lane, :func:`choice` is the choice of the thread count outside it
     (no second probe). One laned call runs at a time: torch's thread count is process-wide."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
-    if x is None:
-        n = fn.images  # type: ignore[attr-defined]
-        bounds = [(i * n // lanes, (i + 1) * n // lanes) for i in range(lanes)]
-        parts: list[Any] = [slice(a, b) for a, b in bounds if b > a]
-    else:
-        parts = [p for p in x.tensor_split(lanes) if len(p)]
+    parts = [p for p in x.tensor_split(lanes) if len(p)]
     if len(parts) < 2:
         return [fn(x)]
     with _lanes_lock:

@@ -16,6 +16,7 @@ import errno
 import inspect
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -248,10 +249,13 @@ def _run(
         if on_plan is not None:
             on_plan(r.rp.report)
         t0 = time.perf_counter()
-        _loop(r, extractor, progress, t_start)
+        _loop(r, extractor, progress, t_start, guard.check)
+        guard.check()
     except KeyboardInterrupt:
+        guard.taken()
         status, summary.interrupted = "interrupted", "SIGINT"
     except Terminated:
+        guard.taken()
         status, summary.interrupted = "interrupted", "SIGTERM"
     except _Stopped as e:
         status, stop = "interrupted", e
@@ -302,6 +306,11 @@ class SignalGuard:
     arrived, the guard stays installed until the process ends: an interpreter on its way out
     must not be interrupted either.
 
+    The handler's exception is raised wherever the main thread is; where that is a destructor or a
+    weakref callback, Python prints it and carries on. The guard hides that print
+    (``sys.unraisablehook``) and the run loop calls :meth:`check`, which raises the signal's
+    exception again until the run has taken it (:meth:`taken`), so an obeyed signal is never lost.
+
     :attr:`seen` tells a caller that a signal arrived in this process; the command line then
     ignores further ones until it exits (the interpreter's own shutdown puts the default handlers
     back, and a signal then would kill it with the wrong status)."""
@@ -314,18 +323,40 @@ class SignalGuard:
         self.late: str | None = None  # a first signal that arrived while closing
         self.output: Path | None = None
         self._closing = False
+        self._taken = False  # the first signal's exception reached the run
         self._previous: dict[int, Any] = {}
+        self._unraisable: Any = None
 
     def __enter__(self) -> SignalGuard:
         if self.active:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._unraisable = sys.unraisablehook
+            sys.unraisablehook = self._lost
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.active and self.first is None and self.late is None:
+        if not self.active:
+            return
+        sys.unraisablehook = self._unraisable
+        if self.first is None and self.late is None:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
+
+    def check(self) -> None:
+        """Raise the obeyed signal's exception if it has not reached the run yet (its handler ran
+        in a destructor or callback, which swallowed it)."""
+        if self.first is not None and not self._taken and not self._closing:
+            raise KeyboardInterrupt if self.first == "SIGINT" else Terminated()
+
+    def taken(self) -> None:
+        """The run has caught the obeyed signal's exception."""
+        self._taken = True
+
+    def _lost(self, args: Any) -> None:
+        if self.first is not None and args.exc_type in (KeyboardInterrupt, Terminated):
+            return  # the handler's raise, inside a destructor: check() raises it again
+        self._unraisable(args)
 
     @contextlib.contextmanager
     def closing(self) -> Iterator[None]:
@@ -392,8 +423,15 @@ def _timed(items: Iterator[Any], phases: dict[str, float]) -> Iterator[Any]:
         yield item
 
 
-def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, t_start: float) -> None:
-    """Decode, batch, run the model, commit; every batch is in the output when the next starts."""
+def _loop(
+    r: _Run,
+    extractor: Any,
+    progress: Callable[[int, int], None] | None,
+    t_start: float,
+    check: Callable[[], None],
+) -> None:
+    """Decode, batch, run the model, commit; every batch is in the output when the next starts.
+    ``check`` raises a signal that arrived and was lost (:meth:`SignalGuard.check`), at every image."""
     import numpy as np
 
     from bbx.dtypes import to_storage
@@ -439,6 +477,7 @@ def _loop(r: _Run, extractor: Any, progress: Callable[[int, int], None] | None, 
     for handled, (path, loaded, reason) in enumerate(
         _timed(decoded(r.todo, load, workers, window, overlap=overlap), phases), 1
     ):
+        check()
         if reason is not None:
             writer.fail(r.row(path), reason)
             summary.failed.append((str(path), reason))

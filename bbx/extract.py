@@ -200,6 +200,14 @@ def run(
     from bbx.runtime import compute_context
 
     t_start = time.perf_counter()
+    if extractor is None:
+        # what the run would refuse (the output, the disk space, the memory for a batch) is refused
+        # before torch is imported and the weights are fetched: a wrong -o costs a moment, not a
+        # download
+        problems = preflight(opts, plan_run(opts, inputs, device=None, weights=False))
+        if problems:
+            raise problems[0]
+    t_planned = time.perf_counter()
     device = extractor.device if extractor is not None else resolve_device(device_of(opts))  # (imports torch)
     t_import = time.perf_counter()
     compute_context(device, opts.dtype)  # refuses bf16 on a GPU without it, before anything is opened
@@ -207,7 +215,8 @@ def run(
         r = _Run(opts, inputs, device)
         guard.output = r.rp.output
         t_resolved = time.perf_counter()
-        r.summary.startup = {"import_s": t_import - t_start, "resolve_s": t_resolved - t_import}
+        resolve_s = (t_planned - t_start) + (t_resolved - t_import)
+        r.summary.startup = {"import_s": t_import - t_planned, "resolve_s": resolve_s}
         return _run(r, opts, device, guard, progress, on_plan, t_start, extractor or Extractor)
 
 

@@ -526,5 +526,19 @@ def test_extract_with_weights_that_do_not_fit_is_one_line(hub_server, ckpts, tmp
     assert not (tmp_path / "f.h5").exists() and not (tmp_path / "f.h5.partial").exists()
 
 
+def test_a_refused_output_fetches_no_weights(hub_server, ckpts, tmp_path):
+    """An output the run could not write is refused before the weights are downloaded."""
+    import os
+
+    from tests.conftest import make_photos
+
+    hub_server.add_repo("org/tiny", ckpts["v1"])
+    make_photos(tmp_path / "imgs", [(100, 100)])
+    os.mkfifo(tmp_path / "f.h5")
+    p = run(hub_server, "extract", "-m", "org/tiny", "-o", str(tmp_path / "f.h5"), str(tmp_path / "imgs"))
+    one_line_error(p, 3, "is a FIFO")
+    assert hub_server.transfers("config.json") and not hub_server.transfers("model.safetensors")
+
+
 def test_download_refuses_a_local_folder(tiny_resnet):
     one_line_error(bbx_proc("download", str(tiny_resnet)), 2, "local checkpoint folder", "nothing to download")

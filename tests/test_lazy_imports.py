@@ -115,3 +115,15 @@ def test_a_dry_run_imports_nothing_heavy(tmp_path):
             assert heavy <= allowed, (argv, heavy)
     finally:
         os.chdir(cwd)
+
+
+def test_a_run_that_would_be_refused_is_refused_before_torch(tmp_path):
+    """What a run refuses before it writes (here an output that is a FIFO) is said before torch
+    is imported and before any weights are fetched (tests/test_hub.py checks the download)."""
+    import os
+
+    (tmp_path / "a.jpg").write_bytes(b"")
+    os.mkfifo(tmp_path / "f.h5")
+    heavy = set(_heavy(["bbx", "extract", "-m", "resnet-50", "-o", str(tmp_path / "f.h5"), str(tmp_path / "a.jpg")]))
+    gpu = any(os.path.exists(p) for p in ("/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd"))
+    assert heavy <= ({"torch", "numpy"} if gpu else set()), heavy

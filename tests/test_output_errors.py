@@ -180,7 +180,7 @@ def test_a_disk_that_fills_during_the_run_ends_it_before_hdf5_fails(tiny_resnet,
 
     def filling(p):
         calls["n"] += 1
-        return real(p) if calls["n"] <= 4 else usage(10**9, 10**9 - 10**5, 10**5)  # plan, create, 2 batches
+        return real(p) if calls["n"] <= 5 else usage(10**9, 10**9 - 10**5, 10**5)  # 2 plans, create, 2 batches
 
     monkeypatch.setattr(shutil, "disk_usage", filling)
     r = run("extract", "-m", tiny_resnet, "-o", tmp_path / "f.h5", "-b", "2", "-q", *STEM, folder)

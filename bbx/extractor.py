@@ -68,7 +68,7 @@ class Extractor:
         _plan: ModelPlan | None = None,
     ) -> None:
         from bbx.loading import load_for_inference
-        from bbx.runtime import compute_context, resolve_device
+        from bbx.runtime import compute_context, keep_freed_memory, resolve_device
 
         if pool not in POOLS:
             raise UsageError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -76,6 +76,8 @@ class Extractor:
         self.dtype = dtypes.get(dtype, "dtype").name
         self.output_dtype = dtypes.get(output_dtype, "store-dtype").name
         self.device = resolve_device(device)
+        if self.device == "cpu":
+            keep_freed_memory()  # no page faults for every new tensor of every batch
         self._autocast = compute_context(self.device, self.dtype)
         if _plan is None:
             require = readout_check(model, pool=pool, embedding=embedding)

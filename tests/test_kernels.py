@@ -4,6 +4,7 @@ candidate of each lever, the choice is cached per CPU and torch, and the layers 
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 import torch
@@ -227,3 +228,52 @@ def test_a_laned_run_gives_what_a_whole_run_gives(two_threads, pool, output_dtyp
         a, b = laned[name], whole[name]
         assert a.dtype == b.dtype == getattr(torch, output_dtype) and a.shape == b.shape and a.is_contiguous()
         assert rel_err(a.float(), b.float()) < (1e-5 if output_dtype == "float32" else 1e-2)
+
+
+_FAULTS = """
+import ctypes, json, resource
+from bbx import runtime
+
+applied = runtime.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+def tensor():  # as torch's CPU allocator does: 64-byte aligned memory, written, freed
+    p = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(p), 64, 32 << 20) == 0
+    ctypes.memset(p, 1, 32 << 20)
+    libc.free(p)
+
+
+for _ in range(10):  # the first few 32 MiB blocks fault their pages in either way
+    tensor()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    tensor()
+print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_freed_tensors_are_reused_without_page_faults():
+    """A CPU Extractor keeps the memory its forwards free (runtime.keep_freed_memory): a 32 MiB
+    tensor allocated and freed again and again faults its 8192 pages in at the first few times only,
+    not at every allocation;
+    BBX_MALLOC=default, or the user's own malloc settings, keep glibc's behaviour."""
+    import subprocess
+    import sys
+
+    from tests.cli import proc_env
+
+    def run(**env: str) -> dict:
+        e = {k: v for k, v in proc_env().items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        e.update(env)
+        p = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=e, check=True)
+        return json.loads(p.stdout)
+
+    kept, default, own = run(), run(BBX_MALLOC="default"), run(MALLOC_ARENA_MAX="2")
+    assert kept["applied"] and not default["applied"] and not own["applied"]
+    assert default["faults"] > 20 * 8192 * 0.9  # every allocation maps fresh pages
+    assert kept["faults"] < 8192  # all reused
+    assert own["faults"] > 20 * 8192 * 0.9

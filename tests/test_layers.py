@@ -86,3 +86,22 @@ def test_other_dtypes_keep_the_fused_kernel_bit_for_bit(dtype):
     q, k, v = _qkv(4, 2, 33, 8, dtype)
     with torch.inference_mode():
         assert torch.equal(layers.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_quick_gelu_folds_into_one_silu_pass():
+    """CLIP's MLP with QuickGELU, its factor folded into fc1 and fc2 (frozen inference), gives
+    the same numbers to fp32 rounding with one SiLU over the hidden units; other activations
+    stay as they are."""
+    torch.manual_seed(0)
+    mlp = layers.Mlp(48, 192, "quick_gelu").eval()
+    x = torch.randn(2, 50, 48) * 3
+    with torch.inference_mode():
+        want = mlp(x)
+    layers.fold_quick_gelu_(mlp)
+    assert mlp.act_name == "silu"
+    with torch.inference_mode():
+        assert rel_err(mlp(x), want) < 1e-6
+    gelu = layers.Mlp(48, 192, "gelu")
+    before = gelu.fc1.weight.clone()
+    layers.fold_quick_gelu_(gelu)
+    assert gelu.act_name == "gelu" and torch.equal(gelu.fc1.weight, before)

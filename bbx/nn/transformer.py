@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bbx.nn.backbone import Backbone
-from bbx.nn.layers import Mlp, attention, fold_scale_, linear_act
+from bbx.nn.layers import Mlp, attention, fold_quick_gelu_, fold_scale_, linear_act
 
 
 class Attention(nn.Module):
@@ -102,11 +102,14 @@ class Block(nn.Module):
     @torch.no_grad()
     def fuse(self, *, kernels: bool = True) -> None:
         """Frozen inference: fold each layer scale into the projection before it (the scales become
-        1); ``kernels``: use the fused oneDNN kernels."""
+        1) and QuickGELU's factor into the MLP's layers (one SiLU pass, :func:`fold_quick_gelu_`);
+        ``kernels``: use the fused oneDNN kernels."""
         if self.scale1 is not None and self.scale2 is not None:
             for scale, linear in ((self.scale1, self.attn.proj), (self.scale2, self.mlp.fc2)):
                 fold_scale_(linear, scale)
                 scale.fill_(1.0)
+        if isinstance(self.mlp, Mlp):
+            fold_quick_gelu_(self.mlp)
         self.fused = self.mlp.fused = kernels
 
 

@@ -179,13 +179,16 @@ def test_a_timm_repo_from_the_hub_downloads_caches_and_runs_offline(hub_server, 
 def test_embedded_tables_are_timms():
     """Every architecture bbx implements, against timm itself: its feature_info (names, channels,
     reductions), its default pretrained_cfg, and every tensor's shape after bbx's remap."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from bbx.checkpoints import timm_default
 
-    for fam in registry.families():
-        if fam.timm is None:
-            continue
-        for arch in fam.timm.architectures:
-            info = oracle.oracle().ask("info", arch=arch.name)
+    timm = oracle.oracle()
+    archs = [(fam, arch) for fam in registry.families() if fam.timm is not None for arch in fam.timm.architectures]
+    asking = ThreadPoolExecutor(1)  # timm builds the next architecture while bbx checks this one
+    try:
+        infos = asking.map(lambda fa: timm.ask("info", arch=fa[1].name), archs)
+        for (fam, arch), info in zip(archs, infos):
             assert info["pretrained_cfg"]["tag"] == arch.tag, arch.name
             for key, value in arch.data.items():
                 if key != "fixed_input_size":
@@ -205,6 +208,8 @@ def test_embedded_tables_are_timms():
             mine = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
             theirs = {k: tuple(v.shape) for k, v in remapped.items() if not k.endswith("num_batches_tracked")}
             assert mine == theirs, (arch.name, set(mine) ^ set(theirs))
+    finally:
+        asking.shutdown(cancel_futures=True)  # a failure does not wait for the rest
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ decoding threads a device gets. torch is imported by the functions that need it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -116,9 +117,9 @@ def machine_memory() -> int | None:
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 #: heap instead of mmap below 1 GiB, no trim below 1 GiB free at the top, 64 MiB more per growth
 _KEEP_FREED = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
-_malloc_state: dict[str, bool] = {}
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep the memory a CPU forward frees for the next batch: tensors up to
     1 GiB come from the heap instead of a fresh ``mmap`` each, and the heap's top is not given back
@@ -130,9 +131,8 @@ def keep_freed_memory() -> bool:
     Once per process; only with glibc; never where the user set malloc up themselves (``MALLOC_*``
     or glibc tunables in the environment, another allocator preloaded) or ``BBX_MALLOC=default``.
     True when applied."""
-    if "applied" in _malloc_state:
-        return _malloc_state["applied"]
-    applied = False
+    import platform
+
     env = os.environ
     own = (
         env.get("BBX_MALLOC", "").lower() == "default"
@@ -140,16 +140,12 @@ def keep_freed_memory() -> bool:
         or "LD_PRELOAD" in env
         or any(k.startswith("MALLOC_") for k in env)
     )
-    if not own:
-        import platform
+    if own or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
 
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            import ctypes
-
-            try:
-                libc = ctypes.CDLL(None)
-                applied = all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in _KEEP_FREED)
-            except (OSError, AttributeError):
-                applied = False
-    _malloc_state["applied"] = applied
-    return applied
+    try:
+        libc = ctypes.CDLL(None)
+        return all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in _KEEP_FREED)
+    except (OSError, AttributeError):
+        return False

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.cli import proc_env
+from tests.cli import proc_env, run
 from tests.conftest import make_photos
 from tests.test_extract import _read
 from tests.util import checkpoint_fixture
@@ -37,10 +37,18 @@ def many(tmp_path_factory):
 
 
 def _cmd(ckpt: Path, out: Path, folder: Path, *extra: str) -> list[str]:
+    """The run as a subprocess: what a signal or a kill hits."""
+    return [sys.executable, "-m", "bbx", *_args(ckpt, out, folder, *extra)]
+
+
+def _in_process(ckpt: Path, out: Path, folder: Path, *extra: str):
+    """The same run in this process (CliRunner): the uninterrupted and resuming runs, which no
+    signal hits, without a subprocess's 2-3 s of imports each."""
+    return run(*_args(ckpt, out, folder, *extra))
+
+
+def _args(ckpt: Path, out: Path, folder: Path, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "bbx",
         "extract",
         "-m",
         str(ckpt),
@@ -87,7 +95,8 @@ def full(tiny_resnet, many, tmp_path_factory):
     def get(suffix: str) -> tuple[list[str], bytes]:
         if suffix not in cache:
             out = tmp_path_factory.mktemp("full") / f"full{suffix}"
-            subprocess.run(_cmd(tiny_resnet, out, many), env=_env(), check=True)
+            r = _in_process(tiny_resnet, out, many)
+            assert r.exit_code == 0, r.stderr
             cache[suffix] = _read(out)
         return cache[suffix]
 
@@ -106,8 +115,8 @@ def test_signal_leaves_a_valid_file_and_resume_completes_it(tiny_resnet, many, f
     info = open_output(out)  # a valid file under the final name
     assert info.status == "interrupted" and 0 < len(info.paths) < N_IMAGES
     assert not out.with_name(out.name + ".partial").exists()
-    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume"), env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = _in_process(tiny_resnet, out, many, "--resume")
+    assert r.exit_code == 0, r.stderr
     assert open_output(out).status == "complete"
     assert _read(out) == full(suffix)
 
@@ -122,10 +131,10 @@ def test_sigkill_never_leaves_a_complete_looking_file_and_resume_recovers(tiny_r
     if suffix == ".h5":
         with h5py.File(partial) as f:
             assert f.attrs["status"] == "running" and f.attrs["rows"] > 0
-    r = subprocess.run(_cmd(tiny_resnet, out, many), env=_env(), capture_output=True, text=True)
-    assert r.returncode == 3 and "--resume" in r.stderr  # an unfinished run is never silently replaced
-    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume", "--json"), env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = _in_process(tiny_resnet, out, many)
+    assert r.exit_code == 3 and "--resume" in r.stderr  # an unfinished run is never silently replaced
+    r = _in_process(tiny_resnet, out, many, "--resume", "--json")
+    assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["already_present"] > 0 and report["done"] + report["already_present"] == N_IMAGES
     assert _read(out) == full(suffix)
@@ -134,8 +143,8 @@ def test_sigkill_never_leaves_a_complete_looking_file_and_resume_recovers(tiny_r
 def test_damaged_partial_is_reported_and_started_over(tiny_resnet, many, full, tmp_path):
     out = tmp_path / "f.h5"
     out.with_name("f.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 300)
-    r = subprocess.run(_cmd(tiny_resnet, out, many, "--resume", "--json"), env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = _in_process(tiny_resnet, out, many, "--resume", "--json")
+    assert r.exit_code == 0, r.stderr
     notes = json.loads(r.stdout)["notes"]
     assert any("damaged" in n for n in notes)
     assert _read(out) == full(".h5")
@@ -145,11 +154,8 @@ def test_extending_a_finished_file_works_on_a_copy(tiny_resnet, many, tmp_path):
     """A kill while extending a finished file must not damage what it already held."""
     out = tmp_path / "f.h5"
     first = sorted(many.iterdir())[:5]
-    subprocess.run(
-        [sys.executable, "-m", "bbx", "extract", "-m", str(tiny_resnet), "-o", str(out), "-q", *map(str, first)],
-        env=_env(),
-        check=True,
-    )
+    r = run("extract", "-m", tiny_resnet, "-o", out, "-q", *first)
+    assert r.exit_code == 0, r.stderr
     before = _read(out)
     p = _start_and_signal(_cmd(tiny_resnet, out, many, "--resume"), out.with_name("f.h5.partial"), signal.SIGKILL)
     assert p.returncode == -signal.SIGKILL
@@ -176,7 +182,6 @@ def test_an_output_another_run_is_writing_is_refused_whatever_the_options(tiny_r
     """A second run on the same output, with --overwrite, --resume or neither, is refused while
     the first writes (it used to unlink the first's live HDF5 .partial), and says why."""
     from bbx.formats import open_output
-    from tests.cli import run
 
     out = tmp_path / f"c{suffix}"
     partial = out.with_name(out.name + ".partial")
@@ -231,7 +236,6 @@ def test_a_signal_during_the_close_is_acknowledged_and_the_close_finishes(
 
     from bbx.formats import open_output
     from bbx.formats.hdf5 import HDF5Writer
-    from tests.cli import run
 
     folder, paths = photos
     out = tmp_path / "f.h5"
@@ -283,7 +287,6 @@ def test_a_signal_whose_handler_runs_in_a_destructor_still_stops_the_run(
 
     from bbx.formats import open_output
     from bbx.formats.hdf5 import HDF5Writer
-    from tests.cli import run
 
     folder, paths = photos
     out = tmp_path / "f.h5"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.cli import bbx_proc, proc_env
+from tests.cli import bbx_proc, proc_env, run
 from tests.conftest import make_photos
 from tests.test_extract import _read
 from tests.util import checkpoint_fixture
@@ -39,7 +39,16 @@ def _one_error_line(p: subprocess.CompletedProcess, code: int, *needles: str) ->
 
 
 def _extract(ckpt, out, inputs, *extra, env=None):
+    """The run as a subprocess: its exit status and stderr as a user sees them."""
     return bbx_proc("extract", "-m", ckpt, "-o", out, "-b", "4", "-q", *STEM, *extra, inputs, env=env)
+
+
+def _extract_here(ckpt, out, inputs, *extra) -> int:
+    """The same run in this process (CliRunner), for the runs expected to succeed (resuming,
+    the clean reference): no subprocess's seconds of imports. Its exit status."""
+    r = run("extract", "-m", ckpt, "-o", out, "-b", "4", "-q", *STEM, *extra, inputs)
+    assert r.exit_code == 0, r.stderr
+    return r.exit_code
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".safetensors"])
@@ -51,10 +60,9 @@ def test_a_full_disk_is_exit_3_in_one_line_and_resume_finishes(tiny_resnet, fort
     assert "kept in" in line
     assert out.with_name(out.name + ".partial").exists() and not out.exists()
     small_disk.resize(disk, "16m")
-    p = _extract(tiny_resnet, out, forty, "--resume")
-    assert p.returncode == 0, p.stderr
+    _extract_here(tiny_resnet, out, forty, "--resume")
     clean = tmp_path / f"clean{suffix}"
-    assert _extract(tiny_resnet, clean, forty).returncode == 0
+    _extract_here(tiny_resnet, clean, forty)
     assert _read(out) == _read(clean)
 
 
@@ -74,8 +82,7 @@ def test_a_write_hdf5_itself_fails_is_one_line_without_a_crash(tiny_resnet, fort
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=proc_env())
     _one_error_line(p, 3, "no space left on device", "--resume")
     small_disk.resize(disk, "16m")
-    p = _extract(tiny_resnet, out, forty, "--resume")
-    assert p.returncode == 0, p.stderr
+    _extract_here(tiny_resnet, out, forty, "--resume")
     from bbx.formats import open_output
 
     assert open_output(out).images == 40
@@ -90,14 +97,14 @@ def test_a_disk_without_a_free_byte_leaves_nothing_that_blocks_the_next_run(tiny
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     (disk / "filler").unlink()
     small_disk.resize(disk, "16m")
-    assert _extract(tiny_resnet, out, forty).returncode == 0  # no --resume, no --overwrite needed
+    _extract_here(tiny_resnet, out, forty)  # no --resume, no --overwrite needed
 
 
 def test_extending_a_finished_file_whose_copy_does_not_fit(tiny_resnet, forty, small_disk):
     disk = small_disk("3m")
     out = disk / "f.h5"
     first = sorted(forty.iterdir())[:16]
-    assert bbx_proc("extract", "-m", tiny_resnet, "-o", out, "-q", *STEM, *first).returncode == 0
+    assert run("extract", "-m", tiny_resnet, "-o", out, "-q", *STEM, *first).exit_code == 0
     before = _read(out)
     _one_error_line(_extract(tiny_resnet, out, forty, "--resume", "--force"), 3, "no space left")
     assert sorted(p.name for p in disk.iterdir()) == ["f.h5"]  # no truncated copy keeps the disk full
@@ -140,7 +147,6 @@ def test_a_folder_the_user_cannot_write_is_one_line(tiny_resnet, forty, tmp_path
 def test_long_selections_get_a_short_default_name(tmp_path, monkeypatch):
     import json
 
-    from tests.cli import run
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.jpg").write_bytes(b"")
@@ -171,7 +177,6 @@ def test_a_disk_that_fills_during_the_run_ends_it_before_hdf5_fails(tiny_resnet,
     import h5py
 
     import bbx.formats.hdf5 as hdf5
-    from tests.cli import run
 
     folder, paths = photos
     usage = collections.namedtuple("usage", "total used free")
@@ -217,7 +222,6 @@ def _damage_attributes(path) -> None:
 def test_an_hdf5_file_damaged_in_its_attributes(tiny_resnet, photos, tmp_path):
     """A finished file damaged in its header is refused (exit 3, one line) by info, show and
     --resume; a damaged .partial is reported and started over."""
-    from tests.cli import run
 
     folder, paths = photos
     out = tmp_path / "f.h5"
@@ -249,7 +253,6 @@ def test_the_resume_space_check_counts_only_what_is_left(tiny_resnet, photos, tm
     import shutil
 
     import bbx.plan
-    from tests.cli import run
 
     folder, paths = photos
     done = tmp_path / "done.h5"

@@ -15,8 +15,8 @@ from tests.util import rel_err
 
 
 def _probe_with(dtype: str, slow: set[str]) -> kernels.Choice:
-    """probe() with every candidate timed as fast except ``slow`` (lever.mode names); no
-    candidate runs."""
+    """probe() with every candidate timed as fast except ``slow`` (lever.mode names, and
+    lever.mode@lanes for a candidate timed again in lanes); no candidate runs."""
     return kernels.probe(dtype, measure=lambda name, fn: 100.0 if name in slow else 1.0)
 
 
@@ -152,6 +152,19 @@ def test_the_probe_picks_lanes_only_where_they_are_faster(two_threads):
     assert faster.lanes and not slower.lanes
     torch.set_num_threads(1)
     assert "lanes.whole" not in _probe_with("float32", slow=set()).timings  # one thread: no lanes to run
+
+
+def test_where_lanes_win_the_other_levers_are_chosen_as_lanes_run_them(two_threads):
+    """A kernel fastest on all threads can lose when every lane runs it on one thread at once:
+    the choice follows the lanes' timings where lanes win, the whole-batch timings elsewhere."""
+    if not layers.onednn_fusion_available():
+        pytest.skip("no fused oneDNN kernels in this torch")
+    in_lanes = _probe_with("float32", slow={"lanes.whole", "linear.fused@lanes", "conv.eager"})
+    assert in_lanes.lanes and in_lanes.linear == "eager" and in_lanes.conv == "fused"
+    assert {"linear.fused@lanes", "linear.eager@lanes"} <= set(in_lanes.timings)
+    assert "conv.eager@lanes" not in in_lanes.timings  # far slower on all threads: not timed again
+    whole = _probe_with("float32", slow={"lanes.lanes", "linear.fused@lanes"})
+    assert not whole.lanes and whole.linear == "fused" and "linear.fused@lanes" not in whole.timings
 
 
 def test_a_real_probe_times_lanes_with_two_threads(two_threads):

@@ -105,3 +105,22 @@ def test_quick_gelu_folds_into_one_silu_pass():
     before = gelu.fc1.weight.clone()
     layers.fold_quick_gelu_(gelu)
     assert gelu.act_name == "gelu" and torch.equal(gelu.fc1.weight, before)
+
+
+def test_an_eager_linear_sums_its_residual_inside_the_matmul(monkeypatch):
+    """Where the machine's choice is the eager matmul, a linear with a residual is one addmm
+    accumulating onto residual + bias (no separate sum pass), with the numbers of fc(x) + r."""
+    from bbx.nn import kernels
+
+    g = torch.Generator().manual_seed(5)
+    fc = torch.nn.Linear(24, 48)
+    x, r = torch.randn(3, 10, 24, generator=g), torch.randn(3, 10, 48, generator=g)
+    r0 = r.clone()
+    calls = []
+    real = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode(), kernels.override("float32", linear="eager"):
+        got = layers.linear_act(x, fc, add=r, fused=True)
+        plain = layers.linear_act(x, fc, add=r, fused=False)  # not bbx's frozen inference: plain ops
+    assert len(calls) == 1 and rel_err(got, fc(x) + r) < 1e-6 and torch.equal(plain, fc(x) + r)
+    assert got.shape == r.shape and torch.equal(r, r0)  # the residual itself is untouched

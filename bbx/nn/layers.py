@@ -185,30 +185,20 @@ def linear_act(
                 y = _eager_act(act)(y)
             y = y.to(torch.bfloat16)
         return y + add if add is not None else y
-    if mode == "fused" and add is not None and act is None and add.dtype != compute_dtype(x):
-        return add + linear_act(x, linear, fused=True)
     if mode == "fused" and (add is None or act is None):
-        return _onednn_linear(x, linear, act, add)
-    return _eager_linear(x, linear, act, add, fused)
-
-
-def _onednn_linear(x: torch.Tensor, linear: nn.Linear, act: str | None, add: torch.Tensor | None) -> torch.Tensor:
-    dt = compute_dtype(x)
-    w, b = _cast_params(linear, dt)
-    rows = x.reshape(-1, x.shape[-1]).to(dt)
-    if add is not None:
-        y = torch.ops.mkldnn._linear_pointwise.binary(rows, add.reshape(-1, w.shape[0]), w, b, "add")
-    elif act is None:
-        y = torch.ops.mkldnn._linear_pointwise(rows, w, b, "none", [], "")
-    else:
-        name, algo = _ONEDNN_ACTS[act]
-        y = torch.ops.mkldnn._linear_pointwise(rows, w, b, name, [], algo)
-    return y.view(*x.shape[:-1], w.shape[0])
-
-
-def _eager_linear(
-    x: torch.Tensor, linear: nn.Linear, act: str | None, add: torch.Tensor | None, fused: bool
-) -> torch.Tensor:
+        dt = compute_dtype(x)
+        if add is not None and add.dtype != dt:
+            return add + linear_act(x, linear, fused=True)
+        w, b = _cast_params(linear, dt)
+        rows = x.reshape(-1, x.shape[-1]).to(dt)
+        if add is not None:
+            y = torch.ops.mkldnn._linear_pointwise.binary(rows, add.reshape(-1, w.shape[0]), w, b, "add")
+        elif act is None:
+            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, "none", [], "")
+        else:
+            name, algo = _ONEDNN_ACTS[act]
+            y = torch.ops.mkldnn._linear_pointwise(rows, w, b, name, [], algo)
+        return y.view(*x.shape[:-1], w.shape[0])
     if fused and add is not None and act is None and _fits(x, add, linear):
         return _linear_add(x, linear, add)
     y = linear(x)
@@ -230,8 +220,10 @@ def _linear_add(x: torch.Tensor, linear: nn.Linear, add: torch.Tensor) -> torch.
     The same sum to fp32 rounding."""
     rows = x.reshape(-1, x.shape[-1])
     base = add.reshape(-1, linear.out_features)
-    base = base + linear.bias if linear.bias is not None else base.clone()
-    return torch.addmm(base, rows, linear.weight.t(), out=base).view(*x.shape[:-1], linear.out_features)
+    if linear.bias is not None:
+        base = base + linear.bias  # a new tensor: the matmul accumulates into it
+        return torch.addmm(base, rows, linear.weight.t(), out=base).view_as(add)
+    return torch.addmm(base, rows, linear.weight.t()).view_as(add)
 
 
 def conv_act(

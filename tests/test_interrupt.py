@@ -331,3 +331,24 @@ def test_two_signals_50_ms_apart_leave_a_valid_interrupted_file(tiny_resnet, man
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not out.with_name("f.h5.partial").exists()
     assert open_output(out).status == "interrupted"
+
+
+def test_the_commit_point_is_never_deleted_while_a_signal_can_land(tiny_resnet, photos, tmp_path, monkeypatch):
+    """HDF5 attributes are replaced by delete-then-create; a signal between the two left a file
+    without its ``rows`` commit point, and the interrupted run's close failed on it. Every batch's
+    commit (and a resume's) updates ``rows`` in place: it is never deleted."""
+    import h5py
+
+    from bbx.formats import open_output
+
+    folder, paths = photos
+    deleted = []
+    real = h5py.h5a.delete
+    monkeypatch.setattr(h5py.h5a, "delete", lambda loc, name, *a, **k: deleted.append(name) or real(loc, name, *a, **k))
+    out = tmp_path / "f.h5"
+    first = sorted(folder.iterdir())[:3]
+    assert run("extract", "-m", tiny_resnet, "-o", out, "-b", "1", "-q", *first).exit_code == 0
+    r = run("extract", "-m", tiny_resnet, "-o", out, "-b", "2", "-q", "--resume", folder)
+    assert r.exit_code == 0, r.stderr
+    assert open_output(out).images == len(paths)
+    assert b"rows" not in deleted and "rows" not in deleted

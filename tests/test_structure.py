@@ -16,6 +16,7 @@ counterpart, the tag ``tinyclip_yfcc15m``).
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def _docstrings(tree: ast.AST) -> set[int]:
 
 def code_words(path: Path) -> list[tuple[int, str]]:
     """(line, text) of every identifier and string literal of a Python file, docstrings left out."""
+    return list(_code_words(path, path.stat().st_mtime_ns))
+
+
+@functools.cache
+def _code_words(path: Path, mtime_ns: int) -> tuple[tuple[int, str], ...]:
+    """:func:`code_words`, parsed once per file version (every family's check reads every file)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     skip = _docstrings(tree)
     out: list[tuple[int, str]] = []
@@ -65,7 +72,7 @@ def code_words(path: Path) -> list[tuple[int, str]]:
             out.append((line, node.module))
         elif isinstance(node, ast.keyword) and node.arg:
             out.append((line, node.arg))
-    return out
+    return tuple(out)
 
 
 def _helpers() -> list[Path]:
@@ -74,13 +81,14 @@ def _helpers() -> list[Path]:
     return bbx_files + test_helpers
 
 
-def own_names(rel: Path) -> set[str]:
+@functools.cache
+def own_names(rel: Path) -> frozenset[str]:
     """The names the family whose package holds ``rel`` gives the networks it loads (lowercase):
     its catalog's aliases and hub ids, the timm architectures it declares (and their default
     pretrained tags) or claims as its counterpart (patterns); none outside a family's package."""
     parts = rel.parts
     if len(parts) < 3 or parts[:2] != ("bbx", "families"):
-        return set()
+        return frozenset()
     for fam in registry.families():
         if fam.name == parts[2]:
             names = {n.lower() for row in fam.catalog for n in row.names}
@@ -88,8 +96,8 @@ def own_names(rel: Path) -> set[str]:
                 names |= {n.lower() for a in fam.timm.architectures for n in (a.name, a.tag)}
             if fam.timm_counterpart is not None:
                 names |= {p.lower() for p in fam.timm_counterpart.patterns}
-            return names
-    return set()
+            return frozenset(names)
+    return frozenset()
 
 
 def naming(family_name: str) -> list[str]:

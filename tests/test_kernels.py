@@ -56,6 +56,20 @@ def _conv_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture(autouse=True)
+def default_levers(request, monkeypatch):
+    """The default kernel choice instead of this machine's probe: these tests set the levers they
+    test themselves (a probe of a dtype costs seconds, on two threads more), except those of the
+    probe and its cache; measured choices are restored after."""
+    if "real_probe" in request.node.name or request.node.name == "test_choices_are_cached_per_machine":
+        yield
+        return
+    monkeypatch.setenv("BBX_KERNELS", "default")
+    kernels._chosen.cache_clear()
+    yield
+    kernels._chosen.cache_clear()
+
+
 @pytest.mark.parametrize("mode", ["fused", "eager", "float32"])
 def test_the_model_follows_the_choice_at_parity(monkeypatch, mode):
     """Each mode a probe can pick computes the same maps (to bf16 rounding); only "fused" runs

@@ -57,13 +57,10 @@ def _conv_calls(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def default_levers(request, monkeypatch):
+def default_levers(monkeypatch):
     """The default kernel choice instead of this machine's probe: these tests set the levers they
-    test themselves (a probe of a dtype costs seconds, on two threads more), except those of the
-    probe and its cache; measured choices are restored after."""
-    if "real_probe" in request.node.name or request.node.name == "test_choices_are_cached_per_machine":
-        yield
-        return
+    test themselves (a probe of a dtype costs seconds, on two threads more); the probe's own tests
+    call it directly, and the cache's test asks for it. Measured choices are restored after."""
     monkeypatch.setenv("BBX_KERNELS", "default")
     kernels._chosen.cache_clear()
     yield
@@ -109,6 +106,7 @@ def test_bf16_keeps_autocast_where_only_some_bf16_kernels_are_slower():
 
 
 def test_choices_are_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.delenv("BBX_KERNELS")  # probed (a fake probe) and cached, not the defaults
     monkeypatch.setenv("BBX_CACHE", str(tmp_path))
     kernels._chosen.cache_clear()
     monkeypatch.setattr(kernels, "probe", lambda dtype: kernels.Choice(dtype, "eager", "eager", source="probe"))

@@ -147,7 +147,6 @@ def test_a_folder_the_user_cannot_write_is_one_line(tiny_resnet, forty, tmp_path
 def test_long_selections_get_a_short_default_name(tmp_path, monkeypatch):
     import json
 
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.jpg").write_bytes(b"")
     r = run(

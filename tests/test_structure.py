@@ -42,9 +42,9 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return ids
 
 
-def code_words(path: Path) -> list[tuple[int, str]]:
+def code_words(path: Path) -> tuple[tuple[int, str], ...]:
     """(line, text) of every identifier and string literal of a Python file, docstrings left out."""
-    return list(_code_words(path, path.stat().st_mtime_ns))
+    return _code_words(path, path.stat().st_mtime_ns)
 
 
 @functools.cache

@@ -9,8 +9,9 @@ oneDNN, through torch). When the model's time is almost all dense products, no c
 kernels can beat the peer by more than the share of its time that is not those products. This
 measures that share, per case of the comparison benchmark (its cases.json and checkpoints):
 
-* bbx's forward on a batch of 16 images at the model's input size, as ``bbx extract`` runs it
-  (lanes where the machine's kernel choice says so), in ms per image, best of ``--repeat``;
+* bbx's forward on a batch of 16 images at the model's input size, as ``bbx bench`` times it
+  (:func:`bbx.bench.benchmark`: lanes where the machine's kernel choice says so), in ms per image,
+  the best of ``--repeat`` batches;
 * the *matmul floor*: every dense product that forward runs (linear layers with or without a fused
   activation, the other matmuls; recorded with torch's profiler on one thread over half the batch,
   convolutions and fused attention excluded), replayed as plain ``torch.addmm`` / ``torch.bmm``
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 import time
@@ -57,9 +59,7 @@ def products(ex, pixels) -> list[tuple[str, tuple[int, ...]]]:
     kind ``mm`` (dims m, k, n) or ``bmm`` (dims b, m, k, n)."""
     from torch.profiler import profile
 
-    from bbx.nn import kernels
-
-    with kernels.override(ex.dtype, lanes=False), profile(record_shapes=True) as p:
+    with profile(record_shapes=True) as p:  # the caller runs torch on one thread: no lanes
         ex.forward(pixels)
     found = []
     for e in p.events():
@@ -69,10 +69,7 @@ def products(ex, pixels) -> list[tuple[str, tuple[int, ...]]]:
         if e.name == "mkldnn::_linear_pointwise":  # (x, [other,] w, b, ...): x [.., k], w [n, k]
             x = shapes[0]
             w = next(d for d in shapes[1:] if len(d) == 2 and d[1] == x[-1])
-            m = 1
-            for s in x[:-1]:
-                m *= s
-            found.append(("mm", (m, x[-1], w[0])))
+            found.append(("mm", (math.prod(x[:-1]), x[-1], w[0])))
             continue
         # (self, mat1, mat2, ...) for addmm / baddbmm, (mat1, mat2, ...) for mm / bmm; an out= last
         a, b = shapes[1:3] if e.name in ("aten::addmm", "aten::baddbmm") else shapes[0:2]
@@ -120,10 +117,8 @@ def replay_seconds(found: list[tuple[str, tuple[int, ...]]], lanes: int, repeat:
 
 
 def flops(found: list[tuple[str, tuple[int, ...]]]) -> float:
-    total = 0
-    for kind, d in found:
-        total += 2 * (d[0] * d[1] * d[2] if kind == "mm" else d[0] * d[1] * d[2] * d[3])
-    return float(total)
+    """Multiply-adds times two: ``m k n`` per product (``b m k n`` per batched one)."""
+    return 2.0 * sum(math.prod(d) for _, d in found)
 
 
 def measure(case, ns: argparse.Namespace, threads: int) -> dict:
@@ -131,6 +126,7 @@ def measure(case, ns: argparse.Namespace, threads: int) -> dict:
     import torch
 
     import bbx
+    from bbx.bench import benchmark
 
     if case.dtype != "float32":
         raise SystemExit(f"{case.name}: the floor is measured for float32 cases")
@@ -141,9 +137,10 @@ def measure(case, ns: argparse.Namespace, threads: int) -> dict:
     pixels = torch.randn(BATCH, 3, h, w, generator=torch.Generator().manual_seed(0))
     if ex.channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
+    timed = benchmark(str(ckpt), batch_size=BATCH, out_features=stages, pretrained=True, iters=ns.repeat)
+    fwd = min(timed.ms_per_batch) / 1e3 / BATCH
     lanes = max(1, min(threads, BATCH))
     with torch.inference_mode():
-        fwd = _best(lambda: ex.forward(pixels), ns.repeat) / BATCH
         torch.set_num_threads(1)
         try:
             found = products(ex, pixels[: BATCH // lanes])

@@ -353,8 +353,8 @@ def _retime_in_lanes(
     """Where lanes win, every op runs single-threaded, one lane per thread at the same time, and a
     kernel that is fastest on all threads can lose there (2-core AMD EPYC, batch 16 in lanes, each
     mode forced: ViT-B/16 345 ms an image fused, 305 eager; ConvNeXt-T all stages 107-110 fused,
-    98-104 eager, medians of 3 to 20 forwards). So the other levers are timed again as lanes run them (each lane the whole
-    candidate, ``lever.mode@lanes``) and chosen from those timings. A mode already 1.5 times
+    98-104 eager, medians of 3 to 20 forwards). So the other levers are timed again as lanes run
+    them (each lane the whole candidate, ``lever.mode@lanes``) and chosen from those timings. A mode already 1.5 times
     slower than the lever's best is not timed again (emulated bf16 kernels: seconds for nothing)."""
     threads = torch.get_num_threads()
     marks = torch.empty(threads)  # one slice per lane; each lane runs the candidate whole

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -287,17 +286,15 @@ def run_timm(ckpt: Path, listing: Path, out: Path, indices: list[int], dtype: st
     return {"seconds": seconds, "images": len(paths), "images_per_s": len(paths) / seconds}
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB: ``VmHWM``, which starts afresh at exec. Not
-    ``ru_maxrss``: Linux carries it over from the parent through fork and exec, so every child
-    reported at least this runner's own peak (1118 MB once it had built the CLIP checkpoint)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
+def vm_bytes(field: str) -> int:
+    """A field of /proc/self/status in bytes (VmRSS, VmHWM). ``VmHWM`` is a process's peak resident
+    memory, counted afresh from its exec; ``ru_maxrss`` is not: Linux carries it over from the
+    parent through fork and exec, so every child reported at least this runner's own peak (1118 MB
+    once it had built the CLIP checkpoint)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _child(args: list[str]) -> tuple[dict, float]:
@@ -416,7 +413,7 @@ def child_main(ns: argparse.Namespace) -> None:
             "startup": rep.get("startup"),
             "phases": rep.get("phases"),
         }
-    result["_peak_rss_mb"] = _peak_rss_mb()
+    result["_peak_rss_mb"] = vm_bytes("VmHWM") / (1 << 20)
     print(json.dumps(result))
 
 

@@ -29,13 +29,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-
-def _vm(field: str) -> int:
-    """A field of /proc/self/status in bytes (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+from tests.benchmarks.compare_transformers import vm_bytes  # noqa: E402
 
 
 def child(folder: str, image: str, out: str, size: str = "224", stages: str = "") -> None:
@@ -47,7 +41,7 @@ def child(folder: str, image: str, out: str, size: str = "224", stages: str = ""
     import bbx.extract  # noqa: F401
     from bbx.cli import app
 
-    base = _vm("VmHWM")
+    base = vm_bytes("VmHWM")
     args = ["extract", "-m", folder, "--image-size", size, "-b", "1", "--device", "cpu", "-o", out]
     for s in filter(None, stages.split(",")):
         args += ["--out-features", s]
@@ -56,7 +50,7 @@ def child(folder: str, image: str, out: str, size: str = "224", stages: str = ""
     except SystemExit as e:
         if e.code not in (0, None):
             raise
-    print(json.dumps({"peak": _vm("VmHWM"), "after_imports": base}))
+    print(json.dumps({"peak": vm_bytes("VmHWM"), "after_imports": base}))
 
 
 def build(alias: str, root: Path) -> tuple[Path, Path, list[str], int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 
 import pytest
 import torch
@@ -33,6 +34,31 @@ def test_the_probe_picks_another_path_where_fused_bf16_is_slower(monkeypatch):
     fp32 = _probe_with("bfloat16", slow={"linear.fused", "conv.fused", "conv.eager", "linear.eager"})
     assert fp32.linear == fp32.conv == "float32"
     assert set(fast.timings) >= {"linear.fused", "linear.eager", "conv.fused", "attention.sdpa"}
+
+
+def test_the_fp32_bar_is_timed_first_and_a_hopeless_candidate_gives_up_early():
+    """A bf16 kernel is measured against the fp32 layer, timed first; a candidate whose first
+    timed call is already far over the lever's best is not called again (on a CPU without bf16
+    instructions the emulated kernels were most of the probe's time)."""
+    order: list[str] = []
+    kernels.probe("bfloat16", measure=lambda name, fn: order.append(name) or 1.0)
+    linears = [n for n in order if n.startswith("linear.")]
+    assert linears[0] == "linear.float32" and "linear.eager" in linears
+    assert [n for n in order if n.startswith("conv.")][0] == "conv.float32"
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.01)
+
+    assert kernels._best_ms(slow, give_up_ms=2.0) >= 10.0 and len(calls) == 2  # warm-up + one
+    calls.clear()
+    kernels._best_ms(slow, give_up_ms=1000.0)
+    assert len(calls) == 5  # the warm-up and four timed calls
+    calls.clear()
+    kernels._best_ms(slow)
+    assert len(calls) == 5
 
 
 def _conv_calls(monkeypatch):
@@ -122,6 +148,30 @@ def test_choices_are_cached_per_machine(tmp_path, monkeypatch):
     kernels._chosen.cache_clear()
 
 
+def test_info_system_shows_every_lever_of_the_cached_choice(tmp_path, monkeypatch):
+    from tests.cli import run
+
+    monkeypatch.delenv("BBX_KERNELS")
+    monkeypatch.setenv("BBX_CACHE", str(tmp_path))
+    kernels._chosen.cache_clear()
+    picks = {"float32": ("fused", True, False), "bfloat16": ("float32", False, True)}
+    monkeypatch.setattr(
+        kernels,
+        "probe",
+        lambda d: kernels.Choice(d, picks[d][0], "eager", row_slices=picks[d][1], lanes=picks[d][2], source="probe"),
+    )
+    r = run("info", "--system")
+    assert r.exit_code == 0, r.output
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()}
+    assert lines["float32"].endswith("linear fused, conv eager, attention sdpa, row slices, no lanes (probe)")
+    assert lines["bfloat16"].endswith("linear float32, conv eager, attention sdpa, no row slices, lanes (probe)")
+    kernels._chosen.cache_clear()
+    shown = json.loads(run("info", "--system", "--json").stdout)
+    assert shown["choices"]["bfloat16"]["lanes"] is True and shown["choices"]["float32"]["source"] == "cache"
+    assert str(tmp_path) in shown["cache"]
+    kernels._chosen.cache_clear()
+
+
 def test_bbx_kernels_eager_turns_every_lever_off(monkeypatch):
     monkeypatch.setenv("BBX_KERNELS", "eager")
     kernels._chosen.cache_clear()
@@ -140,8 +190,6 @@ def test_bbx_kernels_eager_turns_every_lever_off(monkeypatch):
 
 
 def test_a_real_probe_runs_quickly_and_names_every_lever():
-    import time
-
     t = time.perf_counter()
     c = kernels.probe("float32")
     assert time.perf_counter() - t < 20

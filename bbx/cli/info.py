@@ -138,6 +138,8 @@ def _system(as_json: bool) -> None:
     con.print(f"kernel cache {report['cache']}")
     for dtype, c in report["choices"].items():
         slices = "row slices" if c["row_slices"] else "no row slices"
+        lanes = "lanes" if c["lanes"] else "no lanes"
         con.print(
-            f"{dtype:<13}linear {c['linear']}, conv {c['conv']}, attention {c['attention']}, {slices} ({c['source']})"
+            f"{dtype:<13}linear {c['linear']}, conv {c['conv']}, attention {c['attention']}, {slices}, {lanes}"
+            f" ({c['source']})"
         )

@@ -124,17 +124,25 @@ def _cache_file(info: dict[str, Any]) -> Path:
 # --- the probe ----------------------------------------------------------------------------------
 
 
-def _best_ms(fn: Callable[[], Any], *, repeat: int = 4) -> float:
+def _best_ms(fn: Callable[[], Any], *, repeat: int = 4, give_up_ms: float | None = None) -> float:
     """The fastest of ``repeat`` timed calls after a warm-up, in milliseconds: other work on the
     machine only ever adds time (on a shared 2-core VM the same call took 100 or 175 ms), so the
-    minimum is the estimate that noise moves least."""
+    minimum is the estimate that noise moves least. A first timed call over ``give_up_ms`` is the
+    answer: a candidate that slow cannot win (emulated bf16 kernels on a CPU without bf16
+    instructions, AMD EPYC Zen 2: 0.6 s a call, 8x the fp32 layer, were 3.2 of the probe's 7.5 s)."""
     fn()  # warm-up: primitive creation, weight reorders, the lanes' threads
-    times = []
+    times: list[float] = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000.0)
+        if give_up_ms is not None and times[0] > give_up_ms:
+            break
     return min(times)
+
+
+#: a candidate whose first timed call is this many times the lever's best so far is not timed again
+GIVE_UP = 3.0
 
 
 def _candidates(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], Any]]]:
@@ -174,6 +182,9 @@ def _candidates(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], Any]]]:
     cw, cb = rand(64, 64, 3, 3) * 0.05, rand(64)
     xid, cwd, cbd = (t.to(dtype) for t in (xi, cw, cb))
     out: dict[str, dict[str, Callable[[], Any]]] = {"linear": {}, "conv": {}}
+    if half:  # timed first: it is the bar a bf16 kernel has to clear, and a slow one then gives up early
+        out["linear"]["float32"] = mlp("float32")
+        out["conv"]["float32"] = lambda: F.relu(F.conv2d(xid.float(), cw, cb, padding=1)).to(dtype)
     if layers.onednn_fusion_available() and (not half or layers.onednn_bf16_available()):
         out["linear"]["fused"] = mlp("fused")
         out["conv"]["fused"] = lambda: torch.ops.mkldnn._convolution_pointwise(
@@ -182,8 +193,6 @@ def _candidates(dtype: torch.dtype) -> dict[str, dict[str, Callable[[], Any]]]:
     out["linear"]["eager"] = mlp("eager")
     out["conv"]["eager"] = lambda: F.relu(F.conv2d(xid, cwd, cbd, padding=1))
     if half:
-        out["linear"]["float32"] = mlp("float32")
-        out["conv"]["float32"] = lambda: F.relu(F.conv2d(xid.float(), cw, cb, padding=1)).to(dtype)
         q, k, v = (rand(8, 6, 197, 64).to(dtype) for _ in range(3))
         out["attention"] = {
             "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
@@ -304,8 +313,9 @@ def probe(dtype_name: str, measure: Callable[[str, Callable[[], Any]], float] | 
     """Time every candidate for ``dtype_name`` on this machine and keep the fastest of each lever.
     ``measure(name, fn)`` times candidate ``name`` ("lever.mode"), a closure, in milliseconds
     (tests pass fake timings); by default :func:`_best_ms`."""
+    give_up: float | None = None  # GIVE_UP times the best of the lever being timed, once it has one
     if measure is None:
-        measure = lambda name, fn: _best_ms(fn)  # noqa: E731
+        measure = lambda name, fn: _best_ms(fn, give_up_ms=give_up)  # noqa: E731
     global _probing
     dtype = getattr(torch, dtype_name)
     timings: dict[str, float] = {}
@@ -324,8 +334,10 @@ def probe(dtype_name: str, measure: Callable[[str, Callable[[], Any]], float] | 
                 if callable(modes):
                     modes = modes(torch.float32 if best["linear"] == "float32" else dtype)
                 tried[lever] = modes
+                give_up = None
                 for mode, fn in modes.items():
                     timings[f"{lever}.{mode}"] = round(float(measure(f"{lever}.{mode}", fn)), 3)
+                    give_up = GIVE_UP * min(timings[f"{lever}.{m}"] for m in modes if f"{lever}.{m}" in timings)
                 if modes:
                     best[lever] = min(modes, key=lambda m: timings[f"{lever}.{m}"])
             if best.get("lanes") == "lanes":

@@ -1,8 +1,11 @@
-"""The prepared GPU check (run by gpu_check.sh on a lent GPU machine; never by the test suite).
+"""The prepared GPU check (run by gpu_check.sh on a lent GPU machine; the suite runs its parity
+part on the CPU only, as a smoke test).
 
 1. ``parity``: for every family, the smallest public config with seeded random weights, CUDA
    against CPU on a batch of photo-like images: fp32 with TF32 off (relative error <= 1e-4 per
-   stage) and bf16 (<= 1e-2 against CPU fp32).
+   stage) and bf16 (<= 1e-2 against CPU fp32); ``parity OUT resnet,vit`` checks only those
+   families. ``GPU_CHECK_DEVICE=cpu`` runs it without a GPU (tests/test_benchmarks.py does, so
+   that the script works when a GPU machine is lent).
 2. ``speed`` is compare_transformers.py --device cuda (gpu_check.sh drives it case by case while
    sampling GPU utilisation); ``summary`` prints one table of everything from the JSON it wrote.
 """
@@ -28,7 +31,12 @@ def _rel(a, b) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
 
 
-def _smallest(fam):
+def _smallest(fam) -> tuple[str, bool] | None:
+    """The alias of the family's smallest public config, and whether it needs an --image-size
+    (a task row sized per image)."""
+    from bbx import registry
+    from bbx.preprocess import Preprocess
+
     def size(row):
         try:
             return fam.parse(row.config).parameter_count() or 0
@@ -36,19 +44,22 @@ def _smallest(fam):
             return 0
 
     if fam.catalog:
-        return min(fam.catalog, key=size)
-    from bbx import registry  # a family only inside task checkpoints: the first task row carrying it
+        row = min(fam.catalog, key=size)
+    elif fam.timm is not None:  # timm-layout networks: their architectures come smallest first
+        return f"timm:{fam.timm.architectures[0].name}", False
+    else:  # a family only inside task checkpoints: the first task row carrying it
+        row = next((r for r in registry.task_rows() if r.checkpoint().family is fam), None)
+        if row is None:
+            return None
+    return row.alias, Preprocess.from_checkpoint(row.checkpoint()).output_size is None
 
-    return next((r for r in registry.task_rows() if r.checkpoint().family is fam), None)
 
-
-def parity(out: Path) -> int:
+def parity(out: Path, only: set[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from bbx import registry
+    from bbx import hub, registry
     from bbx.extractor import Extractor
-    from bbx.preprocess import Preprocess
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -56,17 +67,19 @@ def parity(out: Path) -> int:
 
     rows, failures = [], 0
     for fam in registry.families():
-        row = _smallest(fam)
-        if row is None:
+        if only is not None and fam.name not in only:
             continue
+        found = _smallest(fam)
+        if found is None:
+            continue
+        alias, sized = found
         t = time.perf_counter()
         try:
-            common = {"pretrained": False, "out_indices": list(range(len(row.stage_names)))}
-            if Preprocess.from_checkpoint(row.checkpoint()).output_size is None:  # a task row sized per image
-                common["image_size"] = 224
-            cpu = Extractor(row.alias, device="cpu", **common)
-            gpu = Extractor(row.alias, device=DEVICE, **common)
-            gbf = Extractor(row.alias, device=DEVICE, dtype="bfloat16", **common)
+            common: dict = {"pretrained": False, **({"image_size": 224} if sized else {})}
+            common["out_indices"] = list(range(len(hub.resolve(alias, weights=False).spec.stage_names)))
+            cpu = Extractor(alias, device="cpu", **common)
+            gpu = Extractor(alias, device=DEVICE, **common)
+            gbf = Extractor(alias, device=DEVICE, dtype="bfloat16", **common)
             h, w = cpu.input_size
             batch = np.stack([np.asarray(photo(w, h, seed=i)) for i in range(4)])
             want, got, low = cpu(batch), gpu(batch), gbf(batch)
@@ -76,7 +89,7 @@ def parity(out: Path) -> int:
             rows.append(
                 {
                     "family": fam.name,
-                    "alias": row.alias,
+                    "alias": alias,
                     "fp32": fp32,
                     "bf16": bf16,
                     "ok": ok,
@@ -84,7 +97,7 @@ def parity(out: Path) -> int:
                 }
             )
         except Exception as e:  # report and go on: one family must not hide the others
-            rows.append({"family": fam.name, "alias": row.alias, "error": f"{type(e).__name__}: {e}", "ok": False})
+            rows.append({"family": fam.name, "alias": alias, "error": f"{type(e).__name__}: {e}", "ok": False})
         failures += not rows[-1]["ok"]
         print(json.dumps(rows[-1]), flush=True)
     (out / "parity.json").write_text(json.dumps(rows, indent=2))
@@ -138,8 +151,8 @@ def utilisation(csv: Path, out: Path) -> None:
 if __name__ == "__main__":
     what, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    if what == "parity":
-        sys.exit(1 if parity(folder) else 0)
+    if what == "parity":  # parity OUT [family,family,...]
+        sys.exit(1 if parity(folder, set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None) else 0)
     if what == "util":
         utilisation(Path(sys.argv[3]), folder / sys.argv[4])
     if what == "summary":

@@ -1,7 +1,8 @@
 """The prepared GPU check (tests/benchmarks/gpu_check.sh) runs only where a GPU machine is lent,
 so its parity part is run here on the CPU (``GPU_CHECK_DEVICE=cpu``, both sides on the CPU) to
 keep it working: one family of each kind of way in (a catalog checkpoint, a timm architecture,
-a backbone only inside a task checkpoint sized per image), then its summary."""
+a backbone only inside a task checkpoint sized per image) and one whose recipe resizes float
+pixels (DINOv3), on photos of camera-like sizes, then its summary."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ SCRIPT = Path(__file__).parent / "benchmarks" / "gpu_check.py"
 
 
 def test_the_gpu_checks_parity_runs_for_every_way_in(tmp_path):
-    families = ["resnet", "timm_resnet", "maskformer_swin"]
+    families = ["resnet", "timm_resnet", "maskformer_swin", "dinov3_vit"]
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "parity", str(tmp_path), ",".join(families)],
         env=proc_env(GPU_CHECK_DEVICE="cpu"),
@@ -45,4 +46,4 @@ def test_the_gpu_checks_parity_runs_for_every_way_in(tmp_path):
     )
     assert summary.returncode == 0, summary.stderr
     lines = [line for line in summary.stdout.splitlines() if line.strip().split(" ")[0] in families]
-    assert len(lines) == 3 and all(line.rstrip().endswith("ok") for line in lines)
+    assert len(lines) == len(families) and all(line.rstrip().endswith("ok") for line in lines)

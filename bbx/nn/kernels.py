@@ -37,6 +37,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import threading
@@ -336,8 +337,8 @@ def probe(dtype_name: str, measure: Callable[[str, Callable[[], Any]], float] | 
                 tried[lever] = modes
                 give_up = None
                 for mode, fn in modes.items():
-                    timings[f"{lever}.{mode}"] = round(float(measure(f"{lever}.{mode}", fn)), 3)
-                    give_up = GIVE_UP * min(timings[f"{lever}.{m}"] for m in modes if f"{lever}.{m}" in timings)
+                    ms = timings[f"{lever}.{mode}"] = round(float(measure(f"{lever}.{mode}", fn)), 3)
+                    give_up = min(give_up or math.inf, GIVE_UP * ms)
                 if modes:
                     best[lever] = min(modes, key=lambda m: timings[f"{lever}.{m}"])
             if best.get("lanes") == "lanes":

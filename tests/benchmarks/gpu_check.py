@@ -4,7 +4,7 @@ part on the CPU only, as a smoke test).
 1. ``parity``: for every family, the smallest public config with seeded random weights, CUDA
    against CPU on a batch of photo-like images: fp32 with TF32 off (relative error <= 1e-4 per
    stage) and bf16 (<= 1e-2 against CPU fp32); ``parity OUT resnet,vit`` checks only those
-   families. ``GPU_CHECK_DEVICE=cpu`` runs it without a GPU (tests/test_benchmarks.py does, so
+   families. ``GPU_CHECK_DEVICE=cpu`` runs it without a GPU (tests/test_gpu_check.py does, so
    that the script works when a GPU machine is lent).
 2. ``speed`` is compare_transformers.py --device cuda (gpu_check.sh drives it case by case while
    sampling GPU utilisation); ``summary`` prints one table of everything from the JSON it wrote.

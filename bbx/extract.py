@@ -253,6 +253,7 @@ def _run(
                 fast_decode=opts.fast_decode,
                 channels_last=opts.channels_last,
                 compile=opts.compile,
+                kernel_trial=True,
             )
         summary.startup.update(getattr(extractor.model, "load_seconds", {}))
         if on_plan is not None:
@@ -280,6 +281,8 @@ def _run(
     # From here on a signal is acknowledged, never obeyed: closing and renaming must not be cut in half.
     with guard.closing():
         summary.load_s = t0 - t_start
+        kernels = None if isinstance(extractor, type) else getattr(extractor, "kernels", None)
+        summary.kernels = kernels if isinstance(kernels, dict) else None  # (a test's stand-in has none)
         summary.rows_total = r.done_before + summary.done
         if status != "complete" and summary.done == 0 and not r.resumed:
             writer.abort()  # interrupted before anything was written: leave nothing behind

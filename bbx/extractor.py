@@ -43,6 +43,11 @@ class Extractor:
     ``output_dtype``: the dtype of the returned tensors (float32 by default; what ``bbx extract``
     stores with ``--store-dtype``). ``pretrained=False``: random weights (seed 0), offline.
     ``exif`` / ``fast_decode``: how image files are decoded, as in ``bbx extract``.
+    ``kernel_trial``: on the CPU, let the first full batches of :meth:`run` check this machine's
+    kernel choice on this model (:class:`bbx.nn.kernels.ModelTrial`; ``bbx extract`` does): those
+    batches then run different kernels, so their maps differ from a rerun's by rounding. Without
+    it (the default) every call runs the same kernels: a pick an earlier trial cached, else the
+    machine's choice.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class Extractor:
         fast_decode: bool = False,
         channels_last: bool | None = None,
         compile: bool = False,
+        kernel_trial: bool = False,
         _plan: ModelPlan | None = None,
     ) -> None:
         from bbx.loading import load_for_inference
@@ -93,6 +99,7 @@ class Extractor:
         self.exif = exif
         self.fast_decode = fast_decode
         self.compiled = compile
+        self.kernel_trial = kernel_trial
         self.model, self.channels_last = load_for_inference(
             _plan.ref,
             pretrained=pretrained,
@@ -105,6 +112,7 @@ class Extractor:
             cls=pool == "cls",
             embedding=embedding,
         )
+        self._trial = self._kernel_trial()
 
     @classmethod
     def from_plan(cls, plan: ModelPlan, **options: Any) -> Extractor:
@@ -194,11 +202,46 @@ class Extractor:
             raise UsageError("no images to extract")
         return self.run(np.stack(arrays))
 
+    def _kernel_trial(self) -> Any:
+        """On the CPU, the check of this machine's kernel choice on this model's own batches
+        (:class:`bbx.nn.kernels.ModelTrial`), keyed by what decides the model's speed."""
+        if self.device != "cpu" or self.compiled:
+            return None
+        import torch
+
+        import bbx
+        from bbx.nn import kernels
+
+        plan = self.plan
+        model = {
+            "family": plan.ref.family.name,
+            "config": dict(plan.ref.config),
+            "stages": list(plan.selection.out_indices),
+            "input": list(plan.input_size),
+            "pool": self.pool,
+            "embedding": self.embedding,
+            "stage_norm": self.stage_norm,
+            "output_dtype": self.output_dtype,
+            "channels_last": self.channels_last,
+            "threads": torch.get_num_threads(),
+            "bbx": bbx.__version__,
+        }
+        return kernels.ModelTrial(model, self.dtype)
+
+    @property
+    def kernels(self) -> dict[str, Any] | None:
+        """Which kernels the model runs with on this CPU and where that choice came from (the
+        machine's, this run's trial, or a cached trial); None off the CPU or before a batch."""
+        return self._trial.state() if self._trial is not None else None
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The model alone on a normalised float batch ``[N, 3, H, W]`` on the device (in the
         model's memory format), under the compute dtype: the selected stages' maps (class tokens
-        with ``pool="cls"``), then the embedding if asked for, as computed."""
-        return tuple(self._laned(self._forward, x))
+        with ``pool="cls"``), then the embedding if asked for, as computed (with the kernels a
+        trial of this model picked, never running one: see ``kernel_trial``)."""
+        if self._trial is None:
+            return tuple(self._laned(self._forward, x))
+        return tuple(self._trial.run(x.shape[0], lambda: self._laned(self._forward, x), trial=False))
 
     def _laned(self, fn: Any, x: torch.Tensor) -> list[torch.Tensor]:
         """``fn(x)`` (a list of batch-first tensors), or, where lanes run (:meth:`_lanes`), ``fn``
@@ -275,7 +318,11 @@ class Extractor:
             return self._finish(self._forward(x))
 
         # in lanes, each normalises, runs and lays out its share: the copies run in parallel too
-        return dict(zip(self.outputs, self._laned(through, host)))
+        if self._trial is None:
+            return dict(zip(self.outputs, self._laned(through, host)))
+        # with kernel_trial, the first full batches of a model on this CPU time the kernel candidates
+        maps = self._trial.run(host.shape[0], lambda: self._laned(through, host), trial=self.kernel_trial)
+        return dict(zip(self.outputs, maps))
 
     def _finish(self, maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """The model's outputs as returned: pooled as asked, in the output dtype, contiguous, on

@@ -131,6 +131,8 @@ class Summary:
     #: where the loop's time went: waiting for decoded images, compute (to the device, the model,
     #: back to the host), writing
     phases: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compute_s": 0.0, "write_s": 0.0})
+    #: on the CPU, the kernels the model ran with and where they came from (bbx.nn.kernels.ModelTrial)
+    kernels: dict[str, Any] | None = None
 
     @property
     def compression_ratio(self) -> float | None:
@@ -166,4 +168,5 @@ class Summary:
             "map_bytes": self.map_bytes,
             "stored_bytes": self.stored_bytes,
             "compression_ratio": self.compression_ratio,
+            "kernels": self.kernels,
         }

@@ -131,3 +131,16 @@ def small_disk(tmp_path):
     disks = SmallDisk(tmp_path)
     yield disks
     disks.unmount()
+
+
+@pytest.fixture
+def fixed_kernels(monkeypatch):
+    """The default kernels, no probe and no model trial: for a test that compares a ``bbx extract``
+    run's maps with another computation's to the bit (a model's first run on a machine times the
+    kernel candidates on its first batches, bbx.nn.kernels.ModelTrial: equal to rounding only)."""
+    from bbx.nn import kernels
+
+    monkeypatch.setenv("BBX_KERNELS", "default")
+    kernels._chosen.cache_clear()
+    yield
+    kernels._chosen.cache_clear()

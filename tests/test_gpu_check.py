@@ -33,7 +33,7 @@ def test_the_gpu_checks_parity_runs_for_every_way_in(tmp_path):
     for r in rows:
         assert "error" not in r and r["ok"]
         assert r["fp32"] <= 1e-6  # the same seeded weights on both sides
-        assert 0 < r["bf16"] <= 1e-2  # bf16 ran, rounded
+        assert 0 < r["bf16"] <= max(1e-2, 1.25 * r.get("bf16_cpu_autocast", 0))  # bf16 ran, rounded
     (tmp_path / "speed.csv").write_text("0, 100\n50, 120\n100, 130\n[N/A]\n")
     subprocess.run(
         [sys.executable, str(SCRIPT), "util", str(tmp_path), str(tmp_path / "speed.csv"), "u.json"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -350,3 +351,146 @@ def test_freed_tensors_are_reused_without_page_faults():
     assert default["faults"] > 20 * 8192 * 0.9  # every allocation maps fresh pages
     assert kept["faults"] < 8192  # all reused
     assert own["faults"] > 20 * 8192 * 0.9
+
+
+# --- the model trial: the machine's choice against plain eager on the model's own batches ---------
+
+
+class _Model:
+    """A stand-in batch for ModelTrial: each call costs its candidate's ms per image on a fake
+    clock, and records which kernels were in force (as the layers would see them)."""
+
+    def __init__(self, costs: dict[str, float]):
+        self.costs, self.now, self.ran = costs, 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def batch(self, trial: kernels.ModelTrial, images: int) -> Any:
+        def fn() -> str:
+            c = kernels.choice("float32")
+            modes = kernels._modes(c)
+            name = next((n for n, k in trial.candidates.items() if kernels._modes(k) == modes), "machine")
+            self.ran.append(name)
+            self.now += self.costs.get(name, 1.0) * images / 1000.0
+            return name
+
+        return trial.run(images, fn)
+
+
+@pytest.fixture
+def probed(tmp_path, monkeypatch):
+    """This machine's choice is the fused kernels in lanes (a fake probe), cached under tmp_path."""
+    monkeypatch.delenv("BBX_KERNELS")
+    monkeypatch.delenv("BBX_LANES", raising=False)
+    monkeypatch.setenv("BBX_CACHE", str(tmp_path))
+    kernels._chosen.cache_clear()
+    monkeypatch.setattr(kernels, "probe", lambda d: kernels.Choice(d, "fused", "fused", lanes=True, source="probe"))
+    yield tmp_path
+    kernels._chosen.cache_clear()
+
+
+def test_a_model_trial_keeps_plain_eager_where_it_runs_the_model_faster(probed):
+    """The first full batches take turns (warm-up, then two timed each); the fastest per image is
+    kept and cached for that model and batch size, so the next run uses it from its first batch."""
+    fake = _Model({"chosen": 10.0, "unfused": 9.0, "eager": 8.0})
+    model = {"family": "convnext", "config": {"depths": [3, 3, 9, 3]}}
+    trial = kernels.ModelTrial(model, "float32", clock=fake.clock)
+    for _ in range(9):
+        fake.batch(trial, 4)
+    assert fake.ran == ["chosen", "unfused", "eager"] * 3
+    assert trial.picked == "eager" and trial.source == "trial"
+    assert kernels._modes(trial.pick) == kernels._modes(kernels.plain("float32"))
+    state = trial.state()
+    assert state["source"] == "trial" and state["ms_per_image"]["chosen"] == [10.0, 10.0, 10.0]
+    assert fake.batch(trial, 4) == "eager" and fake.batch(trial, 3) == "eager"  # decided: every batch
+    assert kernels.choice("float32").linear == "fused"  # outside its batches, the machine's choice
+
+    (file,) = probed.glob("kernels-*.json")
+    record = json.loads(file.read_text())
+    assert record["choices"]["float32"]["linear"] == "fused"  # the machine's choice is kept beside it
+    (entry,) = record["models"].values()
+    assert entry["pick"] == "eager" and entry["batch"] == 4 and entry["modes"]["lanes"] is False
+
+    again = kernels.ModelTrial(model, "float32", clock=fake.clock)
+    fake.ran.clear()
+    fake.batch(again, 4)
+    assert again.source == "cache" and again.picked == "eager" and again.state()["source"] == "cache"
+    other = kernels.ModelTrial(model, "float32", clock=fake.clock)
+    fake.batch(other, 8)  # another batch size: a trial of its own
+    assert other.source == "machine" and other.state()["source"] == "trying"
+
+
+def test_a_model_trial_prefers_the_machine_choice_on_a_tie_and_drops_a_far_slower_candidate(probed):
+    fake = _Model({"chosen": 5.0, "unfused": 5.0, "eager": 50.0})
+    trial = kernels.ModelTrial({"family": "resnet"}, "float32", clock=fake.clock)
+    for _ in range(8):
+        fake.batch(trial, 2)
+    # eager's first timed batch was ten times the best: not timed again, so the trial ends a turn early
+    assert fake.ran == ["chosen", "unfused", "eager", "chosen", "unfused", "eager", "chosen", "unfused"]
+    assert trial.picked == "chosen" and trial.pick.linear == "fused" and trial.pick.lanes
+
+
+def test_a_model_trial_times_full_batches_only_and_only_where_the_machine_chooses(probed, monkeypatch):
+    fake = _Model({"chosen": 2.0, "unfused": 1.0, "eager": 3.0})
+    trial = kernels.ModelTrial({"family": "vit"}, "float32", clock=fake.clock)
+    fake.batch(trial, 4)
+    assert fake.batch(trial, 1) == "chosen"  # a short batch: the machine's choice, untimed
+    assert [len(v) for v in trial.ms_per_image.values()] == [1, 0, 0]
+
+    for setting in ({"BBX_KERNELS": "default"}, {"BBX_LANES": "1"}):
+        with monkeypatch.context() as m:
+            for k, v in setting.items():
+                m.setenv(k, v)
+            kernels._chosen.cache_clear()
+            off = kernels.ModelTrial({"family": "vit"}, "float32", clock=fake.clock)
+            fake.ran.clear()
+            for _ in range(9):
+                fake.batch(off, 4)
+            assert set(fake.ran) == {"machine"} and off.state()["source"] == "machine"
+    kernels._chosen.cache_clear()
+    # bf16 this CPU computes in fp32 (its bf16 kernels, eager ones too, measured slower): no trial
+    monkeypatch.setattr(kernels, "probe", lambda d: kernels.Choice(d, "float32", "float32", source="probe"))
+    bf16 = kernels.ModelTrial({"family": "vit"}, "bfloat16", clock=fake.clock)
+    bf16.run(4, lambda: None)
+    assert bf16.candidates == {} and bf16.state()["source"] == "machine"
+
+
+def test_extract_reports_the_trial_and_the_next_run_starts_from_its_pick(probed, tmp_path):
+    """A real model: the trial's batches give the maps of the picked kernels to rounding, the
+    report names the pick, and the second run reads it from the cache."""
+    import h5py
+
+    from tests.cli import run
+    from tests.util import photo
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(20):
+        photo(96 + 8 * i, 80, seed=i).save(folder / f"p{i:02d}.jpg")
+    maps = []
+    for n in range(2):
+        out = tmp_path / f"f{n}.h5"
+        args = ("extract", "-m", "resnet-18", "--no-pretrained", "-b", "2", "--image-size", "64", "--out-indices", "2")
+        r = run(*args, "-o", str(out), "--json", "-q", str(folder))
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.stdout)["kernels"]
+        assert rep["dtype"] == "float32" and rep["source"] == ("trial", "cache")[n]
+        assert rep["pick"] in ("chosen", "unfused", "eager")
+        with h5py.File(out) as f:
+            maps.append(torch.from_numpy(f["features/stage2"][:]))
+    assert rel_err(maps[0], maps[1]) < 1e-5  # the trial's batches ran other kernels: rounding only
+    # the Python API starts from that pick too, and by default never runs a trial itself
+    import numpy as np
+
+    from bbx.extractor import Extractor
+
+    ex = Extractor("resnet-18", pretrained=False, image_size=64, out_indices=[2])
+    batch = np.stack([ex.load(p) for p in sorted(folder.iterdir())[:2]])
+    assert torch.equal(ex.run(batch)["stage2"], maps[1][:2])
+    assert ex.kernels["source"] == "cache" and ex.kernels["pick"] == rep["pick"]
+    other = Extractor("resnet-18", pretrained=False, image_size=64, out_indices=[1])
+    first = other.run(batch)["stage1"]
+    for _ in range(9):
+        assert torch.equal(other.run(batch)["stage1"], first)
+    assert other.kernels["source"] == "machine" and "pick" not in other.kernels

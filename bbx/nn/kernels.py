@@ -26,6 +26,10 @@ it. The candidates per dtype:
 Where lanes win, the other levers are timed again as lanes run them (each lane the whole candidate
 on one thread, at once: ``lever.mode@lanes``) and chosen from those timings.
 
+The probe's ops stand in for models; :class:`ModelTrial` then checks the choice on each model's
+own first batches against the same without fused kernels and against plain eager PyTorch, and
+keeps (and caches) the fastest for that model.
+
 Every candidate computes the same function (tests check each against the eager ops), so the
 choice changes speed, not results beyond rounding. ``BBX_KERNELS=eager`` turns every lever off
 (plain eager PyTorch); ``BBX_KERNELS=default`` skips the probe and uses the defaults.
@@ -405,25 +409,43 @@ def _chosen(dtype_name: str, threads: int) -> Choice:
     if setting == "default" or dtype_name == "float16":
         return _default(dtype_name)  # float16: no probe (CPUs without fp16 units run its matmuls slowly)
     info = machine()
+    c = _read_cache(info).get("choices", {}).get(dtype_name)
+    if isinstance(c, dict):
+        try:
+            return replace(Choice(**{k: v for k, v in c.items() if k in Choice.__dataclass_fields__}), source="cache")
+        except TypeError:
+            pass
+    choice = probe(dtype_name)
+
+    def keep(record: dict[str, Any]) -> None:
+        record.setdefault("choices", {})[dtype_name] = choice.to_json()
+
+    _update_cache(info, keep)
+    return choice
+
+
+def _read_cache(info: dict[str, Any]) -> dict[str, Any]:
+    """The cache file's record for machine ``info`` (empty when missing, damaged or another's)."""
+    try:
+        data = json.loads(_cache_file(info).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("machine") == info else {}
+
+
+def _update_cache(info: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    """Read, ``change`` and atomically replace machine ``info``'s cache record; a read-only home
+    only means measuring again next time."""
     path = _cache_file(info)
     try:
-        data = json.loads(path.read_text())
-        if data.get("machine") == info and dtype_name in data.get("choices", {}):
-            c = data["choices"][dtype_name]
-            return replace(Choice(**{k: v for k, v in c.items() if k in Choice.__dataclass_fields__}), source="cache")
-    except (OSError, ValueError, TypeError):
-        data = {}
-    choice = probe(dtype_name)
-    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = data if data.get("machine") == info else {"machine": info, "choices": {}}
-        record["choices"][dtype_name] = choice.to_json()
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        record = _read_cache(info) or {"machine": info, "choices": {}}
+        change(record)
+        tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home: probe again next time
-    return choice
+        pass
 
 
 _probing = False
@@ -462,3 +484,191 @@ def report() -> dict[str, Any]:
         "cache": str(_cache_file(machine())),
         "choices": {d: choice(d).to_json() for d in ("float32", "bfloat16")},
     }
+
+
+# --- per model: the machine's choice against plain eager, on the model's own batches ------------
+
+#: timed calls per candidate in a model trial, after each candidate's first (warm-up) call
+TRIAL_CALLS = 2
+MODE_FIELDS = ("linear", "conv", "attention", "row_slices", "lanes")
+
+
+def plain(dtype_name: str) -> Choice:
+    """Plain eager PyTorch for ``dtype_name``: what ``BBX_KERNELS=eager`` runs."""
+    return Choice(dtype_name, "eager", "eager", "sdpa", False, False, "eager")
+
+
+def _modes(c: Choice) -> dict[str, Any]:
+    return {f: getattr(c, f) for f in MODE_FIELDS}
+
+
+@contextlib.contextmanager
+def using(c: Choice) -> Iterator[Choice]:
+    """Run ``c``'s kernels for its dtype inside the block (every thread: lanes included)."""
+    before = _overrides.get(c.dtype)
+    _overrides[c.dtype] = c
+    try:
+        yield c
+    finally:
+        if before is None:
+            _overrides.pop(c.dtype, None)
+        else:
+            _overrides[c.dtype] = before
+
+
+class ModelTrial:
+    """The machine's kernel choice checked on one model's own batches against plain eager PyTorch.
+
+    The probe times each lever on small representative ops; a whole model can still run slower
+    with the levers it picked than without them (2-core AMD EPYC Zen 2, ConvNeXt-T all stages:
+    its fused linears 5% slower than eager ones, within the probe's noise). So the first full
+    batches of a model on a machine take turns, timed: the machine's choice (``chosen``), the same
+    without the fused kernels (``unfused``), and plain eager (``eager``), each once to warm up,
+    then :data:`TRIAL_CALLS` times; the fastest per image is kept and cached with the machine's
+    kernel choices, per model (``model``: what decides its speed; the batch size is added),
+    so later runs use it from their first batch. The trial costs no extra work, only batches run
+    with a slower candidate (a candidate whose first timed batch is :data:`GIVE_UP` times the best
+    is not timed again); the maps of the trial's batches differ from the others' only by rounding.
+
+    No trial where the kernels are set by hand (``BBX_KERNELS``, ``BBX_LANES``), for float16, or
+    for a bfloat16 model this CPU computes in float32 (its bf16 kernels measured slower, eager
+    included).
+    """
+
+    def __init__(self, model: dict[str, Any], dtype_name: str, *, clock: Callable[[], float] = time.perf_counter):
+        self.model = model
+        self.dtype = dtype_name
+        self.clock = clock
+        self.key: str | None = None
+        self.pick: Choice | None = None  # decided: every batch runs it
+        self.picked: str | None = None  # its candidate's name
+        #: machine (no trial: the kernels as set) | trial (decided by this run) | cache (by an
+        #: earlier run); the report says "trying" while a trial has batches to go
+        self.source = "machine"
+        self.candidates: dict[str, Choice] = {}
+        self.ms_per_image: dict[str, list[float]] = {}
+        self._turns: list[str] = []
+        self._batch: int | None = None  # the batch size the trial (or its cached pick) is for
+        #: where a batch ran without a trial (trial=False): whose kernels, and which
+        self._untried: tuple[str, Choice] | None = None
+
+    def _wanted(self, base: Choice) -> bool:
+        """Whether the kernels are the machine's to choose here (see the class docstring)."""
+        if os.environ.get("BBX_KERNELS", "probe").lower() != "probe" or os.environ.get("BBX_LANES", "") in ("0", "1"):
+            return False
+        if self.dtype not in ("float32", "bfloat16") or self.dtype in _overrides:
+            return False
+        return not (self.dtype == "bfloat16" and base.linear == base.conv == "float32")
+
+    def _cached(self, images: int) -> Choice | None:
+        """The pick a trial of this model at batches of ``images`` cached on this machine; None
+        where none was, or where no trial applies (the kernels set by hand, ...)."""
+        base = choice(self.dtype)
+        if not self._wanted(base):
+            return None
+        model = {**self.model, "dtype": self.dtype, "batch": images}
+        self.key = hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        cached = _read_cache(machine()).get("models", {}).get(self.key)
+        try:
+            if isinstance(cached, dict) and cached.get("dtype") == self.dtype:
+                self.picked = str(cached["pick"])
+                return Choice(self.dtype, **{f: cached["modes"][f] for f in MODE_FIELDS}, source="cache")
+        except (KeyError, TypeError):
+            pass
+        return None
+
+    def _start(self, images: int) -> None:
+        """At the first batch: the cached pick for this model and batch size, else the candidates
+        (none where no trial applies: then every batch runs as the kernels are set at the time)."""
+        self._batch = images
+        self.pick = self._cached(images)
+        if self.pick is not None:
+            self.source = "cache"
+            return
+        if self.key is None:  # no trial applies
+            return
+        base = choice(self.dtype)
+        unfused = replace(
+            base,
+            linear="eager" if base.linear == "fused" else base.linear,
+            conv="eager" if base.conv == "fused" else base.conv,
+        )
+        seen: list[dict[str, Any]] = []
+        for name, c in (("chosen", base), ("unfused", unfused), ("eager", plain(self.dtype))):
+            if _modes(c) not in seen:
+                seen.append(_modes(c))
+                self.candidates[name] = replace(c, source="trial")
+        if len(self.candidates) < 2:  # the machine's choice is plain eager
+            self.candidates = {}
+            return
+        self.ms_per_image = {name: [] for name in self.candidates}
+        self._turns = [name for _ in range(TRIAL_CALLS + 1) for name in self.candidates]
+
+    def run(self, images: int, fn: Callable[[], Any], *, trial: bool = True) -> Any:
+        """``fn()``, one batch of ``images``, under the kernels this model runs with; while the trial
+        lasts, under the candidate whose turn it is (timed). ``trial=False``: a cached pick or the
+        kernels as set, never a trial (``bbx bench``, :meth:`bbx.Extractor.forward`)."""
+        if self._batch is None and not trial:
+            cached = self._cached(images)
+            self._untried = ("cache", cached) if cached is not None else ("machine", choice(self.dtype))
+            with using(cached) if cached is not None else contextlib.nullcontext():
+                return fn()
+        if self._batch is None:
+            self._start(images)
+        if self.pick is not None:
+            with using(self.pick):
+                return fn()
+        if not self._turns or images != self._batch or not trial:
+            return fn()  # no trial, or a batch of another size (the last one): no fair sample
+        name = self._turns.pop(0)
+        with using(self.candidates[name]):
+            t = self.clock()
+            out = fn()
+            ms = (self.clock() - t) * 1000.0 / images
+        times = self.ms_per_image[name]
+        times.append(ms)
+        timed = [min(v[1:]) for v in self.ms_per_image.values() if len(v) > 1]
+        if len(times) == 2 and ms > GIVE_UP * min(timed):
+            self._turns = [n for n in self._turns if n != name]  # far behind: not timed again
+        if not self._turns:
+            self._decide()
+        return out
+
+    def _decide(self) -> None:
+        best = {n: min(v[1:]) for n, v in self.ms_per_image.items() if len(v) > 1}
+        name = min(best, key=lambda n: best[n])  # ties go to the first: the machine's choice
+        self.picked, self.pick, self.source = name, self.candidates[name], "trial"
+        record = {
+            "dtype": self.dtype,
+            "pick": name,
+            "modes": _modes(self.pick),
+            "batch": self._batch,
+            "ms_per_image": {n: [round(t, 3) for t in v] for n, v in self.ms_per_image.items()},
+            "model": self.model.get("family"),
+        }
+
+        def keep(r: dict[str, Any]) -> None:
+            r.setdefault("models", {})[self.key] = record
+
+        _update_cache(machine(), keep)
+
+    def state(self) -> dict[str, Any] | None:
+        """For the run's report: which candidate the model runs with and where that came from
+        (None before the first batch)."""
+        if self._batch is None:
+            if self._untried is None:
+                return None
+            source, ran = self._untried  # a batch ran without a trial
+            out: dict[str, Any] = {"dtype": self.dtype, "source": source}
+            if source == "cache" and self.picked is not None:
+                out["pick"] = self.picked
+            out["modes"] = _modes(ran)
+            return out
+        source = "trying" if self.pick is None and self._turns else self.source
+        out = {"dtype": self.dtype, "source": source}
+        if self.picked is not None:
+            out["pick"] = self.picked
+        out["modes"] = _modes(self.pick if self.pick is not None else choice(self.dtype))
+        if self.ms_per_image:
+            out["ms_per_image"] = {n: [round(t, 3) for t in v] for n, v in self.ms_per_image.items()}
+        return out

@@ -3,7 +3,8 @@ part on the CPU only, as a smoke test).
 
 1. ``parity``: for every family, the smallest public config with seeded random weights, CUDA
    against CPU on a batch of photo-like images: fp32 with TF32 off (relative error <= 1e-4 per
-   stage) and bf16 (<= 1e-2 against CPU fp32); ``parity OUT resnet,vit`` checks only those
+   stage) and bf16 (<= 1e-2 against CPU fp32, or, for a net whose bf16 rounding alone costs more,
+   within 1.25x of plain CPU autocast's error); ``parity OUT resnet,vit`` checks only those
    families. ``GPU_CHECK_DEVICE=cpu`` runs it without a GPU (tests/test_gpu_check.py does, so
    that the script works when a GPU machine is lent).
 2. ``speed`` is compare_transformers.py --device cuda (gpu_check.sh drives it case by case while
@@ -54,6 +55,18 @@ def _smallest(fam) -> tuple[str, bool] | None:
     return row.alias, Preprocess.from_checkpoint(row.checkpoint()).output_size is None
 
 
+def _plain_bf16_error(alias: str, common: dict, batch: list, want: dict) -> float:
+    """The max relative error of plain eager bf16 autocast on the CPU (no bbx kernel levers)
+    against the CPU's fp32 maps: what bf16 rounding alone costs this network."""
+    from bbx.extractor import Extractor
+    from bbx.nn import kernels
+
+    plain = Extractor(alias, device="cpu", dtype="bfloat16", **common)
+    with kernels.using(kernels.plain("bfloat16")):
+        got = plain(batch)
+    return max(_rel(got[s], want[s]) for s in plain.stages)
+
+
 def parity(out: Path, only: set[str] | None = None) -> int:
     import torch
 
@@ -84,17 +97,15 @@ def parity(out: Path, only: set[str] | None = None) -> int:
             want, got, low = cpu(batch), gpu(batch), gbf(batch)
             fp32 = max(_rel(got[s], want[s]) for s in cpu.stages)
             bf16 = max(_rel(low[s], want[s]) for s in cpu.stages)
-            ok = fp32 <= 1e-4 and bf16 <= 1e-2
-            rows.append(
-                {
-                    "family": fam.name,
-                    "alias": alias,
-                    "fp32": fp32,
-                    "bf16": bf16,
-                    "ok": ok,
-                    "seconds": round(time.perf_counter() - t, 1),
-                }
-            )
+            row = {"family": fam.name, "alias": alias, "fp32": fp32, "bf16": bf16}
+            if bf16 > 1e-2:
+                # a deep net's bf16 rounding alone can pass 1e-2 (random-weight Swin-B: 1.2e-2 in
+                # plain CPU autocast): then bf16 is judged against that, plain autocast of the same
+                # weights on the CPU, and must stay within 1.25 times its error
+                row["bf16_cpu_autocast"] = _plain_bf16_error(alias, common, batch, want)
+            row["ok"] = fp32 <= 1e-4 and (bf16 <= 1e-2 or bf16 <= 1.25 * row.get("bf16_cpu_autocast", 0.0))
+            row["seconds"] = round(time.perf_counter() - t, 1)
+            rows.append(row)
         except Exception as e:  # report and go on: one family must not hide the others
             rows.append({"family": fam.name, "alias": alias, "error": f"{type(e).__name__}: {e}", "ok": False})
         failures += not rows[-1]["ok"]
@@ -105,13 +116,14 @@ def parity(out: Path, only: set[str] | None = None) -> int:
 
 def summary(out: Path) -> None:
     parity_rows = json.loads((out / "parity.json").read_text()) if (out / "parity.json").exists() else []
-    print("\nCUDA vs CPU parity (max relative error over all stages; fp32 TF32 off <= 1e-4, bf16 <= 1e-2)")
+    print("\nCUDA vs CPU parity (max relative error over all stages; fp32 TF32 off <= 1e-4, bf16 <= 1e-2 or 1.25x CPU autocast's)")
     for r in parity_rows:
         if "error" in r:
             print(f"  {r['family']:18} {r['alias']:34} ERROR {r['error'][:120]}")
         else:
             verdict = "ok" if r["ok"] else "FAIL"
-            print(f"  {r['family']:18} {r['alias']:34} fp32 {r['fp32']:.2e}  bf16 {r['bf16']:.2e}  {verdict}")
+            plain = f" (CPU autocast {r['bf16_cpu_autocast']:.2e})" if "bf16_cpu_autocast" in r else ""
+            print(f"  {r['family']:18} {r['alias']:34} fp32 {r['fp32']:.2e}  bf16 {r['bf16']:.2e}{plain}  {verdict}")
     print("\nend to end on the GPU, 256 photos, batch 16 (images/s; bbx phases in seconds; GPU utilisation %)")
     for f in sorted(out.glob("speed-*.json")):
         for rec in json.loads(f.read_text()):

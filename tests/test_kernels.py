@@ -416,9 +416,17 @@ def test_a_model_trial_keeps_plain_eager_where_it_runs_the_model_faster(probed):
     fake.ran.clear()
     fake.batch(again, 4)
     assert again.source == "cache" and again.picked == "eager" and again.state()["source"] == "cache"
+    with kernels.override("float32", linear="fused", lanes=True):  # kernels set by hand win over a pick
+        assert again.run(4, lambda: kernels.choice("float32").linear) == "fused"
+    assert again.run(4, lambda: kernels.choice("float32").linear) == "eager"
     other = kernels.ModelTrial(model, "float32", clock=fake.clock)
     fake.batch(other, 8)  # another batch size: a trial of its own
     assert other.source == "machine" and other.state()["source"] == "trying"
+
+    from tests.cli import run
+
+    assert "model trials 1 models tried on their own batches: 1 eager" in run("info", "--system").stdout
+    assert json.loads(run("info", "--system", "--json").stdout)["models"] == record["models"]
 
 
 def test_a_model_trial_prefers_the_machine_choice_on_a_tie_and_drops_a_far_slower_candidate(probed):

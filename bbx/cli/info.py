@@ -143,3 +143,10 @@ def _system(as_json: bool) -> None:
             f"{dtype:<13}linear {c['linear']}, conv {c['conv']}, attention {c['attention']}, {slices}, {lanes}"
             f" ({c['source']})"
         )
+    picks: dict[str, int] = {}
+    for entry in report["models"].values():
+        if isinstance(entry, dict):
+            picks[str(entry.get("pick"))] = picks.get(str(entry.get("pick")), 0) + 1
+    if picks:
+        counts = ", ".join(f"{n} {pick}" for pick, n in sorted(picks.items()))
+        con.print(f"model trials {sum(picks.values())} models tried on their own batches: {counts}")

@@ -483,6 +483,8 @@ def report() -> dict[str, Any]:
         "machine": machine(),
         "cache": str(_cache_file(machine())),
         "choices": {d: choice(d).to_json() for d in ("float32", "bfloat16")},
+        #: what the model trials cached on this machine: the pick per model (key: ModelTrial's hash)
+        "models": _read_cache(machine()).get("models", {}),
     }
 
 
@@ -551,6 +553,7 @@ class ModelTrial:
         self._batch: int | None = None  # the batch size the trial (or its cached pick) is for
         #: where a batch ran without a trial (trial=False): whose kernels, and which
         self._untried: tuple[str, Choice] | None = None
+        self._looked_up: dict[int, Choice | None] = {}
 
     def _wanted(self, base: Choice) -> bool:
         """Whether the kernels are the machine's to choose here (see the class docstring)."""
@@ -608,8 +611,12 @@ class ModelTrial:
         """``fn()``, one batch of ``images``, under the kernels this model runs with; while the trial
         lasts, under the candidate whose turn it is (timed). ``trial=False``: a cached pick or the
         kernels as set, never a trial (``bbx bench``, :meth:`bbx.Extractor.forward`)."""
+        if self.dtype in _overrides:  # kernels set by hand (override, using) win, trial or not
+            return fn()
         if self._batch is None and not trial:
-            cached = self._cached(images)
+            if images not in self._looked_up:  # once per batch size: the cache is a file
+                self._looked_up[images] = self._cached(images)
+            cached = self._looked_up[images]
             self._untried = ("cache", cached) if cached is not None else ("machine", choice(self.dtype))
             with using(cached) if cached is not None else contextlib.nullcontext():
                 return fn()

@@ -116,7 +116,10 @@ def parity(out: Path, only: set[str] | None = None) -> int:
 
 def summary(out: Path) -> None:
     parity_rows = json.loads((out / "parity.json").read_text()) if (out / "parity.json").exists() else []
-    print("\nCUDA vs CPU parity (max relative error over all stages; fp32 TF32 off <= 1e-4, bf16 <= 1e-2 or 1.25x CPU autocast's)")
+    print(
+        "\nCUDA vs CPU parity (max relative error over all stages; fp32 TF32 off <= 1e-4, "
+        "bf16 <= 1e-2 or 1.25x CPU autocast's)"
+    )
     for r in parity_rows:
         if "error" in r:
             print(f"  {r['family']:18} {r['alias']:34} ERROR {r['error'][:120]}")

@@ -325,6 +325,12 @@ def measure(
     """One side ("hf" or "bbx") of a case in a fresh process: (its result, its peak RSS in MB). The
     "hf" side of a timm case is the timm recipe, in the timm venv's python; a case with
     ``hf_python`` runs its transformers side in the Python that environment variable names."""
+    # the last run's output goes before the sync, not while this run writes: freeing hundreds of MB
+    # on this VM's disk (ext4 mounted with discard) made the next writes 2-4x slower (bbx, ConvNeXt-T,
+    # all stages, 256 photos: write 0.85-2.1 s with the old file replaced in the run, 0.46-0.48 s
+    # with it removed and synced first), landing on whichever side ran next
+    for old in (out, out.with_name(out.name + ".partial")):
+        old.unlink(missing_ok=True)
     python = [sys.executable]
     if side == "hf" and case.recipe == "timm":
         side, python = "timm", [timm_python()]

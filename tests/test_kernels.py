@@ -488,6 +488,12 @@ def test_extract_reports_the_trial_and_the_next_run_starts_from_its_pick(probed,
         with h5py.File(out) as f:
             maps.append(torch.from_numpy(f["features/stage2"][:]))
     assert rel_err(maps[0], maps[1]) < 1e-5  # the trial's batches ran other kernels: rounding only
+    # the terminal summary says once, on the run that decided, what the trial kept (another input size: a new trial)
+    args = ("extract", "-m", "resnet-18", "--no-pretrained", "-b", "2", "--image-size", "72", "--out-indices", "2")
+    r = run(*args, "-o", str(tmp_path / "f2.h5"), str(folder))
+    assert r.exit_code == 0 and "kernels: tried on this model's first batches (chosen " in r.stderr, r.stderr
+    r = run(*args, "-o", str(tmp_path / "f3.h5"), str(folder))
+    assert r.exit_code == 0 and "kernels:" not in r.stderr, r.stderr
     # the Python API starts from that pick too, and by default never runs a trial itself
     import numpy as np
 

@@ -92,6 +92,11 @@ def render_summary(summary: Summary, console: Any) -> None:
         said = ", ".join(f"{label} {summary.startup[k]:.1f} s" for k, label in parts.items() if k in summary.startup)
         first = summary.startup.get("first_batch_s")
         console.print(f"start-up: {said}" + (f"; first batch {first:.1f} s" if first is not None else ""))
+    k = summary.kernels or {}
+    if k.get("source") == "trial":  # decided by this run: say so once (later runs start from it)
+        times = {n: min(v[1:]) for n, v in k.get("ms_per_image", {}).items() if len(v) > 1}
+        said = ", ".join(f"{n} {t:.1f}" for n, t in times.items())
+        console.print(f"kernels: tried on this model's first batches ({said} ms an image), kept {k['pick']}")
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     resume = "; --resume continues the run" if summary.interrupted else ""
     already = f", {summary.already} already present" if summary.already else ""

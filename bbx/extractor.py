@@ -7,7 +7,8 @@ then called per batch::
     maps = ex(["a.jpg", "b.png"])        # {"stage1": [2, 256, 56, 56], "stage4": [2, 2048, 7, 7]}
 
 ``bbx extract``, ``bbx bench`` and the workers that scale out call it; its output for a batch is
-what ``bbx extract`` writes for the same images, to the bit.
+what ``bbx extract`` writes for the same images, to the bit (but for the first batches of a
+model's first ``bbx extract`` run on a machine, which time kernel candidates: equal to rounding).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 os.environ["NO_COLOR"] = "1"
 # the measured kernel choices (bbx.nn.kernels) go to a throwaway cache, probed once per session
 os.environ["BBX_CACHE"] = tempfile.mkdtemp(prefix="bbx-test-cache-")
+# no model trials (bbx.nn.kernels.ModelTrial) but in the tests of them: a model's first run times
+# other kernels on its first batches, equal to rounding only, and many tests compare runs to the bit
+os.environ["BBX_MODEL_TRIAL"] = "0"
 
 
 # Under pytest-xdist (one worker per core), each worker's torch and the bbx processes it starts
@@ -131,16 +134,3 @@ def small_disk(tmp_path):
     disks = SmallDisk(tmp_path)
     yield disks
     disks.unmount()
-
-
-@pytest.fixture
-def fixed_kernels(monkeypatch):
-    """The default kernels, no probe and no model trial: for a test that compares a ``bbx extract``
-    run's maps with another computation's to the bit (a model's first run on a machine times the
-    kernel candidates on its first batches, bbx.nn.kernels.ModelTrial: equal to rounding only)."""
-    from bbx.nn import kernels
-
-    monkeypatch.setenv("BBX_KERNELS", "default")
-    kernels._chosen.cache_clear()
-    yield
-    kernels._chosen.cache_clear()

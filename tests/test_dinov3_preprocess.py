@@ -159,10 +159,9 @@ def test_refuses_what_the_processor_cannot_do(cfg, words):
 
 
 @pytest.mark.parametrize("model_type", ["dinov3_vit", "dinov3_convnext"])
-def test_extractor_takes_float_batches_and_equals_extract(tmp_path, photos, model_type, fixed_kernels):
+def test_extractor_takes_float_batches_and_equals_extract(tmp_path, photos, model_type):
     """Extractor.load gives the float32 pixels Extractor.run takes (a uint8 batch is refused), and
-    what it computes is what bbx extract writes, to the bit (channels-last input for the ConvNeXt;
-    the kernels fixed, as a model trial's first batches differ by rounding)."""
+    what it computes is what bbx extract writes, to the bit (channels-last input for the ConvNeXt)."""
     folder = tiny_checkpoint(tmp_path / "ckpt", model_type, seed=3)
     _, paths = photos
     out = tmp_path / "f.h5"

@@ -383,6 +383,7 @@ def probed(tmp_path, monkeypatch):
     """This machine's choice is the fused kernels in lanes (a fake probe), cached under tmp_path."""
     monkeypatch.delenv("BBX_KERNELS")
     monkeypatch.delenv("BBX_LANES", raising=False)
+    monkeypatch.delenv("BBX_MODEL_TRIAL", raising=False)  # the suite turns the trials off elsewhere
     monkeypatch.setenv("BBX_CACHE", str(tmp_path))
     kernels._chosen.cache_clear()
     monkeypatch.setattr(kernels, "probe", lambda d: kernels.Choice(d, "fused", "fused", lanes=True, source="probe"))
@@ -403,7 +404,8 @@ def test_a_model_trial_keeps_plain_eager_where_it_runs_the_model_faster(probed):
     assert kernels._modes(trial.pick) == kernels._modes(kernels.plain("float32"))
     state = trial.state()
     assert state["source"] == "trial" and state["ms_per_image"]["chosen"] == [10.0, 10.0, 10.0]
-    assert fake.batch(trial, 4) == "eager" and fake.batch(trial, 3) == "eager"  # decided: every batch
+    assert fake.batch(trial, 4) == "eager"  # decided: every batch of its size runs it; a last, shorter
+    assert fake.batch(trial, 3) == "chosen"  # batch the pick cached for its size, else the machine's choice
     assert kernels.choice("float32").linear == "fused"  # outside its batches, the machine's choice
 
     (file,) = probed.glob("kernels-*.json")
@@ -425,7 +427,7 @@ def test_a_model_trial_keeps_plain_eager_where_it_runs_the_model_faster(probed):
 
     from tests.cli import run
 
-    assert "model trials 1 models tried on their own batches: 1 eager" in run("info", "--system").stdout
+    assert "model trials 1 model tried on their own batches, kept: 1 eager" in run("info", "--system").stdout
     assert json.loads(run("info", "--system", "--json").stdout)["models"] == record["models"]
 
 
@@ -446,7 +448,7 @@ def test_a_model_trial_times_full_batches_only_and_only_where_the_machine_choose
     assert fake.batch(trial, 1) == "chosen"  # a short batch: the machine's choice, untimed
     assert [len(v) for v in trial.ms_per_image.values()] == [1, 0, 0]
 
-    for setting in ({"BBX_KERNELS": "default"}, {"BBX_LANES": "1"}):
+    for setting in ({"BBX_KERNELS": "default"}, {"BBX_LANES": "1"}, {"BBX_MODEL_TRIAL": "0"}):
         with monkeypatch.context() as m:
             for k, v in setting.items():
                 m.setenv(k, v)
@@ -508,3 +510,56 @@ def test_extract_reports_the_trial_and_the_next_run_starts_from_its_pick(probed,
     for _ in range(9):
         assert torch.equal(other.run(batch)["stage1"], first)
     assert other.kernels["source"] == "machine" and "pick" not in other.kernels
+
+
+def test_a_trial_pick_holds_in_its_own_thread_and_lanes_only(probed, two_threads):
+    """Two models in two threads keep their own kernels; lanes started under a pick run it."""
+    import threading
+
+    eager = kernels.plain("float32")
+    seen: dict[str, Any] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        inside.wait(5)
+        seen["other thread"] = kernels.choice("float32").linear
+        release.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with kernels._running(eager):
+        inside.set()
+        release.wait(5)
+        seen["lanes"] = kernels.in_lanes(lambda part: kernels.choice("float32").linear, torch.zeros(4), 2)
+    t.join()
+    assert seen == {"other thread": "fused", "lanes": ["eager", "eager"]}
+    assert kernels.choice("float32").linear == "fused"
+
+
+def test_a_failed_batch_leaves_its_turn_to_be_taken_again(probed):
+    fake = _Model({"chosen": 1.0, "unfused": 2.0, "eager": 3.0})
+    trial = kernels.ModelTrial({"family": "resnet"}, "float32", clock=fake.clock)
+    fake.batch(trial, 2)
+
+    def fail() -> None:
+        raise RuntimeError("a bad batch")
+
+    with pytest.raises(RuntimeError):
+        trial.run(2, fail)
+    assert kernels.choice("float32").linear == "fused"  # the candidate's kernels are not left behind
+    for _ in range(8):
+        fake.batch(trial, 2)
+    assert fake.ran == ["chosen", "unfused", "eager"] * 3 and trial.picked == "chosen"
+
+
+def test_a_damaged_cache_section_is_dropped_not_trusted(probed):
+    kernels.choice("float32")  # writes the machine's record
+    (file,) = probed.glob("kernels-*.json")
+    record = json.loads(file.read_text())
+    record["models"] = ["not", "a", "mapping"]
+    file.write_text(json.dumps(record))
+    fake = _Model({"chosen": 2.0, "unfused": 1.0, "eager": 3.0})
+    trial = kernels.ModelTrial({"family": "vit"}, "float32", clock=fake.clock)
+    for _ in range(9):
+        fake.batch(trial, 2)
+    assert trial.picked == "unfused" and isinstance(json.loads(file.read_text())["models"], dict)

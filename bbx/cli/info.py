@@ -149,4 +149,5 @@ def _system(as_json: bool) -> None:
             picks[str(entry.get("pick"))] = picks.get(str(entry.get("pick")), 0) + 1
     if picks:
         counts = ", ".join(f"{n} {pick}" for pick, n in sorted(picks.items()))
-        con.print(f"model trials {sum(picks.values())} models tried on their own batches: {counts}")
+        n = sum(picks.values())
+        con.print(f"model trials {n} model{'s' if n != 1 else ''} tried on their own batches, kept: {counts}")

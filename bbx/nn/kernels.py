@@ -28,7 +28,7 @@ on one thread, at once: ``lever.mode@lanes``) and chosen from those timings.
 
 The probe's ops stand in for models; :class:`ModelTrial` then checks the choice on each model's
 own first batches against the same without fused kernels and against plain eager PyTorch, and
-keeps (and caches) the fastest for that model.
+keeps (and caches) the fastest for that model (``BBX_MODEL_TRIAL=0``: no trials).
 
 Every candidate computes the same function (tests check each against the eager ops), so the
 choice changes speed, not results beyond rounding. ``BBX_KERNELS=eager`` turns every lever off
@@ -289,13 +289,15 @@ def in_lanes(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, lanes: int) -> 
         return [fn(x)]
     with _lanes_lock:
         threads = torch.get_num_threads()
+        picks = getattr(_lane, "picks", None)  # a model trial's kernels go with the lanes
 
         def lane(part: Any) -> Any:
-            _lane.threads = threads
+            before = getattr(_lane, "picks", None)
+            _lane.threads, _lane.picks = threads, picks
             try:
                 return fn(part)
             finally:
-                _lane.threads = None
+                _lane.threads, _lane.picks = None, before
 
         pool = _lane_pools.get(lanes)
         if pool is None:
@@ -430,7 +432,10 @@ def _read_cache(info: dict[str, Any]) -> dict[str, Any]:
         data = json.loads(_cache_file(info).read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) and data.get("machine") == info else {}
+    if not isinstance(data, dict) or data.get("machine") != info:
+        return {}
+    # a section damaged by hand (not a mapping) is dropped, not trusted
+    return {k: v for k, v in data.items() if k == "machine" or isinstance(v, dict)}
 
 
 def _update_cache(info: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
@@ -444,7 +449,7 @@ def _update_cache(info: dict[str, Any], change: Callable[[dict[str, Any]], None]
         tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, TypeError, ValueError):
         pass
 
 
@@ -457,6 +462,9 @@ def choice(dtype: torch.dtype | str) -> Choice:
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     if name in _overrides:
         return _overrides[name]
+    picks = getattr(_lane, "picks", None)
+    if picks and name in picks:  # a model trial's candidate or pick, in this thread
+        return picks[name]
     if _probing:  # the probe's own candidates call the layers: they get the defaults
         return _default(name)
     chosen = _chosen(name, getattr(_lane, "threads", None) or torch.get_num_threads())
@@ -505,8 +513,21 @@ def _modes(c: Choice) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
+def _running(c: Choice) -> Iterator[Choice]:
+    """A model trial's kernels for ``c``'s dtype in this thread (and the lanes it starts) inside
+    the block; other threads keep theirs, and kernels set by hand still win."""
+    picks = getattr(_lane, "picks", None) or {}
+    _lane.picks = {**picks, c.dtype: c}
+    try:
+        yield c
+    finally:
+        _lane.picks = picks
+
+
+@contextlib.contextmanager
 def using(c: Choice) -> Iterator[Choice]:
-    """Run ``c``'s kernels for its dtype inside the block (every thread: lanes included)."""
+    """Run ``c``'s kernels for its dtype inside the block, set by hand (every thread: lanes
+    included; tests, benchmarks)."""
     before = _overrides.get(c.dtype)
     _overrides[c.dtype] = c
     try:
@@ -531,9 +552,14 @@ class ModelTrial:
     so later runs use it from their first batch. The trial costs no extra work, only batches run
     with a slower candidate (a candidate whose first timed batch is :data:`GIVE_UP` times the best
     is not timed again); the maps of the trial's batches differ from the others' only by rounding.
+    A batch of another size (a run's last) runs the pick cached for its own size, else the
+    machine's choice, so a run and the Python API run the same kernels for the same batch.
 
-    No trial where the kernels are set by hand (``BBX_KERNELS``, ``BBX_LANES``), for float16, or
-    for a bfloat16 model this CPU computes in float32 (its bf16 kernels measured slower, eager
+    The pick is in force for the calling thread and the lanes it starts only
+    (:func:`_running`), so models in other threads keep their own. No trial where the kernels are
+    set by hand (``BBX_KERNELS``, ``BBX_LANES``, :func:`override`, :func:`using`), with
+    ``BBX_MODEL_TRIAL=0`` (the machine's choice for every batch, from a model's first run), for float16,
+    or for a bfloat16 model this CPU computes in float32 (its bf16 kernels measured slower, eager
     included).
     """
 
@@ -541,8 +567,8 @@ class ModelTrial:
         self.model = model
         self.dtype = dtype_name
         self.clock = clock
-        self.key: str | None = None
-        self.pick: Choice | None = None  # decided: every batch runs it
+        self.key: str | None = None  # the cache key at the trial's batch size (None: no trial applies)
+        self.pick: Choice | None = None  # decided: every batch of the trial's size runs it
         self.picked: str | None = None  # its candidate's name
         #: machine (no trial: the kernels as set) | trial (decided by this run) | cache (by an
         #: earlier run); the report says "trying" while a trial has batches to go
@@ -551,46 +577,59 @@ class ModelTrial:
         self.ms_per_image: dict[str, list[float]] = {}
         self._turns: list[str] = []
         self._batch: int | None = None  # the batch size the trial (or its cached pick) is for
-        #: where a batch ran without a trial (trial=False): whose kernels, and which
-        self._untried: tuple[str, Choice] | None = None
-        self._looked_up: dict[int, Choice | None] = {}
+        #: per batch size looked up without a trial: (the cached pick's name, its kernels), or None
+        self._looked_up: dict[int, tuple[str, Choice] | None] = {}
+        self._last: tuple[str, str | None, Choice | None] | None = None  # what the last batch ran
 
     def _wanted(self, base: Choice) -> bool:
         """Whether the kernels are the machine's to choose here (see the class docstring)."""
-        if os.environ.get("BBX_KERNELS", "probe").lower() != "probe" or os.environ.get("BBX_LANES", "") in ("0", "1"):
+        env = os.environ
+        if env.get("BBX_KERNELS", "probe").lower() != "probe" or env.get("BBX_LANES", "") in ("0", "1"):
+            return False
+        if env.get("BBX_MODEL_TRIAL", "") == "0":  # trials off (and cached picks unused)
             return False
         if self.dtype not in ("float32", "bfloat16") or self.dtype in _overrides:
             return False
         return not (self.dtype == "bfloat16" and base.linear == base.conv == "float32")
 
-    def _cached(self, images: int) -> Choice | None:
-        """The pick a trial of this model at batches of ``images`` cached on this machine; None
-        where none was, or where no trial applies (the kernels set by hand, ...)."""
-        base = choice(self.dtype)
-        if not self._wanted(base):
-            return None
+    def _key(self, images: int) -> str:
         model = {**self.model, "dtype": self.dtype, "batch": images}
-        self.key = hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        cached = _read_cache(machine()).get("models", {}).get(self.key)
+        return hashlib.sha256(json.dumps(model, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _cached(self, images: int) -> tuple[str, Choice] | None:
+        """The pick (its name and kernels) a trial of this model at batches of ``images`` cached on
+        this machine; None where none was, or where no trial applies (the kernels set by hand, ...)."""
+        if not self._wanted(choice(self.dtype)):
+            return None
+        cached = _read_cache(machine()).get("models", {}).get(self._key(images))
         try:
             if isinstance(cached, dict) and cached.get("dtype") == self.dtype:
-                self.picked = str(cached["pick"])
-                return Choice(self.dtype, **{f: cached["modes"][f] for f in MODE_FIELDS}, source="cache")
+                modes = {f: cached["modes"][f] for f in MODE_FIELDS}
+                known = modes["linear"] in LINEAR_MODES and modes["conv"] in LINEAR_MODES
+                if known and modes["attention"] in ATTENTION_MODES:
+                    return str(cached["pick"]), Choice(self.dtype, **modes, source="cache")
         except (KeyError, TypeError):
             pass
         return None
+
+    def _lookup(self, images: int) -> tuple[str, Choice] | None:
+        if images not in self._looked_up:  # once per batch size: the cache is a file
+            self._looked_up[images] = self._cached(images)
+        return self._looked_up[images]
 
     def _start(self, images: int) -> None:
         """At the first batch: the cached pick for this model and batch size, else the candidates
         (none where no trial applies: then every batch runs as the kernels are set at the time)."""
         self._batch = images
-        self.pick = self._cached(images)
-        if self.pick is not None:
+        found = self._lookup(images)
+        if found is not None:
+            self.picked, self.pick = found
             self.source = "cache"
             return
-        if self.key is None:  # no trial applies
-            return
         base = choice(self.dtype)
+        if not self._wanted(base):
+            return
+        self.key = self._key(images)
         unfused = replace(
             base,
             linear="eager" if base.linear == "fused" else base.linear,
@@ -607,42 +646,54 @@ class ModelTrial:
         self.ms_per_image = {name: [] for name in self.candidates}
         self._turns = [name for _ in range(TRIAL_CALLS + 1) for name in self.candidates]
 
+    def _plain_run(self, images: int, fn: Callable[[], Any]) -> Any:
+        """A batch outside the trial: the pick cached for its size, else the kernels as set."""
+        found = self._lookup(images)
+        self._last = ("cache", found[0], found[1]) if found is not None else ("machine", None, None)
+        with _running(found[1]) if found is not None else contextlib.nullcontext():
+            return fn()
+
     def run(self, images: int, fn: Callable[[], Any], *, trial: bool = True) -> Any:
         """``fn()``, one batch of ``images``, under the kernels this model runs with; while the trial
         lasts, under the candidate whose turn it is (timed). ``trial=False``: a cached pick or the
         kernels as set, never a trial (``bbx bench``, :meth:`bbx.Extractor.forward`)."""
-        if self.dtype in _overrides:  # kernels set by hand (override, using) win, trial or not
+        if self.dtype in _overrides or images < 1:  # kernels set by hand (override, using) win
+            self._last = ("machine", None, None)
             return fn()
         if self._batch is None and not trial:
-            if images not in self._looked_up:  # once per batch size: the cache is a file
-                self._looked_up[images] = self._cached(images)
-            cached = self._looked_up[images]
-            self._untried = ("cache", cached) if cached is not None else ("machine", choice(self.dtype))
-            with using(cached) if cached is not None else contextlib.nullcontext():
-                return fn()
+            return self._plain_run(images, fn)
         if self._batch is None:
             self._start(images)
+        if images != self._batch:  # another size (the last batch): no fair sample, nor the pick's
+            return self._plain_run(images, fn)
         if self.pick is not None:
-            with using(self.pick):
+            self._last = (self.source, self.picked, self.pick)
+            with _running(self.pick):
                 return fn()
-        if not self._turns or images != self._batch or not trial:
-            return fn()  # no trial, or a batch of another size (the last one): no fair sample
-        name = self._turns.pop(0)
-        with using(self.candidates[name]):
+        if not self._turns or not trial:
+            self._last = ("trying" if self._turns else "machine", None, None)
+            return fn()
+        name = self._turns[0]
+        with _running(self.candidates[name]):
             t = self.clock()
-            out = fn()
+            out = fn()  # a batch that fails leaves the turn to be taken again
             ms = (self.clock() - t) * 1000.0 / images
+        self._turns.pop(0)
         times = self.ms_per_image[name]
         times.append(ms)
         timed = [min(v[1:]) for v in self.ms_per_image.values() if len(v) > 1]
         if len(times) == 2 and ms > GIVE_UP * min(timed):
             self._turns = [n for n in self._turns if n != name]  # far behind: not timed again
+        self._last = ("trying", None, None)
         if not self._turns:
             self._decide()
+            self._last = (self.source, self.picked, self.pick)
         return out
 
     def _decide(self) -> None:
         best = {n: min(v[1:]) for n, v in self.ms_per_image.items() if len(v) > 1}
+        if not best:  # cannot happen with whole turns; kept safe: the machine's choice, nothing cached
+            return
         name = min(best, key=lambda n: best[n])  # ties go to the first: the machine's choice
         self.picked, self.pick, self.source = name, self.candidates[name], "trial"
         record = {
@@ -660,22 +711,21 @@ class ModelTrial:
         _update_cache(machine(), keep)
 
     def state(self) -> dict[str, Any] | None:
-        """For the run's report: which candidate the model runs with and where that came from
-        (None before the first batch)."""
-        if self._batch is None:
-            if self._untried is None:
-                return None
-            source, ran = self._untried  # a batch ran without a trial
-            out: dict[str, Any] = {"dtype": self.dtype, "source": source}
-            if source == "cache" and self.picked is not None:
-                out["pick"] = self.picked
-            out["modes"] = _modes(ran)
-            return out
-        source = "trying" if self.pick is None and self._turns else self.source
-        out = {"dtype": self.dtype, "source": source}
-        if self.picked is not None:
-            out["pick"] = self.picked
-        out["modes"] = _modes(self.pick if self.pick is not None else choice(self.dtype))
+        """For the run's report: which kernels the model's batches ran with (its full batches'
+        where a trial or its cached pick ran; else the last batch's) and where that came from
+        (None before a batch)."""
+        if self._last is None:
+            return None
+        if self.pick is not None:
+            source, picked, ran = self.source, self.picked, self.pick
+        elif self._turns:
+            source, picked, ran = "trying", None, None
+        else:
+            source, picked, ran = self._last
+        out: dict[str, Any] = {"dtype": self.dtype, "source": source}
+        if picked is not None:
+            out["pick"] = picked
+        out["modes"] = _modes(ran if ran is not None else choice(self.dtype))
         if self.ms_per_image:
             out["ms_per_image"] = {n: [round(t, 3) for t in v] for n, v in self.ms_per_image.items()}
         return out

@@ -211,12 +211,13 @@ class Extractor:
         import torch
 
         import bbx
+        from bbx.family import thaw
         from bbx.nn import kernels
 
         plan = self.plan
         model = {
             "family": plan.ref.family.name,
-            "config": dict(plan.ref.config),
+            "config": thaw(plan.ref.config),
             "stages": list(plan.selection.out_indices),
             "input": list(plan.input_size),
             "pool": self.pool,
@@ -240,9 +241,11 @@ class Extractor:
         model's memory format), under the compute dtype: the selected stages' maps (class tokens
         with ``pool="cls"``), then the embedding if asked for, as computed (with the kernels a
         trial of this model picked, never running one: see ``kernel_trial``)."""
-        if self._trial is None:
-            return tuple(self._laned(self._forward, x))
-        return tuple(self._trial.run(x.shape[0], lambda: self._laned(self._forward, x), trial=False))
+        return tuple(self._kerneled(x.shape[0], lambda: self._laned(self._forward, x), trial=False))
+
+    def _kerneled(self, images: int, fn: Any, *, trial: bool) -> Any:
+        """``fn()``, a batch of ``images``, under this model's kernels (:meth:`_kernel_trial`)."""
+        return fn() if self._trial is None else self._trial.run(images, fn, trial=trial)
 
     def _laned(self, fn: Any, x: torch.Tensor) -> list[torch.Tensor]:
         """``fn(x)`` (a list of batch-first tensors), or, where lanes run (:meth:`_lanes`), ``fn``
@@ -319,10 +322,8 @@ class Extractor:
             return self._finish(self._forward(x))
 
         # in lanes, each normalises, runs and lays out its share: the copies run in parallel too
-        if self._trial is None:
-            return dict(zip(self.outputs, self._laned(through, host)))
         # with kernel_trial, the first full batches of a model on this CPU time the kernel candidates
-        maps = self._trial.run(host.shape[0], lambda: self._laned(through, host), trial=self.kernel_trial)
+        maps = self._kerneled(host.shape[0], lambda: self._laned(through, host), trial=self.kernel_trial)
         return dict(zip(self.outputs, maps))
 
     def _finish(self, maps: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

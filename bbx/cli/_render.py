@@ -94,8 +94,9 @@ def render_summary(summary: Summary, console: Any) -> None:
         console.print(f"start-up: {said}" + (f"; first batch {first:.1f} s" if first is not None else ""))
     k = summary.kernels or {}
     if k.get("source") == "trial":  # decided by this run: say so once (later runs start from it)
-        times = {n: min(v[1:]) for n, v in k.get("ms_per_image", {}).items() if len(v) > 1}
-        said = ", ".join(f"{n} {t:.1f}" for n, t in times.items())
+        from bbx.nn.kernels import best_timed  # (torch is loaded: the run used it)
+
+        said = ", ".join(f"{n} {t:.1f}" for n, t in best_timed(k.get("ms_per_image", {})).items())
         console.print(f"kernels: tried on this model's first batches ({said} ms an image), kept {k['pick']}")
     state = f"interrupted ({summary.interrupted}); " if summary.interrupted else ""
     resume = "; --resume continues the run" if summary.interrupted else ""

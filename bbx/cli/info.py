@@ -143,10 +143,9 @@ def _system(as_json: bool) -> None:
             f"{dtype:<13}linear {c['linear']}, conv {c['conv']}, attention {c['attention']}, {slices}, {lanes}"
             f" ({c['source']})"
         )
-    picks: dict[str, int] = {}
-    for entry in report["models"].values():
-        if isinstance(entry, dict):
-            picks[str(entry.get("pick"))] = picks.get(str(entry.get("pick")), 0) + 1
+    from collections import Counter
+
+    picks = Counter(str(e.get("pick")) for e in report["models"].values() if isinstance(e, dict))
     if picks:
         counts = ", ".join(f"{n} {pick}" for pick, n in sorted(picks.items()))
         n = sum(picks.values())

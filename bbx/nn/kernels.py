@@ -86,6 +86,7 @@ def cache_dir() -> Path:
     return Path(base) / "bbx"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -96,24 +97,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> tuple[str, ...]:
     """The instruction-set flags that decide which kernels oneDNN can use."""
     wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_ne_convert")
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
+                return tuple(f for f in wanted if f in have)
     except OSError:
         pass
-    return []
+    return ()
 
 
 def machine() -> dict[str, Any]:
     """What a cached choice is valid for."""
     return {
         "cpu": cpu_name(),
-        "flags": cpu_flags(),
+        "flags": list(cpu_flags()),
         "isa": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -407,7 +409,7 @@ _overrides: dict[str, Choice] = {}
 def _chosen(dtype_name: str, threads: int) -> Choice:
     setting = os.environ.get("BBX_KERNELS", "probe").lower()
     if setting == "eager":
-        return Choice(dtype_name, "eager", "eager", "sdpa", False, False, "eager")
+        return plain(dtype_name)
     if setting == "default" or dtype_name == "float16":
         return _default(dtype_name)  # float16: no probe (CPUs without fp16 units run its matmuls slowly)
     info = machine()
@@ -477,22 +479,20 @@ def choice(dtype: torch.dtype | str) -> Choice:
 @contextlib.contextmanager
 def override(dtype: str, **modes: Any) -> Iterator[Choice]:
     """Use the given modes for ``dtype`` inside the block (tests, benchmarks)."""
-    base = choice(dtype)
-    _overrides[dtype] = replace(base, **modes, source="override")
-    try:
-        yield _overrides[dtype]
-    finally:
-        _overrides.pop(dtype, None)
+    with using(replace(choice(dtype), **modes, source="override")) as c:
+        yield c
 
 
 def report() -> dict[str, Any]:
     """What ``bbx info --system`` shows: the machine and the choice of each dtype."""
+    choices = {d: choice(d).to_json() for d in ("float32", "bfloat16")}  # (probed first, then cached)
+    info = machine()
     return {
-        "machine": machine(),
-        "cache": str(_cache_file(machine())),
-        "choices": {d: choice(d).to_json() for d in ("float32", "bfloat16")},
+        "machine": info,
+        "cache": str(_cache_file(info)),
+        "choices": choices,
         #: what the model trials cached on this machine: the pick per model (key: ModelTrial's hash)
-        "models": _read_cache(machine()).get("models", {}),
+        "models": _read_cache(info).get("models", {}),
     }
 
 
@@ -510,6 +510,12 @@ def plain(dtype_name: str) -> Choice:
 
 def _modes(c: Choice) -> dict[str, Any]:
     return {f: getattr(c, f) for f in MODE_FIELDS}
+
+
+def best_timed(ms_per_image: dict[str, list[float]]) -> dict[str, float]:
+    """A model trial's best timed batch per candidate (ms an image; each list's first entry is the
+    warm-up), for the candidates timed so far."""
+    return {n: min(v[1:]) for n, v in ms_per_image.items() if len(v) > 1}
 
 
 @contextlib.contextmanager
@@ -579,7 +585,8 @@ class ModelTrial:
         self._batch: int | None = None  # the batch size the trial (or its cached pick) is for
         #: per batch size looked up without a trial: (the cached pick's name, its kernels), or None
         self._looked_up: dict[int, tuple[str, Choice] | None] = {}
-        self._last: tuple[str, str | None, Choice | None] | None = None  # what the last batch ran
+        #: what the last batch outside a trial and its pick ran: (source, pick name, kernels)
+        self._last: tuple[str, str | None, Choice | None] | None = None
 
     def _wanted(self, base: Choice) -> bool:
         """Whether the kernels are the machine's to choose here (see the class docstring)."""
@@ -588,7 +595,7 @@ class ModelTrial:
             return False
         if env.get("BBX_MODEL_TRIAL", "") == "0":  # trials off (and cached picks unused)
             return False
-        if self.dtype not in ("float32", "bfloat16") or self.dtype in _overrides:
+        if self.dtype not in ("float32", "bfloat16"):
             return False
         return not (self.dtype == "bfloat16" and base.linear == base.conv == "float32")
 
@@ -667,11 +674,9 @@ class ModelTrial:
         if images != self._batch:  # another size (the last batch): no fair sample, nor the pick's
             return self._plain_run(images, fn)
         if self.pick is not None:
-            self._last = (self.source, self.picked, self.pick)
             with _running(self.pick):
                 return fn()
         if not self._turns or not trial:
-            self._last = ("trying" if self._turns else "machine", None, None)
             return fn()
         name = self._turns[0]
         with _running(self.candidates[name]):
@@ -681,17 +686,14 @@ class ModelTrial:
         self._turns.pop(0)
         times = self.ms_per_image[name]
         times.append(ms)
-        timed = [min(v[1:]) for v in self.ms_per_image.values() if len(v) > 1]
-        if len(times) == 2 and ms > GIVE_UP * min(timed):
+        if len(times) == 2 and ms > GIVE_UP * min(best_timed(self.ms_per_image).values()):
             self._turns = [n for n in self._turns if n != name]  # far behind: not timed again
-        self._last = ("trying", None, None)
         if not self._turns:
             self._decide()
-            self._last = (self.source, self.picked, self.pick)
         return out
 
     def _decide(self) -> None:
-        best = {n: min(v[1:]) for n, v in self.ms_per_image.items() if len(v) > 1}
+        best = best_timed(self.ms_per_image)
         if not best:  # cannot happen with whole turns; kept safe: the machine's choice, nothing cached
             return
         name = min(best, key=lambda n: best[n])  # ties go to the first: the machine's choice
@@ -714,14 +716,16 @@ class ModelTrial:
         """For the run's report: which kernels the model's batches ran with (its full batches'
         where a trial or its cached pick ran; else the last batch's) and where that came from
         (None before a batch)."""
-        if self._last is None:
-            return None
         if self.pick is not None:
             source, picked, ran = self.source, self.picked, self.pick
         elif self._turns:
             source, picked, ran = "trying", None, None
-        else:
+        elif self._last is not None:
             source, picked, ran = self._last
+        elif self._batch is not None:  # no trial applies: the kernels as set
+            source, picked, ran = "machine", None, None
+        else:
+            return None
         out: dict[str, Any] = {"dtype": self.dtype, "source": source}
         if picked is not None:
             out["pick"] = picked

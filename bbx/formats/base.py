@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -658,6 +659,66 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class WriteBehind:
+    """Moves an output's committed batches to the disk as the run goes, and out of the page cache.
+
+    After each batch, :meth:`kick` wakes a thread that gives the kernel ``POSIX_FADV_DONTNEED`` for
+    the whole file: the kernel starts writing back the pages the batch dirtied and drops those that
+    are already on disk (the previous batches'). Dirty pages are never dropped, so this is advice,
+    never a loss. Three things follow: the final ``fsync`` has one batch left to wait for, not the
+    whole run's output (768 MB of ConvNeXt-T maps: 0.35 s on this project's VMs, minutes on a slow
+    disk); a run's output never crowds the page cache (the images it reads, other users' files);
+    and the pages the next batch writes are the ones just freed, where fresh ones can cost several
+    times the copy (on a VM whose host reclaims free guest memory, 768 MB took 1.1-1.7 s to write
+    into new pages and 0.15-0.3 s into recycled ones). The thread waits for the disk, not the CPU,
+    and the advice is given off the main thread because starting the write-back blocks until the
+    device has taken the batch. Where the call is missing (macOS) or refused, nothing happens."""
+
+    def __init__(self, path: Path) -> None:
+        self._wake = threading.Event()
+        self._pending = self._stop = False
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        self._thread = threading.Thread(target=self._run, name="bbx-write-behind", daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        """A batch was committed: start writing it back (returns at once)."""
+        if self._thread is not None:
+            self._pending = True
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                self._pending = False
+                try:
+                    os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
+                except OSError:  # a file system that refuses advice: the page cache keeps the pages
+                    pass
+            if self._stop and not self._pending:
+                return
+
+    def close(self) -> None:
+        """Stop the thread once it has given the advice asked for so far, and close its descriptor."""
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def partial_path(path: Path) -> Path:

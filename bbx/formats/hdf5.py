@@ -45,6 +45,7 @@ from bbx.formats.base import (
     ResumeSource,
     RunFacts,
     StageLayout,
+    WriteBehind,
     busy,
     decode,
     fsync_dir,
@@ -211,8 +212,11 @@ class HDF5Writer:
         self._created = False  # this run started the file (nothing earlier is in it)
         self._ours = False  # the .partial holds nothing of an earlier run: remove it if opening fails
         self._lock: int | None = None
+        #: the committed batches go to the disk while the next ones run (see :class:`WriteBehind`)
+        self._behind: WriteBehind | None = None
         try:
             self._open(facts, overwrite=overwrite, resume=resume)
+            self._behind = WriteBehind(self.partial)
         except BaseException:
             self._close_quietly()
             if self._ours:
@@ -345,9 +349,15 @@ class HDF5Writer:
         if self.check_space:
             _check_room(self.partial.parent, nbytes)
 
+    def _stop_behind(self) -> None:
+        if self._behind is not None:
+            self._behind.close()
+            self._behind = None
+
     def _close_quietly(self) -> None:
         """Close after a failure. A file HDF5 cannot close (its last write failed inside HDF5) is
         kept, never freed (see :func:`broken`); the commit point on disk holds either way."""
+        self._stop_behind()
         if self._f is None:
             return
         f, self._f = self._f, None
@@ -397,6 +407,8 @@ class HDF5Writer:
             f.flush()
         except (RuntimeError, OSError) as e:
             raise write_error(e) from None
+        if self._behind is not None:
+            self._behind.kick()
 
     def fail(self, path: str, reason: str) -> None:
         f = self._f
@@ -449,6 +461,7 @@ class HDF5Writer:
         except (RuntimeError, OSError) as e:
             raise write_error(e) from None
         self._f = None
+        self._stop_behind()
         fd = os.open(self.partial, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -471,6 +484,7 @@ class HDF5Writer:
             self._close_quietly()
             if empty:
                 self.partial.unlink(missing_ok=True)
+        self._stop_behind()
         release_lock(self._lock)
         self._lock = None
 

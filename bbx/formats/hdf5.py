@@ -18,6 +18,8 @@ Crash safety: a run writes ``<name>.partial`` and renames it to ``<name>`` when 
 interrupted by a signal, with status ``interrupted``). Each batch ends with a flush and the
 ``rows`` attribute, so a killed run leaves a ``.partial`` file that ``--resume`` truncates to its
 last finished batch and continues, or, if the kill damaged it, reports that and starts over.
+Behind the run a thread writes each committed batch back to the disk and drops the pages already
+there (:class:`bbx.formats.base.WriteBehind`), so the final fsync has one batch left to wait for.
 Extending a finished file works on a copy, so nothing already extracted is ever at risk.
 
 One run per output: a run holds a lock on its ``.partial`` (:func:`bbx.formats.base.take_lock`)

@@ -8,7 +8,6 @@ import errno
 import mmap
 import os
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,6 @@ def _written(path: Path, nbytes: int) -> int:
     return resident_pages(path)
 
 
-def _threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "bbx-write-behind"]
-
-
 @linux_only
 def test_pages_on_disk_leave_the_page_cache(tmp_path):
     control = tmp_path / "control.bin"
@@ -68,10 +63,11 @@ def test_pages_on_disk_leave_the_page_cache(tmp_path):
     target = tmp_path / "out.bin"
     assert _written(target, 8 << 20) > (8 << 20) // mmap.PAGESIZE // 2
     behind = WriteBehind(target)
+    thread = behind._thread
     behind.kick()
     behind.close()  # after the advice asked for
     assert resident_pages(target) <= cached // 4
-    assert _threads() == []
+    assert not thread.is_alive() and behind._fd is None
 
 
 @linux_only
@@ -98,13 +94,6 @@ def _batches(n: int = 3) -> list[np.ndarray]:
     return [rng.standard_normal((4, 8, 16, 16)).astype("f4") for _ in range(n)]
 
 
-def _write(out: Path, batches: list[np.ndarray]) -> None:
-    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
-    for b, maps in enumerate(batches):
-        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
-    w.finish("complete")
-
-
 def _rows(out: Path) -> np.ndarray:
     o = open_output(out)
     return np.asarray(o.read(o.stages[0], range(o.images)))
@@ -126,9 +115,10 @@ def test_the_hdf5_writer_advises_on_its_partial_after_each_batch_and_stops(tmp_p
     inode = partial.stat().st_ino
     for b, maps in enumerate(batches):
         w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
-    assert len(_threads()) == 1
+    thread = w._behind._thread
+    assert thread is not None and thread.is_alive()
     w.finish("complete")
-    assert _threads() == []
+    assert not thread.is_alive() and w._behind is None
     assert seen and all(s == (inode, 0, 0, os.POSIX_FADV_DONTNEED) for s in seen)
     np.testing.assert_array_equal(_rows(out), np.concatenate(batches))
 
@@ -141,9 +131,14 @@ def test_refused_advice_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "posix_fadvise", refuse)
     out = tmp_path / "feats.h5"
     batches = _batches()
-    _write(out, batches)
+    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
+    thread = w._behind._thread
+    for b, maps in enumerate(batches):
+        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+        thread.join(timeout=10)  # the first refusal ends the thread: no advice is asked again
+        assert not thread.is_alive()
+    w.finish("complete")
     np.testing.assert_array_equal(_rows(out), np.concatenate(batches))
-    assert _threads() == []
 
 
 def test_an_aborted_run_stops_the_thread_and_keeps_its_batches(tmp_path):
@@ -152,10 +147,28 @@ def test_an_aborted_run_stops_the_thread_and_keeps_its_batches(tmp_path):
     w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
     for b, maps in enumerate(batches):
         w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+    thread = w._behind._thread
     w.abort()
-    assert _threads() == []
+    assert not thread.is_alive() and w._behind is None
     partial = out.with_name(out.name + ".partial")
     assert partial.exists() and not out.exists()
     kept = open_output(partial)
     assert kept.images == 8
     np.testing.assert_array_equal(kept.read(kept.stages[0], range(8)), np.concatenate(batches))
+
+
+def test_a_thread_that_cannot_start_leaves_the_run_without_the_advice(tmp_path, monkeypatch):
+    import threading
+
+    def no_thread(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    out = tmp_path / "feats.h5"
+    batches = _batches(2)
+    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
+    assert w._behind._thread is None and w._behind._fd is None
+    for b, maps in enumerate(batches):
+        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+    w.finish("complete")
+    np.testing.assert_array_equal(_rows(out), np.concatenate(batches))

@@ -687,8 +687,14 @@ class WriteBehind:
             self._fd = os.open(path, os.O_RDONLY)
         except OSError:
             return
-        self._thread = threading.Thread(target=self._run, name="bbx-write-behind", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="bbx-write-behind", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the run goes on without the advice
+            os.close(self._fd)
+            self._fd = None
+            return
+        self._thread = thread
 
     def kick(self) -> None:
         """A batch was committed: start writing it back (returns at once)."""
@@ -705,7 +711,7 @@ class WriteBehind:
                 try:
                     os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
                 except OSError:  # a file system that refuses advice: the page cache keeps the pages
-                    pass
+                    return  # (and it is not asked again)
             if self._stop and not self._pending:
                 return
 

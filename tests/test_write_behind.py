@@ -85,8 +85,15 @@ def test_dirty_pages_are_never_dropped(tmp_path):
     assert target.read_bytes() == data
 
 
-def _facts() -> RunFacts:
-    return RunFacts(model="m", checkpoint="c", out_features=("v",))
+def _writer(out: Path):
+    """An HDF5 writer of one stage ``v`` of (8, 16, 16) maps."""
+    facts = RunFacts(model="m", checkpoint="c", out_features=("v",))
+    return open_writer(out, "hdf5", facts=facts, stages=[StageLayout("v", (8, 16, 16), "float32")])
+
+
+def _fill(w, batches: list[np.ndarray]) -> None:
+    for b, maps in enumerate(batches):
+        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
 
 
 def _batches(n: int = 3) -> list[np.ndarray]:
@@ -111,10 +118,9 @@ def test_the_hdf5_writer_advises_on_its_partial_after_each_batch_and_stops(tmp_p
     monkeypatch.setattr(os, "posix_fadvise", advise)
     partial = out.with_name(out.name + ".partial")
     batches = _batches()
-    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
+    w = _writer(out)
     inode = partial.stat().st_ino
-    for b, maps in enumerate(batches):
-        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+    _fill(w, batches)
     thread = w._behind._thread
     assert thread is not None and thread.is_alive()
     w.finish("complete")
@@ -131,7 +137,7 @@ def test_refused_advice_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "posix_fadvise", refuse)
     out = tmp_path / "feats.h5"
     batches = _batches()
-    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
+    w = _writer(out)
     thread = w._behind._thread
     for b, maps in enumerate(batches):
         w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
@@ -144,9 +150,8 @@ def test_refused_advice_changes_nothing(tmp_path, monkeypatch):
 def test_an_aborted_run_stops_the_thread_and_keeps_its_batches(tmp_path):
     out = tmp_path / "feats.h5"
     batches = _batches(2)
-    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
-    for b, maps in enumerate(batches):
-        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+    w = _writer(out)
+    _fill(w, batches)
     thread = w._behind._thread
     w.abort()
     assert not thread.is_alive() and w._behind is None
@@ -166,9 +171,8 @@ def test_a_thread_that_cannot_start_leaves_the_run_without_the_advice(tmp_path, 
     monkeypatch.setattr(threading.Thread, "start", no_thread)
     out = tmp_path / "feats.h5"
     batches = _batches(2)
-    w = open_writer(out, "hdf5", facts=_facts(), stages=[StageLayout("v", (8, 16, 16), "float32")])
+    w = _writer(out)
     assert w._behind._thread is None and w._behind._fd is None
-    for b, maps in enumerate(batches):
-        w.write([f"img-{b}-{i}.jpg" for i in range(len(maps))], {"v": maps})
+    _fill(w, batches)
     w.finish("complete")
     np.testing.assert_array_equal(_rows(out), np.concatenate(batches))

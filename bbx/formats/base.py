@@ -677,8 +677,8 @@ class WriteBehind:
     device has taken the batch. Where the call is missing (macOS) or refused, nothing happens."""
 
     def __init__(self, path: Path) -> None:
-        self._wake = threading.Event()
-        self._pending = self._stop = False
+        self._wake = threading.Event()  # set: advice asked for and not yet given
+        self._stop = False
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
         if not hasattr(os, "posix_fadvise"):
@@ -698,21 +698,17 @@ class WriteBehind:
 
     def kick(self) -> None:
         """A batch was committed: start writing it back (returns at once)."""
-        if self._thread is not None:
-            self._pending = True
-            self._wake.set()
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
-            if self._pending:
-                self._pending = False
-                try:
-                    os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
-                except OSError:  # a file system that refuses advice: the page cache keeps the pages
-                    return  # (and it is not asked again)
-            if self._stop and not self._pending:
+            try:
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)  # type: ignore[arg-type]
+            except OSError:  # a file system that refuses advice: the page cache keeps the pages
+                return  # (and it is not asked again)
+            if self._stop and not self._wake.is_set():
                 return
 
     def close(self) -> None:

@@ -486,7 +486,6 @@ class HDF5Writer:
             self._close_quietly()
             if empty:
                 self.partial.unlink(missing_ok=True)
-        self._stop_behind()
         release_lock(self._lock)
         self._lock = None
 
